@@ -1,0 +1,423 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/transport"
+)
+
+// Errors a sync session reports. Each wraps the cause with %w.
+var (
+	// ErrPolicyMismatch: the peers' conflict policy sets differ, so they
+	// would not decide conflicts alike; the session is refused.
+	ErrPolicyMismatch = errors.New("replica: policy sets differ")
+	// ErrVersionMismatch: the peer speaks another protocol version.
+	ErrVersionMismatch = errors.New("replica: protocol version differs")
+	// ErrIdentityMismatch: the peer's hello names another identity than the
+	// one its transport authenticated.
+	ErrIdentityMismatch = errors.New("replica: peer identity mismatch")
+	// ErrPeerError: the peer ended the session with an error message.
+	ErrPeerError = errors.New("replica: peer reported an error")
+)
+
+// SyncStats counts what one session moved. Records and bytes are counted
+// on the wire, per direction.
+type SyncStats struct {
+	Peer            string        // the peer's identity fingerprint
+	RecordsSent     int           // record entries sent (full or delta)
+	RecordsReceived int           // record entries received
+	BytesSent       int64         // frame bytes sent
+	BytesReceived   int64         // frame bytes received
+	FramesSent      int           // frames sent
+	FramesReceived  int           // frames received
+	Conflicts       int           // semantic conflicts found while applying
+	Duration        time.Duration // wall time of the session, if the host has a clock
+}
+
+// outRecord is one record the host prepared for sending, with the heads
+// the peer will hold once it applies the changes.
+type outRecord struct {
+	entry recordChanges
+}
+
+// sessionHost is everything a session needs from its replica. The replica
+// implements it over storage, the CRDT and the policies; tests implement
+// it in memory. Every method may do I/O and takes ctx first.
+type sessionHost interface {
+	// hello returns what this side says in its hello to peer (cursor = the
+	// peer's feed position applied here).
+	hello(ctx context.Context, peer string) (helloMsg, error)
+	// checkPeer validates the peer's hello (policy fingerprint, consent).
+	checkPeer(ctx context.Context, peer string, h *helloMsg) error
+	// lastSeq is this side's newest feed position.
+	lastSeq() uint64
+	// nextBatch reads this side's feed after `after`, skips records the
+	// peer already holds (or may not see), and returns at most maxRecords
+	// entries and maxBytes of changes, plus the feed position covered.
+	nextBatch(ctx context.Context, peer string, after uint64, maxRecords, maxBytes int) ([]recordChanges, uint64, error)
+	// full returns the whole of one record, for a peer that asked for it.
+	full(ctx context.Context, peer, collection, id string) ([]recordChanges, error)
+	// apply merges a batch durably, advancing the cursor for peer to upTo in
+	// the same write. It returns the records it could not apply because
+	// their dependencies are missing, and the conflicts it found.
+	apply(ctx context.Context, peer string, records []recordChanges, upTo uint64) (needs []needMsg, conflicts int, err error)
+	// acked records that the peer now holds these records at these heads.
+	acked(ctx context.Context, peer string, records []recordChanges) error
+	// cursorMoved persists the cursor for peer after an idle moved it.
+	cursorMoved(ctx context.Context, peer string, cursor uint64) error
+}
+
+// sessionConfig bounds one session.
+type sessionConfig struct {
+	window     int // unacknowledged batches in flight
+	maxRecords int // records per batch
+	maxBytes   int // change bytes per batch
+	progress   func(SyncStats)
+}
+
+func (c *sessionConfig) defaults() {
+	if c.window <= 0 {
+		c.window = 4
+	}
+	if c.maxRecords <= 0 {
+		c.maxRecords = 512
+	}
+	if c.maxBytes <= 0 {
+		c.maxBytes = 1 << 20
+	}
+}
+
+// session runs one sync session over conn. It owns the one goroutine it
+// starts (a frame reader) and stops it before returning.
+type session struct {
+	conn  transport.Conn
+	host  sessionHost
+	cfg   sessionConfig
+	peer  string
+	stats SyncStats
+
+	pending [][]recordChanges // sent batches awaiting ack, oldest first
+	needs   []needMsg         // records the peer asked for in full
+	asked   map[needMsg]bool  // records I asked the peer for, not yet received
+}
+
+// settleNeeds updates the records asked for after a batch was applied:
+// those that applied are met, those that did not are asked for (again).
+func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMsg) {
+	if s.asked == nil {
+		s.asked = map[needMsg]bool{}
+	}
+	bad := make(map[needMsg]bool, len(failed))
+	for _, n := range failed {
+		bad[n] = true
+	}
+	met := 0
+	for _, rc := range recs {
+		n := needMsg{Collection: rc.Collection, ID: rc.ID}
+		if s.asked[n] && !bad[n] && !rc.Partial {
+			delete(s.asked, n)
+			met++
+		}
+	}
+	for n := range bad {
+		if !s.asked[n] {
+			s.asked[n] = true
+			p.needAsked(1)
+		}
+	}
+	p.needMet(met)
+}
+
+type frameOrErr struct {
+	b   []byte
+	err error
+}
+
+// runSession runs a sync session to its end: both sides have sent and
+// applied everything. The caller owns conn and closes it.
+func runSession(ctx context.Context, conn transport.Conn, host sessionHost, cfg sessionConfig) (SyncStats, error) {
+	cfg.defaults()
+	peer := transport.Fingerprint(conn.RemoteIdentity())
+	s := &session{conn: conn, host: host, cfg: cfg, peer: peer}
+	s.stats.Peer = peer
+	err := s.run(ctx)
+	if err != nil {
+		// Tell the peer why, best effort; the session is over either way.
+		code := uint16(errCodeInternal)
+		switch {
+		case errors.Is(err, ErrPolicyMismatch):
+			code = errCodePolicy
+		case errors.Is(err, ErrVersionMismatch):
+			code = errCodeVersion
+		case errors.Is(err, ErrIdentityMismatch):
+			code = errCodeIdentity
+		case errors.Is(err, ErrProtocol):
+			code = errCodeProtocol
+		}
+		if !errors.Is(err, ErrPeerError) && ctx.Err() == nil {
+			sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = s.send(sendCtx, &wireMsg{T: msgError, Err: &errMsg{Code: code, Text: truncate(err.Error(), maxMessageText)}})
+			cancel()
+		}
+	}
+	return s.stats, err
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (s *session) send(ctx context.Context, m *wireMsg) error {
+	b, err := encodeMsg(m)
+	if err != nil {
+		return err
+	}
+	if err := s.conn.Send(ctx, b); err != nil {
+		return fmt.Errorf("replica: send: %w", err)
+	}
+	s.stats.FramesSent++
+	s.stats.BytesSent += int64(len(b))
+	return nil
+}
+
+func (s *session) received(b []byte) (*wireMsg, error) {
+	s.stats.FramesReceived++
+	s.stats.BytesReceived += int64(len(b))
+	m, err := decodeMsg(b)
+	if err != nil {
+		return nil, err
+	}
+	if m.T == msgError {
+		return nil, fmt.Errorf("%w: %s", ErrPeerError, m.Err.Text)
+	}
+	return m, nil
+}
+
+func (s *session) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	mine, err := s.host.hello(ctx, s.peer)
+	if err != nil {
+		return err
+	}
+	if err := s.send(ctx, &wireMsg{T: msgHello, Hello: &mine}); err != nil {
+		return err
+	}
+	first, err := s.conn.Recv(ctx)
+	if err != nil {
+		return fmt.Errorf("replica: receive hello: %w", err)
+	}
+	m, err := s.received(first)
+	if err != nil {
+		return err
+	}
+	if m.T != msgHello {
+		return protoErr("first message is type %d, not hello", m.T)
+	}
+	theirs := m.Hello
+	if theirs.Replica != s.peer {
+		return fmt.Errorf("%w: hello says %s, transport authenticated %s", ErrIdentityMismatch, theirs.Replica, s.peer)
+	}
+	if theirs.Policy != mine.Policy {
+		return fmt.Errorf("%w: ours %s, theirs %s", ErrPolicyMismatch, mine.Policy, theirs.Policy)
+	}
+	if err := s.host.checkPeer(ctx, s.peer, theirs); err != nil {
+		return err
+	}
+
+	p := newProtocol(s.cfg.window, s.host.lastSeq(), theirs.Cursor, mine.Cursor)
+
+	frames := make(chan frameOrErr, 4*s.cfg.window+16)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			b, err := s.conn.Recv(ctx)
+			select {
+			case frames <- frameOrErr{b, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer wg.Wait()
+	defer cancel()
+
+	for {
+		if err := s.sendWork(ctx, p); err != nil {
+			return err
+		}
+		if p.finished() {
+			return nil
+		}
+		var f frameOrErr
+		select {
+		case f = <-frames:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if f.err != nil {
+			return fmt.Errorf("replica: receive: %w", f.err)
+		}
+		m, err := s.received(f.b)
+		if err != nil {
+			return err
+		}
+		if err := s.handle(ctx, p, m); err != nil {
+			return err
+		}
+		if s.cfg.progress != nil {
+			s.cfg.progress(s.stats)
+		}
+	}
+}
+
+// sendWork sends whatever the protocol allows now: records the peer asked
+// for, feed batches within the window, and an idle when all is sent.
+func (s *session) sendWork(ctx context.Context, p *protocol) error {
+	for len(s.needs) > 0 && len(p.inflight) < p.window {
+		n := s.needs[0]
+		s.needs = s.needs[1:]
+		recs, err := s.host.full(ctx, s.peer, n.Collection, n.ID)
+		if err != nil {
+			return err
+		}
+		p.needServed()
+		if len(recs) == 0 {
+			continue
+		}
+		if err := s.sendBatch(ctx, p, recs, p.sentUpTo); err != nil {
+			return err
+		}
+	}
+	for p.wantBatch() {
+		p.feedGrew(s.host.lastSeq())
+		recs, upTo, err := s.host.nextBatch(ctx, s.peer, p.sentUpTo, s.cfg.maxRecords, s.cfg.maxBytes)
+		if err != nil {
+			return err
+		}
+		if upTo <= p.sentUpTo && len(recs) == 0 {
+			break // the feed holds nothing more after sentUpTo
+		}
+		if len(recs) == 0 {
+			p.batchSent(upTo, false)
+			continue
+		}
+		if err := s.sendBatch(ctx, p, recs, upTo); err != nil {
+			return err
+		}
+	}
+	p.feedGrew(s.host.lastSeq())
+	if p.wantBatch() {
+		return nil // the feed grew meanwhile; the next turn sends it
+	}
+	if m := p.idleToSend(); m != nil {
+		if err := s.send(ctx, &wireMsg{T: msgIdle, Idle: m}); err != nil {
+			return err
+		}
+		p.idleSentNow(*m)
+	}
+	return nil
+}
+
+func (s *session) sendBatch(ctx context.Context, p *protocol, recs []recordChanges, upTo uint64) error {
+	if err := s.send(ctx, &wireMsg{T: msgBatch, Batch: &batchMsg{Records: recs, UpTo: upTo}}); err != nil {
+		return err
+	}
+	s.stats.RecordsSent += len(recs)
+	p.batchSent(upTo, true)
+	s.pending = append(s.pending, recs)
+	return nil
+}
+
+func (s *session) handle(ctx context.Context, p *protocol, m *wireMsg) error {
+	switch m.T {
+	case msgBatch:
+		if err := p.onBatch(m.Batch); err != nil {
+			return err
+		}
+		s.stats.RecordsReceived += len(m.Batch.Records)
+		needs, conflicts, err := s.host.apply(ctx, s.peer, m.Batch.Records, m.Batch.UpTo)
+		if err != nil {
+			return err
+		}
+		s.stats.Conflicts += conflicts
+		s.settleNeeds(p, m.Batch.Records, needs)
+		p.batchApplied(m.Batch.UpTo)
+		p.feedGrew(s.host.lastSeq())
+		if err := s.send(ctx, &wireMsg{T: msgAck, Ack: &ackMsg{Applied: p.applied, Needs: uint32(len(s.asked))}}); err != nil {
+			return err
+		}
+		for i := range needs {
+			if err := s.send(ctx, &wireMsg{T: msgNeed, Need: &needs[i]}); err != nil {
+				return err
+			}
+		}
+	case msgAck:
+		done, err := p.onAck(*m.Ack)
+		if err != nil {
+			return err
+		}
+		for range done {
+			recs := s.pending[0]
+			s.pending = s.pending[1:]
+			if err := s.host.acked(ctx, s.peer, recs); err != nil {
+				return err
+			}
+		}
+	case msgIdle:
+		moved, err := p.onIdle(*m.Idle)
+		if err != nil {
+			return err
+		}
+		if moved {
+			if err := s.host.cursorMoved(ctx, s.peer, p.applied); err != nil {
+				return err
+			}
+		}
+	case msgNeed:
+		if len(s.needs) >= maxRecordsPerBatch {
+			return protoErr("too many records asked for")
+		}
+		s.needs = append(s.needs, *m.Need)
+		p.needQueued()
+	case msgHello:
+		return protoErr("second hello")
+	default:
+		return protoErr("unexpected message type %d", m.T)
+	}
+	return nil
+}
+
+// headsEqual compares two head lists as sets.
+func headsEqual(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		found := false
+		for _, y := range b {
+			if bytes.Equal(x, y) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,261 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// ProtocolVersion is the sync protocol version this build speaks. A peer
+// that speaks another version is refused in the handshake.
+const ProtocolVersion = 1
+
+// Wire limits. Every count and length in a decoded message is checked
+// against these before anything proportional to it is allocated; byte
+// strings are further bounded by the transport's maximum frame size.
+const (
+	maxRecordsPerBatch = 4096
+	maxHeads           = 256
+	maxNameLen         = 1024
+	maxMessageText     = 4096
+)
+
+// ErrProtocol reports a peer message that is malformed, out of bounds, or
+// out of order. The session that received it ends; nothing is applied.
+var ErrProtocol = errors.New("replica: protocol violation")
+
+// msgType tags each wire message.
+type msgType uint8
+
+const (
+	msgHello msgType = iota + 1
+	msgBatch
+	msgAck
+	msgIdle
+	msgNeed
+	msgError
+)
+
+// wireMsg is the one frame type on a sync connection: a version, a tag and
+// exactly one body. Integer keys keep frames small; the encoding is CBOR
+// core deterministic, so equal messages are equal bytes.
+type wireMsg struct {
+	V     uint8     `cbor:"1,keyasint"`
+	T     msgType   `cbor:"2,keyasint"`
+	Hello *helloMsg `cbor:"3,keyasint,omitempty"`
+	Batch *batchMsg `cbor:"4,keyasint,omitempty"`
+	Ack   *ackMsg   `cbor:"5,keyasint,omitempty"`
+	Idle  *idleMsg  `cbor:"6,keyasint,omitempty"`
+	Need  *needMsg  `cbor:"7,keyasint,omitempty"`
+	Err   *errMsg   `cbor:"8,keyasint,omitempty"`
+}
+
+// helloMsg opens a session. Each side sends one.
+type helloMsg struct {
+	// Replica is the sender's identity fingerprint; it must match the
+	// identity the transport authenticated.
+	Replica string `cbor:"1,keyasint"`
+	// Name is the sender's human-readable replica name.
+	Name string `cbor:"2,keyasint,omitempty"`
+	// Policy is the fingerprint of the sender's conflict policy set.
+	Policy string `cbor:"3,keyasint"`
+	// Cursor is the position in the receiver's change feed up to which the
+	// sender has applied everything: "send me your feed after Cursor".
+	Cursor uint64 `cbor:"4,keyasint"`
+}
+
+// recordChanges carries one record's Automerge changes.
+type recordChanges struct {
+	Collection string `cbor:"1,keyasint"`
+	ID         string `cbor:"2,keyasint"`
+	// Heads are the sender's heads for the record once these changes are
+	// applied; empty on a partial entry (more of the record follows).
+	Heads [][]byte `cbor:"3,keyasint,omitempty"`
+	// Changes is automerge.SaveChanges output: the changes the sender
+	// believes the receiver lacks, in causal order.
+	Changes []byte `cbor:"4,keyasint,omitempty"`
+	// Partial marks an entry whose record continues in the next entry.
+	Partial bool `cbor:"5,keyasint,omitempty"`
+}
+
+// batchMsg carries changed records from the sender's feed.
+type batchMsg struct {
+	Records []recordChanges `cbor:"1,keyasint"`
+	// UpTo is the sender's feed position this batch completes: once it is
+	// applied, the receiver's cursor for the sender may move to UpTo.
+	UpTo uint64 `cbor:"2,keyasint"`
+}
+
+// ackMsg acknowledges that batches up to Applied are durably applied.
+// Needs counts the records the acknowledging side could not apply and is
+// asking for in full right after this ack: the session stays open until
+// they arrive.
+type ackMsg struct {
+	Applied uint64 `cbor:"1,keyasint"`
+	Needs   uint32 `cbor:"2,keyasint,omitempty"`
+}
+
+// idleMsg says "my feed up to Seq has been sent, and I have applied your
+// feed up to Applied". Two matching idles end the session.
+type idleMsg struct {
+	Seq     uint64 `cbor:"1,keyasint"`
+	Applied uint64 `cbor:"2,keyasint"`
+}
+
+// needMsg asks the peer to resend a record in full: the receiver could not
+// apply the changes it got (their dependencies are missing, for example
+// after the receiver was restored from an old backup).
+type needMsg struct {
+	Collection string `cbor:"1,keyasint"`
+	ID         string `cbor:"2,keyasint"`
+}
+
+// errMsg ends a session with a reason the other side can show.
+type errMsg struct {
+	Code uint16 `cbor:"1,keyasint"`
+	Text string `cbor:"2,keyasint"`
+}
+
+// Error codes carried by errMsg.
+const (
+	errCodeVersion  = 1
+	errCodePolicy   = 2
+	errCodeIdentity = 3
+	errCodeProtocol = 4
+	errCodeInternal = 5
+)
+
+var (
+	wireEnc cbor.EncMode
+	wireDec cbor.DecMode
+)
+
+func init() {
+	var err error
+	wireEnc, err = cbor.CoreDetEncOptions().EncMode()
+	if err != nil {
+		panic(err)
+	}
+	wireDec, err = cbor.DecOptions{
+		MaxNestedLevels:   8,
+		MaxArrayElements:  maxRecordsPerBatch,
+		MaxMapPairs:       16,
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		IndefLength:       cbor.IndefLengthForbidden,
+		TagsMd:            cbor.TagsForbidden,
+		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+}
+
+// encodeMsg encodes one wire message.
+func encodeMsg(m *wireMsg) ([]byte, error) {
+	m.V = ProtocolVersion
+	b, err := wireEnc.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("replica: encode %d: %w", m.T, err)
+	}
+	return b, nil
+}
+
+// decodeMsg decodes and validates one wire message from a peer. Any
+// failure wraps ErrProtocol.
+func decodeMsg(b []byte) (*wireMsg, error) {
+	var m wireMsg
+	if err := wireDec.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+func protoErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+}
+
+// validate checks the version, that exactly the body named by the tag is
+// present, and every bound.
+func (m *wireMsg) validate() error {
+	if m.V != ProtocolVersion {
+		return protoErr("version %d, want %d", m.V, ProtocolVersion)
+	}
+	bodies := 0
+	for _, present := range []bool{m.Hello != nil, m.Batch != nil, m.Ack != nil, m.Idle != nil, m.Need != nil, m.Err != nil} {
+		if present {
+			bodies++
+		}
+	}
+	if bodies != 1 {
+		return protoErr("message has %d bodies", bodies)
+	}
+	switch m.T {
+	case msgHello:
+		if m.Hello == nil {
+			return protoErr("hello without body")
+		}
+		if len(m.Hello.Replica) == 0 || len(m.Hello.Replica) > maxNameLen || len(m.Hello.Name) > maxNameLen || len(m.Hello.Policy) > maxNameLen {
+			return protoErr("hello fields out of bounds")
+		}
+	case msgBatch:
+		if m.Batch == nil {
+			return protoErr("batch without body")
+		}
+		for i := range m.Batch.Records {
+			if err := m.Batch.Records[i].validate(); err != nil {
+				return err
+			}
+		}
+	case msgAck:
+		if m.Ack == nil {
+			return protoErr("ack without body")
+		}
+	case msgIdle:
+		if m.Idle == nil {
+			return protoErr("idle without body")
+		}
+	case msgNeed:
+		if m.Need == nil {
+			return protoErr("need without body")
+		}
+		if err := validName(m.Need.Collection, m.Need.ID); err != nil {
+			return err
+		}
+	case msgError:
+		if m.Err == nil || len(m.Err.Text) > maxMessageText {
+			return protoErr("bad error body")
+		}
+	default:
+		return protoErr("unknown message type %d", m.T)
+	}
+	return nil
+}
+
+func (rc *recordChanges) validate() error {
+	if err := validName(rc.Collection, rc.ID); err != nil {
+		return err
+	}
+	if len(rc.Heads) > maxHeads {
+		return protoErr("%d heads", len(rc.Heads))
+	}
+	for _, h := range rc.Heads {
+		if len(h) != 32 {
+			return protoErr("head of %d bytes", len(h))
+		}
+	}
+	if !rc.Partial && len(rc.Heads) == 0 && len(rc.Changes) > 0 {
+		return protoErr("complete entry without heads")
+	}
+	return nil
+}
+
+func validName(collection, id string) error {
+	if collection == "" || id == "" || len(collection) > maxNameLen || len(id) > maxNameLen {
+		return protoErr("record name out of bounds")
+	}
+	return nil
+}

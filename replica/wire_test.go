@@ -1,0 +1,97 @@
+package replica
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+func head(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+
+func TestWireRoundTrip(t *testing.T) {
+	msgs := []*wireMsg{
+		{T: msgHello, Hello: &helloMsg{Replica: "abc", Name: "laptop", Policy: "p1", Cursor: 42}},
+		{T: msgBatch, Batch: &batchMsg{UpTo: 9, Records: []recordChanges{
+			{Collection: "notes", ID: "n1", Heads: [][]byte{head(1)}, Changes: []byte{1, 2, 3}},
+			{Collection: "notes", ID: "n2", Changes: []byte{4}, Partial: true},
+		}}},
+		{T: msgAck, Ack: &ackMsg{Applied: 9}},
+		{T: msgIdle, Idle: &idleMsg{Seq: 9, Applied: 3}},
+		{T: msgNeed, Need: &needMsg{Collection: "notes", ID: "n1"}},
+		{T: msgError, Err: &errMsg{Code: errCodePolicy, Text: "policy mismatch"}},
+	}
+	for _, m := range msgs {
+		b, err := encodeMsg(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := decodeMsg(b)
+		if err != nil {
+			t.Fatalf("decode %d: %v", m.T, err)
+		}
+		again, err := encodeMsg(got)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("type %d: re-encoding differs (deterministic encoding broken)", m.T)
+		}
+	}
+}
+
+func TestWireRejects(t *testing.T) {
+	valid := func(m *wireMsg) []byte {
+		b, err := wireEnc.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cases := map[string][]byte{
+		"empty":           nil,
+		"garbage":         []byte("not cbor at all"),
+		"wrong version":   valid(&wireMsg{V: 99, T: msgAck, Ack: &ackMsg{}}),
+		"no body":         valid(&wireMsg{V: ProtocolVersion, T: msgAck}),
+		"two bodies":      valid(&wireMsg{V: ProtocolVersion, T: msgAck, Ack: &ackMsg{}, Idle: &idleMsg{}}),
+		"tag/body differ": valid(&wireMsg{V: ProtocolVersion, T: msgHello, Ack: &ackMsg{}}),
+		"unknown type":    valid(&wireMsg{V: ProtocolVersion, T: 77, Ack: &ackMsg{}}),
+		"short head": valid(&wireMsg{V: ProtocolVersion, T: msgBatch, Batch: &batchMsg{Records: []recordChanges{
+			{Collection: "c", ID: "i", Heads: [][]byte{{1, 2}}, Changes: []byte{1}}}}}),
+		"no name": valid(&wireMsg{V: ProtocolVersion, T: msgBatch, Batch: &batchMsg{Records: []recordChanges{
+			{Collection: "", ID: "i", Heads: [][]byte{head(1)}}}}}),
+		"changes without heads": valid(&wireMsg{V: ProtocolVersion, T: msgBatch, Batch: &batchMsg{Records: []recordChanges{
+			{Collection: "c", ID: "i", Changes: []byte{1}}}}}),
+		"empty hello": valid(&wireMsg{V: ProtocolVersion, T: msgHello, Hello: &helloMsg{}}),
+		// An array header claiming 2^32 elements must fail before allocation.
+		"huge array": append(valid(&wireMsg{V: ProtocolVersion, T: msgBatch, Batch: &batchMsg{}})[:0:0],
+			0xa3, 0x01, 0x01, 0x02, 0x02, 0x04, 0xa1, 0x01, 0x9a, 0xff, 0xff, 0xff, 0xff),
+	}
+	for name, b := range cases {
+		if _, err := decodeMsg(b); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%s: err = %v, want ErrProtocol", name, err)
+		}
+	}
+}
+
+func FuzzDecodeMsg(f *testing.F) {
+	for _, m := range []*wireMsg{
+		{T: msgHello, Hello: &helloMsg{Replica: "abc", Policy: "p", Cursor: 1}},
+		{T: msgBatch, Batch: &batchMsg{UpTo: 1, Records: []recordChanges{{Collection: "c", ID: "i", Heads: [][]byte{head(7)}, Changes: []byte{9}}}}},
+		{T: msgIdle, Idle: &idleMsg{Seq: 1}},
+	} {
+		b, err := encodeMsg(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeMsg(b)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error not ErrProtocol: %v", err)
+			}
+			return
+		}
+		if _, err := encodeMsg(m); err != nil {
+			t.Fatalf("decoded message does not re-encode: %v", err)
+		}
+	})
+}
