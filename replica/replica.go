@@ -1,0 +1,486 @@
+package replica
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// Errors callers can test with errors.Is. Storage errors (wrong key,
+// corruption, locked store) pass through wrapped, so errors.Is also works
+// with storage.ErrWrongKey and the others.
+var (
+	// ErrNotFound: no such record (or it was deleted).
+	ErrNotFound = errors.New("replica: not found")
+	// ErrClosed: the replica was closed.
+	ErrClosed = errors.New("replica: closed")
+	// ErrInvalid: a bad argument (empty collection or id, bad options).
+	ErrInvalid = errors.New("replica: invalid argument")
+)
+
+// Slot namespaces this package keeps in the store.
+const (
+	nsSelf   = "self"    // identity key, replica name
+	nsPeer   = "peer/"   // + fingerprint: cursor and pairing state
+	nsShared = "shared/" // + fingerprint: record -> heads the peer holds
+	nsQueue  = "conflicts"
+	nsAudit  = "audit"
+)
+
+// Options configure a replica. The zero value of every field but the key
+// material is usable.
+type Options struct {
+	// Passphrase or Key (a raw 32-byte key, e.g. from the OS keychain)
+	// unlocks the store; exactly one must be set.
+	Passphrase []byte
+	Key        []byte
+	// KDF sets the Argon2id cost when the store is created
+	// (storage.DefaultKDF when zero).
+	KDF storage.KDFParams
+	// InMemory keeps the store in memory (tests).
+	InMemory bool
+	// NoSync trades durability of the last writes for speed.
+	NoSync bool
+	// Name is a human-readable name sent to peers ("laptop").
+	Name string
+	// Priority is this replica's priority for the priority policy.
+	Priority int
+	// Policies decide semantic conflicts; every replica that syncs must
+	// use the same set (their fingerprints are compared). Nil means
+	// timestamp for everything.
+	Policies *policy.Set
+	// Now is the clock (time.Now when nil). Tests inject a fake one.
+	Now func() time.Time
+	// MaxClockDrift bounds how far a peer's clock may pull ours forward.
+	MaxClockDrift time.Duration
+	// CacheSize is the number of documents kept loaded (1024 when zero).
+	CacheSize int
+	// Batch sets how many records go in one sync frame (512 when zero).
+	Batch int
+}
+
+func (o *Options) validate() error {
+	if (len(o.Passphrase) == 0) == (len(o.Key) == 0) {
+		return fmt.Errorf("%w: set exactly one of Passphrase and Key", ErrInvalid)
+	}
+	if o.Policies == nil {
+		o.Policies = policy.NewSet(policy.Rule{Policy: policy.Timestamp})
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = 1024
+	}
+	if o.Batch <= 0 {
+		o.Batch = 512
+	}
+	return nil
+}
+
+func (o *Options) storage() storage.Options {
+	return storage.Options{Passphrase: o.Passphrase, Key: o.Key, KDF: o.KDF, InMemory: o.InMemory, NoSync: o.NoSync, Now: o.Now}
+}
+
+// Replica is one device's copy of the data: the one entry point of the
+// library. It owns the encrypted store, the document cache, the clock, the
+// policies and the sync sessions. It is safe for concurrent use.
+type Replica struct {
+	opts  Options
+	store *storage.Store
+	id    ed25519.PrivateKey
+	fp    string
+	clock *crdt.Clock
+	res   *policy.Resolver
+	queue *policy.Queue
+	audit *policy.Audit
+
+	cache  *docCache
+	stripe [64]sync.Mutex
+	seed   maphash.Seed
+
+	events *hub
+	status *statusBoard
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	wg        sync.WaitGroup // goroutines started by this replica
+	stopLoops context.CancelFunc
+	loopCtx   context.Context
+}
+
+// Create makes a new replica in dir; it fails with storage.ErrExists if a
+// store is there already.
+func Create(ctx context.Context, dir string, opts Options) (*Replica, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	st, err := storage.Create(ctx, dir, opts.storage())
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, st, opts)
+}
+
+// Open opens the replica in dir, creating it (and its identity) when the
+// directory holds no store yet.
+func Open(ctx context.Context, dir string, opts Options) (*Replica, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	st, err := storage.Open(ctx, dir, opts.storage())
+	if errors.Is(err, storage.ErrNoStore) || (opts.InMemory && err != nil && !errors.Is(err, storage.ErrWrongKey)) {
+		st, err = storage.Create(ctx, dir, opts.storage())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, st, opts)
+}
+
+func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, error) {
+	r := &Replica{
+		opts:   opts,
+		store:  st,
+		cache:  newDocCache(opts.CacheSize),
+		seed:   maphash.MakeSeed(),
+		events: newHub(),
+		status: &statusBoard{now: opts.Now, peers: map[string]*Status{}},
+		closed: make(chan struct{}),
+	}
+	if err := r.loadIdentity(ctx); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	r.clock = crdt.NewClock(opts.Now, opts.MaxClockDrift)
+	r.queue = policy.NewQueue(st.Slots(nsQueue))
+	r.audit = &policy.Audit{Log: logAdapter{st: st, ns: nsAudit}}
+	r.res = &policy.Resolver{Policies: opts.Policies, Queue: r.queue, Audit: r.audit, Now: opts.Now, ReplicaID: r.fp}
+	r.loopCtx, r.stopLoops = context.WithCancel(context.Background())
+	return r, nil
+}
+
+// loadIdentity reads this replica's Ed25519 identity from the store, or
+// makes one on first open.
+func (r *Replica) loadIdentity(ctx context.Context) error {
+	self := r.store.Slots(nsSelf)
+	seed, ok, err := self.Get(ctx, "identity")
+	if err != nil {
+		return fmt.Errorf("replica: identity: %w", err)
+	}
+	if !ok {
+		seed = make([]byte, ed25519.SeedSize)
+		if _, err := rand.Read(seed); err != nil {
+			return fmt.Errorf("replica: identity: %w", err)
+		}
+		if err := self.Put(ctx, "identity", seed); err != nil {
+			return fmt.Errorf("replica: identity: %w", err)
+		}
+	}
+	if len(seed) != ed25519.SeedSize {
+		return fmt.Errorf("replica: identity: %w", storage.ErrCorrupt)
+	}
+	r.id = ed25519.NewKeyFromSeed(seed)
+	r.fp = transport.Fingerprint(r.id.Public().(ed25519.PublicKey))
+	return nil
+}
+
+// Close stops every goroutine the replica started and closes the store.
+func (r *Replica) Close() error {
+	var err error
+	r.closeOnce.Do(func() {
+		close(r.closed)
+		r.stopLoops()
+		r.wg.Wait()
+		r.events.close()
+		err = r.store.Close()
+	})
+	return err
+}
+
+func (r *Replica) isClosed() bool {
+	select {
+	case <-r.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Identity returns the replica's Ed25519 private key, which transports use
+// to authenticate it.
+func (r *Replica) Identity() ed25519.PrivateKey { return r.id }
+
+// ID returns the replica's identity fingerprint: its public name.
+func (r *Replica) ID() string { return r.fp }
+
+// Name returns the replica's human-readable name.
+func (r *Replica) Name() string { return r.opts.Name }
+
+// Store returns the underlying encrypted store (backups, key changes).
+func (r *Replica) Store() *storage.Store { return r.store }
+
+// Policies returns the replica's conflict policy set.
+func (r *Replica) Policies() *policy.Set { return r.opts.Policies }
+
+func (r *Replica) actor() crdt.Actor {
+	return crdt.Actor{ReplicaID: r.fp, Priority: r.opts.Priority, Clock: r.clock}
+}
+
+// lockRecords locks the stripes of the given records in a fixed order and
+// returns the unlock. Writers of the same record are serialised; writers
+// of different records rarely contend.
+func (r *Replica) lockRecords(keys ...string) func() {
+	idx := make([]int, 0, len(keys))
+	seen := map[int]bool{}
+	for _, k := range keys {
+		i := int(maphash.String(r.seed, k) % uint64(len(r.stripe)))
+		if !seen[i] {
+			seen[i] = true
+			idx = append(idx, i)
+		}
+	}
+	sort.Ints(idx)
+	for _, i := range idx {
+		r.stripe[i].Lock()
+	}
+	return func() {
+		for j := len(idx) - 1; j >= 0; j-- {
+			r.stripe[idx[j]].Unlock()
+		}
+	}
+}
+
+func recordKey(collection, id string) string { return collection + "\x00" + id }
+
+func checkName(collection, id string) error {
+	if collection == "" || id == "" || len(collection) > maxNameLen || len(id) > maxNameLen {
+		return fmt.Errorf("%w: collection and id must be 1 to %d bytes", ErrInvalid, maxNameLen)
+	}
+	return nil
+}
+
+// loadDoc returns the record's document from the cache or the store; a
+// record that does not exist yet gives a new empty document and ok=false.
+// The caller holds the record's stripe lock.
+func (r *Replica) loadDoc(ctx context.Context, collection, id string) (*crdt.Doc, bool, error) {
+	key := recordKey(collection, id)
+	if d := r.cache.get(key); d != nil {
+		return d, true, nil
+	}
+	b, _, err := r.store.Load(ctx, collection, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		d, err := crdt.New(r.actor())
+		return d, false, err
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("replica: load %s/%s: %w", collection, id, err)
+	}
+	d, err := crdt.Load(b, r.actor())
+	if err != nil {
+		return nil, false, fmt.Errorf("replica: load %s/%s: %w: %w", collection, id, storage.ErrCorrupt, err)
+	}
+	r.cache.put(key, d)
+	return d, true, nil
+}
+
+// recordWrite prepares the storage write for a document's new changes.
+func (r *Replica) recordWrite(collection, id string, d *crdt.Doc) storage.RecordWrite {
+	return storage.RecordWrite{
+		Collection: collection,
+		ID:         id,
+		Changes:    d.SaveIncremental(),
+		Snapshot:   func() ([]byte, error) { return d.Save(), nil },
+		Heads:      d.Heads(),
+		Deleted:    d.Deleted(),
+		Time:       r.opts.Now(),
+	}
+}
+
+// Update runs fn on the record's document and stores what it changed, in
+// one transaction. A record that does not exist is created. If fn returns
+// an error nothing is stored.
+func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*crdt.Doc) error) error {
+	if err := checkName(collection, id); err != nil {
+		return err
+	}
+	if r.isClosed() {
+		return ErrClosed
+	}
+	key := recordKey(collection, id)
+	unlock := r.lockRecords(key)
+	defer unlock()
+	d, _, err := r.loadDoc(ctx, collection, id)
+	if err != nil {
+		return err
+	}
+	before := d.Heads()
+	if err := fn(d); err != nil {
+		r.cache.drop(key) // the cached document may hold half of fn's edits
+		return err
+	}
+	if sameHeads(before, d.Heads()) {
+		return nil
+	}
+	metas, err := r.store.Write(ctx, storage.Batch{Records: []storage.RecordWrite{r.recordWrite(collection, id, d)}})
+	if err != nil {
+		r.cache.drop(key)
+		return fmt.Errorf("replica: write %s/%s: %w", collection, id, err)
+	}
+	r.cache.put(key, d)
+	r.events.publish(Event{Kind: EventRecord, Collection: collection, ID: id, Seq: metas[0].Seq, Deleted: metas[0].Deleted, Local: true})
+	return nil
+}
+
+// Put merges fields into the record (creating it if needed): each field
+// replaces the value at that key; fields not named are left alone.
+func (r *Replica) Put(ctx context.Context, collection, id string, fields map[string]any) error {
+	return r.Update(ctx, collection, id, func(d *crdt.Doc) error { return d.Put(fields) })
+}
+
+// Get returns the record's application-visible JSON.
+func (r *Replica) Get(ctx context.Context, collection, id string) (map[string]any, error) {
+	if err := checkName(collection, id); err != nil {
+		return nil, err
+	}
+	if r.isClosed() {
+		return nil, ErrClosed
+	}
+	unlock := r.lockRecords(recordKey(collection, id))
+	defer unlock()
+	d, ok, err := r.loadDoc(ctx, collection, id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok || d.Deleted() {
+		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, collection, id)
+	}
+	return d.ToMap()
+}
+
+// Delete marks the record deleted. The tombstone syncs like any change; an
+// edit made concurrently elsewhere is a conflict the policies decide.
+func (r *Replica) Delete(ctx context.Context, collection, id string) error {
+	if _, err := r.Get(ctx, collection, id); err != nil {
+		return err
+	}
+	return r.Update(ctx, collection, id, func(d *crdt.Doc) error { return d.DeleteRecord() })
+}
+
+// ExportDoc returns the record as a standard Automerge document, which
+// other Automerge applications can load. The hidden ferry metadata travels
+// with it.
+func (r *Replica) ExportDoc(ctx context.Context, collection, id string) ([]byte, error) {
+	if err := checkName(collection, id); err != nil {
+		return nil, err
+	}
+	unlock := r.lockRecords(recordKey(collection, id))
+	defer unlock()
+	d, ok, err := r.loadDoc(ctx, collection, id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, collection, id)
+	}
+	return d.Save(), nil
+}
+
+// ImportDoc merges an Automerge document (from ExportDoc or any Automerge
+// application) into the record, deciding conflicts by the policies. It
+// returns the number of conflicts found.
+func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []byte) (int, error) {
+	if err := checkName(collection, id); err != nil {
+		return 0, err
+	}
+	other, err := crdt.Load(doc, r.actor())
+	if err != nil {
+		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+	}
+	changes, err := other.ChangesSince()
+	if err != nil {
+		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+	}
+	recs := []recordChanges{{Collection: collection, ID: id, Heads: headBytes(other.Heads()), Changes: changes}}
+	_, conflicts, err := r.applyRecords(ctx, "", recs, 0)
+	return conflicts, err
+}
+
+func sameHeads(a, b []automerge.ChangeHash) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	set := make(map[automerge.ChangeHash]bool, len(a))
+	for _, h := range a {
+		set[h] = true
+	}
+	for _, h := range b {
+		if !set[h] {
+			return false
+		}
+	}
+	return true
+}
+
+func headBytes(hs []automerge.ChangeHash) [][]byte {
+	out := make([][]byte, len(hs))
+	for i := range hs {
+		h := hs[i]
+		out[i] = h[:]
+	}
+	return out
+}
+
+func headsOf(bs [][]byte) []automerge.ChangeHash {
+	out := make([]automerge.ChangeHash, 0, len(bs))
+	for _, b := range bs {
+		var h automerge.ChangeHash
+		copy(h[:], b)
+		out = append(out, h)
+	}
+	return out
+}
+
+// logAdapter gives the policy audit trail the store's append-only log.
+type logAdapter struct {
+	st *storage.Store
+	ns string
+}
+
+func (l logAdapter) Append(ctx context.Context, value []byte) (uint64, error) {
+	return l.st.Append(ctx, l.ns, value)
+}
+
+func (l logAdapter) Scan(ctx context.Context, after uint64, fn func(seq uint64, value []byte) error) error {
+	return l.st.ScanLog(ctx, l.ns, after, fn)
+}
+
+// Watch delivers record, conflict and status events until ctx is done or
+// the replica closes, when the channel is closed. A watcher that does not
+// keep up misses events (it can tell by gaps in Seq and rescan); writers
+// never wait for watchers.
+func (r *Replica) Watch(ctx context.Context) <-chan Event {
+	ch := r.events.subscribe(1024)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		select {
+		case <-ctx.Done():
+		case <-r.closed:
+		}
+		r.events.unsubscribe(ch)
+	}()
+	return ch
+}

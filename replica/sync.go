@@ -1,0 +1,412 @@
+package replica
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// Sync runs one sync session with the peer at the other end of conn and
+// returns what moved. Both sides end up holding each other's changes for
+// every collection the other may see. The caller owns conn.
+func (r *Replica) Sync(ctx context.Context, conn transport.Conn) (SyncStats, error) {
+	if r.isClosed() {
+		return SyncStats{}, ErrClosed
+	}
+	peer := transport.Fingerprint(conn.RemoteIdentity())
+	r.status.begin(peer)
+	r.publishStatus(peer)
+	stats, err := runSession(ctx, conn, host{r}, sessionConfig{
+		maxRecords: r.opts.Batch,
+		progress: func(s SyncStats) {
+			r.status.progress(peer, s)
+		},
+	})
+	r.status.end(peer, stats, err, r.openConflicts(ctx))
+	r.publishStatus(peer)
+	if err != nil {
+		return stats, fmt.Errorf("replica: sync with %s: %w", short(peer), err)
+	}
+	return stats, nil
+}
+
+// Serve accepts sync sessions on l until ctx is done or l is closed,
+// running each in its own goroutine; it returns after every session it
+// started has ended.
+func (r *Replica) Serve(ctx context.Context, l transport.Listener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := l.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, transport.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("replica: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			_, _ = r.Sync(ctx, conn)
+		}()
+	}
+}
+
+func short(fp string) string {
+	if len(fp) > 12 {
+		return fp[:12]
+	}
+	return fp
+}
+
+// host implements sessionHost over a Replica.
+type host struct{ r *Replica }
+
+var _ sessionHost = host{}
+
+func (h host) hello(ctx context.Context, peer string) (helloMsg, error) {
+	c, err := h.r.cursor(ctx, peer)
+	if err != nil {
+		return helloMsg{}, err
+	}
+	return helloMsg{Replica: h.r.fp, Name: h.r.opts.Name, Policy: h.r.opts.Policies.Fingerprint(), Cursor: c}, nil
+}
+
+func (h host) checkPeer(ctx context.Context, peer string, _ *helloMsg) error { return nil }
+
+func (h host) lastSeq() uint64 { return h.r.store.LastSeq() }
+
+// mayShare reports whether peer may learn of records in collection.
+func (r *Replica) mayShare(ctx context.Context, peer, collection string) (bool, error) {
+	return true, nil
+}
+
+func (h host) nextBatch(ctx context.Context, peer string, after uint64, maxRecords, maxBytes int) ([]recordChanges, uint64, error) {
+	r := h.r
+	var out []recordChanges
+	upTo, size := after, 0
+	const scanLimit = 4096 // feed entries looked at per batch, sent or skipped
+	scanned := 0
+	for len(out) < maxRecords && size < maxBytes && scanned < scanLimit {
+		feed, err := r.store.Feed(ctx, upTo, maxRecords)
+		if err != nil {
+			return nil, 0, fmt.Errorf("replica: feed: %w", err)
+		}
+		if len(feed) == 0 {
+			break
+		}
+		for _, e := range feed {
+			if len(out) >= maxRecords || size >= maxBytes {
+				break
+			}
+			scanned++
+			upTo = e.Seq
+			ok, err := r.mayShare(ctx, peer, e.Collection)
+			if err != nil {
+				return nil, 0, err
+			}
+			if !ok {
+				continue
+			}
+			rc, send, err := r.outgoing(ctx, peer, e.Collection, e.ID)
+			if err != nil {
+				return nil, 0, err
+			}
+			if send {
+				out = append(out, rc)
+				size += len(rc.Changes)
+			}
+		}
+	}
+	return out, upTo, nil
+}
+
+// outgoing prepares the changes of one record that peer lacks, or reports
+// that it holds them all.
+func (r *Replica) outgoing(ctx context.Context, peer, collection, id string) (recordChanges, bool, error) {
+	meta, err := r.store.Meta(ctx, collection, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return recordChanges{}, false, nil
+	}
+	if err != nil {
+		return recordChanges{}, false, fmt.Errorf("replica: meta %s/%s: %w", collection, id, err)
+	}
+	known, err := r.sharedHeads(ctx, peer, collection, id)
+	if err != nil {
+		return recordChanges{}, false, err
+	}
+	if covers(known, meta.Heads) {
+		return recordChanges{}, false, nil
+	}
+	unlock := r.lockRecords(recordKey(collection, id))
+	defer unlock()
+	d, _, err := r.loadDoc(ctx, collection, id)
+	if err != nil {
+		return recordChanges{}, false, err
+	}
+	// Only heads the document knows may bound the delta: Automerge returns
+	// every change for a head it does not know.
+	since := known[:0:0]
+	for _, k := range known {
+		if d.HasChange(k) {
+			since = append(since, k)
+		}
+	}
+	changes, err := d.ChangesSince(since...)
+	if err != nil {
+		return recordChanges{}, false, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
+	}
+	return recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}, true, nil
+}
+
+func (h host) full(ctx context.Context, peer, collection, id string) ([]recordChanges, error) {
+	r := h.r
+	if ok, err := r.mayShare(ctx, peer, collection); err != nil || !ok {
+		return nil, err
+	}
+	unlock := r.lockRecords(recordKey(collection, id))
+	defer unlock()
+	d, exists, err := r.loadDoc(ctx, collection, id)
+	if err != nil || !exists {
+		return nil, err
+	}
+	changes, err := d.ChangesSince()
+	if err != nil {
+		return nil, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
+	}
+	return []recordChanges{{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}}, nil
+}
+
+func (h host) apply(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, error) {
+	return h.r.applyRecords(ctx, peer, recs, upTo)
+}
+
+// applyRecords merges records received from peer (or imported, when peer
+// is empty), decides conflicts, and writes the records, the shared heads
+// and the cursor in one transaction.
+func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, error) {
+	keys := make([]string, len(recs))
+	for i, rc := range recs {
+		keys[i] = recordKey(rc.Collection, rc.ID)
+	}
+	unlock := r.lockRecords(keys...)
+	defer unlock()
+
+	var (
+		batch     storage.Batch
+		needs     []needMsg
+		conflicts int
+		touched   []string
+		events    []Event
+		queued    []string
+	)
+	fail := func(err error) ([]needMsg, int, error) {
+		for _, k := range touched {
+			r.cache.drop(k)
+		}
+		return nil, 0, err
+	}
+	for _, rc := range recs {
+		if peer != "" {
+			ok, err := r.mayShare(ctx, peer, rc.Collection)
+			if err != nil {
+				return fail(err)
+			}
+			if !ok {
+				continue // a peer may not write where it may not read
+			}
+		}
+		key := recordKey(rc.Collection, rc.ID)
+		d, _, err := r.loadDoc(ctx, rc.Collection, rc.ID)
+		if err != nil {
+			return fail(err)
+		}
+		touched = append(touched, key)
+		before := d.Heads()
+		remoteHeads := headsOf(rc.Heads)
+		if rc.Partial {
+			remoteHeads = nil
+		}
+		mr, err := d.MergeChanges(rc.Changes, remoteHeads)
+		switch {
+		case errors.Is(err, crdt.ErrMissingDeps):
+			r.cache.drop(key)
+			needs = append(needs, needMsg{Collection: rc.Collection, ID: rc.ID})
+			continue
+		case errors.Is(err, crdt.ErrBadDocument):
+			return fail(fmt.Errorf("%w: record %s/%s: %w", ErrProtocol, rc.Collection, rc.ID, err))
+		case err != nil:
+			return fail(fmt.Errorf("replica: merge %s/%s: %w", rc.Collection, rc.ID, err))
+		}
+		out, err := r.res.Resolve(ctx, rc.Collection, rc.ID, d, mr)
+		if err != nil {
+			return fail(fmt.Errorf("replica: resolve %s/%s: %w", rc.Collection, rc.ID, err))
+		}
+		conflicts += len(mr.Conflicts)
+		for _, e := range out.Queued {
+			queued = append(queued, e.ID())
+		}
+		queued = append(queued, out.Closed...)
+		if !sameHeads(before, d.Heads()) {
+			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
+			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
+		}
+		if peer != "" && !rc.Partial {
+			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, remoteHeads, d.Heads())
+			if err != nil {
+				return fail(err)
+			}
+			batch.Slots = append(batch.Slots, sw)
+		}
+	}
+	if peer != "" && upTo > 0 {
+		batch.Slots = append(batch.Slots, r.cursorWrite(peer, upTo))
+	}
+	if len(batch.Records) == 0 && len(batch.Slots) == 0 {
+		return needs, conflicts, nil
+	}
+	metas, err := r.store.Write(ctx, batch)
+	if err != nil {
+		return fail(fmt.Errorf("replica: apply: %w", err))
+	}
+	for i := range events {
+		events[i].Seq = metas[i].Seq
+		r.events.publish(events[i])
+	}
+	for _, id := range queued {
+		r.events.publish(Event{Kind: EventConflict, ID: id, Peer: peer})
+	}
+	return needs, conflicts, nil
+}
+
+func (h host) acked(ctx context.Context, peer string, recs []recordChanges) error {
+	r := h.r
+	var batch storage.Batch
+	for _, rc := range recs {
+		meta, err := r.store.Meta(ctx, rc.Collection, rc.ID)
+		if err != nil {
+			return fmt.Errorf("replica: meta %s/%s: %w", rc.Collection, rc.ID, err)
+		}
+		sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, headsOf(rc.Heads), meta.Heads)
+		if err != nil {
+			return err
+		}
+		batch.Slots = append(batch.Slots, sw)
+	}
+	if _, err := r.store.Write(ctx, batch); err != nil {
+		return fmt.Errorf("replica: record acknowledgement: %w", err)
+	}
+	return nil
+}
+
+func (h host) cursorMoved(ctx context.Context, peer string, c uint64) error {
+	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{h.r.cursorWrite(peer, c)}}); err != nil {
+		return fmt.Errorf("replica: cursor: %w", err)
+	}
+	return nil
+}
+
+// cursor returns how far this replica has applied peer's feed.
+func (r *Replica) cursor(ctx context.Context, peer string) (uint64, error) {
+	b, ok, err := r.store.Slots(nsPeer+peer).Get(ctx, "cursor")
+	if err != nil {
+		return 0, fmt.Errorf("replica: cursor: %w", err)
+	}
+	if !ok {
+		return 0, nil
+	}
+	if len(b) != 8 {
+		return 0, fmt.Errorf("replica: cursor: %w", storage.ErrCorrupt)
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+func (r *Replica) cursorWrite(peer string, c uint64) storage.SlotWrite {
+	return storage.SlotWrite{Namespace: nsPeer + peer, Key: "cursor", Value: binary.BigEndian.AppendUint64(nil, c)}
+}
+
+// sharedHeads returns the heads of a record that peer is known to hold.
+func (r *Replica) sharedHeads(ctx context.Context, peer, collection, id string) ([]automerge.ChangeHash, error) {
+	b, ok, err := r.store.Slots(nsShared+peer).Get(ctx, recordKey(collection, id))
+	if err != nil {
+		return nil, fmt.Errorf("replica: shared heads: %w", err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	if len(b)%32 != 0 {
+		return nil, fmt.Errorf("replica: shared heads: %w", storage.ErrCorrupt)
+	}
+	out := make([]automerge.ChangeHash, len(b)/32)
+	for i := range out {
+		copy(out[i][:], b[i*32:])
+	}
+	return out, nil
+}
+
+// maxKnownHeads bounds the head set remembered per peer and record.
+const maxKnownHeads = 32
+
+// learnHeads returns the slot write recording that peer now holds heads
+// (in addition to what it held before). Once the peer is known to hold
+// every one of mine, the set collapses to mine: a peer's document only
+// grows, so holding each of my heads means holding all of my changes.
+func (r *Replica) learnHeads(ctx context.Context, peer, collection, id string, heads, mine []automerge.ChangeHash) (storage.SlotWrite, error) {
+	known, err := r.sharedHeads(ctx, peer, collection, id)
+	if err != nil {
+		return storage.SlotWrite{}, err
+	}
+	set := append(append([]automerge.ChangeHash{}, heads...), known...)
+	if covers(set, mine) {
+		set = mine
+	}
+	set = dedupHeads(set)
+	if len(set) > maxKnownHeads {
+		set = set[:maxKnownHeads] // the newest come first
+	}
+	b := make([]byte, 0, 32*len(set))
+	for _, h := range set {
+		b = append(b, h[:]...)
+	}
+	return storage.SlotWrite{Namespace: nsShared + peer, Key: recordKey(collection, id), Value: b}, nil
+}
+
+// covers reports whether every head in want is in have.
+func covers(have, want []automerge.ChangeHash) bool {
+	if len(want) == 0 {
+		return len(have) > 0
+	}
+	for _, w := range want {
+		found := false
+		for _, h := range have {
+			if h == w {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func dedupHeads(hs []automerge.ChangeHash) []automerge.ChangeHash {
+	out := hs[:0:0]
+	seen := map[automerge.ChangeHash]bool{}
+	for _, h := range hs {
+		if !seen[h] {
+			seen[h] = true
+			out = append(out, h)
+		}
+	}
+	return out
+}
