@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,12 +36,6 @@ type SyncStats struct {
 	FramesReceived  int           // frames received
 	Conflicts       int           // semantic conflicts found while applying
 	Duration        time.Duration // wall time of the session, if the host has a clock
-}
-
-// outRecord is one record the host prepared for sending, with the heads
-// the peer will hold once it applies the changes.
-type outRecord struct {
-	entry recordChanges
 }
 
 // sessionHost is everything a session needs from its replica. The replica
@@ -400,24 +393,4 @@ func (s *session) handle(ctx context.Context, p *protocol, m *wireMsg) error {
 		return protoErr("unexpected message type %d", m.T)
 	}
 	return nil
-}
-
-// headsEqual compares two head lists as sets.
-func headsEqual(a, b [][]byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for _, x := range a {
-		found := false
-		for _, y := range b {
-			if bytes.Equal(x, y) {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
 }
