@@ -91,17 +91,31 @@ func TestCrashMidSyncResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	childPub := pub(child)
+	childID := child.ID()
 	for i := range childRecords {
 		mustPut(t, child, "items", fmt.Sprintf("child-%04d", i), map[string]any{"from": "child", "i": int64(i)})
 	}
 	child.Close()
+	parentDir := t.TempDir()
 
-	parent, err := Open(ctx, t.TempDir(), diskOptions("parent"))
+	parent, err := Open(ctx, parentDir, diskOptions("parent"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The child trusts the parent: pair it before the child first runs.
+	child, err = Open(ctx, childDir, diskOptions("child"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := child.Pair(ctx, parent.ID(), []string{"items"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	child.Close()
 	defer parent.Close()
 	if err := putMany(parent, "items", parentRecords); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parent.Pair(ctx, childID, []string{"items"}, 0); err != nil {
 		t.Fatal(err)
 	}
 	addr, stop := tlsServe(t, parent, transport.NewPinSet(childPub))

@@ -42,6 +42,14 @@ func Example() {
 		return d.ListAppend("items", "eggs")
 	})
 
+	// Pairing: each device grants the other device-sync for "notes".
+	if _, err := laptop.Pair(ctx, phone.ID(), []string{"notes"}, 0); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := phone.Pair(ctx, laptop.ID(), []string{"notes"}, 0); err != nil {
+		log.Fatal(err)
+	}
+
 	// The phone serves; the laptop dials. Each pins the other's key.
 	pubOf := func(r *replica.Replica) ed25519.PublicKey { return r.Identity().Public().(ed25519.PublicKey) }
 	l, err := transport.ListenTLS(ctx, "127.0.0.1:0", phone.Identity(), transport.NewPinSet(pubOf(laptop)), transport.TLSOptions{})

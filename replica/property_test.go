@@ -27,6 +27,7 @@ type propEnv struct {
 var propPolicies = []policy.Kind{policy.Timestamp, policy.Priority, policy.Merge, policy.User}
 
 func newPropEnv(rt *rapid.T) *propEnv {
+	rt.Helper()
 	seed := rapid.Int64().Draw(rt, "netseed")
 	e := &propEnv{rt: rt, clock: newFakeClock(), net: transport.NewMemNetwork(seed, func(string) {})}
 	kind := rapid.SampledFrom(propPolicies).Draw(rt, "policy")
@@ -43,6 +44,7 @@ func newPropEnv(rt *rapid.T) *propEnv {
 		}
 		e.replicas = append(e.replicas, r)
 	}
+	pairAll(rt, e.replicas, "items")
 	return e
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -37,6 +38,8 @@ const (
 	nsShared = "shared/" // + fingerprint: record -> heads the peer holds
 	nsQueue  = "conflicts"
 	nsAudit  = "audit"
+	nsLedger = "consent"
+	nsAnchor = "consent-anchor"
 )
 
 // Options configure a replica. The zero value of every field but the key
@@ -69,6 +72,10 @@ type Options struct {
 	CacheSize int
 	// Batch sets how many records go in one sync frame (512 when zero).
 	Batch int
+	// Purposes is the vocabulary of sharing purposes the application
+	// declares (consent.PurposeDeviceSync, PurposeBackup and PurposeImprove
+	// when empty).
+	Purposes []string
 }
 
 func (o *Options) validate() error {
@@ -106,6 +113,8 @@ type Replica struct {
 	res   *policy.Resolver
 	queue *policy.Queue
 	audit *policy.Audit
+	// consent is the grant ledger every share goes through.
+	consent *consent.Ledger
 
 	cache  *docCache
 	stripe [64]sync.Mutex
@@ -164,9 +173,15 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 		_ = st.Close()
 		return nil, err
 	}
+	var err error
 	r.clock = crdt.NewClock(opts.Now, opts.MaxClockDrift)
 	r.queue = policy.NewQueue(st.Slots(nsQueue))
 	r.audit = &policy.Audit{Log: logAdapter{st: st, ns: nsAudit}}
+	r.consent, err = consent.Open(ctx, logAdapter{st: st, ns: nsLedger}, st.Slots(nsAnchor), consent.Options{Purposes: opts.Purposes, Now: opts.Now})
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("replica: consent ledger: %w", err)
+	}
 	r.res = &policy.Resolver{Policies: opts.Policies, Queue: r.queue, Audit: r.audit, Now: opts.Now, ReplicaID: r.fp}
 	r.loopCtx, r.stopLoops = context.WithCancel(context.Background())
 	return r, nil

@@ -39,9 +39,30 @@ func (c *fakeClock) Advance(d time.Duration) {
 }
 
 type testEnv struct {
-	t     testing.TB
-	clock *fakeClock
-	net   *transport.MemNetwork
+	t        testing.TB
+	clock    *fakeClock
+	net      *transport.MemNetwork
+	replicas []*Replica
+}
+
+// testCollections are the collections env replicas are paired for.
+var testCollections = []string{"notes", "items", "b-only", "c"}
+
+// pairAll grants each replica device-sync with the other for colls.
+func pairAll(t interface {
+	Helper()
+	Fatalf(string, ...any)
+}, rs []*Replica, colls ...string) {
+	t.Helper()
+	for _, a := range rs {
+		for _, b := range rs {
+			if a != b {
+				if _, err := a.Pair(context.Background(), b.ID(), colls, 0); err != nil {
+					t.Fatalf("pair: %v", err)
+				}
+			}
+		}
+	}
 }
 
 func newEnv(t testing.TB) *testEnv {
@@ -70,6 +91,10 @@ func (e *testEnv) replica(name string, mod ...func(*Options)) *Replica {
 		e.t.Fatalf("open %s: %v", name, err)
 	}
 	e.t.Cleanup(func() { r.Close() })
+	for _, o := range e.replicas {
+		pairAll(e.t, []*Replica{r, o}, testCollections...)
+	}
+	e.replicas = append(e.replicas, r)
 	return r
 }
 

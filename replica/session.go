@@ -22,6 +22,8 @@ var (
 	ErrIdentityMismatch = errors.New("replica: peer identity mismatch")
 	// ErrPeerError: the peer ended the session with an error message.
 	ErrPeerError = errors.New("replica: peer reported an error")
+	// ErrNoConsent: the peer holds no live grant to sync with this replica.
+	ErrNoConsent = errors.New("replica: no consent for this peer")
 )
 
 // SyncStats counts what one session moved. Records and bytes are counted
@@ -151,6 +153,8 @@ func runSession(ctx context.Context, conn transport.Conn, host sessionHost, cfg 
 			code = errCodeIdentity
 		case errors.Is(err, ErrProtocol):
 			code = errCodeProtocol
+		case errors.Is(err, ErrNoConsent):
+			code = errCodeConsent
 		}
 		if !errors.Is(err, ErrPeerError) && ctx.Err() == nil {
 			sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)

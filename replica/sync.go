@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 
 	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -23,12 +25,17 @@ func (r *Replica) Sync(ctx context.Context, conn transport.Conn) (SyncStats, err
 	peer := transport.Fingerprint(conn.RemoteIdentity())
 	r.status.begin(peer)
 	r.publishStatus(peer)
-	stats, err := runSession(ctx, conn, host{r}, sessionConfig{
+	h := &host{r: r}
+	stats, err := runSession(ctx, conn, h, sessionConfig{
 		maxRecords: r.opts.Batch,
 		progress: func(s SyncStats) {
 			r.status.progress(peer, s)
 		},
 	})
+	// What was sent was shared, even if the session failed afterwards.
+	if lerr := h.recordShares(context.WithoutCancel(ctx)); lerr != nil && err == nil {
+		err = lerr
+	}
 	r.status.end(peer, stats, err, r.openConflicts(ctx))
 	r.publishStatus(peer)
 	if err != nil {
@@ -67,12 +74,50 @@ func short(fp string) string {
 	return fp
 }
 
-// host implements sessionHost over a Replica.
-type host struct{ r *Replica }
+// host implements sessionHost over a Replica for one session. It counts
+// what the session sends per collection, for the consent ledger.
+type host struct {
+	r      *Replica
+	mu     sync.Mutex
+	shared map[string]*consent.Share
+}
 
-var _ sessionHost = host{}
+var _ sessionHost = (*host)(nil)
 
-func (h host) hello(ctx context.Context, peer string) (helloMsg, error) {
+func (h *host) count(peer string, rc *recordChanges) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.shared == nil {
+		h.shared = map[string]*consent.Share{}
+	}
+	s := h.shared[rc.Collection]
+	if s == nil {
+		g, _ := h.r.consent.Allowed(peer, rc.Collection, consent.PurposeDeviceSync)
+		s = &consent.Share{GrantID: g.ID, Collection: rc.Collection, Purpose: consent.PurposeDeviceSync, Destination: peer}
+		h.shared[rc.Collection] = s
+	}
+	s.Records++
+	s.Bytes += int64(len(rc.Changes))
+}
+
+// recordShares writes what the session sent into the consent ledger.
+func (h *host) recordShares(ctx context.Context) error {
+	h.mu.Lock()
+	colls := make([]string, 0, len(h.shared))
+	for c := range h.shared {
+		colls = append(colls, c)
+	}
+	h.mu.Unlock()
+	sort.Strings(colls)
+	for _, c := range colls {
+		if err := h.r.consent.RecordShare(ctx, *h.shared[c]); err != nil {
+			return fmt.Errorf("replica: ledger: %w", err)
+		}
+	}
+	return nil
+}
+
+func (h *host) hello(ctx context.Context, peer string) (helloMsg, error) {
 	c, err := h.r.cursor(ctx, peer)
 	if err != nil {
 		return helloMsg{}, err
@@ -80,16 +125,26 @@ func (h host) hello(ctx context.Context, peer string) (helloMsg, error) {
 	return helloMsg{Replica: h.r.fp, Name: h.r.opts.Name, Policy: h.r.opts.Policies.Fingerprint(), Cursor: c}, nil
 }
 
-func (h host) checkPeer(ctx context.Context, peer string, _ *helloMsg) error { return nil }
-
-func (h host) lastSeq() uint64 { return h.r.store.LastSeq() }
-
-// mayShare reports whether peer may learn of records in collection.
-func (r *Replica) mayShare(ctx context.Context, peer, collection string) (bool, error) {
-	return true, nil
+// checkPeer refuses a peer that holds no live device-sync grant: it may
+// learn nothing, not even that a record exists.
+func (h *host) checkPeer(ctx context.Context, peer string, _ *helloMsg) error {
+	if !h.r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
+		return fmt.Errorf("%w: %s holds no device-sync grant", ErrNoConsent, short(peer))
+	}
+	return nil
 }
 
-func (h host) nextBatch(ctx context.Context, peer string, after uint64, maxRecords, maxBytes int) ([]recordChanges, uint64, error) {
+func (h *host) lastSeq() uint64 { return h.r.store.LastSeq() }
+
+// mayShare reports whether peer may learn of records in collection. It
+// reads the ledger's in-memory state, so a revocation takes effect at the
+// next record, mid-session.
+func (r *Replica) mayShare(_ context.Context, peer, collection string) (bool, error) {
+	_, ok := r.consent.Allowed(peer, collection, consent.PurposeDeviceSync)
+	return ok, nil
+}
+
+func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxRecords, maxBytes int) ([]recordChanges, uint64, error) {
 	r := h.r
 	var out []recordChanges
 	upTo, size := after, 0
@@ -121,6 +176,7 @@ func (h host) nextBatch(ctx context.Context, peer string, after uint64, maxRecor
 				return nil, 0, err
 			}
 			if send {
+				h.count(peer, &rc)
 				out = append(out, rc)
 				size += len(rc.Changes)
 			}
@@ -167,7 +223,7 @@ func (r *Replica) outgoing(ctx context.Context, peer, collection, id string) (re
 	return recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}, true, nil
 }
 
-func (h host) full(ctx context.Context, peer, collection, id string) ([]recordChanges, error) {
+func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordChanges, error) {
 	r := h.r
 	if ok, err := r.mayShare(ctx, peer, collection); err != nil || !ok {
 		return nil, err
@@ -182,10 +238,12 @@ func (h host) full(ctx context.Context, peer, collection, id string) ([]recordCh
 	if err != nil {
 		return nil, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
 	}
-	return []recordChanges{{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}}, nil
+	rc := recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}
+	h.count(peer, &rc)
+	return []recordChanges{rc}, nil
 }
 
-func (h host) apply(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, error) {
+func (h *host) apply(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, error) {
 	return h.r.applyRecords(ctx, peer, recs, upTo)
 }
 
@@ -287,7 +345,7 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 	return needs, conflicts, nil
 }
 
-func (h host) acked(ctx context.Context, peer string, recs []recordChanges) error {
+func (h *host) acked(ctx context.Context, peer string, recs []recordChanges) error {
 	r := h.r
 	var batch storage.Batch
 	for _, rc := range recs {
@@ -307,7 +365,7 @@ func (h host) acked(ctx context.Context, peer string, recs []recordChanges) erro
 	return nil
 }
 
-func (h host) cursorMoved(ctx context.Context, peer string, c uint64) error {
+func (h *host) cursorMoved(ctx context.Context, peer string, c uint64) error {
 	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{h.r.cursorWrite(peer, c)}}); err != nil {
 		return fmt.Errorf("replica: cursor: %w", err)
 	}

@@ -124,6 +124,7 @@ const (
 	errCodeIdentity = 3
 	errCodeProtocol = 4
 	errCodeInternal = 5
+	errCodeConsent  = 6
 )
 
 var (
