@@ -2,8 +2,8 @@ package replica
 
 import (
 	"bytes"
-	"errors"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
