@@ -67,3 +67,10 @@ func (c *docCache) len() int {
 	defer c.mu.Unlock()
 	return c.order.Len()
 }
+
+func (c *docCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.order.Init()
+	c.items = make(map[string]*list.Element)
+}

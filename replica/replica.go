@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"sort"
 	"sync"
 	"time"
@@ -183,6 +184,10 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 		return nil, fmt.Errorf("replica: consent ledger: %w", err)
 	}
 	r.res = &policy.Resolver{Policies: opts.Policies, Queue: r.queue, Audit: r.audit, Now: opts.Now, ReplicaID: r.fp}
+	if err := r.loadStatus(ctx); err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("replica: status: %w", err)
+	}
 	r.loopCtx, r.stopLoops = context.WithCancel(context.Background())
 	return r, nil
 }
@@ -498,4 +503,35 @@ func (r *Replica) Watch(ctx context.Context) <-chan Event {
 		r.events.unsubscribe(ch)
 	}()
 	return ch
+}
+
+// Backup writes an encrypted backup of every record (the age format; see
+// storage.Store.Export). Device-specific state (identity, peer cursors,
+// consent) stays out: a backup restores data, not a device.
+func (r *Replica) Backup(ctx context.Context, w io.Writer, opts storage.ExportOptions) (storage.ExportStats, error) {
+	if r.isClosed() {
+		return storage.ExportStats{}, ErrClosed
+	}
+	return r.store.Export(ctx, w, opts)
+}
+
+// Restore merges a backup into this replica through Automerge: records the
+// backup lacks or holds older versions of keep their newer data. The
+// whole file is verified before anything is written.
+func (r *Replica) Restore(ctx context.Context, rd io.Reader, opts storage.ImportOptions) (storage.ImportStats, error) {
+	if r.isClosed() {
+		return storage.ImportStats{}, ErrClosed
+	}
+	// Writers of records wait: the import rewrites documents under them.
+	for i := range r.stripe {
+		r.stripe[i].Lock()
+	}
+	defer func() {
+		for i := range r.stripe {
+			r.stripe[i].Unlock()
+		}
+	}()
+	st, err := r.store.Import(ctx, rd, opts)
+	r.cache.clear()
+	return st, err
 }

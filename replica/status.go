@@ -2,7 +2,9 @@ package replica
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -195,6 +197,48 @@ func (r *Replica) openConflicts(ctx context.Context) int {
 		return 0
 	}
 	return len(list)
+}
+
+const nsStatus = "status"
+
+// saveStatus persists a peer's status so it survives restarts (a best
+// effort: a failure to save it loses no data).
+func (r *Replica) saveStatus(ctx context.Context, peer string) {
+	s := r.status.peer(peer)
+	s.Progress = SyncStats{Peer: s.Progress.Peer, RecordsSent: s.Progress.RecordsSent, RecordsReceived: s.Progress.RecordsReceived,
+		BytesSent: s.Progress.BytesSent, BytesReceived: s.Progress.BytesReceived, Conflicts: s.Progress.Conflicts}
+	if s.State == Syncing {
+		return
+	}
+	b, err := json.Marshal(s)
+	if err == nil {
+		_ = r.store.Slots(nsStatus).Put(ctx, peer, b)
+	}
+}
+
+// loadStatus restores the peers' last known status at open.
+func (r *Replica) loadStatus(ctx context.Context) error {
+	return r.store.Slots(nsStatus).Range(ctx, func(peer string, b []byte) error {
+		var s Status
+		if json.Unmarshal(b, &s) != nil {
+			return nil // an unreadable status is forgotten, not fatal
+		}
+		r.status.mu.Lock()
+		r.status.peers[peer] = &s
+		r.status.mu.Unlock()
+		return nil
+	})
+}
+
+// UnmarshalText reads a state's name.
+func (s *State) UnmarshalText(b []byte) error {
+	for i, n := range stateNames {
+		if n == string(b) {
+			*s = State(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: unknown state %q", ErrInvalid, b)
 }
 
 func (r *Replica) publishStatus(peer string) {

@@ -19,6 +19,18 @@ import (
 // returns what moved. Both sides end up holding each other's changes for
 // every collection the other may see. The caller owns conn.
 func (r *Replica) Sync(ctx context.Context, conn transport.Conn) (SyncStats, error) {
+	return r.SyncWith(ctx, conn, SyncOptions{})
+}
+
+// SyncOptions tune one session.
+type SyncOptions struct {
+	// Progress is called with the running counts after every frame
+	// received.
+	Progress func(SyncStats)
+}
+
+// SyncWith is Sync with options.
+func (r *Replica) SyncWith(ctx context.Context, conn transport.Conn, opts SyncOptions) (SyncStats, error) {
 	if r.isClosed() {
 		return SyncStats{}, ErrClosed
 	}
@@ -30,6 +42,9 @@ func (r *Replica) Sync(ctx context.Context, conn transport.Conn) (SyncStats, err
 		maxRecords: r.opts.Batch,
 		progress: func(s SyncStats) {
 			r.status.progress(peer, s)
+			if opts.Progress != nil {
+				opts.Progress(s)
+			}
 		},
 	})
 	// What was sent was shared, even if the session failed afterwards.
@@ -37,6 +52,7 @@ func (r *Replica) Sync(ctx context.Context, conn transport.Conn) (SyncStats, err
 		err = lerr
 	}
 	r.status.end(peer, stats, err, r.openConflicts(ctx))
+	r.saveStatus(context.WithoutCancel(ctx), peer)
 	r.publishStatus(peer)
 	if err != nil {
 		return stats, fmt.Errorf("replica: sync with %s: %w", short(peer), err)

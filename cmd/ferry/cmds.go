@@ -1,0 +1,437 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"filippo.io/age"
+	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/replica"
+	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
+	"golang.org/x/term"
+)
+
+func isTerminal(f any) bool {
+	if x, ok := f.(*os.File); ok {
+		return term.IsTerminal(int(x.Fd()))
+	}
+	return false
+}
+
+func isNetErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+
+func policyPath(dir string) string { return filepath.Join(dir, "ferry-policy.json") }
+
+// fastKDF reports whether FERRY_KDF=fast asks for cheap key derivation
+// (tests and the demo only: it weakens a stolen store's protection).
+func (e *env) fastKDF() bool { return e.getenv("FERRY_KDF") == "fast" }
+
+// passphrase returns the store passphrase from --passphrase-file,
+// $FERRY_PASSPHRASE, or a prompt (twice when confirm is set).
+func (e *env) passphrase(confirm bool) ([]byte, error) {
+	if e.passphraseFile != "" {
+		return readSecretFile(e.passphraseFile)
+	}
+	if p := e.getenv("FERRY_PASSPHRASE"); p != "" {
+		return []byte(p), nil
+	}
+	return e.prompt("passphrase", confirm)
+}
+
+func readSecretFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("passphrase file: %w", err)
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if len(line) == 0 {
+		return nil, usagef("passphrase file %s is empty", path)
+	}
+	return line, nil
+}
+
+func (e *env) prompt(what string, confirm bool) ([]byte, error) {
+	f, ok := e.stdin.(*os.File)
+	if !ok || !e.interactive {
+		return nil, usagef("no %s: set $FERRY_PASSPHRASE or --passphrase-file (no terminal to ask on)", what)
+	}
+	fmt.Fprintf(e.stderr, "%s: ", what)
+	p, err := term.ReadPassword(int(f.Fd()))
+	fmt.Fprintln(e.stderr)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	if len(p) == 0 {
+		return nil, usagef("empty %s", what)
+	}
+	if confirm {
+		fmt.Fprintf(e.stderr, "%s again: ", what)
+		q, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(e.stderr)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", what, err)
+		}
+		if !bytes.Equal(p, q) {
+			return nil, usagef("the two %ss differ", what)
+		}
+	}
+	return p, nil
+}
+
+// open opens the replica in the store directory.
+func (e *env) open(ctx context.Context) (*replica.Replica, error) {
+	if _, err := os.Stat(e.dir); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no store in %s (run 'ferry init'): %w", e.dir, storage.ErrNoStore)
+	}
+	set, err := policySet(e.dir)
+	if err != nil {
+		return nil, err
+	}
+	pass, err := e.passphrase(false)
+	if err != nil {
+		return nil, err
+	}
+	opts := replica.Options{Passphrase: pass, Policies: set, Name: e.getenv("FERRY_NAME")}
+	r, err := replica.Open(ctx, e.dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// withReplica opens the replica, runs fn and closes it.
+func (e *env) withReplica(ctx context.Context, fn func(r *replica.Replica) error) error {
+	r, err := e.open(ctx)
+	if err != nil {
+		return err
+	}
+	err = fn(r)
+	if cerr := r.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func needArgs(args []string, n int) error {
+	if len(args) != n {
+		return usagef("want %d argument(s), got %d", n, len(args))
+	}
+	return nil
+}
+
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// parseJSONObject reads a JSON object with integers as int64.
+func parseJSONObject(s string) (map[string]any, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, usagef("bad JSON: %v", err)
+	}
+	m, ok := normalizeJSON(v).(map[string]any)
+	if !ok {
+		return nil, usagef("want a JSON object, got %s", s)
+	}
+	return m, nil
+}
+
+func parseJSONValue(s string) (any, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, usagef("bad JSON value: %v", err)
+	}
+	return normalizeJSON(v), nil
+}
+
+func normalizeJSON(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, vv := range x {
+			x[k] = normalizeJSON(vv)
+		}
+		return x
+	case []any:
+		for i := range x {
+			x[i] = normalizeJSON(x[i])
+		}
+		return x
+	}
+	return v
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// trustedPins pins exactly the peers holding a live device-sync grant.
+func trustedPins(r *replica.Replica) transport.Pins {
+	return transport.PinFunc(func(pub ed25519.PublicKey) bool {
+		return r.Consent().AnyAllowed(transport.Fingerprint(pub), consent.PurposeDeviceSync)
+	})
+}
+
+func init() {
+	register(&command{name: "init", args: "[--name NAME] [--policy FILE]",
+		summary: "create an encrypted store (asks for the passphrase twice on a terminal)",
+		example: "FERRY_DIR=~/notes-a ferry init --name laptop",
+		flags: func(fs *flag.FlagSet) {
+			fs.String("name", "", "a human-readable name for this replica")
+			fs.String("policy", "", "copy this conflict policy file into the store (see 'ferry policy --help')")
+		},
+		run: func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 0); err != nil {
+				return err
+			}
+			if pf := fs.Lookup("policy").Value.String(); pf != "" {
+				b, err := os.ReadFile(pf)
+				if err != nil {
+					return err
+				}
+				if _, err := parsePolicy(b); err != nil {
+					return err
+				}
+				defer func() { _ = os.WriteFile(policyPath(e.dir), b, 0o600) }()
+			}
+			pass, err := e.passphrase(true)
+			if err != nil {
+				return err
+			}
+			opts := replica.Options{Passphrase: pass, Name: fs.Lookup("name").Value.String()}
+			if e.fastKDF() {
+				opts.KDF = storage.TestKDF()
+			}
+			if err := os.MkdirAll(e.dir, 0o700); err != nil {
+				return err
+			}
+			r, err := replica.Create(ctx, e.dir, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "created %s\nreplica id %s\n", e.dir, r.ID())
+			return r.Close()
+		}})
+
+	register(&command{name: "id", args: "", summary: "print this replica's identity fingerprint",
+		example: "ferry id",
+		run: func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 0); err != nil {
+				return err
+			}
+			return e.withReplica(ctx, func(r *replica.Replica) error {
+				fmt.Fprintln(e.stdout, r.ID())
+				return nil
+			})
+		}})
+
+	register(&command{name: "put", args: "COLLECTION ID JSON", summary: "merge a JSON object's fields into a record",
+		example: `ferry put notes groceries '{"title":"Groceries","items":["milk"]}'`,
+		run: func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 3); err != nil {
+				return err
+			}
+			fields, err := parseJSONObject(args[2])
+			if err != nil {
+				return err
+			}
+			return e.withReplica(ctx, func(r *replica.Replica) error { return r.Put(ctx, args[0], args[1], fields) })
+		}})
+
+	register(&command{name: "get", args: "COLLECTION ID", summary: "print a record as JSON",
+		example: "ferry get notes groceries",
+		run: func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 2); err != nil {
+				return err
+			}
+			return e.withReplica(ctx, func(r *replica.Replica) error {
+				m, err := r.Get(ctx, args[0], args[1])
+				if err != nil {
+					return err
+				}
+				return e.printJSON(m)
+			})
+		}})
+
+	register(&command{name: "del", args: "COLLECTION ID", summary: "delete a record (the deletion syncs)",
+		example: "ferry del notes groceries",
+		run: func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 2); err != nil {
+				return err
+			}
+			return e.withReplica(ctx, func(r *replica.Replica) error { return r.Delete(ctx, args[0], args[1]) })
+		}})
+
+	register(&command{name: "list", args: "COLLECTION [--json] [--order id|updated] [--limit N]",
+		summary: "list a collection's records (id and last update)",
+		example: "ferry list notes --order updated --limit 10",
+		flags: func(fs *flag.FlagSet) {
+			fs.Bool("json", false, "print JSON: {\"items\":[{\"id\",\"created\",\"updated\"}],\"next\"}")
+			fs.String("order", "id", "sort by id or updated (newest first)")
+			fs.Int("limit", 0, "at most N records")
+			fs.String("after", "", "continue after this cursor (the 'next' of a previous --json page)")
+		},
+		run: func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 1); err != nil {
+				return err
+			}
+			opts := replica.ListOptions{After: fs.Lookup("after").Value.String()}
+			opts.Limit, _ = strconv.Atoi(fs.Lookup("limit").Value.String())
+			switch fs.Lookup("order").Value.String() {
+			case "id":
+			case "updated":
+				opts.Order = replica.ByUpdated
+			default:
+				return usagef("--order is id or updated")
+			}
+			return e.withReplica(ctx, func(r *replica.Replica) error {
+				page, err := r.List(ctx, args[0], opts)
+				if err != nil {
+					return err
+				}
+				if fs.Lookup("json").Value.String() == "true" {
+					if page.Items == nil {
+						page.Items = []replica.RecordInfo{}
+					}
+					return e.printJSON(page)
+				}
+				for _, it := range page.Items {
+					fmt.Fprintf(e.stdout, "%s\t%s\n", it.ID, it.Updated.UTC().Format(time.RFC3339))
+				}
+				return nil
+			})
+		}})
+
+	register(&command{name: "doc", args: "export COLLECTION ID FILE | import COLLECTION ID FILE",
+		summary: "write a record as a standard .automerge file, or merge one in",
+		example: "ferry doc export notes groceries groceries.automerge",
+		run: func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+			if len(args) != 4 || (args[0] != "export" && args[0] != "import") {
+				return usagef("want export|import COLLECTION ID FILE")
+			}
+			return e.withReplica(ctx, func(r *replica.Replica) error {
+				if args[0] == "export" {
+					b, err := r.ExportDoc(ctx, args[1], args[2])
+					if err != nil {
+						return err
+					}
+					return os.WriteFile(args[3], b, 0o600)
+				}
+				b, err := os.ReadFile(args[3])
+				if err != nil {
+					return err
+				}
+				n, err := r.ImportDoc(ctx, args[1], args[2], b)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "merged %s into %s/%s (%d conflicts)\n", args[3], args[1], args[2], n)
+				return nil
+			})
+		}})
+
+	register(&command{name: "trust", args: "FINGERPRINT --collections A,B [--expires DURATION]",
+		summary: "pair a peer: grant it device-sync of the named collections",
+		example: "ferry trust $(FERRY_DIR=../phone ferry id) --collections notes,todo",
+		flags: func(fs *flag.FlagSet) {
+			fs.String("collections", "", "comma-separated collections the peer may sync")
+			fs.String("purpose", consent.PurposeDeviceSync, "the purpose (only device-sync pairs a peer)")
+			fs.Duration("expires", 0, "the grant lapses after this long (default: until revoked)")
+		},
+		run: func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 1); err != nil {
+				return err
+			}
+			colls := splitList(fs.Lookup("collections").Value.String())
+			if len(colls) == 0 {
+				return usagef("--collections is required")
+			}
+			if p := fs.Lookup("purpose").Value.String(); p != consent.PurposeDeviceSync {
+				return usagef("trust pairs for device-sync; use 'ferry consent grant' for purpose %q", p)
+			}
+			exp, _ := time.ParseDuration(fs.Lookup("expires").Value.String())
+			return e.withReplica(ctx, func(r *replica.Replica) error {
+				gs, err := r.Pair(ctx, args[0], colls, exp)
+				if err != nil {
+					return err
+				}
+				for _, g := range gs {
+					fmt.Fprintf(e.stdout, "granted %s: %s to %s for %s\n", g.ID, g.Collection, g.Destination, g.Purpose)
+				}
+				return nil
+			})
+		}})
+
+	register(&command{name: "untrust", args: "FINGERPRINT", summary: "revoke every grant a peer holds",
+		example: "ferry untrust 5ul3naxq...",
+		run: func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+			if err := needArgs(args, 1); err != nil {
+				return err
+			}
+			return e.withReplica(ctx, func(r *replica.Replica) error {
+				n, err := r.Unpair(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					return fmt.Errorf("%s holds no grant: %w", args[0], consent.ErrNoGrant)
+				}
+				fmt.Fprintf(e.stdout, "revoked %d grant(s)\n", n)
+				return nil
+			})
+		}})
+}
+
+// parsePolicy validates a policy file's bytes.
+func parsePolicy(b []byte) (any, error) {
+	set, err := parsePolicySet(b)
+	if err != nil {
+		return nil, fmt.Errorf("policy file: %w", err)
+	}
+	return set, nil
+}
+
+// readAll reads a whole file, or stdin for "-".
+func (e *env) readAll(path string) ([]byte, error) {
+	if path == "-" {
+		return io.ReadAll(bufio.NewReader(e.stdin))
+	}
+	return os.ReadFile(path)
+}
+
+var _ = age.ParseIdentities
