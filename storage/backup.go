@@ -1,0 +1,625 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+
+	"filippo.io/age"
+	"github.com/automerge/automerge-go"
+	"github.com/dgraph-io/badger/v4"
+	"github.com/fxamacker/cbor/v2"
+)
+
+// Backup format (see docs/storage.md): an age file whose payload is a CBOR
+// sequence (RFC 8742) of maps with text keys, in core deterministic encoding:
+//
+//	{"k":"ferry-backup","v":1,"created":<unix ns>,"records":<n>,"slots":<m>}
+//	{"k":"record","c":<collection>,"id":<id>,"created":<unix ns>,"updated":<unix ns>,
+//	 "deleted":<bool>,"attrs":<bytes>,"doc":<Automerge document bytes>}   x n
+//	{"k":"slot","ns":<namespace>,"key":<key>,"value":<bytes>}              x m
+//	{"k":"end","items":<n+m+1>,"sha256":<SHA-256 of every preceding item's bytes>}
+const (
+	backupKind    = "ferry-backup"
+	backupVersion = 1
+	// DefaultMaxImportBytes bounds the decrypted size Import stages in memory.
+	DefaultMaxImportBytes = 1 << 30
+)
+
+type bkHeader struct {
+	K       string `cbor:"k"`
+	V       uint64 `cbor:"v"`
+	Created int64  `cbor:"created"`
+	Records uint64 `cbor:"records"`
+	Slots   uint64 `cbor:"slots"`
+}
+
+type bkRecord struct {
+	K       string `cbor:"k"`
+	C       string `cbor:"c"`
+	ID      string `cbor:"id"`
+	Created int64  `cbor:"created"`
+	Updated int64  `cbor:"updated"`
+	Deleted bool   `cbor:"deleted"`
+	Attrs   []byte `cbor:"attrs"`
+	Doc     []byte `cbor:"doc"`
+}
+
+type bkSlot struct {
+	K     string `cbor:"k"`
+	NS    string `cbor:"ns"`
+	Key   string `cbor:"key"`
+	Value []byte `cbor:"value"`
+}
+
+type bkTrailer struct {
+	K      string `cbor:"k"`
+	Items  uint64 `cbor:"items"`
+	SHA256 []byte `cbor:"sha256"`
+}
+
+type bkPeek struct {
+	K string `cbor:"k"`
+}
+
+var (
+	bkEnc    cbor.EncMode
+	bkDec    cbor.DecMode
+	bkDecAny cbor.DecMode
+)
+
+func init() {
+	eo := cbor.CoreDetEncOptions()
+	eo.NilContainers = cbor.NilContainerAsEmpty
+	var err error
+	if bkEnc, err = eo.EncMode(); err != nil {
+		panic(err)
+	}
+	do := cbor.DecOptions{
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		IndefLength:       cbor.IndefLengthForbidden,
+		TagsMd:            cbor.TagsForbidden,
+		MaxNestedLevels:   4,
+		MaxArrayElements:  16,
+		MaxMapPairs:       16,
+		UTF8:              cbor.UTF8RejectInvalid,
+		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+	}
+	if bkDec, err = do.DecMode(); err != nil {
+		panic(err)
+	}
+	do.ExtraReturnErrors = cbor.ExtraDecErrorNone
+	if bkDecAny, err = do.DecMode(); err != nil {
+		panic(err)
+	}
+}
+
+// ExportOptions choose who can open a backup and what goes in it.
+type ExportOptions struct {
+	// Passphrase encrypts with an age scrypt recipient (age -d asks for it).
+	Passphrase []byte
+	// Recipients (e.g. age X25519 recipients) encrypt to keys instead. age
+	// does not allow mixing a passphrase with other recipients.
+	Recipients []age.Recipient
+	// Namespaces lists the slot namespaces to include. Device-specific ones
+	// (identity, per-peer cursors) are for the caller to leave out.
+	Namespaces []string
+	// ScryptWorkFactor is log2(N) for a passphrase backup; 0 => age's
+	// default (18). Lower values are for tests only.
+	ScryptWorkFactor int
+}
+
+// ExportStats reports what Export wrote.
+type ExportStats struct {
+	Records, Slots int
+	Bytes          int64 // size of the age file
+}
+
+// ImportOptions open a backup.
+type ImportOptions struct {
+	Passphrase []byte
+	Identities []age.Identity
+	// MaxBytes bounds the decrypted backup, which is staged in memory and
+	// verified whole before anything is written; 0 => DefaultMaxImportBytes.
+	MaxBytes int64
+}
+
+// ImportStats reports what Import did.
+type ImportStats struct {
+	Records      int // records in the backup
+	Created      int // records that did not exist
+	Merged       int // existing records that changed by the merge
+	Unchanged    int // existing records the backup added nothing to
+	Slots        int // slots written (absent before)
+	SlotsSkipped int // slots left alone because they existed
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Export writes an age-encrypted backup of every record and of the slots in
+// opts.Namespaces, from one consistent snapshot.
+func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) (ExportStats, error) {
+	var rcpts []age.Recipient
+	switch {
+	case len(opts.Passphrase) > 0 && len(opts.Recipients) > 0:
+		return ExportStats{}, invalidf("age cannot mix a passphrase with recipients")
+	case len(opts.Passphrase) > 0:
+		r, err := age.NewScryptRecipient(string(opts.Passphrase))
+		if err != nil {
+			return ExportStats{}, invalidf("backup passphrase")
+		}
+		if opts.ScryptWorkFactor > 0 {
+			r.SetWorkFactor(opts.ScryptWorkFactor)
+		}
+		rcpts = []age.Recipient{r}
+	case len(opts.Recipients) > 0:
+		rcpts = opts.Recipients
+	default:
+		return ExportStats{}, invalidf("set Passphrase or Recipients")
+	}
+	for _, ns := range opts.Namespaces {
+		if err := checkName("namespace", ns); err != nil {
+			return ExportStats{}, err
+		}
+	}
+	var stats ExportStats
+	cw := &countWriter{w: w}
+	err := s.view(ctx, "export", func(txn *badger.Txn, st *keyState) error {
+		stats = ExportStats{}
+		// Pass 1: counts for the header.
+		nrec, nslot := 0, 0
+		if err := s.eachRecord(ctx, txn, st, func(*epochKeys, []byte, *metaRec) error { nrec++; return nil }); err != nil {
+			return err
+		}
+		for _, ns := range opts.Namespaces {
+			if err := eachSlot(txn, st, ns, func(*slotVal) error { nslot++; return nil }); err != nil {
+				return err
+			}
+		}
+		aw, err := age.Encrypt(cw, rcpts...)
+		if err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+		h := sha256.New()
+		items := uint64(0)
+		emit := func(v any) error {
+			b, err := bkEnc.Marshal(v)
+			if err != nil {
+				return err
+			}
+			h.Write(b)
+			items++
+			_, err = aw.Write(b)
+			return err
+		}
+		if err := emit(bkHeader{K: backupKind, V: backupVersion, Created: s.now().UnixNano(),
+			Records: uint64(nrec), Slots: uint64(nslot)}); err != nil {
+			return err
+		}
+		err = s.eachRecord(ctx, txn, st, func(ek *epochKeys, rid []byte, m *metaRec) error {
+			doc, err := readChunks(txn, ek, rid, m, nil)
+			if err != nil {
+				return err
+			}
+			if pieces := len(m.chunks) + min(len(m.inline), 1); pieces > 1 {
+				if doc, err = amResave(doc); err != nil {
+					return corruptf("record document")
+				}
+			}
+			stats.Records++
+			return emit(bkRecord{K: "record", C: m.coll, ID: m.id, Created: m.created, Updated: m.updated,
+				Deleted: m.deleted, Attrs: m.attrs, Doc: doc})
+		})
+		if err != nil {
+			return err
+		}
+		for _, ns := range opts.Namespaces {
+			err := eachSlot(txn, st, ns, func(v *slotVal) error {
+				stats.Slots++
+				return emit(bkSlot{K: "slot", NS: v.ns, Key: v.key, Value: v.value})
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if stats.Records != nrec || stats.Slots != nslot {
+			return corruptf("export counts")
+		}
+		b, err := bkEnc.Marshal(bkTrailer{K: "end", Items: items, SHA256: h.Sum(nil)})
+		if err != nil {
+			return err
+		}
+		if _, err := aw.Write(b); err != nil {
+			return err
+		}
+		return aw.Close()
+	})
+	stats.Bytes = cw.n
+	if err != nil {
+		return stats, err
+	}
+	return stats, nil
+}
+
+// eachRecord visits every record (all collections) with its verified meta.
+func (s *Store) eachRecord(ctx context.Context, txn *badger.Txn, st *keyState, fn func(ek *epochKeys, rid []byte, m *metaRec) error) error {
+	n := 0
+	for _, ek := range st.reads() {
+		prefix := keyPrefix(nil, ek.epoch, kindMeta)
+		var keys [][]byte
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		it.Close()
+		for _, k := range keys {
+			if n++; n%ctxCheckEvery == 0 {
+				if err := s.alive(ctx); err != nil {
+					return err
+				}
+			}
+			raw, ok, err := getValue(txn, k)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return corruptf("record meta")
+			}
+			m, nonce, err := openMeta(ek, k, raw)
+			if err != nil {
+				return err
+			}
+			rid := ek.recID(m.coll, m.id)
+			if !bytes.Equal(k, ek.metaKey(m.coll, rid)) {
+				return corruptf("record meta")
+			}
+			if err := verifyFeedLink(txn, ek, m, nonce); err != nil {
+				return err
+			}
+			if err := fn(ek, rid, m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func eachSlot(txn *badger.Txn, st *keyState, ns string, fn func(*slotVal) error) error {
+	for _, ek := range st.reads() {
+		prefix := ek.slotPrefix(ns)
+		var keys [][]byte
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		it.Close()
+		for _, k := range keys {
+			v, err := readSlot(txn, ek, k, ns, "")
+			if err != nil {
+				return err
+			}
+			if v == nil || !bytes.Equal(k, ek.slotKey(ns, v.key)) {
+				return corruptf("slot")
+			}
+			if err := fn(v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// staged is a fully verified backup, held in memory.
+type staged struct {
+	hdr     bkHeader
+	records []stagedRecord
+	slots   []bkSlot
+}
+
+type stagedRecord struct {
+	bkRecord
+	heads []automerge.ChangeHash
+}
+
+func badBackup(what string) error { return fmt.Errorf("%s: %w", what, ErrBadBackup) }
+
+// readBackup decrypts and verifies a whole backup. Every failure (age
+// authentication, truncation, trailer, item validation, size) is
+// ErrBadBackup.
+func readBackup(r io.Reader, ids []age.Identity, maxBytes int64) (*staged, error) {
+	ar, err := age.Decrypt(r, ids...)
+	if err != nil {
+		return nil, badBackup("decrypt backup")
+	}
+	return readBackupStream(ar, maxBytes)
+}
+
+func readBackupStream(r io.Reader, maxBytes int64) (*staged, error) {
+	lr := &io.LimitedReader{R: r, N: maxBytes + 1}
+	dec := bkDec.NewDecoder(lr)
+	h := sha256.New()
+	st := &staged{}
+	items := uint64(0)
+	seenRec := map[[2]string]bool{}
+	seenSlot := map[[2]string]bool{}
+	for {
+		var raw cbor.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if lr.N <= 0 {
+				return nil, badBackup("backup larger than MaxBytes")
+			}
+			return nil, badBackup("read backup")
+		}
+		var peek bkPeek
+		if err := bkDecAny.Unmarshal(raw, &peek); err != nil {
+			return nil, badBackup("backup item")
+		}
+		if items == 0 && peek.K != backupKind {
+			return nil, badBackup("backup header")
+		}
+		switch peek.K {
+		case backupKind:
+			if items != 0 {
+				return nil, badBackup("backup header")
+			}
+			if err := bkDec.Unmarshal(raw, &st.hdr); err != nil || st.hdr.V != backupVersion {
+				return nil, badBackup("backup header")
+			}
+		case "record":
+			var rec bkRecord
+			if err := bkDec.Unmarshal(raw, &rec); err != nil {
+				return nil, badBackup("backup record")
+			}
+			heads, err := validateBackupRecord(&rec)
+			if err != nil {
+				return nil, err
+			}
+			k := [2]string{rec.C, rec.ID}
+			if seenRec[k] || uint64(len(st.records)) >= st.hdr.Records {
+				return nil, badBackup("backup record")
+			}
+			seenRec[k] = true
+			st.records = append(st.records, stagedRecord{rec, heads})
+		case "slot":
+			var sl bkSlot
+			if err := bkDec.Unmarshal(raw, &sl); err != nil {
+				return nil, badBackup("backup slot")
+			}
+			k := [2]string{sl.NS, sl.Key}
+			if checkName("ns", sl.NS) != nil || checkName("key", sl.Key) != nil || len(sl.Value) > maxValueLen ||
+				seenSlot[k] || uint64(len(st.slots)) >= st.hdr.Slots {
+				return nil, badBackup("backup slot")
+			}
+			seenSlot[k] = true
+			st.slots = append(st.slots, sl)
+		case "end":
+			var tr bkTrailer
+			if err := bkDec.Unmarshal(raw, &tr); err != nil {
+				return nil, badBackup("backup trailer")
+			}
+			if tr.Items != items || !bytes.Equal(tr.SHA256, h.Sum(nil)) ||
+				uint64(len(st.records)) != st.hdr.Records || uint64(len(st.slots)) != st.hdr.Slots {
+				return nil, badBackup("backup trailer")
+			}
+			// Nothing may follow, and reading to EOF lets age authenticate
+			// the final chunk.
+			var extra cbor.RawMessage
+			if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+				return nil, badBackup("data after backup trailer")
+			}
+			if lr.N <= 0 {
+				return nil, badBackup("backup larger than MaxBytes")
+			}
+			return st, nil
+		default:
+			return nil, badBackup("backup item kind")
+		}
+		h.Write(raw)
+		items++
+	}
+}
+
+func validateBackupRecord(rec *bkRecord) ([]automerge.ChangeHash, error) {
+	if checkName("c", rec.C) != nil || checkName("id", rec.ID) != nil || len(rec.Attrs) > maxAttrsLen ||
+		len(rec.Doc) == 0 || len(rec.Doc) > maxValueLen {
+		return nil, badBackup("backup record")
+	}
+	heads, err := amGuard(func() ([]automerge.ChangeHash, error) {
+		d, err := automerge.Load(rec.Doc)
+		if err != nil {
+			return nil, err
+		}
+		return d.Heads(), nil
+	})
+	if err != nil {
+		return nil, badBackup("backup record document")
+	}
+	return heads, nil
+}
+
+const (
+	importBatchRecords = 128
+	importBatchBytes   = 4 << 20
+	importBatchSlots   = 256
+)
+
+// Import reads and verifies the whole backup (age authentication, trailer
+// count and hash, every document loadable) before writing anything; a bad
+// backup is ErrBadBackup and leaves the store unchanged. It then merges each
+// record through Automerge (an older backup never overwrites newer data;
+// concurrent edits both survive) and writes each slot only if absent.
+//
+// Meta fields: a new record takes the backup's Created, Updated, Deleted and
+// Attrs; for an existing record Deleted and Attrs come from whichever side
+// has the later Updated, and Updated becomes the later of the two. Records
+// are written in batches of one transaction each: an interrupted import
+// leaves some records merged, and running it again is harmless.
+func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (ImportStats, error) {
+	ids := append([]age.Identity(nil), opts.Identities...)
+	if len(opts.Passphrase) > 0 {
+		id, err := age.NewScryptIdentity(string(opts.Passphrase))
+		if err != nil {
+			return ImportStats{}, invalidf("backup passphrase")
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		return ImportStats{}, invalidf("set Passphrase or Identities")
+	}
+	maxBytes := opts.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxImportBytes
+	}
+	if err := s.alive(ctx); err != nil {
+		return ImportStats{}, err
+	}
+	st, err := readBackup(r, ids, maxBytes)
+	if err != nil {
+		return ImportStats{}, err
+	}
+	stats := ImportStats{Records: len(st.records)}
+	for i := 0; i < len(st.records); {
+		j, size := i, 0
+		for j < len(st.records) && j-i < importBatchRecords && size < importBatchBytes {
+			size += len(st.records[j].Doc)
+			j++
+		}
+		bs, err := s.importRecords(ctx, st.records[i:j])
+		if err != nil {
+			return stats, err
+		}
+		stats.Created += bs.Created
+		stats.Merged += bs.Merged
+		stats.Unchanged += bs.Unchanged
+		i = j
+	}
+	for i := 0; i < len(st.slots); i += importBatchSlots {
+		part := st.slots[i:min(i+importBatchSlots, len(st.slots))]
+		wrote := make([]bool, len(part))
+		b := Batch{}
+		for k, sl := range part {
+			b.Slots = append(b.Slots, SlotWrite{Namespace: sl.NS, Key: sl.Key, Value: sl.Value, ifAbsent: true, wrote: &wrote[k]})
+		}
+		if _, err := s.Write(ctx, b); err != nil {
+			return stats, err
+		}
+		for _, w := range wrote {
+			if w {
+				stats.Slots++
+			} else {
+				stats.SlotsSkipped++
+			}
+		}
+	}
+	return stats, nil
+}
+
+func (s *Store) importRecords(ctx context.Context, recs []stagedRecord) (ImportStats, error) {
+	for attempt := 0; ; attempt++ {
+		var stats ImportStats
+		var b Batch
+		for i := range recs {
+			rec := &recs[i]
+			w, kind, err := s.mergeRecord(ctx, rec)
+			if err != nil {
+				return stats, err
+			}
+			switch kind {
+			case 'c':
+				stats.Created++
+			case 'm':
+				stats.Merged++
+			default:
+				stats.Unchanged++
+			}
+			if w != nil {
+				b.Records = append(b.Records, *w)
+			}
+		}
+		if len(b.Records) == 0 {
+			return stats, nil
+		}
+		_, err := s.Write(ctx, b)
+		if errors.Is(err, errStale) && attempt < maxAttempts {
+			continue // a record changed under us: merge again
+		}
+		return stats, err
+	}
+}
+
+// mergeRecord prepares the write that merges one backup record, or nil.
+func (s *Store) mergeRecord(ctx context.Context, rec *stagedRecord) (*RecordWrite, byte, error) {
+	data, meta, err := s.Load(ctx, rec.C, rec.ID)
+	if errors.Is(err, ErrNotFound) {
+		zero := uint64(0)
+		doc := rec.Doc
+		return &RecordWrite{Collection: rec.C, ID: rec.ID, Snapshot: func() ([]byte, error) { return doc, nil },
+			Heads: rec.heads, Deleted: rec.Deleted, Attrs: rec.Attrs, Time: unixNano(rec.Updated),
+			created: unixNano(rec.Created), ifSeq: &zero}, 'c', nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	type merged struct {
+		changes, snap []byte
+		heads         []automerge.ChangeHash
+	}
+	mg, err := amGuard(func() (*merged, error) {
+		local, err := automerge.Load(data)
+		if err != nil {
+			return nil, corruptf("record document")
+		}
+		before := local.Heads()
+		other, err := automerge.Load(rec.Doc)
+		if err != nil {
+			return nil, badBackup("backup record document")
+		}
+		if _, err := local.Merge(other); err != nil {
+			return nil, badBackup("merge backup record")
+		}
+		chs, err := local.Changes(before...)
+		if err != nil {
+			return nil, badBackup("merge backup record")
+		}
+		if len(chs) == 0 {
+			return &merged{heads: before}, nil
+		}
+		return &merged{changes: automerge.SaveChanges(chs), snap: local.Save(), heads: local.Heads()}, nil
+	})
+	if err != nil {
+		if errors.Is(err, errAMPanic) {
+			err = badBackup("merge backup record")
+		}
+		return nil, 0, err
+	}
+	newerMeta := rec.Updated > meta.Updated.UnixNano()
+	if len(mg.changes) == 0 && !newerMeta {
+		return nil, 'u', nil
+	}
+	w := &RecordWrite{Collection: rec.C, ID: rec.ID, Changes: mg.changes, Heads: mg.heads,
+		Deleted: meta.Deleted, Attrs: meta.Attrs, Time: meta.Updated, ifSeq: &meta.Seq}
+	if mg.snap != nil {
+		snap := mg.snap
+		w.Snapshot = func() ([]byte, error) { return snap, nil }
+	}
+	if newerMeta {
+		w.Deleted, w.Attrs, w.Time = rec.Deleted, rec.Attrs, unixNano(rec.Updated)
+	}
+	kind := byte('m')
+	if len(mg.changes) == 0 {
+		kind = 'u' // only the meta was newer
+	}
+	return w, kind, nil
+}

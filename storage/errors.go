@@ -1,0 +1,94 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Sentinel errors. Every error returned by this package that has one of these
+// causes wraps it, so errors.Is works; the wrapping adds short context only.
+var (
+	// ErrWrongKey: the passphrase or raw key does not unlock the store.
+	ErrWrongKey = errors.New("storage: wrong passphrase or key")
+	// ErrCorrupt: a stored value or file failed authentication or decoding.
+	// It deliberately says nothing about which byte or which check failed.
+	ErrCorrupt = errors.New("storage: corrupt or tampered data")
+	// ErrNotFound: no such record, slot or log.
+	ErrNotFound = errors.New("storage: not found")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("storage: store closed")
+	// ErrLocked: the directory is open in another process (or another Store).
+	ErrLocked = errors.New("storage: store is locked by another process")
+	// ErrExists: Create found an existing store in the directory.
+	ErrExists = errors.New("storage: store already exists")
+	// ErrNoStore: Open found no store in the directory.
+	ErrNoStore = errors.New("storage: no store in directory")
+	// ErrBadBackup: a backup is truncated, tampered with, or the passphrase or
+	// identity does not open it. Nothing was written to the store.
+	ErrBadBackup = errors.New("storage: bad backup")
+	// ErrInvalid: the caller passed invalid arguments (empty or oversized
+	// names, a batch too big for one transaction, inconsistent options).
+	ErrInvalid = errors.New("storage: invalid argument")
+)
+
+// errRetry restarts a transaction whose snapshot predates a key-state change.
+var errRetry = errors.New("storage: retry transaction")
+
+// corruptf wraps ErrCorrupt with a short, non-revealing context.
+func corruptf(what string) error { return fmt.Errorf("%s: %w", what, ErrCorrupt) }
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalid)
+}
+
+// mapBadgerErr converts Badger's own errors into this package's sentinels.
+// Badger wraps most internal errors with %+v (losing the chain), so
+// corruption is recognised by message as well as by identity.
+func mapBadgerErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var u userErr
+	if errors.As(err, &u) {
+		return u.err
+	}
+	switch {
+	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrNotFound), errors.Is(err, ErrClosed),
+		errors.Is(err, ErrInvalid), errors.Is(err, ErrWrongKey), errors.Is(err, errRetry):
+		return err
+	case errors.Is(err, badger.ErrKeyNotFound):
+		return fmt.Errorf("%s: %w", op, ErrNotFound)
+	case errors.Is(err, badger.ErrDBClosed), errors.Is(err, badger.ErrBlockedWrites):
+		return fmt.Errorf("%s: %w", op, ErrClosed)
+	case errors.Is(err, badger.ErrTxnTooBig):
+		return fmt.Errorf("%s: batch too big for one transaction: %w", op, ErrInvalid)
+	}
+	return mapByMessage(op, err, corruptMarks)
+}
+
+// Badger error texts that mean damaged data. openMarks adds texts that only
+// mean corruption while opening a store (an unreadable manifest, key
+// registry or value log).
+var (
+	corruptMarks = []string{"checksum", "corrupt", "bad magic", "block out of index",
+		"failed to initialize table", "index out of range", "datakey", "encryption key mismatch"}
+	openMarks = append([]string{"magic", "unexpected eof", "truncate", "invalid", "manifest",
+		"keyregistry", "data key", "file does not exist for table", "while opening", "replay",
+		"proto", "unmarshal"}, corruptMarks...)
+)
+
+func mapByMessage(op string, err error, marks []string) error {
+	msg := strings.ToLower(err.Error())
+	if strings.Contains(msg, "cannot acquire directory lock") {
+		return fmt.Errorf("%s: %w", op, ErrLocked)
+	}
+	for _, s := range marks {
+		if strings.Contains(msg, s) {
+			return fmt.Errorf("%s: %w", op, ErrCorrupt)
+		}
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}

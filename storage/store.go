@@ -1,0 +1,529 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// Store is an encrypted record store over Badger. It is safe for concurrent
+// use. No mutex is held across Badger I/O except where ordering requires it:
+// assigning change-feed sequence numbers and handing the transaction to
+// Badger's commit queue (not the fsync), and key-state transitions.
+type Store struct {
+	db    *badger.DB
+	dir   string
+	inMem bool
+	now   func() time.Time
+
+	// transMu serialises key-state transitions: header writes (passphrase
+	// change, rotation start and finish) and publishing a new keyState.
+	transMu sync.Mutex
+	hdr     *header // under transMu
+	kek     []byte  // under transMu; kept to wrap the next key on rotation
+	rotMu   sync.Mutex
+
+	state atomic.Pointer[keyState]
+
+	commitMu sync.Mutex
+	nextSeq  uint64 // under commitMu: last sequence number handed out
+	lastFeed atomic.Uint64
+
+	knownColl sync.Map // collection keys known to exist (never removed)
+
+	lifeMu  sync.Mutex
+	closed  bool
+	closing chan struct{}
+	ops     sync.WaitGroup
+}
+
+// keyState is the set of keys in force for transactions that read stateKey
+// at the given Badger version.
+type keyState struct {
+	version uint64
+	cur     *epochKeys
+	next    *epochKeys // non-nil while a rotation is in progress
+}
+
+// write returns the epoch new values are written under.
+func (st *keyState) write() *epochKeys {
+	if st.next != nil {
+		return st.next
+	}
+	return st.cur
+}
+
+// reads returns the epochs to look in, newest first.
+func (st *keyState) reads() []*epochKeys {
+	if st.next != nil {
+		return []*epochKeys{st.next, st.cur}
+	}
+	return []*epochKeys{st.cur}
+}
+
+// old returns the epoch being rotated away from, or nil.
+func (st *keyState) old() *epochKeys {
+	if st.next != nil {
+		return st.cur
+	}
+	return nil
+}
+
+func openBadger(dir string, o *Options) (db *badger.DB, err error) {
+	var bo badger.Options
+	if o.InMemory {
+		bo = badger.DefaultOptions("").WithInMemory(true)
+	} else {
+		bo = badger.DefaultOptions(dir)
+		if err := precheckTables(dir); err != nil {
+			return nil, err
+		}
+	}
+	bo = bo.WithSyncWrites(!o.NoSync).
+		WithLogger(nil).
+		WithChecksumVerificationMode(options.OnBlockRead).
+		WithVerifyValueChecksum(true).
+		WithCompression(options.None). // values are ciphertext, keys are MACs: incompressible
+		WithCompactL0OnClose(true)
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, corruptf("open database")
+		}
+	}()
+	db, err = badger.Open(bo)
+	if err != nil {
+		return nil, mapByMessage("open database", err, openMarks)
+	}
+	return db, nil
+}
+
+func newStore(db *badger.DB, dir string, o *Options) *Store {
+	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{})}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s
+}
+
+// Create makes a new store in dir (created if missing). It fails with
+// ErrExists if dir already holds a store or any Badger files (including
+// those of a Create that crashed before writing the header: remove the
+// directory and create again).
+func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !opts.InMemory {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create store: %w", err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, headerFile)); err == nil {
+			return nil, ErrExists
+		}
+		// Badger files without a header: another database, or a Create that
+		// crashed before writing the header. Either way, not ours to take.
+		if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err == nil {
+			return nil, fmt.Errorf("directory holds Badger files but no store header: %w", ErrExists)
+		}
+	}
+	db, err := openBadger(dir, &opts)
+	if err != nil {
+		return nil, err
+	}
+	s := newStore(db, dir, &opts)
+	if err := s.create(&opts); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) create(o *Options) error {
+	if !s.inMem {
+		// Re-check under Badger's directory lock.
+		if _, err := os.Stat(filepath.Join(s.dir, headerFile)); err == nil {
+			return ErrExists
+		}
+	}
+	h := &header{gen: 1, curEpoch: 1}
+	kek, err := newHeaderParams(h, o)
+	if err != nil {
+		return err
+	}
+	master := randomKey()
+	defer wipe(master)
+	if err := h.wrapKeys(kek, master, nil); err != nil {
+		return err
+	}
+	if !s.inMem {
+		if err := writeHeaderFile(s.dir, h); err != nil {
+			return err
+		}
+	}
+	return s.start(h, kek, master, nil)
+}
+
+// Open opens an existing store. The passphrase (or key) is checked against
+// the header before Badger is opened: a wrong one returns ErrWrongKey after a
+// single Argon2 run and touches no file. An interrupted key rotation is
+// resumed (and finished) before Open returns.
+func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
+	if err := opts.validateSecret(); err != nil {
+		return nil, err
+	}
+	if opts.InMemory {
+		return nil, fmt.Errorf("in-memory stores cannot be reopened: %w", ErrNoStore)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNoStore
+		}
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	h, err := readHeaderFile(dir)
+	if err != nil {
+		return nil, err
+	}
+	kek, cur, next, err := h.unlock(&opts)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(cur)
+	defer wipe(next)
+	db, err := openBadger(dir, &opts)
+	if err != nil {
+		wipe(kek)
+		return nil, err
+	}
+	s := newStore(db, dir, &opts)
+	if err := s.start(h, kek, cur, next); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if h.rotating {
+		if err := s.RotateKey(ctx, nil); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("resume key rotation: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// start installs the keys and recovers the sequence counters.
+func (s *Store) start(h *header, kek, cur, next []byte) error {
+	ck, err := newEpochKeys(h.curEpoch, cur)
+	if err != nil {
+		return err
+	}
+	st := &keyState{cur: ck}
+	if h.rotating {
+		if st.next, err = newEpochKeys(h.nextEpoch, next); err != nil {
+			return err
+		}
+	}
+	s.hdr, s.kek = h, kek
+	s.transMu.Lock()
+	err = s.publish(st)
+	s.transMu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.recoverSeq(st)
+}
+
+// publish writes stateKey (so every transaction that started earlier
+// conflicts or retries) and installs st. Caller holds transMu.
+func (s *Store) publish(st *keyState) error {
+	var w wbuf
+	w.u8(1)
+	w.uv(s.hdr.gen)
+	val, _ := st.write().sealNew(kindState, stateKey, w.b)
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(stateKey, val) }); err != nil {
+		return mapBadgerErr("write key state", err)
+	}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(stateKey)
+		if err != nil {
+			return err
+		}
+		st.version = it.Version()
+		return nil
+	})
+	if err != nil {
+		return mapBadgerErr("read key state", err)
+	}
+	s.state.Store(st)
+	return nil
+}
+
+func (s *Store) recoverSeq(st *keyState) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		var maxSeq, maxFeed uint64
+		for _, ek := range st.reads() {
+			if v, ok := lastSeqUnder(txn, keyPrefix(nil, ek.epoch, kindFeed)); ok {
+				maxFeed = max(maxFeed, v)
+			}
+			if v, ok := lastSeqUnder(txn, keyPrefix(nil, ek.epoch, kindMarker)); ok {
+				maxSeq = max(maxSeq, v)
+			}
+		}
+		s.commitMu.Lock()
+		s.nextSeq = max(maxSeq, maxFeed)
+		s.commitMu.Unlock()
+		s.lastFeed.Store(maxFeed)
+		return nil
+	})
+}
+
+func lastSeqUnder(txn *badger.Txn, prefix []byte) (uint64, bool) {
+	it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: prefix})
+	defer it.Close()
+	seek := append(append([]byte(nil), prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+	it.Seek(seek)
+	if !it.ValidForPrefix(prefix) {
+		return 0, false
+	}
+	k := it.Item().Key()
+	if len(k) != len(prefix)+8 {
+		return 0, false
+	}
+	return beU64(k[len(prefix):]), true
+}
+
+// Close waits for in-flight operations, closes Badger and wipes the key
+// material the store holds. Calling Close again returns nil. Do not call
+// Close from inside a List/Range/ScanLog callback.
+func (s *Store) Close() error {
+	s.lifeMu.Lock()
+	if s.closed {
+		s.lifeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	s.lifeMu.Unlock()
+	s.ops.Wait()
+	err := s.db.Close()
+	s.transMu.Lock()
+	wipe(s.kek)
+	if st := s.state.Load(); st != nil {
+		st.cur.wipe()
+		if st.next != nil {
+			st.next.wipe()
+		}
+	}
+	s.transMu.Unlock()
+	return mapBadgerErr("close database", err)
+}
+
+func (s *Store) begin() error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.ops.Add(1)
+	return nil
+}
+
+func (s *Store) end() { s.ops.Done() }
+
+// alive reports ctx cancellation or store closing, for long operations.
+func (s *Store) alive(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case <-s.closing:
+		return ErrClosed
+	default:
+		return nil
+	}
+}
+
+// recoverCorrupt turns a panic inside Badger (on corrupt files) into ErrCorrupt.
+func recoverCorrupt(op string, err *error) {
+	if r := recover(); r != nil {
+		*err = corruptf(op)
+	}
+}
+
+// txnState returns the key state matching the transaction's snapshot.
+func (s *Store) txnState(txn *badger.Txn) (*keyState, error) {
+	item, err := txn.Get(stateKey)
+	if err != nil {
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil, corruptf("key state")
+		}
+		return nil, err
+	}
+	v := item.Version()
+	st := s.state.Load()
+	if st.version != v {
+		// A transition may be publishing right now: take the lock it holds
+		// while doing so, then look again.
+		s.transMu.Lock()
+		st = s.state.Load()
+		s.transMu.Unlock()
+	}
+	switch {
+	case st.version == v:
+		return st, nil
+	case st.version > v:
+		return nil, errRetry // the snapshot predates a transition
+	}
+	return nil, corruptf("key state")
+}
+
+const maxAttempts = 200
+
+// view runs fn in a read-only transaction with the matching key state.
+func (s *Store) view(ctx context.Context, op string, fn func(txn *badger.Txn, st *keyState) error) (err error) {
+	if err := s.begin(); err != nil {
+		return err
+	}
+	defer s.end()
+	defer recoverCorrupt(op, &err)
+	for attempt := 0; ; attempt++ {
+		if err := s.alive(ctx); err != nil {
+			return err
+		}
+		txn := s.db.NewTransaction(false)
+		st, err := s.txnState(txn)
+		if err == nil {
+			err = fn(txn, st)
+		}
+		txn.Discard()
+		if errors.Is(err, errRetry) && attempt < maxAttempts {
+			continue
+		}
+		return mapBadgerErr(op, err)
+	}
+}
+
+// wtx is one read-write transaction being built. Work that needs sequence
+// numbers is queued in late and runs, in order, under commitMu right before
+// the commit.
+type wtx struct {
+	s        *Store
+	txn      *badger.Txn
+	st       *keyState
+	late     []func(alloc func() uint64) error
+	onCommit []func()
+	maxFeed  uint64
+
+	recs  map[string]*recState
+	slots map[string]*slotState
+	colls map[string]bool
+}
+
+func (w *wtx) set(k, v []byte) error { return w.txn.Set(k, v) }
+func (w *wtx) del(k []byte) error    { return w.txn.Delete(k) }
+
+// update runs fn in a read-write transaction and commits it, retrying on
+// conflicts with concurrent writers and key-state transitions.
+func (s *Store) update(ctx context.Context, op string, fn func(w *wtx) error) (err error) {
+	if err := s.begin(); err != nil {
+		return err
+	}
+	defer s.end()
+	defer recoverCorrupt(op, &err)
+	for attempt := 0; ; attempt++ {
+		if err := s.alive(ctx); err != nil {
+			return err
+		}
+		txn := s.db.NewTransaction(true)
+		st, err := s.txnState(txn)
+		w := &wtx{s: s, txn: txn, st: st}
+		if err == nil {
+			err = fn(w)
+		}
+		if err == nil {
+			err = s.commit(w)
+		} else {
+			txn.Discard()
+		}
+		if (errors.Is(err, errRetry) || errors.Is(err, badger.ErrConflict)) && attempt < maxAttempts {
+			continue
+		}
+		return mapBadgerErr(op, err)
+	}
+}
+
+func (s *Store) commit(w *wtx) error {
+	s.commitMu.Lock()
+	alloc := func() uint64 { s.nextSeq++; return s.nextSeq }
+	for _, f := range w.late {
+		if err := f(alloc); err != nil {
+			s.commitMu.Unlock()
+			w.txn.Discard()
+			return err
+		}
+	}
+	done := make(chan error, 1)
+	// CommitWith checks conflicts and assigns the commit timestamp
+	// synchronously, so feed sequence numbers become visible in order; the
+	// write and fsync happen after the lock is released.
+	w.txn.CommitWith(func(err error) { done <- err })
+	s.commitMu.Unlock()
+	if err := <-done; err != nil {
+		return err
+	}
+	for _, f := range w.onCommit {
+		f()
+	}
+	if w.maxFeed > 0 {
+		for {
+			cur := s.lastFeed.Load()
+			if cur >= w.maxFeed || s.lastFeed.CompareAndSwap(cur, w.maxFeed) {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// getValue returns a copy of the value at key, or (nil, false) if absent.
+func getValue(txn *badger.Txn, key []byte) ([]byte, bool, error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, false, err
+	}
+	return v, true, nil
+}
+
+func exists(txn *badger.Txn, key []byte) (bool, error) {
+	_, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func beU64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
