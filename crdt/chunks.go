@@ -1,0 +1,58 @@
+package crdt
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/automerge/automerge-go"
+)
+
+// Automerge's binary chunks: magic, 4-byte checksum (the first bytes of the
+// SHA-256 of what follows), chunk type, ULEB128 length, data. The SHA-256
+// of an uncompressed change chunk's type, length and data is the change
+// hash.
+var chunkMagic = []byte{0x85, 0x6f, 0x4a, 0x83}
+
+const (
+	chunkDocument         = 0
+	chunkChange           = 1
+	chunkCompressedChange = 2
+)
+
+var errChunk = errors.New("malformed chunk")
+
+// changeChunks validates that raw is a sequence of change chunks with valid
+// checksums and returns the hashes of the uncompressed ones.
+func changeChunks(raw []byte) ([]automerge.ChangeHash, error) {
+	var hashes []automerge.ChangeHash
+	for len(raw) > 0 {
+		if len(raw) < 9 || !bytes.Equal(raw[:4], chunkMagic) {
+			return nil, fmt.Errorf("%w: bad magic", errChunk)
+		}
+		typ := raw[8]
+		n, k := binary.Uvarint(raw[9:])
+		if k <= 0 || n > uint64(len(raw)) {
+			return nil, fmt.Errorf("%w: bad length", errChunk)
+		}
+		end := 9 + k + int(n)
+		if end > len(raw) {
+			return nil, fmt.Errorf("%w: truncated", errChunk)
+		}
+		sum := sha256.Sum256(raw[8:end])
+		if !bytes.Equal(sum[:4], raw[4:8]) {
+			return nil, fmt.Errorf("%w: checksum mismatch", errChunk)
+		}
+		switch typ {
+		case chunkChange:
+			hashes = append(hashes, automerge.ChangeHash(sum))
+		case chunkCompressedChange:
+		default:
+			return nil, fmt.Errorf("%w: chunk type %d is not a change", errChunk, typ)
+		}
+		raw = raw[end:]
+	}
+	return hashes, nil
+}

@@ -1,0 +1,28 @@
+package crdt
+
+import "errors"
+
+// Sentinel errors. Every error returned by this package that falls into one
+// of these classes wraps the sentinel, so callers test with errors.Is.
+var (
+	// ErrUnsupportedValue: a Go value that has no JSON-like representation
+	// (chan, func, complex, struct, map with non-string keys, ...).
+	ErrUnsupportedValue = errors.New("crdt: unsupported value")
+	// ErrNotFound: the path does not exist in the document.
+	ErrNotFound = errors.New("crdt: path not found")
+	// ErrBadPath: the path is malformed, empty where a field is needed,
+	// names the reserved metadata namespace, or crosses a value of the
+	// wrong kind (a key into a list, an index into a map, ...).
+	ErrBadPath = errors.New("crdt: bad path")
+	// ErrBadDocument: bytes from outside (a saved document, changes,
+	// heads) could not be loaded.
+	ErrBadDocument = errors.New("crdt: bad document")
+	// ErrClockSkew: a remote hybrid-logical-clock timestamp is further
+	// ahead of local physical time than Clock.MaxDrift allows.
+	ErrClockSkew = errors.New("crdt: remote clock too far ahead")
+	// ErrBadActor: the Actor a Doc is opened with is invalid.
+	ErrBadActor = errors.New("crdt: bad actor")
+	// ErrMissingDeps: MergeRemote was given changes whose dependencies
+	// the document lacks, so the remote heads are not all present.
+	ErrMissingDeps = errors.New("crdt: changes with missing dependencies")
+)

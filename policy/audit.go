@@ -1,0 +1,161 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// AuditLog is an append-only log of opaque records.
+type AuditLog interface {
+	Append(ctx context.Context, value []byte) (uint64, error)
+	// Scan calls fn for every record with sequence number > after, in order.
+	Scan(ctx context.Context, after uint64, fn func(seq uint64, value []byte) error) error
+}
+
+// MemLog is an in-memory AuditLog for tests.
+type MemLog struct {
+	mu   sync.Mutex
+	recs [][]byte
+}
+
+var _ AuditLog = (*MemLog)(nil)
+
+// Append implements AuditLog; sequence numbers start at 1.
+func (l *MemLog) Append(_ context.Context, value []byte) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, append([]byte(nil), value...))
+	return uint64(len(l.recs)), nil
+}
+
+// Scan implements AuditLog.
+func (l *MemLog) Scan(_ context.Context, after uint64, fn func(seq uint64, value []byte) error) error {
+	l.mu.Lock()
+	recs := l.recs
+	l.mu.Unlock()
+	for i := after; i < uint64(len(recs)); i++ {
+		if err := fn(i+1, recs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Decider says who decided a conflict.
+type Decider string
+
+const (
+	ByPolicy   Decider = "policy"   // a policy, at merge time
+	ByUser     Decider = "user"     // the user's pick or value
+	ByFallback Decider = "fallback" // the fallback policy at the deadline
+	ByRemote   Decider = "remote"   // another replica's resolution closed the queued conflict
+	// BySuperseded: a newer conflict on the same field, one of whose
+	// candidates resolved this one, replaced it in the queue.
+	BySuperseded Decider = "superseded"
+)
+
+// Record is one audit entry.
+type Record struct {
+	Seq        uint64
+	At         time.Time // local physical time of the decision
+	Collection string
+	RecordID   string
+	Conflict   crdt.Conflict
+	// Winner indexes Conflict.Candidates, or -1 for a user-supplied value
+	// (Value, or Deleted) or a remote decision.
+	Winner  int
+	Value   any
+	Deleted bool
+	Policy  Kind
+	By      Decider
+	Replica string // the replica that recorded it
+}
+
+type recordWire struct {
+	_          struct{} `cbor:",toarray"`
+	V          int
+	AtMillis   int64
+	Collection string
+	RecordID   string
+	Conflict   []byte
+	Winner     int
+	Value      []byte
+	Deleted    bool
+	Policy     Kind
+	By         Decider
+	Replica    string
+}
+
+// Audit writes and queries the audit trail.
+type Audit struct {
+	Log AuditLog
+}
+
+// Append records r.
+func (a *Audit) Append(ctx context.Context, r Record) (uint64, error) {
+	cb, err := r.Conflict.MarshalBinary()
+	if err != nil {
+		return 0, err
+	}
+	var vb []byte
+	if r.Winner < 0 && !r.Deleted && r.By == ByUser {
+		if vb, err = crdt.EncodeValue(r.Value); err != nil {
+			return 0, err
+		}
+	}
+	b, err := cborEnc.Marshal(recordWire{V: 1, AtMillis: r.At.UnixMilli(), Collection: r.Collection, RecordID: r.RecordID,
+		Conflict: cb, Winner: r.Winner, Value: vb, Deleted: r.Deleted, Policy: r.Policy, By: r.By, Replica: r.Replica})
+	if err != nil {
+		return 0, err
+	}
+	return a.Log.Append(ctx, b)
+}
+
+// Filter selects audit records; zero fields match everything.
+type Filter struct {
+	Collection string
+	RecordID   string
+	ConflictID string
+	Since      time.Time // At >= Since
+	Until      time.Time // At < Until
+}
+
+func (f Filter) match(r *Record) bool {
+	return (f.Collection == "" || r.Collection == f.Collection) &&
+		(f.RecordID == "" || r.RecordID == f.RecordID) &&
+		(f.ConflictID == "" || r.Conflict.ID == f.ConflictID) &&
+		(f.Since.IsZero() || !r.At.Before(f.Since)) &&
+		(f.Until.IsZero() || r.At.Before(f.Until))
+}
+
+// Query returns the records matching f, oldest first.
+func (a *Audit) Query(ctx context.Context, f Filter) ([]Record, error) {
+	var out []Record
+	err := a.Log.Scan(ctx, 0, func(seq uint64, value []byte) error {
+		var w recordWire
+		if err := cborDec.Unmarshal(value, &w); err != nil {
+			return fmt.Errorf("policy: audit record %d: %w", seq, err)
+		}
+		r := Record{Seq: seq, At: time.UnixMilli(w.AtMillis).UTC(), Collection: w.Collection, RecordID: w.RecordID,
+			Winner: w.Winner, Deleted: w.Deleted, Policy: w.Policy, By: w.By, Replica: w.Replica}
+		if err := r.Conflict.UnmarshalBinary(w.Conflict); err != nil {
+			return fmt.Errorf("policy: audit record %d: %w", seq, err)
+		}
+		if len(w.Value) > 0 {
+			v, _, err := crdt.DecodeValue(w.Value)
+			if err != nil {
+				return fmt.Errorf("policy: audit record %d: %w", seq, err)
+			}
+			r.Value = v
+		}
+		if f.match(&r) {
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}

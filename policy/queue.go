@@ -1,0 +1,314 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/fxamacker/cbor/v2"
+)
+
+// KV is the small key-value store the queue persists through. The storage
+// package's *storage.Slots has exactly these methods.
+type KV interface {
+	Get(ctx context.Context, key string) ([]byte, bool, error)
+	Put(ctx context.Context, key string, value []byte) error
+	Delete(ctx context.Context, key string) error
+	Range(ctx context.Context, fn func(key string, value []byte) error) error
+}
+
+// MemKV is an in-memory KV for tests.
+type MemKV struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+var _ KV = (*MemKV)(nil)
+
+// NewMemKV returns an empty MemKV.
+func NewMemKV() *MemKV { return &MemKV{m: map[string][]byte{}} }
+
+// Get implements KV.
+func (k *MemKV) Get(_ context.Context, key string) ([]byte, bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	v, ok := k.m[key]
+	return append([]byte(nil), v...), ok, nil
+}
+
+// Put implements KV.
+func (k *MemKV) Put(_ context.Context, key string, value []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.m[key] = append([]byte(nil), value...)
+	return nil
+}
+
+// Delete implements KV.
+func (k *MemKV) Delete(_ context.Context, key string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.m, key)
+	return nil
+}
+
+// Range implements KV, in key order, over a snapshot (fn may write).
+func (k *MemKV) Range(_ context.Context, fn func(key string, value []byte) error) error {
+	k.mu.Lock()
+	keys := make([]string, 0, len(k.m))
+	for key := range k.m {
+		keys = append(keys, key)
+	}
+	snap := make(map[string][]byte, len(k.m))
+	for key, v := range k.m {
+		snap[key] = v
+	}
+	k.mu.Unlock()
+	sort.Strings(keys)
+	for _, key := range keys {
+		if err := fn(key, append([]byte(nil), snap[key]...)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ErrNoEntry: no open queue entry with that conflict id.
+var ErrNoEntry = errors.New("policy: no such queued conflict")
+
+// Entry is a conflict waiting for the user. Every field derives from the
+// documents and the policy set, so replicas that exchanged everything hold
+// identical entries.
+type Entry struct {
+	Collection string
+	RecordID   string
+	Conflict   crdt.Conflict
+	// Provisional is the index of the candidate written for now.
+	Provisional int
+	// Deadline is the newest candidate's HLC time plus the rule's deadline.
+	Deadline time.Time
+	// Fallback decides at the deadline.
+	Fallback              Kind
+	FallbackPriorityField string
+}
+
+// ID returns the conflict id.
+func (e *Entry) ID() string { return e.Conflict.ID }
+
+type entryWire struct {
+	_                     struct{} `cbor:",toarray"`
+	V                     int
+	Collection, RecordID  string
+	Conflict              []byte
+	Provisional           int
+	DeadlineMillis        int64
+	Fallback              Kind
+	FallbackPriorityField string
+}
+
+func encodeEntry(e Entry) ([]byte, error) {
+	cb, err := e.Conflict.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return cborEnc.Marshal(entryWire{V: 1, Collection: e.Collection, RecordID: e.RecordID, Conflict: cb,
+		Provisional: e.Provisional, DeadlineMillis: e.Deadline.UnixMilli(), Fallback: e.Fallback,
+		FallbackPriorityField: e.FallbackPriorityField})
+}
+
+func decodeEntry(b []byte) (Entry, error) {
+	var w entryWire
+	if err := cborDec.Unmarshal(b, &w); err != nil {
+		return Entry{}, fmt.Errorf("policy: queue entry: %w", err)
+	}
+	if w.V != 1 {
+		return Entry{}, fmt.Errorf("policy: queue entry version %d", w.V)
+	}
+	e := Entry{Collection: w.Collection, RecordID: w.RecordID, Provisional: w.Provisional,
+		Deadline: time.UnixMilli(w.DeadlineMillis).UTC(), Fallback: w.Fallback, FallbackPriorityField: w.FallbackPriorityField}
+	if err := e.Conflict.UnmarshalBinary(w.Conflict); err != nil {
+		return Entry{}, err
+	}
+	return e, nil
+}
+
+var (
+	cborEnc cbor.EncMode
+	cborDec cbor.DecMode
+)
+
+func init() {
+	var err error
+	if cborEnc, err = cbor.CoreDetEncOptions().EncMode(); err != nil {
+		panic(err)
+	}
+	if cborDec, err = (cbor.DecOptions{MaxArrayElements: 1 << 20, MaxMapPairs: 1 << 20}).DecMode(); err != nil {
+		panic(err)
+	}
+}
+
+const (
+	openPrefix   = "policy/queue/open/"
+	closedPrefix = "policy/queue/closed/"
+)
+
+// Queue is the persisted user-choice queue. Closed conflict ids are kept as
+// tombstones so that a late-arriving provisional resolution does not reopen
+// a conflict already decided.
+type Queue struct {
+	kv KV
+	mu sync.Mutex
+}
+
+// NewQueue returns a queue over kv.
+func NewQueue(kv KV) *Queue { return &Queue{kv: kv} }
+
+// Add queues e unless an entry with its id is open or was closed. It
+// reports whether it added.
+func (q *Queue) Add(ctx context.Context, e Entry) (bool, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	id := e.Conflict.ID
+	if _, ok, err := q.kv.Get(ctx, closedPrefix+id); err != nil || ok {
+		return false, err
+	}
+	if _, ok, err := q.kv.Get(ctx, openPrefix+id); err != nil || ok {
+		return false, err
+	}
+	b, err := encodeEntry(e)
+	if err != nil {
+		return false, err
+	}
+	return true, q.kv.Put(ctx, openPrefix+id, b)
+}
+
+// Close removes the entry (if open) and records the id as closed. It
+// returns the entry that was open, if any.
+func (q *Queue) Close(ctx context.Context, id string) (*Entry, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var open *Entry
+	b, ok, err := q.kv.Get(ctx, openPrefix+id)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		e, err := decodeEntry(b)
+		if err != nil {
+			return nil, err
+		}
+		open = &e
+	}
+	if err := q.kv.Put(ctx, closedPrefix+id, []byte{1}); err != nil {
+		return nil, err
+	}
+	if ok {
+		if err := q.kv.Delete(ctx, openPrefix+id); err != nil {
+			return nil, err
+		}
+	}
+	return open, nil
+}
+
+// IsClosed reports whether the conflict id was closed here.
+func (q *Queue) IsClosed(ctx context.Context, id string) (bool, error) {
+	_, ok, err := q.kv.Get(ctx, closedPrefix+id)
+	return ok, err
+}
+
+// Get returns the open entry for id.
+func (q *Queue) Get(ctx context.Context, id string) (Entry, error) {
+	b, ok, err := q.kv.Get(ctx, openPrefix+id)
+	if err != nil {
+		return Entry{}, err
+	}
+	if !ok {
+		return Entry{}, fmt.Errorf("%w: %s", ErrNoEntry, id)
+	}
+	return decodeEntry(b)
+}
+
+// List returns the open entries ordered by deadline, then id.
+func (q *Queue) List(ctx context.Context) ([]Entry, error) {
+	var out []Entry
+	err := q.kv.Range(ctx, func(key string, value []byte) error {
+		if !strings.HasPrefix(key, openPrefix) {
+			return nil
+		}
+		e, err := decodeEntry(value)
+		if err != nil {
+			return err
+		}
+		out = append(out, e)
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Deadline.Equal(out[j].Deadline) {
+			return out[i].Deadline.Before(out[j].Deadline)
+		}
+		return out[i].Conflict.ID < out[j].Conflict.ID
+	})
+	return out, err
+}
+
+// Pending is a decided queue entry waiting to be written: pass it to
+// Resolver.Commit with the record's document.
+type Pending struct {
+	Entry      Entry
+	Resolution crdt.Resolution
+	Policy     Kind   // the policy that decided (fallback), or User
+	By         string // "user" or "fallback:<kind>"
+}
+
+// ResolvePick decides an open conflict for candidate n.
+func (q *Queue) ResolvePick(ctx context.Context, id string, n int) (Pending, error) {
+	e, err := q.Get(ctx, id)
+	if err != nil {
+		return Pending{}, err
+	}
+	if n < 0 || n >= len(e.Conflict.Candidates) {
+		return Pending{}, fmt.Errorf("policy: conflict %s has %d candidates, not %d", id, len(e.Conflict.Candidates), n+1)
+	}
+	return Pending{Entry: e, Policy: User, By: "user",
+		Resolution: crdt.Resolution{Conflict: e.Conflict, Winner: n, By: "user"}}, nil
+}
+
+// ResolveValue decides an open conflict with a new value from the user
+// (deleted, when del is set).
+func (q *Queue) ResolveValue(ctx context.Context, id string, v any, del bool) (Pending, error) {
+	e, err := q.Get(ctx, id)
+	if err != nil {
+		return Pending{}, err
+	}
+	return Pending{Entry: e, Policy: User, By: "user",
+		Resolution: crdt.Resolution{Conflict: e.Conflict, Winner: -1, Value: v, Delete: del, By: "user"}}, nil
+}
+
+// Sweep returns the fallback decisions for entries whose deadline is at or
+// before now.
+func (q *Queue) Sweep(ctx context.Context, now time.Time) ([]Pending, error) {
+	entries, err := q.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Pending
+	for _, e := range entries {
+		if e.Deadline.After(now) {
+			continue
+		}
+		fb := e.Fallback
+		if fb == "" || fb == User {
+			fb = Timestamp
+		}
+		by := "fallback:" + string(fb)
+		w := Pick(fb, e.FallbackPriorityField, e.Conflict)
+		out = append(out, Pending{Entry: e, Policy: fb, By: by,
+			Resolution: crdt.Resolution{Conflict: e.Conflict, Winner: w, By: by}})
+	}
+	return out, nil
+}
