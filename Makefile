@@ -5,7 +5,7 @@ FUZZTIME  ?= 20s
 BENCHTIME ?= 1x
 export CGO_ENABLED = 1
 
-.PHONY: test test-short lint vet fmt bench fuzz demo soak tidy
+.PHONY: test test-short lint vet fmt bench fuzz demo soak tidy build
 
 ## test: vet, then every test with the race detector (what CI runs).
 test: vet
@@ -34,9 +34,14 @@ bench:
 fuzz:
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz-all.sh
 
-## demo: the whole story in one process, then the real CLI.
-demo:
-	$(GO) run ./cmd/ferry demo
+## build: the ferry binary in bin/.
+build:
+	$(GO) build -o bin/ferry ./cmd/ferry
+
+## demo: the whole story in one process, then the real CLI on two stores.
+demo: build
+	bin/ferry demo
+	bash scripts/cli-tour.sh
 
 tidy:
 	$(GO) mod tidy

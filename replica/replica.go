@@ -160,6 +160,19 @@ func Open(ctx context.Context, dir string, opts Options) (*Replica, error) {
 	return start(ctx, st, opts)
 }
 
+// OpenExisting opens the replica in dir and fails with storage.ErrNoStore
+// when there is none, creating nothing.
+func OpenExisting(ctx context.Context, dir string, opts Options) (*Replica, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	st, err := storage.Open(ctx, dir, opts.storage())
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, st, opts)
+}
+
 func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, error) {
 	r := &Replica{
 		opts:   opts,

@@ -29,15 +29,14 @@ var (
 // SyncStats counts what one session moved. Records and bytes are counted
 // on the wire, per direction.
 type SyncStats struct {
-	Peer            string        // the peer's identity fingerprint
-	RecordsSent     int           // record entries sent (full or delta)
-	RecordsReceived int           // record entries received
-	BytesSent       int64         // frame bytes sent
-	BytesReceived   int64         // frame bytes received
-	FramesSent      int           // frames sent
-	FramesReceived  int           // frames received
-	Conflicts       int           // semantic conflicts found while applying
-	Duration        time.Duration // wall time of the session, if the host has a clock
+	Peer            string `json:"peer"`             // the peer's identity fingerprint
+	RecordsSent     int    `json:"records_sent"`     // record entries sent (full or delta)
+	RecordsReceived int    `json:"records_received"` // record entries received
+	BytesSent       int64  `json:"bytes_sent"`       // frame bytes sent
+	BytesReceived   int64  `json:"bytes_received"`   // frame bytes received
+	FramesSent      int    `json:"frames_sent"`      // frames sent
+	FramesReceived  int    `json:"frames_received"`  // frames received
+	Conflicts       int    `json:"conflicts"`        // semantic conflicts found while applying
 }
 
 // sessionHost is everything a session needs from its replica. The replica

@@ -48,8 +48,8 @@ type Status struct {
 	State         State     `json:"state"`
 	Attempt       int       `json:"attempt,omitempty"`    // failed attempts in a row
 	LastError     string    `json:"last_error,omitempty"` // the last failure
-	NextRetry     time.Time `json:"next_retry,omitempty"` // when the loop tries again
-	LastSync      time.Time `json:"last_sync,omitempty"`  // end of the last successful session
+	NextRetry     time.Time `json:"next_retry,omitzero"`  // when the loop tries again
+	LastSync      time.Time `json:"last_sync,omitzero"`   // end of the last successful session
 	OpenConflicts int       `json:"open_conflicts"`       // conflicts queued for the user
 	Progress      SyncStats `json:"progress"`             // the running (or last) session's counts
 }

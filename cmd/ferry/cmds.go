@@ -39,6 +39,30 @@ func isNetErr(err error) bool {
 
 func policyPath(dir string) string { return filepath.Join(dir, "ferry-policy.json") }
 
+func configPath(dir string) string { return filepath.Join(dir, "ferry-replica.json") }
+
+// replicaConfig is this replica's non-secret settings, kept beside the
+// store: its name and its priority for the priority policy.
+type replicaConfig struct {
+	Name     string `json:"name,omitempty"`
+	Priority int    `json:"priority,omitempty"`
+}
+
+func readConfig(dir string) (replicaConfig, error) {
+	var c replicaConfig
+	b, err := os.ReadFile(configPath(dir))
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%s: %w", configPath(dir), err)
+	}
+	return c, nil
+}
+
 // fastKDF reports whether FERRY_KDF=fast asks for cheap key derivation
 // (tests and the demo only: it weakens a stolen store's protection).
 func (e *env) fastKDF() bool { return e.getenv("FERRY_KDF") == "fast" }
@@ -109,8 +133,15 @@ func (e *env) open(ctx context.Context) (*replica.Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := replica.Options{Passphrase: pass, Policies: set, Name: e.getenv("FERRY_NAME")}
-	r, err := replica.Open(ctx, e.dir, opts)
+	cfg, err := readConfig(e.dir)
+	if err != nil {
+		return nil, err
+	}
+	opts := replica.Options{Passphrase: pass, Policies: set, Name: cfg.Name, Priority: cfg.Priority}
+	r, err := replica.OpenExisting(ctx, e.dir, opts)
+	if errors.Is(err, storage.ErrNoStore) {
+		return nil, fmt.Errorf("no store in %s (run 'ferry init'): %w", e.dir, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -208,17 +239,19 @@ func trustedPins(r *replica.Replica) transport.Pins {
 }
 
 func init() {
-	register(&command{name: "init", args: "[--name NAME] [--policy FILE]",
+	register(&command{name: "init", args: "[--name NAME] [--priority N] [--policy FILE]",
 		summary: "create an encrypted store (asks for the passphrase twice on a terminal)",
 		example: "FERRY_DIR=~/notes-a ferry init --name laptop",
 		flags: func(fs *flag.FlagSet) {
 			fs.String("name", "", "a human-readable name for this replica")
+			fs.Int("priority", 0, "this replica's priority for the priority conflict policy (higher wins)")
 			fs.String("policy", "", "copy this conflict policy file into the store (see 'ferry policy --help')")
 		},
 		run: func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 			if err := needArgs(args, 0); err != nil {
 				return err
 			}
+			var policyBytes []byte
 			if pf := fs.Lookup("policy").Value.String(); pf != "" {
 				b, err := os.ReadFile(pf)
 				if err != nil {
@@ -227,13 +260,15 @@ func init() {
 				if _, err := parsePolicy(b); err != nil {
 					return err
 				}
-				defer func() { _ = os.WriteFile(policyPath(e.dir), b, 0o600) }()
+				policyBytes = b
 			}
 			pass, err := e.passphrase(true)
 			if err != nil {
 				return err
 			}
-			opts := replica.Options{Passphrase: pass, Name: fs.Lookup("name").Value.String()}
+			prio, _ := strconv.Atoi(flagStr(fs, "priority"))
+			cfg := replicaConfig{Name: flagStr(fs, "name"), Priority: prio}
+			opts := replica.Options{Passphrase: pass, Name: cfg.Name, Priority: cfg.Priority}
 			if e.fastKDF() {
 				opts.KDF = storage.TestKDF()
 			}
@@ -243,6 +278,17 @@ func init() {
 			r, err := replica.Create(ctx, e.dir, opts)
 			if err != nil {
 				return err
+			}
+			cb, _ := json.Marshal(cfg)
+			if err := os.WriteFile(configPath(e.dir), cb, 0o600); err != nil {
+				r.Close()
+				return err
+			}
+			if policyBytes != nil {
+				if err := os.WriteFile(policyPath(e.dir), policyBytes, 0o600); err != nil {
+					r.Close()
+					return err
+				}
 			}
 			fmt.Fprintf(e.stdout, "created %s\nreplica id %s\n", e.dir, r.ID())
 			return r.Close()

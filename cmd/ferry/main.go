@@ -53,7 +53,9 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp), errors.Is(err, replica.ErrInvalid),
+		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
+		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose):
 		return exitUsage
 	case errors.Is(err, storage.ErrWrongKey):
 		return exitWrongKey

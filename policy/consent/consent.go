@@ -64,7 +64,7 @@ type Grant struct {
 	Destination string    `cbor:"5,keyasint" json:"destination"`
 	Given       time.Time `cbor:"6,keyasint" json:"given"`
 	// Expires is when the grant ends; the zero time means "until revoked".
-	Expires time.Time `cbor:"7,keyasint,omitempty" json:"expires,omitempty"`
+	Expires time.Time `cbor:"7,keyasint,omitempty" json:"expires,omitzero"`
 }
 
 // live reports whether g covers use at now (revocation is checked apart).
