@@ -447,7 +447,7 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
 	}
 	recs := []recordChanges{{Collection: collection, ID: id, Heads: headBytes(other.Heads()), Changes: changes}}
-	_, conflicts, err := r.applyRecords(ctx, "", recs, 0)
+	_, conflicts, _, err := r.applyRecords(ctx, "", recs, 0)
 	return conflicts, err
 }
 

@@ -96,6 +96,32 @@ type host struct {
 	r      *Replica
 	mu     sync.Mutex
 	shared map[string]*consent.Share
+	// echo holds the feed positions this session's applies wrote for
+	// records the peer then held entirely: sending them back would be an
+	// echo, so the feed scan skips them without reading anything.
+	echo map[uint64]bool
+	// known holds, for records sent and not yet acknowledged, the heads
+	// the peer held before: the acknowledgement adds what was sent.
+	known map[string][]automerge.ChangeHash
+}
+
+func (h *host) isEcho(seq uint64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.echo[seq] {
+		delete(h.echo, seq)
+		return true
+	}
+	return false
+}
+
+func (h *host) remember(collection, id string, known []automerge.ChangeHash) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.known == nil {
+		h.known = map[string][]automerge.ChangeHash{}
+	}
+	h.known[recordKey(collection, id)] = known
 }
 
 var _ sessionHost = (*host)(nil)
@@ -187,11 +213,15 @@ func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxReco
 			if !ok {
 				continue
 			}
-			rc, send, err := r.outgoing(ctx, peer, e.Collection, e.ID)
+			if h.isEcho(e.Seq) {
+				continue // written by applying this peer's own changes
+			}
+			rc, known, send, err := r.outgoing(ctx, peer, e.Collection, e.ID)
 			if err != nil {
 				return nil, 0, err
 			}
 			if send {
+				h.remember(rc.Collection, rc.ID, known)
 				h.count(peer, &rc)
 				out = append(out, rc)
 				size += len(rc.Changes)
@@ -202,27 +232,35 @@ func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxReco
 }
 
 // outgoing prepares the changes of one record that peer lacks, or reports
-// that it holds them all.
-func (r *Replica) outgoing(ctx context.Context, peer, collection, id string) (recordChanges, bool, error) {
-	meta, err := r.store.Meta(ctx, collection, id)
-	if errors.Is(err, storage.ErrNotFound) {
-		return recordChanges{}, false, nil
-	}
-	if err != nil {
-		return recordChanges{}, false, fmt.Errorf("replica: meta %s/%s: %w", collection, id, err)
-	}
+// that it holds them all. It also returns the heads the peer was known to
+// hold, so the acknowledgement can record the union without reading again.
+func (r *Replica) outgoing(ctx context.Context, peer, collection, id string) (recordChanges, []automerge.ChangeHash, bool, error) {
 	known, err := r.sharedHeads(ctx, peer, collection, id)
 	if err != nil {
-		return recordChanges{}, false, err
+		return recordChanges{}, nil, false, err
 	}
-	if covers(known, meta.Heads) {
-		return recordChanges{}, false, nil
+	if len(known) > 0 {
+		// Only a peer known to hold something can hold everything: read
+		// the heads from the metadata, which is cheaper than the document.
+		meta, err := r.store.Meta(ctx, collection, id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return recordChanges{}, nil, false, nil
+		}
+		if err != nil {
+			return recordChanges{}, nil, false, fmt.Errorf("replica: meta %s/%s: %w", collection, id, err)
+		}
+		if covers(known, meta.Heads) {
+			return recordChanges{}, nil, false, nil
+		}
 	}
 	unlock := r.lockRecords(recordKey(collection, id))
 	defer unlock()
-	d, _, err := r.loadDoc(ctx, collection, id)
+	d, exists, err := r.loadDoc(ctx, collection, id)
 	if err != nil {
-		return recordChanges{}, false, err
+		return recordChanges{}, nil, false, err
+	}
+	if !exists {
+		return recordChanges{}, nil, false, nil
 	}
 	// Only heads the document knows may bound the delta: Automerge returns
 	// every change for a head it does not know.
@@ -234,9 +272,9 @@ func (r *Replica) outgoing(ctx context.Context, peer, collection, id string) (re
 	}
 	changes, err := d.ChangesSince(since...)
 	if err != nil {
-		return recordChanges{}, false, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
+		return recordChanges{}, nil, false, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
 	}
-	return recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}, true, nil
+	return recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}, known, true, nil
 }
 
 func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordChanges, error) {
@@ -260,13 +298,25 @@ func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordC
 }
 
 func (h *host) apply(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, error) {
-	return h.r.applyRecords(ctx, peer, recs, upTo)
+	needs, conflicts, echoes, err := h.r.applyRecords(ctx, peer, recs, upTo)
+	if len(echoes) > 0 {
+		h.mu.Lock()
+		if h.echo == nil {
+			h.echo = map[uint64]bool{}
+		}
+		for _, s := range echoes {
+			h.echo[s] = true
+		}
+		h.mu.Unlock()
+	}
+	return needs, conflicts, err
 }
 
 // applyRecords merges records received from peer (or imported, when peer
 // is empty), decides conflicts, and writes the records, the shared heads
-// and the cursor in one transaction.
-func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, error) {
+// and the cursor in one transaction. It returns the feed positions it
+// wrote for records the peer now holds entirely (echoes).
+func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, []uint64, error) {
 	keys := make([]string, len(recs))
 	for i, rc := range recs {
 		keys[i] = recordKey(rc.Collection, rc.ID)
@@ -282,12 +332,13 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		events    []Event
 		queued    []string
 	)
-	fail := func(err error) ([]needMsg, int, error) {
+	fail := func(err error) ([]needMsg, int, []uint64, error) {
 		for _, k := range touched {
 			r.cache.drop(k)
 		}
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
+	var echoOf []bool // per record write: the peer holds all of it
 	for _, rc := range recs {
 		if peer != "" {
 			ok, err := r.mayShare(ctx, peer, rc.Collection)
@@ -332,6 +383,7 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		if !sameHeads(before, d.Heads()) {
 			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
+			echoOf = append(echoOf, peer != "" && !rc.Partial && covers(remoteHeads, d.Heads()))
 		}
 		if peer != "" && !rc.Partial {
 			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, remoteHeads, d.Heads())
@@ -345,37 +397,47 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		batch.Slots = append(batch.Slots, r.cursorWrite(peer, upTo))
 	}
 	if len(batch.Records) == 0 && len(batch.Slots) == 0 {
-		return needs, conflicts, nil
+		return needs, conflicts, nil, nil
 	}
 	metas, err := r.store.Write(ctx, batch)
 	if err != nil {
 		return fail(fmt.Errorf("replica: apply: %w", err))
 	}
+	var echoes []uint64
 	for i := range events {
 		events[i].Seq = metas[i].Seq
 		r.events.publish(events[i])
+		if echoOf[i] {
+			echoes = append(echoes, metas[i].Seq)
+		}
 	}
 	for _, id := range queued {
 		r.events.publish(Event{Kind: EventConflict, ID: id, Peer: peer})
 	}
-	return needs, conflicts, nil
+	return needs, conflicts, echoes, nil
 }
 
 func (h *host) acked(ctx context.Context, peer string, recs []recordChanges) error {
-	r := h.r
 	var batch storage.Batch
 	for _, rc := range recs {
-		meta, err := r.store.Meta(ctx, rc.Collection, rc.ID)
-		if err != nil {
-			return fmt.Errorf("replica: meta %s/%s: %w", rc.Collection, rc.ID, err)
+		key := recordKey(rc.Collection, rc.ID)
+		h.mu.Lock()
+		known, ok := h.known[key]
+		delete(h.known, key)
+		h.mu.Unlock()
+		sent := headsOf(rc.Heads)
+		if !ok {
+			// Sent as a resend: read what was known.
+			var err error
+			if known, err = h.r.sharedHeads(ctx, peer, rc.Collection, rc.ID); err != nil {
+				return err
+			}
 		}
-		sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, headsOf(rc.Heads), meta.Heads)
-		if err != nil {
-			return err
-		}
-		batch.Slots = append(batch.Slots, sw)
+		// The peer now holds what it held and what was sent; the heads sent
+		// were this record's heads then, so they stand for "mine".
+		batch.Slots = append(batch.Slots, headsWrite(peer, rc.Collection, rc.ID, append(sent, known...), sent))
 	}
-	if _, err := r.store.Write(ctx, batch); err != nil {
+	if _, err := h.r.store.Write(ctx, batch); err != nil {
 		return fmt.Errorf("replica: record acknowledgement: %w", err)
 	}
 	return nil
@@ -438,7 +500,12 @@ func (r *Replica) learnHeads(ctx context.Context, peer, collection, id string, h
 	if err != nil {
 		return storage.SlotWrite{}, err
 	}
-	set := append(append([]automerge.ChangeHash{}, heads...), known...)
+	return headsWrite(peer, collection, id, append(append([]automerge.ChangeHash{}, heads...), known...), mine), nil
+}
+
+// headsWrite is the slot write recording that peer holds set; once set
+// covers mine, mine alone stands for it.
+func headsWrite(peer, collection, id string, set, mine []automerge.ChangeHash) storage.SlotWrite {
 	if covers(set, mine) {
 		set = mine
 	}
@@ -450,7 +517,7 @@ func (r *Replica) learnHeads(ctx context.Context, peer, collection, id string, h
 	for _, h := range set {
 		b = append(b, h[:]...)
 	}
-	return storage.SlotWrite{Namespace: nsShared + peer, Key: recordKey(collection, id), Value: b}, nil
+	return storage.SlotWrite{Namespace: nsShared + peer, Key: recordKey(collection, id), Value: b}
 }
 
 // covers reports whether every head in want is in have.
