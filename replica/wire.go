@@ -1,8 +1,12 @@
 package replica
 
 import (
+	"bytes"
+	"compress/flate"
 	"errors"
 	"fmt"
+	"io"
+	"sync"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -152,19 +156,77 @@ func init() {
 	}
 }
 
-// encodeMsg encodes one wire message.
+// Frame encodings: the first byte of every frame says how the CBOR
+// message after it is stored.
+const (
+	frameRaw     = 0 // CBOR as is
+	frameDeflate = 1 // CBOR compressed with DEFLATE (RFC 1951)
+)
+
+// compressAbove is the message size from which frames are compressed:
+// batches of Automerge changes repeat actor ids, field names and
+// metadata keys, and shrink several times.
+const compressAbove = 512
+
+// maxInflated bounds a decompressed frame, so a small hostile frame cannot
+// expand without limit.
+const maxInflated = 16 << 20
+
+var deflaters = sync.Pool{New: func() any {
+	w, _ := flate.NewWriter(nil, flate.BestSpeed)
+	return w
+}}
+
+// encodeMsg encodes one wire message as a frame.
 func encodeMsg(m *wireMsg) ([]byte, error) {
 	m.V = ProtocolVersion
 	b, err := wireEnc.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("replica: encode %d: %w", m.T, err)
 	}
-	return b, nil
+	if len(b) < compressAbove {
+		return append([]byte{frameRaw}, b...), nil
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(b)/3 + 16)
+	buf.WriteByte(frameDeflate)
+	w := deflaters.Get().(*flate.Writer)
+	defer deflaters.Put(w)
+	w.Reset(&buf)
+	if _, err := w.Write(b); err != nil {
+		return nil, fmt.Errorf("replica: compress: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("replica: compress: %w", err)
+	}
+	if buf.Len() >= len(b)+1 {
+		return append([]byte{frameRaw}, b...), nil
+	}
+	return buf.Bytes(), nil
 }
 
-// decodeMsg decodes and validates one wire message from a peer. Any
-// failure wraps ErrProtocol.
-func decodeMsg(b []byte) (*wireMsg, error) {
+// decodeMsg decodes and validates one frame from a peer. Any failure
+// wraps ErrProtocol.
+func decodeMsg(frame []byte) (*wireMsg, error) {
+	if len(frame) == 0 {
+		return nil, protoErr("empty frame")
+	}
+	b := frame[1:]
+	switch frame[0] {
+	case frameRaw:
+	case frameDeflate:
+		r := flate.NewReader(bytes.NewReader(b))
+		out, err := io.ReadAll(io.LimitReader(r, maxInflated+1))
+		if err != nil {
+			return nil, fmt.Errorf("%w: inflate: %w", ErrProtocol, err)
+		}
+		if len(out) > maxInflated {
+			return nil, protoErr("frame inflates beyond %d bytes", maxInflated)
+		}
+		b = out
+	default:
+		return nil, protoErr("unknown frame encoding %d", frame[0])
+	}
 	var m wireMsg
 	if err := wireDec.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)

@@ -2,7 +2,9 @@ package replica
 
 import (
 	"bytes"
+	"compress/flate"
 	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -42,7 +44,7 @@ func TestWireRejects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return b
+		return append([]byte{frameRaw}, b...)
 	}
 	cases := map[string][]byte{
 		"empty":           nil,
@@ -60,13 +62,54 @@ func TestWireRejects(t *testing.T) {
 			{Collection: "c", ID: "i", Changes: []byte{1}}}}}),
 		"empty hello": valid(&wireMsg{V: ProtocolVersion, T: msgHello, Hello: &helloMsg{}}),
 		// An array header claiming 2^32 elements must fail before allocation.
-		"huge array": append(valid(&wireMsg{V: ProtocolVersion, T: msgBatch, Batch: &batchMsg{}})[:0:0],
-			0xa3, 0x01, 0x01, 0x02, 0x02, 0x04, 0xa1, 0x01, 0x9a, 0xff, 0xff, 0xff, 0xff),
+		"huge array":       {frameRaw, 0xa3, 0x01, 0x01, 0x02, 0x02, 0x04, 0xa1, 0x01, 0x9a, 0xff, 0xff, 0xff, 0xff},
+		"unknown encoding": {7, 0xa0},
+		"bad deflate":      {frameDeflate, 0xff, 0xff, 0xff},
+		"deflate bomb":     bomb(t),
 	}
 	for name, b := range cases {
 		if _, err := decodeMsg(b); !errors.Is(err, ErrProtocol) {
 			t.Errorf("%s: err = %v, want ErrProtocol", name, err)
 		}
+	}
+}
+
+// bomb is a small deflate frame that inflates past maxInflated.
+func bomb(t *testing.T) []byte {
+	var buf bytes.Buffer
+	buf.WriteByte(frameDeflate)
+	w, _ := flate.NewWriter(&buf, flate.BestCompression)
+	zero := make([]byte, 1<<20)
+	for range maxInflated/len(zero) + 2 {
+		w.Write(zero)
+	}
+	w.Close()
+	if buf.Len() > 64<<10 {
+		t.Fatalf("bomb is %d bytes", buf.Len())
+	}
+	return buf.Bytes()
+}
+
+// TestWireCompresses: a batch with repetitive content is sent compressed
+// and decodes to the same message.
+func TestWireCompresses(t *testing.T) {
+	var recs []recordChanges
+	for i := range 50 {
+		recs = append(recs, recordChanges{Collection: "notes", ID: fmt.Sprintf("note-%d", i), Heads: [][]byte{head(byte(i))},
+			Changes: bytes.Repeat([]byte("_ferry:/title replica-fingerprint "), 10)})
+	}
+	m := &wireMsg{T: msgBatch, Batch: &batchMsg{Records: recs, UpTo: 50}}
+	raw, _ := wireEnc.Marshal(m)
+	b, err := encodeMsg(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[0] != frameDeflate || len(b)*3 > len(raw) {
+		t.Fatalf("frame of %d bytes (encoding %d) for %d bytes of CBOR", len(b), b[0], len(raw))
+	}
+	got, err := decodeMsg(b)
+	if err != nil || len(got.Batch.Records) != 50 || got.Batch.Records[49].ID != "note-49" {
+		t.Fatalf("decode: %v", err)
 	}
 }
 
