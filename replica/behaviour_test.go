@@ -349,3 +349,68 @@ func TestLoopRetriesWithBackoffThenSyncs(t *testing.T) {
 	l.Close()
 	<-served
 }
+
+// TestServeManyPeersAtOnce: one replica serves several peers whose
+// sessions run at the same time; afterwards each peer holds everything
+// the server had and the server holds everything from every peer.
+func TestServeManyPeersAtOnce(t *testing.T) {
+	e := newEnv(t)
+	hub := e.replica("hub")
+	peers := []*Replica{e.replica("p1"), e.replica("p2"), e.replica("p3")}
+	for i := range 30 {
+		mustPut(t, hub, "notes", fmt.Sprintf("hub-%d", i), map[string]any{"i": int64(i)})
+	}
+	for j, p := range peers {
+		for i := range 20 {
+			mustPut(t, p, "notes", fmt.Sprintf("p%d-%d", j, i), map[string]any{"i": int64(i)})
+		}
+	}
+	l, err := e.net.Listen(hub.ID(), pub(hub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- hub.Serve(ctx, l) }()
+	errs := make(chan error, len(peers))
+	for _, p := range peers {
+		go func() {
+			conn, err := e.net.Dialer(p.ID(), pub(p)).Dial(ctx, hub.ID())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			_, err = p.Sync(ctx, conn)
+			errs <- err
+		}()
+	}
+	for range peers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	l.Close()
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(dump(t, hub, "notes")); n != 30+3*20 {
+		t.Fatalf("hub holds %d records, want 90", n)
+	}
+	for _, p := range peers {
+		if n := len(dump(t, p, "notes")); n < 30+20 {
+			t.Fatalf("%s holds %d records, want at least the hub's 30 and its own 20", p.Name(), n)
+		}
+	}
+	// One more round through the hub brings everyone to the same state.
+	for _, p := range peers {
+		e.sync(p, hub)
+	}
+	for _, p := range peers {
+		e.sync(p, hub)
+		if !reflect.DeepEqual(dump(t, p, "notes"), dump(t, hub, "notes")) {
+			t.Fatalf("%s differs from the hub", p.Name())
+		}
+	}
+}

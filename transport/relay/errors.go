@@ -1,0 +1,64 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Every error the package returns wraps at most one of
+// them, with short context (the relay URL, the sender, the counter).
+var (
+	// ErrTampered: a bundle failed verification (signature, AEAD, format,
+	// size bucket) or an envelope's sender disagrees with its bundle. The
+	// payload is never yielded. The error names the relay URL.
+	ErrTampered = errors.New("relay: bundle tampered")
+	// ErrMissing: a sender's counters have a gap that the relay did not
+	// fill although it claims to have nothing more (a dropped bundle), or
+	// the reorder buffer overflowed.
+	ErrMissing = errors.New("relay: bundles missing")
+	// ErrQuota: the relay refused to store a bundle or space because a
+	// quota is full or the body is too large (HTTP 507 or 413). Nothing was
+	// stored; keep the data and retry after members have acknowledged.
+	ErrQuota = errors.New("relay: quota exceeded")
+	// ErrAuth: the relay refused the request's authentication (HTTP 401:
+	// bad signature, stale timestamp, replayed nonce, malformed headers).
+	ErrAuth = errors.New("relay: authentication refused")
+	// ErrNotMember: the key is not a current member of the space, or the
+	// space does not exist (HTTP 403; the relay does not tell them apart).
+	ErrNotMember = errors.New("relay: not a member of the space")
+	// ErrConflict: the space already exists, a membership update is not
+	// the next version, or a bundle counter is out of order or reused
+	// (HTTP 409). See CounterError.
+	ErrConflict = errors.New("relay: conflict")
+	// ErrProtocol: a malformed request or response (HTTP 400, or a reply
+	// from the relay that does not decode).
+	ErrProtocol = errors.New("relay: protocol error")
+	// ErrUnavailable: the relay kept failing (network errors or HTTP 5xx)
+	// after every retry.
+	ErrUnavailable = errors.New("relay: unavailable")
+	// ErrInvalid: a bad argument (wrong key size, payload too large, a
+	// Space whose ID does not match its key, a counter of 0).
+	ErrInvalid = errors.New("relay: invalid argument")
+	// ErrInvitation: an invitation could not be opened (not for this
+	// identity, corrupted, or not an invitation).
+	ErrInvitation = errors.New("relay: invalid invitation")
+)
+
+// CounterError is a push refused because of the bundle's counter: the
+// relay expects Expected from this sender next (Got was below it and not a
+// stored duplicate, or above it, or reused with different content). It
+// unwraps to ErrConflict.
+type CounterError struct {
+	Got, Expected uint64
+}
+
+func (e *CounterError) Error() string {
+	return fmt.Sprintf("relay: conflict: counter %d refused, relay expects %d", e.Got, e.Expected)
+}
+
+// Unwrap returns ErrConflict.
+func (e *CounterError) Unwrap() error { return ErrConflict }
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}
