@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -73,6 +74,9 @@ type Options struct {
 	CacheSize int
 	// Batch sets how many records go in one sync frame (512 when zero).
 	Batch int
+	// RelayHTTP is the HTTP client for relays (http.DefaultClient when
+	// nil): set it to trust a relay's TLS certificate.
+	RelayHTTP *http.Client
 	// Purposes is the vocabulary of sharing purposes the application
 	// declares (consent.PurposeDeviceSync, PurposeBackup and PurposeImprove
 	// when empty).

@@ -46,7 +46,7 @@ type testEnv struct {
 }
 
 // testCollections are the collections env replicas are paired for.
-var testCollections = []string{"notes", "items", "b-only", "c"}
+var testCollections = []string{"notes", "items", "b-only", "c", "zq-journal"}
 
 // pairAll grants each replica device-sync with the other for colls.
 func pairAll(t interface {

@@ -1,0 +1,367 @@
+package replica
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"filippo.io/age"
+	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport/relay"
+)
+
+// Sync through a relay: devices of one user that are rarely online
+// together form a space. Each pushes sealed bundles of its changes to the
+// relay and pulls the others'. The relay is a "peer" named "space:<id>"
+// for everything else in this package: consent grants, the heads each
+// record is known to hold there, and status.
+
+const nsSpaces = "spaces" // space id -> spaceRecord
+
+// ErrNoSpace: this replica is not a member of that space.
+var ErrNoSpace = errors.New("replica: no such space")
+
+// spaceRecord is what a replica keeps about a space it belongs to.
+type spaceRecord struct {
+	Space []byte          `json:"space"` // relay.Space, binary
+	Start []startPosition `json:"start,omitempty"`
+}
+
+type startPosition struct {
+	Sender  []byte `json:"sender"`
+	Counter uint64 `json:"counter"`
+}
+
+func spacePeer(id string) string { return "space:" + id }
+
+// RelayStats counts what one relay sync moved.
+type RelayStats struct {
+	Space          string `json:"space"`
+	BundlesPushed  int    `json:"bundles_pushed"`
+	RecordsPushed  int    `json:"records_pushed"`
+	BytesPushed    int64  `json:"bytes_pushed"`
+	BundlesPulled  int    `json:"bundles_pulled"`
+	RecordsApplied int    `json:"records_applied"`
+	Conflicts      int    `json:"conflicts"`
+}
+
+func (r *Replica) relayClient(url string) *relay.Client {
+	return &relay.Client{URL: url, Identity: r.id, HTTP: r.opts.RelayHTTP}
+}
+
+// CreateSpace creates a space on the relay at url, with this replica as
+// its first member, and grants the space device-sync of collections.
+func (r *Replica) CreateSpace(ctx context.Context, url string, collections []string) (relay.Space, error) {
+	if len(collections) == 0 {
+		return relay.Space{}, fmt.Errorf("%w: name the collections the space syncs", ErrInvalid)
+	}
+	space, err := relay.NewSpace(url)
+	if err != nil {
+		return relay.Space{}, fmt.Errorf("replica: space: %w", err)
+	}
+	if err := r.relayClient(url).CreateSpace(ctx, space); err != nil {
+		return relay.Space{}, fmt.Errorf("replica: create space: %w", err)
+	}
+	if err := r.saveSpace(ctx, space, nil); err != nil {
+		return relay.Space{}, err
+	}
+	return space, r.grantSpace(ctx, space, collections)
+}
+
+func (r *Replica) grantSpace(ctx context.Context, space relay.Space, collections []string) error {
+	for _, c := range collections {
+		if _, err := r.consent.Grant(ctx, consent.Grant{Collection: c, Purpose: consent.PurposeDeviceSync, Destination: spacePeer(space.ID)}); err != nil {
+			return fmt.Errorf("replica: space grant: %w", err)
+		}
+	}
+	return nil
+}
+
+func (r *Replica) saveSpace(ctx context.Context, space relay.Space, start []relay.Position) error {
+	sb, err := space.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	rec := spaceRecord{Space: sb}
+	for _, p := range start {
+		rec.Start = append(rec.Start, startPosition{Sender: p.Sender, Counter: p.Counter})
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := r.store.Slots(nsSpaces).Put(ctx, space.ID, b); err != nil {
+		return fmt.Errorf("replica: save space: %w", err)
+	}
+	return nil
+}
+
+// Space returns a space this replica belongs to, with where to start
+// reading it.
+func (r *Replica) Space(ctx context.Context, id string) (relay.Space, []relay.Position, error) {
+	b, ok, err := r.store.Slots(nsSpaces).Get(ctx, id)
+	if err != nil {
+		return relay.Space{}, nil, fmt.Errorf("replica: space: %w", err)
+	}
+	if !ok {
+		return relay.Space{}, nil, fmt.Errorf("%w: %s", ErrNoSpace, id)
+	}
+	var rec spaceRecord
+	var space relay.Space
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return relay.Space{}, nil, fmt.Errorf("replica: space: %w: %w", storage.ErrCorrupt, err)
+	}
+	if err := space.UnmarshalBinary(rec.Space); err != nil {
+		return relay.Space{}, nil, fmt.Errorf("replica: space: %w: %w", storage.ErrCorrupt, err)
+	}
+	var start []relay.Position
+	for _, p := range rec.Start {
+		start = append(start, relay.Position{Sender: ed25519.PublicKey(p.Sender), Counter: p.Counter})
+	}
+	return space, start, nil
+}
+
+// Spaces lists the ids of the spaces this replica belongs to.
+func (r *Replica) Spaces(ctx context.Context) ([]string, error) {
+	var ids []string
+	err := r.store.Slots(nsSpaces).Range(ctx, func(k string, _ []byte) error {
+		ids = append(ids, k)
+		return nil
+	})
+	return ids, err
+}
+
+// JoinCode is what a new device shows so that a member can invite it: its
+// Ed25519 public key (for the relay's member list) and its age X25519
+// recipient (to seal the invitation to). It holds no secret.
+func (r *Replica) JoinCode() (string, error) {
+	id, err := relay.DeriveInviteIdentity(r.id)
+	if err != nil {
+		return "", err
+	}
+	pub := r.id.Public().(ed25519.PublicKey)
+	return "ferry-join1:" + base64.RawURLEncoding.EncodeToString(pub) + ":" + id.Recipient().String(), nil
+}
+
+func parseJoinCode(code string) (ed25519.PublicKey, *age.X25519Recipient, error) {
+	parts := strings.Split(strings.TrimSpace(code), ":")
+	if len(parts) != 3 || parts[0] != "ferry-join1" {
+		return nil, nil, fmt.Errorf("%w: not a join code", ErrInvalid)
+	}
+	pub, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || len(pub) != ed25519.PublicKeySize {
+		return nil, nil, fmt.Errorf("%w: bad key in join code", ErrInvalid)
+	}
+	rec, err := relay.ParseInviteRecipient(parts[2])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return ed25519.PublicKey(pub), rec, nil
+}
+
+// Invite adds the device whose join code this is to the space, and returns
+// the sealed invitation to hand it (any channel will do: only that device
+// can open it). The next push from this replica carries every record in
+// full, so the new device can start from nothing even after the relay
+// compacted older bundles.
+func (r *Replica) Invite(ctx context.Context, spaceID, joinCode string) ([]byte, error) {
+	space, _, err := r.Space(ctx, spaceID)
+	if err != nil {
+		return nil, err
+	}
+	pub, recipient, err := parseJoinCode(joinCode)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := r.relayClient(space.RelayURL).UpdateMembers(ctx, space, []ed25519.PublicKey{pub}, nil); err != nil {
+		return nil, fmt.Errorf("replica: add member: %w", err)
+	}
+	v, err := relay.NewVerifier(ctx, space, r.store.Slots("relay/"+space.ID), relay.VerifierOptions{Self: r.id.Public().(ed25519.PublicKey)})
+	if err != nil {
+		return nil, fmt.Errorf("replica: invite: %w", err)
+	}
+	start := v.Positions()
+	if sender, err := relay.NewSender(ctx, r.relayClient(space.RelayURL), space, r.store.Slots("relay/"+space.ID)); err == nil {
+		start = append(start, sender.Position())
+	}
+	inv, err := relay.Invite(space, recipient, start...)
+	if err != nil {
+		return nil, fmt.Errorf("replica: invite: %w", err)
+	}
+	if err := r.forgetSpaceHeads(ctx, space.ID); err != nil {
+		return nil, err
+	}
+	return inv, nil
+}
+
+// forgetSpaceHeads makes the next push resend every record in full.
+func (r *Replica) forgetSpaceHeads(ctx context.Context, spaceID string) error {
+	peer := spacePeer(spaceID)
+	var keys []string
+	if err := r.store.Slots(nsShared+peer).Range(ctx, func(k string, _ []byte) error {
+		keys = append(keys, k)
+		return nil
+	}); err != nil {
+		return err
+	}
+	var b storage.Batch
+	for _, k := range keys {
+		b.Slots = append(b.Slots, storage.SlotWrite{Namespace: nsShared + peer, Key: k, Delete: true})
+	}
+	b.Slots = append(b.Slots, storage.SlotWrite{Namespace: nsPeer + peer, Key: "pushed", Delete: true})
+	if _, err := r.store.Write(ctx, b); err != nil {
+		return fmt.Errorf("replica: invite: %w", err)
+	}
+	return nil
+}
+
+// JoinSpace opens an invitation sealed to this device and makes it a
+// member of the space, granting the space device-sync of collections.
+func (r *Replica) JoinSpace(ctx context.Context, invitation []byte, collections []string) (relay.Space, error) {
+	if len(collections) == 0 {
+		return relay.Space{}, fmt.Errorf("%w: name the collections the space syncs", ErrInvalid)
+	}
+	id, err := relay.DeriveInviteIdentity(r.id)
+	if err != nil {
+		return relay.Space{}, err
+	}
+	inv, err := relay.AcceptInvitation(invitation, id)
+	if err != nil {
+		return relay.Space{}, fmt.Errorf("replica: join: %w", err)
+	}
+	if err := r.saveSpace(ctx, inv.Space, inv.Start); err != nil {
+		return relay.Space{}, err
+	}
+	return inv.Space, r.grantSpace(ctx, inv.Space, collections)
+}
+
+// SyncRelay pushes this replica's changes to the space's relay and pulls
+// and applies the other members'. Only collections granted to the space
+// are pushed. An over-quota relay refuses the push with relay.ErrQuota:
+// nothing is lost, the changes stay queued and the next SyncRelay retries.
+// A relay that tampers with, drops or replays bundles is detected
+// (relay.ErrTampered, relay.ErrMissing); a forged change is never applied.
+func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, error) {
+	if r.isClosed() {
+		return RelayStats{}, ErrClosed
+	}
+	space, start, err := r.Space(ctx, spaceID)
+	if err != nil {
+		return RelayStats{}, err
+	}
+	peer := spacePeer(space.ID)
+	st := RelayStats{Space: space.ID}
+	r.status.begin(peer)
+	r.publishStatus(peer)
+	err = r.syncRelay(ctx, space, start, peer, &st)
+	r.status.end(peer, SyncStats{Peer: peer, RecordsSent: st.RecordsPushed, RecordsReceived: st.RecordsApplied,
+		BytesSent: st.BytesPushed, Conflicts: st.Conflicts}, err, r.openConflicts(ctx))
+	r.saveStatus(context.WithoutCancel(ctx), peer)
+	r.publishStatus(peer)
+	if err != nil {
+		return st, fmt.Errorf("replica: relay sync %s: %w", short(space.ID), err)
+	}
+	return st, nil
+}
+
+func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []relay.Position, peer string, st *RelayStats) error {
+	client := r.relayClient(space.RelayURL)
+	kv := r.store.Slots("relay/" + space.ID)
+	h := &host{r: r}
+	defer func() {
+		if err := h.recordShares(context.WithoutCancel(ctx)); err != nil {
+			_ = err // the share happened; a ledger failure is reported by the next write
+		}
+	}()
+
+	// Pull first: what the others pushed makes this replica's own push
+	// smaller (records it now shares need no resend).
+	self := r.id.Public().(ed25519.PublicKey)
+	v, err := relay.NewVerifier(ctx, space, kv, relay.VerifierOptions{Start: start, Self: self})
+	if err != nil {
+		return err
+	}
+	n, rerr := v.Receive(ctx, client, 0, func(m relay.Message) error {
+		msg, err := decodeMsg(m.Payload)
+		if err != nil {
+			return err
+		}
+		if msg.T != msgBatch {
+			return protoErr("relay bundle holds message type %d", msg.T)
+		}
+		needs, conflicts, _, err := r.applyRecords(ctx, peer, msg.Batch.Records, 0)
+		if err != nil {
+			return err
+		}
+		if len(needs) > 0 {
+			return fmt.Errorf("%w: %d records depend on changes the relay does not hold", relay.ErrMissing, len(needs))
+		}
+		st.RecordsApplied += len(msg.Batch.Records)
+		st.Conflicts += conflicts
+		return nil
+	})
+	st.BundlesPulled = n
+	if rerr != nil {
+		return rerr
+	}
+
+	// Push the feed after the push cursor, in bundles.
+	sender, err := relay.NewSender(ctx, client, space, kv)
+	if err != nil {
+		return err
+	}
+	pushed, err := r.slotUint(ctx, nsPeer+peer, "pushed")
+	if err != nil {
+		return err
+	}
+	for {
+		recs, upTo, err := h.nextBatch(ctx, peer, pushed, r.opts.Batch, 1<<20)
+		if err != nil {
+			return err
+		}
+		if upTo <= pushed && len(recs) == 0 {
+			break
+		}
+		if len(recs) > 0 {
+			payload, err := encodeMsg(&wireMsg{T: msgBatch, Batch: &batchMsg{Records: recs, UpTo: upTo}})
+			if err != nil {
+				return err
+			}
+			if _, err := sender.Send(ctx, payload); err != nil {
+				return fmt.Errorf("push: %w", err) // the cursor stays: these records go again
+			}
+			if err := h.acked(ctx, peer, recs); err != nil {
+				return err
+			}
+			st.BundlesPushed++
+			st.RecordsPushed += len(recs)
+			st.BytesPushed += int64(len(payload))
+		}
+		pushed = upTo
+		if _, err := r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{r.uintWrite(nsPeer+peer, "pushed", pushed)}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Replica) slotUint(ctx context.Context, ns, key string) (uint64, error) {
+	b, ok, err := r.store.Slots(ns).Get(ctx, key)
+	if err != nil || !ok {
+		return 0, err
+	}
+	if len(b) != 8 {
+		return 0, fmt.Errorf("replica: %s: %w", key, storage.ErrCorrupt)
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+func (r *Replica) uintWrite(ns, key string, v uint64) storage.SlotWrite {
+	return storage.SlotWrite{Namespace: ns, Key: key, Value: binary.BigEndian.AppendUint64(nil, v)}
+}
