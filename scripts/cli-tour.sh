@@ -77,6 +77,27 @@ code=$?
 set -e
 test "$code" = 3
 
+step "ferry relay --listen 127.0.0.1:0 --dir relay   # a zero-knowledge relay, in the background"
+"$FERRY" relay --listen 127.0.0.1:0 --dir "$T/relay" > "$T/relay.log" 2>/dev/null &
+relay_pid=$!
+for _ in $(seq 100); do grep -q '^relay on' "$T/relay.log" 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^relay on \([^ ]*\) .*/\1/p' "$T/relay.log")
+[ -n "$url" ] || { cat "$T/relay.log"; exit 1; }
+echo "relay at $url"
+
+step "devices that are never online together share a space on the relay"
+space=$(laptop space create "$url" --collections notes | sed -n 's/^created space \([^ ]*\) .*/\1/p')
+code=$(phone space code)
+laptop space invite "$space" "$code" --out "$T/invite.age"
+phone space join "$T/invite.age" --collections notes
+laptop put notes relay-note '{"title":"sent through a relay that cannot read it"}'
+laptop sync "$url"
+phone sync "$url"
+phone get notes relay-note
+kill -INT "$relay_pid"; wait "$relay_pid" || true
+if grep -rq "relay-note" "$T/relay"; then echo "the relay can read a record id" >&2; exit 1; fi
+echo "the relay's files hold no record id, field or value"
+
 step "ferry consent log   # every grant and every share, append-only"
 laptop consent log
 echo

@@ -131,16 +131,35 @@ func init() {
 			})
 		}})
 
-	register(&command{name: "serve", args: "--listen ADDR", summary: "accept sync sessions from trusted peers over TLS (until interrupted)",
-		example: "ferry serve --listen 127.0.0.1:7420",
+	register(&command{name: "serve", args: "--listen ADDR | --relay RELAY-URL [--interval D]", summary: "accept sync sessions from trusted peers over TLS, or keep syncing through a relay (until interrupted)",
+		example: "ferry serve --listen 127.0.0.1:7420\nferry serve --relay http://127.0.0.1:7443 --interval 30s",
 		flags: func(fs *flag.FlagSet) {
 			fs.String("listen", "127.0.0.1:7420", "the TCP address to listen on")
+			fs.String("relay", "", "sync through this relay instead, every --interval")
+			fs.Duration("interval", 30*time.Second, "with --relay: time between syncs")
 		},
 		run: func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 			if err := needArgs(args, 0); err != nil {
 				return err
 			}
 			return e.withReplica(ctx, func(r *replica.Replica) error {
+				if url := flagStr(fs, "relay"); url != "" {
+					every, _ := time.ParseDuration(flagStr(fs, "interval"))
+					fmt.Fprintf(e.stdout, "syncing %s through %s every %s\n", e.dir, url, every)
+					for {
+						if err := syncRelayOnce(ctx, e, r, url, false); err != nil {
+							if ctx.Err() != nil {
+								return nil
+							}
+							fmt.Fprintf(e.stderr, "ferry serve: %s\n", oneLine(err))
+						}
+						select {
+						case <-ctx.Done():
+							return nil
+						case <-time.After(every):
+						}
+					}
+				}
 				l, err := transport.ListenTLS(ctx, flagStr(fs, "listen"), r.Identity(), trustedPins(r), transport.TLSOptions{})
 				if err != nil {
 					return err
@@ -161,8 +180,8 @@ func init() {
 			})
 		}})
 
-	register(&command{name: "sync", args: "ADDR [--json]", summary: "run one sync session with a trusted peer and print what moved",
-		example: "ferry sync 127.0.0.1:7420",
+	register(&command{name: "sync", args: "ADDR|RELAY-URL [--json]", summary: "run one sync session with a trusted peer (or through a relay) and print what moved",
+		example: "ferry sync 127.0.0.1:7420\nferry sync http://127.0.0.1:7443   # through a relay: see 'ferry space --help'",
 		flags: func(fs *flag.FlagSet) {
 			fs.Bool("json", false, "print the summary as JSON (the SyncStats fields)")
 			fs.Duration("timeout", 2*time.Minute, "give up after this long")
@@ -175,6 +194,9 @@ func init() {
 			ctx, cancel := context.WithTimeout(ctx, d)
 			defer cancel()
 			return e.withReplica(ctx, func(r *replica.Replica) error {
+				if isRelayURL(args[0]) {
+					return syncRelayOnce(ctx, e, r, args[0], flagBool(fs, "json"))
+				}
 				conn, err := transport.DialTLS(ctx, args[0], r.Identity(), trustedPins(r), transport.TLSOptions{})
 				if err != nil {
 					return fmt.Errorf("dial %s: %w", args[0], err)

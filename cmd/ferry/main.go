@@ -26,6 +26,7 @@ import (
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
+	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // Exit codes. Each error class has its own, so scripts can tell them apart.
@@ -60,16 +61,19 @@ func exitCode(err error) int {
 	case errors.Is(err, storage.ErrWrongKey):
 		return exitWrongKey
 	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
-		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist):
+		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),
+		errors.Is(err, replica.ErrNoSpace):
 		return exitNotFound
 	case errors.Is(err, storage.ErrCorrupt), errors.Is(err, storage.ErrBadBackup), errors.Is(err, consent.ErrTampered),
-		errors.Is(err, crdt.ErrBadDocument):
+		errors.Is(err, crdt.ErrBadDocument), errors.Is(err, relay.ErrTampered), errors.Is(err, relay.ErrMissing), errors.Is(err, relay.ErrInvitation):
 		return exitCorrupt
 	case errors.Is(err, replica.ErrNoConsent), errors.Is(err, replica.ErrPolicyMismatch), errors.Is(err, transport.ErrUnknownPeer),
-		errors.Is(err, storage.ErrLocked), errors.Is(err, storage.ErrExists), errors.Is(err, consent.ErrDeclined):
+		errors.Is(err, storage.ErrLocked), errors.Is(err, storage.ErrExists), errors.Is(err, consent.ErrDeclined),
+		errors.Is(err, relay.ErrAuth), errors.Is(err, relay.ErrNotMember), errors.Is(err, relay.ErrQuota):
 		return exitForbidden
 	case errors.Is(err, transport.ErrRefused), errors.Is(err, transport.ErrCut), errors.Is(err, transport.ErrClosed),
 		errors.Is(err, context.DeadlineExceeded), errors.Is(err, replica.ErrProtocol), errors.Is(err, replica.ErrPeerError),
+		errors.Is(err, relay.ErrUnavailable),
 		isNetErr(err):
 		return exitNetwork
 	}
