@@ -242,4 +242,3 @@ func TestRelayQuotaRetries(t *testing.T) {
 		t.Fatalf("b holds %d of 20 records after the quota cleared", n)
 	}
 }
-

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferrysync/ferry/policy/anon"
 	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/transport"
 	"github.com/ferrysync/ferry/transport/collector"
 )
 
@@ -49,6 +50,11 @@ func (r *Replica) Share(ctx context.Context, opts ShareOptions) (ShareResult, er
 		return ShareResult{}, ErrClosed
 	}
 	rules := opts.Rules
+	if pd, ok := opts.Destination.(*PeerDestination); ok {
+		if fp := transport.Fingerprint(pd.Conn.RemoteIdentity()); fp != opts.DestinationID {
+			return ShareResult{}, fmt.Errorf("%w: the connection is to %s, the grant is for %s", ErrNoConsent, short(fp), short(opts.DestinationID))
+		}
+	}
 	g, ok := r.consent.Allowed(opts.DestinationID, rules.Collection, rules.Purpose)
 	if !ok {
 		return ShareResult{}, fmt.Errorf("%w: no live grant to share %q with %s for %q", ErrNoConsent, rules.Collection, opts.DestinationID, rules.Purpose)
@@ -144,4 +150,52 @@ func (r *Replica) pseudonymSecret(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("replica: pseudonym secret: %w", err)
 	}
 	return b, nil
+}
+
+// PeerDestination sends anonymized batches to another ferry replica (or
+// any program using ReceiveShare) over an authenticated transport
+// connection, and waits for its acknowledgement. The share's
+// DestinationID must be that peer's fingerprint.
+type PeerDestination struct {
+	Conn transport.Conn
+}
+
+var _ collector.Destination = (*PeerDestination)(nil)
+
+const shareAck = "ferry-share-ok"
+
+// Send implements collector.Destination.
+func (d *PeerDestination) Send(ctx context.Context, batch collector.Batch) error {
+	b, err := collector.EncodeBatch(collector.CBOR, batch)
+	if err != nil {
+		return fmt.Errorf("replica: share: %w", err)
+	}
+	if err := d.Conn.Send(ctx, b); err != nil {
+		return fmt.Errorf("replica: share: %w", err)
+	}
+	ack, err := d.Conn.Recv(ctx)
+	if err != nil {
+		return fmt.Errorf("replica: share: waiting for the acknowledgement: %w", err)
+	}
+	if string(ack) != shareAck {
+		return fmt.Errorf("%w: share not acknowledged", ErrProtocol)
+	}
+	return nil
+}
+
+// ReceiveShare reads one anonymized batch a PeerDestination sent over
+// conn, checks it with the collector's bounds, and acknowledges it.
+func ReceiveShare(ctx context.Context, conn transport.Conn) (collector.Batch, error) {
+	b, err := conn.Recv(ctx)
+	if err != nil {
+		return collector.Batch{}, fmt.Errorf("replica: receive share: %w", err)
+	}
+	batch, err := collector.DecodeBatch(collector.CBOR, b)
+	if err != nil {
+		return collector.Batch{}, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	if err := conn.Send(ctx, []byte(shareAck)); err != nil {
+		return collector.Batch{}, fmt.Errorf("replica: receive share: %w", err)
+	}
+	return batch, nil
 }

@@ -297,3 +297,11 @@ func cloneValue(v any) any {
 	}
 	return v
 }
+
+// EncodeBatch encodes a batch in the given format (as HTTPDestination
+// sends it), for destinations other than HTTP.
+func EncodeBatch(f Format, b Batch) ([]byte, error) { return encodeBatch(f, b) }
+
+// DecodeBatch decodes and checks a batch from outside bytes, with the same
+// bounds as the collector server.
+func DecodeBatch(f Format, data []byte) (Batch, error) { return decodeBatch(f, data) }
