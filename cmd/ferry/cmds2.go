@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -394,7 +395,12 @@ ferry policy`,
 				if err != nil {
 					return err
 				}
-				st, err := r.Backup(ctx, f, opts)
+				pw := &progressIO{show: e.progressPrinter("exported bytes"), w: f}
+				st, err := r.Backup(ctx, pw, opts)
+				pw.done()
+				if e.progress {
+					fmt.Fprintln(e.stderr)
+				}
 				if cerr := f.Close(); err == nil {
 					err = cerr
 				}
@@ -443,7 +449,14 @@ ferry policy`,
 			}
 			defer f.Close()
 			return e.withReplica(ctx, func(r *replica.Replica) error {
-				st, err := r.Restore(ctx, f, opts)
+				info, _ := f.Stat()
+				size := 0
+				if info != nil {
+					size = int(info.Size())
+				}
+				pr := &progressIO{show: e.progressPrinter("verified bytes"), r: f, total: size}
+				st, err := r.Restore(ctx, pr, opts)
+				pr.done()
 				if err != nil {
 					return err
 				}
@@ -494,6 +507,43 @@ ferry policy`,
 				return nil
 			})
 		}})
+}
+
+// progressIO counts the bytes through a reader or writer and shows them
+// (on a terminal only; the printer is silent otherwise), at most every
+// 256 KiB.
+type progressIO struct {
+	show        func(done, total int)
+	r           io.Reader
+	w           io.Writer
+	n, total    int
+	lastShownAt int
+}
+
+func (p *progressIO) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.add(n)
+	return n, err
+}
+
+func (p *progressIO) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.add(n)
+	return n, err
+}
+
+func (p *progressIO) add(n int) {
+	p.n += n
+	if p.n-p.lastShownAt >= 256<<10 {
+		p.lastShownAt = p.n
+		p.show(p.n, p.total)
+	}
+}
+
+func (p *progressIO) done() {
+	if p.n != p.lastShownAt {
+		p.show(p.n, p.total)
+	}
 }
 
 func (e *env) backupPassphrase() ([]byte, error) {
