@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -9,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"filippo.io/age"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
@@ -471,13 +468,3 @@ func parsePolicy(b []byte) (any, error) {
 	}
 	return set, nil
 }
-
-// readAll reads a whole file, or stdin for "-".
-func (e *env) readAll(path string) ([]byte, error) {
-	if path == "-" {
-		return io.ReadAll(bufio.NewReader(e.stdin))
-	}
-	return os.ReadFile(path)
-}
-
-var _ = age.ParseIdentities

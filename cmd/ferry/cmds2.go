@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -323,9 +322,9 @@ func init() {
 					return err
 				}
 				if val != "" {
-					v, err := parseJSONValue(val)
-					if err != nil {
-						return err
+					v, perr := parseJSONValue(val)
+					if perr != nil {
+						return perr
 					}
 					err = r.ResolveValue(ctx, id, v)
 				} else {
@@ -625,5 +624,3 @@ func expandConflictID(ctx context.Context, r *replica.Replica, prefix string) (s
 	}
 	return "", usagef("%q matches %d conflicts; give more of the id", prefix, len(match))
 }
-
-var _ = errors.New

@@ -84,7 +84,6 @@ func exitCode(err error) int {
 type env struct {
 	dir            string
 	passphraseFile string
-	kdf            storage.KDFParams // zero: storage default
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -102,5 +101,3 @@ ferry share usage --to http://127.0.0.1:8080/ --purpose improve-model-quality`,
 			})
 		}})
 }
-
-var _ = errors.Is
