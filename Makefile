@@ -7,8 +7,8 @@ export CGO_ENABLED = 1
 
 .PHONY: test test-short lint vet fmt bench fuzz demo soak tidy build
 
-## test: vet, then every test with the race detector (what CI runs).
-test: vet
+## test: lint (gofmt, vet, staticcheck), then every test with the race detector (what CI runs).
+test: lint
 	$(GO) test -race -count=1 -timeout 14m $(PKGS)
 
 ## test-short: the same without the race detector, for a quick loop.
