@@ -21,7 +21,7 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		seeds["valid-"+name] = b
 	}
 	add("hello", &wireMsg{T: msgHello, Hello: &helloMsg{Replica: "r", Name: "n", Policy: "p", Cursor: 9}})
-	add("ack", &wireMsg{T: msgAck, Ack: &ackMsg{Applied: 3, Needs: 1}})
+	add("ack", &wireMsg{T: msgAck, Ack: &ackMsg{Applied: 3, Asked: 1, Need: []needMsg{{Collection: "c", ID: "i"}}}})
 	add("idle", &wireMsg{T: msgIdle, Idle: &idleMsg{Seq: 4, Applied: 2}})
 	add("need", &wireMsg{T: msgNeed, Need: &needMsg{Collection: "c", ID: "i"}})
 	add("error", &wireMsg{T: msgError, Err: &errMsg{Code: errCodePolicy, Text: "no"}})

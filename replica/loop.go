@@ -96,6 +96,8 @@ func (r *Replica) StartSync(opts LoopOptions) error {
 			return fmt.Errorf("%w: peer needs an address and a dialer", ErrInvalid)
 		}
 	}
+	r.loopMu.Lock()
+	defer r.loopMu.Unlock()
 	events := r.events.subscribe(256)
 	kicks := make([]chan struct{}, len(opts.Peers))
 	for i := range kicks {
@@ -103,9 +105,9 @@ func (r *Replica) StartSync(opts LoopOptions) error {
 		kicks[i] <- struct{}{} // sync once at start
 	}
 	ctx := r.loopCtx
-	r.wg.Add(1)
+	r.loopWG.Add(1)
 	go func() {
-		defer r.wg.Done()
+		defer r.loopWG.Done()
 		defer r.events.unsubscribe(events)
 		for {
 			select {
@@ -134,9 +136,9 @@ func (r *Replica) StartSync(opts LoopOptions) error {
 		return opts.Rand.Float64()
 	}
 	for i, p := range opts.Peers {
-		r.wg.Add(1)
+		r.loopWG.Add(1)
 		go func() {
-			defer r.wg.Done()
+			defer r.loopWG.Done()
 			r.peerLoop(ctx, p, kicks[i], opts, draw)
 		}()
 	}
@@ -146,8 +148,10 @@ func (r *Replica) StartSync(opts LoopOptions) error {
 // StopSync stops the background loop and waits for it; the replica stays
 // open. StartSync may be called again afterwards.
 func (r *Replica) StopSync() {
+	r.loopMu.Lock()
+	defer r.loopMu.Unlock()
 	r.stopLoops()
-	r.wg.Wait()
+	r.loopWG.Wait()
 	r.loopCtx, r.stopLoops = context.WithCancel(context.Background())
 }
 

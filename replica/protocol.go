@@ -20,6 +20,9 @@ type protocol struct {
 
 	applied uint64 // I have applied the peer's feed up to here
 
+	sentBatches uint64 // batch frames sent this session
+	gotBatches  uint64 // batch frames received this session
+
 	peerNeeds int // records the peer asked for and has not yet acknowledged
 	myNeeds   int // records I asked for and have not yet received
 	toServe   int // records the peer asked for that I have not yet sent
@@ -68,6 +71,7 @@ func (p *protocol) batchSent(upTo uint64, sent bool) {
 	}
 	if sent {
 		p.inflight = append(p.inflight, upTo)
+		p.sentBatches++
 	}
 }
 
@@ -86,7 +90,7 @@ func (p *protocol) onAck(a ackMsg) ([]uint64, error) {
 	if a.Applied > p.acked {
 		p.acked = a.Applied
 	}
-	p.peerNeeds = int(a.Needs)
+	p.peerNeeds = int(a.Asked)
 	p.checkDone()
 	return done, nil
 }
@@ -122,6 +126,7 @@ func (p *protocol) onBatch(b *batchMsg) error {
 
 // batchApplied records that the peer's feed up to upTo is durably applied.
 func (p *protocol) batchApplied(upTo uint64) {
+	p.gotBatches++
 	if upTo > p.applied {
 		p.applied = upTo
 	}
@@ -135,17 +140,20 @@ func (p *protocol) onIdle(m idleMsg) (bool, error) {
 	if m.Applied > p.sentUpTo {
 		return false, protoErr("peer claims %d applied, only %d sent", m.Applied, p.sentUpTo)
 	}
-	if p.peerIdle != nil && (m.Seq < p.peerIdle.Seq || m.Applied < p.peerIdle.Applied) {
+	if p.peerIdle != nil && (m.Seq < p.peerIdle.Seq || m.Applied < p.peerIdle.Applied || m.Got < p.peerIdle.Got) {
 		return false, protoErr("idle went backwards")
+	}
+	if m.Got > p.sentBatches {
+		return false, protoErr("peer claims %d batches, %d sent", m.Got, p.sentBatches)
 	}
 	p.peerIdle = &m
 	if m.Applied > p.acked {
 		p.acked = m.Applied
 	}
-	moved := m.Seq > p.applied
-	if moved {
-		p.applied = m.Seq
-	}
+	// A peer whose feed ends below our cursor was restored from an older
+	// copy: its feed positions were reused, so the cursor goes back too.
+	moved := m.Seq != p.applied
+	p.applied = m.Seq
 	p.checkDone()
 	return moved, nil
 }
@@ -154,10 +162,12 @@ func (p *protocol) onIdle(m idleMsg) (bool, error) {
 // feed is sent and acknowledged and my state differs from the last idle I
 // sent.
 func (p *protocol) idleToSend() *idleMsg {
-	if p.done || p.sentUpTo < p.lastSeq || len(p.inflight) > 0 || p.toServe > 0 {
+	// An idle promises the peer this side has nothing more to do: not
+	// while a record it asked for is still on its way.
+	if p.done || p.sentUpTo < p.lastSeq || len(p.inflight) > 0 || p.toServe > 0 || p.myNeeds > 0 {
 		return nil
 	}
-	m := idleMsg{Seq: p.sentUpTo, Applied: p.applied}
+	m := idleMsg{Seq: p.sentUpTo, Applied: p.applied, Got: p.gotBatches}
 	if p.idleSent != nil && *p.idleSent == m {
 		return nil
 	}
@@ -174,8 +184,9 @@ func (p *protocol) checkDone() {
 	if p.peerIdle == nil || p.idleSent == nil {
 		return
 	}
-	mine := idleMsg{Seq: p.sentUpTo, Applied: p.applied}
+	mine := idleMsg{Seq: p.sentUpTo, Applied: p.applied, Got: p.gotBatches}
 	p.done = *p.idleSent == mine &&
+		p.peerIdle.Got == p.sentBatches &&
 		p.sentUpTo == p.lastSeq &&
 		len(p.inflight) == 0 &&
 		p.peerNeeds == 0 && p.myNeeds == 0 && p.toServe == 0 &&

@@ -47,7 +47,7 @@ func TestProtocolOneSidedInitialSync(t *testing.T) {
 		t.Fatalf("A idles with a batch in flight")
 	}
 	b.pump() // B has nothing: idle {0,0}
-	if got := b.take(); got.T != msgIdle || *got.Idle != (idleMsg{0, 0}) {
+	if got := b.take(); got.T != msgIdle || *got.Idle != (idleMsg{}) {
 		t.Fatalf("B first idle = %+v", got.Idle)
 	}
 
@@ -63,7 +63,7 @@ func TestProtocolOneSidedInitialSync(t *testing.T) {
 	}
 	b.p.batchSent(10, false) // every entry already at A's heads: skipped
 	b.pump()
-	if _, err := a.p.onIdle(idleMsg{0, 0}); err != nil { // B's first idle reaches A
+	if _, err := a.p.onIdle(idleMsg{}); err != nil { // B's first idle reaches A
 		t.Fatal(err)
 	}
 	if a.p.finished() {

@@ -214,7 +214,8 @@ func (r *Replica) forgetSpaceHeads(ctx context.Context, spaceID string) error {
 	for _, k := range keys {
 		b.Slots = append(b.Slots, storage.SlotWrite{Namespace: nsShared + peer, Key: k, Delete: true})
 	}
-	b.Slots = append(b.Slots, storage.SlotWrite{Namespace: nsPeer + peer, Key: "pushed", Delete: true})
+	b.Slots = append(b.Slots, storage.SlotWrite{Namespace: nsPeer + peer, Key: "pushed", Delete: true},
+		storage.SlotWrite{Namespace: nsPeer + peer, Key: "fullpush", Value: []byte{1}})
 	if _, err := r.store.Write(ctx, b); err != nil {
 		return fmt.Errorf("replica: invite: %w", err)
 	}
@@ -287,6 +288,32 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 	if err != nil {
 		return err
 	}
+	pending := r.store.Slots("relay-pending/" + space.ID)
+	apply := func(recs []recordChanges) error {
+		needs, conflicts, _, err := r.applyRecords(ctx, peer, recs, 0)
+		if err != nil {
+			return err
+		}
+		st.Conflicts += conflicts
+		st.RecordsApplied += len(recs) - len(needs)
+		// A record whose dependencies have not arrived (a device that
+		// joined after older bundles were compacted, before a member's
+		// full push) waits here; it is retried after every pull.
+		for _, n := range needs {
+			for _, rc := range recs {
+				if rc.Collection == n.Collection && rc.ID == n.ID {
+					b, err := encodeMsg(&wireMsg{T: msgBatch, Batch: &batchMsg{Records: []recordChanges{rc}}})
+					if err != nil {
+						return err
+					}
+					if err := pending.Put(ctx, recordKey(rc.Collection, rc.ID)+"\x00"+fmt.Sprint(st.BundlesPulled), b); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	}
 	n, rerr := v.Receive(ctx, client, 0, func(m relay.Message) error {
 		msg, err := decodeMsg(m.Payload)
 		if err != nil {
@@ -295,20 +322,15 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 		if msg.T != msgBatch {
 			return protoErr("relay bundle holds message type %d", msg.T)
 		}
-		needs, conflicts, _, err := r.applyRecords(ctx, peer, msg.Batch.Records, 0)
-		if err != nil {
-			return err
-		}
-		if len(needs) > 0 {
-			return fmt.Errorf("%w: %d records depend on changes the relay does not hold", relay.ErrMissing, len(needs))
-		}
-		st.RecordsApplied += len(msg.Batch.Records)
-		st.Conflicts += conflicts
-		return nil
+		st.BundlesPulled++
+		return apply(msg.Batch.Records)
 	})
 	st.BundlesPulled = n
 	if rerr != nil {
 		return rerr
+	}
+	if err := r.retryPending(ctx, peer, pending, st); err != nil {
+		return err
 	}
 
 	// Push the feed after the push cursor, in bundles.
@@ -320,6 +342,13 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 	if err != nil {
 		return err
 	}
+	// After an invitation, every record goes whole once, whatever the
+	// space is known to hold: the new member holds nothing.
+	_, full, err := r.store.Slots(nsPeer+peer).Get(ctx, "fullpush")
+	if err != nil {
+		return err
+	}
+	h.whole = full
 	for {
 		recs, upTo, err := h.nextBatch(ctx, peer, pushed, r.opts.Batch, 1<<20)
 		if err != nil {
@@ -329,24 +358,37 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 			break
 		}
 		if len(recs) > 0 {
-			payload, err := encodeMsg(&wireMsg{T: msgBatch, Batch: &batchMsg{Records: recs, UpTo: upTo}})
+			groups, err := splitBatch(recs, frameBudget)
 			if err != nil {
 				return err
 			}
-			if _, err := sender.Send(ctx, payload); err != nil {
-				return fmt.Errorf("push: %w", err) // the cursor stays: these records go again
+			for _, g := range groups {
+				payload, err := encodeMsg(&wireMsg{T: msgBatch, Batch: &batchMsg{Records: g, UpTo: upTo}})
+				if err != nil {
+					return err
+				}
+				if _, err := sender.Send(ctx, payload); err != nil {
+					return fmt.Errorf("push: %w", err) // the cursor stays: these records go again
+				}
+				st.BundlesPushed++
+				st.BytesPushed += int64(len(payload))
+				for _, rc := range g {
+					if !rc.Partial {
+						st.RecordsPushed++
+					}
+				}
 			}
 			if err := h.acked(ctx, peer, recs); err != nil {
 				return err
 			}
-			st.BundlesPushed++
-			st.RecordsPushed += len(recs)
-			st.BytesPushed += int64(len(payload))
 		}
 		pushed = upTo
 		if _, err := r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{r.uintWrite(nsPeer+peer, "pushed", pushed)}}); err != nil {
 			return err
 		}
+	}
+	if full {
+		return r.store.Slots(nsPeer+peer).Delete(ctx, "fullpush")
 	}
 	return nil
 }
@@ -364,4 +406,38 @@ func (r *Replica) slotUint(ctx context.Context, ns, key string) (uint64, error) 
 
 func (r *Replica) uintWrite(ns, key string, v uint64) storage.SlotWrite {
 	return storage.SlotWrite{Namespace: ns, Key: key, Value: binary.BigEndian.AppendUint64(nil, v)}
+}
+
+// retryPending applies the records parked for missing dependencies whose
+// dependencies have arrived since.
+func (r *Replica) retryPending(ctx context.Context, peer string, pending *storage.Slots, st *RelayStats) error {
+	type parked struct {
+		key string
+		rc  recordChanges
+	}
+	var all []parked
+	if err := pending.Range(ctx, func(k string, b []byte) error {
+		msg, err := decodeMsg(b)
+		if err != nil || msg.T != msgBatch || len(msg.Batch.Records) != 1 {
+			return fmt.Errorf("replica: parked record: %w", storage.ErrCorrupt)
+		}
+		all = append(all, parked{k, msg.Batch.Records[0]})
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, p := range all {
+		needs, conflicts, _, err := r.applyRecords(ctx, peer, []recordChanges{p.rc}, 0)
+		if err != nil {
+			return err
+		}
+		if len(needs) == 0 {
+			st.RecordsApplied++
+			st.Conflicts += conflicts
+			if err := pending.Delete(ctx, p.key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

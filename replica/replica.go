@@ -130,7 +130,10 @@ type Replica struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
-	wg        sync.WaitGroup // goroutines started by this replica
+	wg        sync.WaitGroup // watcher goroutines
+
+	loopMu    sync.Mutex     // guards the loop fields below
+	loopWG    sync.WaitGroup // the background loop's goroutines
 	stopLoops context.CancelFunc
 	loopCtx   context.Context
 }
@@ -239,7 +242,7 @@ func (r *Replica) Close() error {
 	var err error
 	r.closeOnce.Do(func() {
 		close(r.closed)
-		r.stopLoops()
+		r.StopSync()
 		r.wg.Wait()
 		r.events.close()
 		err = r.store.Close()
@@ -371,7 +374,16 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 	if sameHeads(before, d.Heads()) {
 		return nil
 	}
-	metas, err := r.store.Write(ctx, storage.Batch{Records: []storage.RecordWrite{r.recordWrite(collection, id, d)}})
+	w := r.recordWrite(collection, id, d)
+	if big, err := largestChange(w.Changes); err != nil || big > maxChangeBytes {
+		r.cache.drop(key)
+		if err != nil {
+			return fmt.Errorf("replica: write %s/%s: %w", collection, id, err)
+		}
+		return fmt.Errorf("%w: one change of %d bytes to %s/%s is over the %d-byte limit of a sync frame; write the value in smaller pieces",
+			ErrInvalid, big, collection, id, maxChangeBytes)
+	}
+	metas, err := r.store.Write(ctx, storage.Batch{Records: []storage.RecordWrite{w}})
 	if err != nil {
 		r.cache.drop(key)
 		return fmt.Errorf("replica: write %s/%s: %w", collection, id, err)

@@ -64,6 +64,11 @@ type sessionHost interface {
 	acked(ctx context.Context, peer string, records []recordChanges) error
 	// cursorMoved persists the cursor for peer after an idle moved it.
 	cursorMoved(ctx context.Context, peer string, cursor uint64) error
+	// startFor says where to start sending this side's feed, given the
+	// peer's cursor (0 to rescan everything).
+	startFor(ctx context.Context, peer string, cursor uint64) (uint64, error)
+	// finished is called once a session has exchanged everything.
+	finished(ctx context.Context, peer string) error
 }
 
 // sessionConfig bounds one session.
@@ -101,8 +106,9 @@ type session struct {
 }
 
 // settleNeeds updates the records asked for after a batch was applied:
-// those that applied are met, those that did not are asked for (again).
-func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMsg) {
+// those that applied are met, those that did not are asked for. A record
+// that was asked for and fails again, in full, cannot be applied at all.
+func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMsg) error {
 	if s.asked == nil {
 		s.asked = map[needMsg]bool{}
 	}
@@ -113,7 +119,10 @@ func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMs
 	met := 0
 	for _, rc := range recs {
 		n := needMsg{Collection: rc.Collection, ID: rc.ID}
-		if s.asked[n] && !bad[n] && !rc.Partial {
+		if s.asked[n] && bad[n] {
+			return protoErr("record %s/%s cannot be applied even in full", n.Collection, n.ID)
+		}
+		if s.asked[n] && !rc.Partial {
 			delete(s.asked, n)
 			met++
 		}
@@ -125,6 +134,7 @@ func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMs
 		}
 	}
 	p.needMet(met)
+	return nil
 }
 
 type frameOrErr struct {
@@ -164,6 +174,24 @@ func runSession(ctx context.Context, conn transport.Conn, host sessionHost, cfg 
 	return s.stats, err
 }
 
+// errForCode is the sentinel a peer's error code stands for, so a refusal
+// by the peer is classified like the same refusal here.
+func errForCode(code uint16) error {
+	switch code {
+	case errCodeVersion:
+		return ErrVersionMismatch
+	case errCodePolicy:
+		return ErrPolicyMismatch
+	case errCodeIdentity:
+		return ErrIdentityMismatch
+	case errCodeProtocol:
+		return ErrProtocol
+	case errCodeConsent:
+		return ErrNoConsent
+	}
+	return errors.New("internal error")
+}
+
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n]
@@ -192,7 +220,7 @@ func (s *session) received(b []byte) (*wireMsg, error) {
 		return nil, err
 	}
 	if m.T == msgError {
-		return nil, fmt.Errorf("%w: %s", ErrPeerError, m.Err.Text)
+		return nil, fmt.Errorf("%w: %w: %s", ErrPeerError, errForCode(m.Err.Code), m.Err.Text)
 	}
 	return m, nil
 }
@@ -230,7 +258,11 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 
-	p := newProtocol(s.cfg.window, s.host.lastSeq(), theirs.Cursor, mine.Cursor)
+	start, err := s.host.startFor(ctx, s.peer, theirs.Cursor)
+	if err != nil {
+		return err
+	}
+	p := newProtocol(s.cfg.window, s.host.lastSeq(), start, mine.Cursor)
 
 	frames := make(chan frameOrErr, 4*s.cfg.window+16)
 	var wg sync.WaitGroup
@@ -254,10 +286,10 @@ func (s *session) run(ctx context.Context) error {
 
 	for {
 		if err := s.sendWork(ctx, p); err != nil {
-			return err
+			return s.lastWords(ctx, frames, err)
 		}
 		if p.finished() {
-			return nil
+			return s.host.finished(ctx, s.peer)
 		}
 		var f frameOrErr
 		select {
@@ -283,6 +315,29 @@ func (s *session) run(ctx context.Context) error {
 
 // sendWork sends whatever the protocol allows now: records the peer asked
 // for, feed batches within the window, and an idle when all is sent.
+// lastWords: a send failed, perhaps because the peer ended the session
+// with an error message that is already on its way. Read what the peer
+// sent (for at most a second) and report its error if it sent one.
+func (s *session) lastWords(ctx context.Context, frames <-chan frameOrErr, sendErr error) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	for {
+		select {
+		case f := <-frames:
+			if f.err != nil {
+				return sendErr
+			}
+			if m, err := s.received(f.b); err != nil && errors.Is(err, ErrPeerError) {
+				return err
+			} else if err == nil && m.T == msgError {
+				return sendErr
+			}
+		case <-ctx.Done():
+			return sendErr
+		}
+	}
+}
+
 func (s *session) sendWork(ctx context.Context, p *protocol) error {
 	for len(s.needs) > 0 && len(p.inflight) < p.window {
 		n := s.needs[0]
@@ -329,13 +384,29 @@ func (s *session) sendWork(ctx context.Context, p *protocol) error {
 	return nil
 }
 
+// sendBatch sends records in as many frames as their size needs; only
+// the last frame moves the peer's cursor to upTo.
 func (s *session) sendBatch(ctx context.Context, p *protocol, recs []recordChanges, upTo uint64) error {
-	if err := s.send(ctx, &wireMsg{T: msgBatch, Batch: &batchMsg{Records: recs, UpTo: upTo}}); err != nil {
+	groups, err := splitBatch(recs, frameBudget)
+	if err != nil {
 		return err
 	}
-	s.stats.RecordsSent += len(recs)
-	p.batchSent(upTo, true)
-	s.pending = append(s.pending, recs)
+	for i, g := range groups {
+		u := p.sentUpTo
+		if i == len(groups)-1 {
+			u = upTo
+		}
+		if err := s.send(ctx, &wireMsg{T: msgBatch, Batch: &batchMsg{Records: g, UpTo: u}}); err != nil {
+			return err
+		}
+		for _, rc := range g {
+			if !rc.Partial {
+				s.stats.RecordsSent++
+			}
+		}
+		p.batchSent(u, true)
+		s.pending = append(s.pending, g)
+	}
 	return nil
 }
 
@@ -351,45 +422,62 @@ func (s *session) handle(ctx context.Context, p *protocol, m *wireMsg) error {
 			return err
 		}
 		s.stats.Conflicts += conflicts
-		s.settleNeeds(p, m.Batch.Records, needs)
-		p.batchApplied(m.Batch.UpTo)
-		p.feedGrew(s.host.lastSeq())
-		if err := s.send(ctx, &wireMsg{T: msgAck, Ack: &ackMsg{Applied: p.applied, Needs: uint32(len(s.asked))}}); err != nil {
+		held := len(s.asked) > 0 || len(needs) > 0
+		if err := s.settleNeeds(p, m.Batch.Records, needs); err != nil {
 			return err
 		}
-		for i := range needs {
-			if err := s.send(ctx, &wireMsg{T: msgNeed, Need: &needs[i]}); err != nil {
+		p.batchApplied(m.Batch.UpTo)
+		p.feedGrew(s.host.lastSeq())
+		if held && len(s.asked) == 0 {
+			// Every record asked for has arrived: the cursor, held back
+			// while one was missing, may move now.
+			if err := s.host.cursorMoved(ctx, s.peer, p.applied); err != nil {
 				return err
 			}
+		}
+		if err := s.send(ctx, &wireMsg{T: msgAck, Ack: &ackMsg{Applied: p.applied, Need: needs, Asked: uint32(len(s.asked))}}); err != nil {
+			return err
 		}
 	case msgAck:
 		done, err := p.onAck(*m.Ack)
 		if err != nil {
 			return err
 		}
+		needed := make(map[needMsg]bool, len(m.Ack.Need))
+		for _, n := range m.Ack.Need {
+			needed[n] = true
+		}
 		for range done {
 			recs := s.pending[0]
 			s.pending = s.pending[1:]
-			if err := s.host.acked(ctx, s.peer, recs); err != nil {
+			// A record the peer could not apply is not held there.
+			held := recs[:0:0]
+			for _, rc := range recs {
+				if !needed[needMsg{Collection: rc.Collection, ID: rc.ID}] {
+					held = append(held, rc)
+				}
+			}
+			if err := s.host.acked(ctx, s.peer, held); err != nil {
 				return err
 			}
+		}
+		if len(s.needs)+len(m.Ack.Need) > maxRecordsPerBatch {
+			return protoErr("too many records asked for")
+		}
+		for _, n := range m.Ack.Need {
+			s.needs = append(s.needs, n)
+			p.needQueued()
 		}
 	case msgIdle:
 		moved, err := p.onIdle(*m.Idle)
 		if err != nil {
 			return err
 		}
-		if moved {
+		if moved && len(s.asked) == 0 {
 			if err := s.host.cursorMoved(ctx, s.peer, p.applied); err != nil {
 				return err
 			}
 		}
-	case msgNeed:
-		if len(s.needs) >= maxRecordsPerBatch {
-			return protoErr("too many records asked for")
-		}
-		s.needs = append(s.needs, *m.Need)
-		p.needQueued()
 	case msgHello:
 		return protoErr("second hello")
 	default:

@@ -251,6 +251,15 @@ func (h *modelHost) acked(_ context.Context, peer string, recs []recordChanges) 
 	return nil
 }
 
+func (h *modelHost) startFor(_ context.Context, _ string, c uint64) (uint64, error) {
+	if c > h.lastSeq() {
+		return 0, nil
+	}
+	return c, nil
+}
+
+func (h *modelHost) finished(context.Context, string) error { return nil }
+
 func (h *modelHost) cursorMoved(_ context.Context, peer string, c uint64) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -2,10 +2,13 @@ package replica
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/automerge/automerge-go"
@@ -96,6 +99,11 @@ type host struct {
 	r      *Replica
 	mu     sync.Mutex
 	shared map[string]*consent.Share
+	// grants is the digest of peer's live grants at the session's start.
+	grants string
+	// whole sends every record in full, ignoring what the peer is known
+	// to hold (a relay space after an invitation).
+	whole bool
 	// echo holds the feed positions this session's applies wrote for
 	// records the peer then held entirely: sending them back would be an
 	// echo, so the feed scan skips them without reading anything.
@@ -178,6 +186,45 @@ func (h *host) checkPeer(ctx context.Context, peer string, _ *helloMsg) error {
 
 func (h *host) lastSeq() uint64 { return h.r.store.LastSeq() }
 
+// startFor says where to start reading this replica's feed for peer,
+// given the peer's cursor. It rescans from the start when the peer's live
+// grants differ from those of the last completed session (a newly granted
+// collection's older records must go too) or when the cursor is beyond
+// this feed (this store was restored from an older copy). Records the peer
+// holds are skipped cheaply by their shared heads.
+func (h *host) startFor(ctx context.Context, peer string, cursor uint64) (uint64, error) {
+	h.grants = h.r.grantsDigest(peer)
+	stored, _, err := h.r.store.Slots(nsPeer+peer).Get(ctx, "grants")
+	if err != nil {
+		return 0, fmt.Errorf("replica: grants: %w", err)
+	}
+	if string(stored) != h.grants || cursor > h.r.store.LastSeq() {
+		return 0, nil
+	}
+	return cursor, nil
+}
+
+// finished records the grants the completed session ran under.
+func (h *host) finished(ctx context.Context, peer string) error {
+	if err := h.r.store.Slots(nsPeer+peer).Put(ctx, "grants", []byte(h.grants)); err != nil {
+		return fmt.Errorf("replica: grants: %w", err)
+	}
+	return nil
+}
+
+// grantsDigest names the set of live device-sync grants peer holds.
+func (r *Replica) grantsDigest(peer string) string {
+	var ids []string
+	for _, g := range r.consent.Live() {
+		if g.Destination == peer && g.Purpose == consent.PurposeDeviceSync {
+			ids = append(ids, g.ID)
+		}
+	}
+	sort.Strings(ids)
+	sum := sha256.Sum256([]byte(strings.Join(ids, ",")))
+	return hex.EncodeToString(sum[:])
+}
+
 // mayShare reports whether peer may learn of records in collection. It
 // reads the ledger's in-memory state, so a revocation takes effect at the
 // next record, mid-session.
@@ -216,7 +263,7 @@ func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxReco
 			if h.isEcho(e.Seq) {
 				continue // written by applying this peer's own changes
 			}
-			rc, known, send, err := r.outgoing(ctx, peer, e.Collection, e.ID)
+			rc, known, send, err := r.outgoing(ctx, peer, e.Collection, e.ID, h.whole)
 			if err != nil {
 				return nil, 0, err
 			}
@@ -234,10 +281,13 @@ func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxReco
 // outgoing prepares the changes of one record that peer lacks, or reports
 // that it holds them all. It also returns the heads the peer was known to
 // hold, so the acknowledgement can record the union without reading again.
-func (r *Replica) outgoing(ctx context.Context, peer, collection, id string) (recordChanges, []automerge.ChangeHash, bool, error) {
+func (r *Replica) outgoing(ctx context.Context, peer, collection, id string, whole bool) (recordChanges, []automerge.ChangeHash, bool, error) {
 	known, err := r.sharedHeads(ctx, peer, collection, id)
 	if err != nil {
 		return recordChanges{}, nil, false, err
+	}
+	if whole {
+		known = nil
 	}
 	if len(known) > 0 {
 		// Only a peer known to hold something can hold everything: read
@@ -277,16 +327,20 @@ func (r *Replica) outgoing(ctx context.Context, peer, collection, id string) (re
 	return recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}, known, true, nil
 }
 
+// full answers a peer's request for a whole record. A record the peer may
+// no longer see (its grant was revoked) or that does not exist is answered
+// with an empty entry, so the asker stops waiting for it.
 func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordChanges, error) {
 	r := h.r
+	empty := []recordChanges{{Collection: collection, ID: id}}
 	if ok, err := r.mayShare(ctx, peer, collection); err != nil || !ok {
-		return nil, err
+		return empty, err
 	}
 	unlock := r.lockRecords(recordKey(collection, id))
 	defer unlock()
 	d, exists, err := r.loadDoc(ctx, collection, id)
 	if err != nil || !exists {
-		return nil, err
+		return empty, err
 	}
 	changes, err := d.ChangesSince()
 	if err != nil {
@@ -340,17 +394,13 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 	}
 	var echoOf []bool // per record write: the peer holds all of it
 	for _, rc := range recs {
-		if peer != "" {
-			ok, err := r.mayShare(ctx, peer, rc.Collection)
-			if err != nil {
-				return fail(err)
-			}
-			if !ok {
-				continue // a peer may not write where it may not read
-			}
+		// Consent governs what leaves this device; what a paired peer sends
+		// is accepted for any collection (its session passed checkPeer).
+		if len(rc.Changes) == 0 && len(rc.Heads) == 0 {
+			continue // an answer to a Need the peer could not serve
 		}
 		key := recordKey(rc.Collection, rc.ID)
-		d, _, err := r.loadDoc(ctx, rc.Collection, rc.ID)
+		d, existed, err := r.loadDoc(ctx, rc.Collection, rc.ID)
 		if err != nil {
 			return fail(err)
 		}
@@ -362,7 +412,11 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		}
 		mr, err := d.MergeChanges(rc.Changes, remoteHeads)
 		switch {
-		case errors.Is(err, crdt.ErrMissingDeps):
+		case errors.Is(err, crdt.ErrMissingDeps), errors.Is(err, crdt.ErrBadDocument) && !existed:
+			// A delta whose dependencies this replica lacks (for a record it
+			// does not have at all, Automerge reports a bad document): ask
+			// for the whole record; a whole record that still fails is a
+			// protocol error (see settleNeeds).
 			r.cache.drop(key)
 			needs = append(needs, needMsg{Collection: rc.Collection, ID: rc.ID})
 			continue
@@ -393,7 +447,8 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 			batch.Slots = append(batch.Slots, sw)
 		}
 	}
-	if peer != "" && upTo > 0 {
+	if peer != "" && upTo > 0 && len(needs) == 0 {
+		// The cursor never passes a record that is not durably applied.
 		batch.Slots = append(batch.Slots, r.cursorWrite(peer, upTo))
 	}
 	if len(batch.Records) == 0 && len(batch.Slots) == 0 {
@@ -420,6 +475,9 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 func (h *host) acked(ctx context.Context, peer string, recs []recordChanges) error {
 	var batch storage.Batch
 	for _, rc := range recs {
+		if len(rc.Heads) == 0 {
+			continue // partial, or an empty answer: nothing is known yet
+		}
 		key := recordKey(rc.Collection, rc.ID)
 		h.mu.Lock()
 		known, ok := h.known[key]

@@ -91,20 +91,25 @@ type batchMsg struct {
 	UpTo uint64 `cbor:"2,keyasint"`
 }
 
-// ackMsg acknowledges that batches up to Applied are durably applied.
-// Needs counts the records the acknowledging side could not apply and is
-// asking for in full right after this ack: the session stays open until
-// they arrive.
+// ackMsg acknowledges that batches up to Applied are durably applied,
+// except the records in Need, which the acknowledging side could not apply
+// (their dependencies are missing) and asks for in full. Asked counts all
+// the records it still waits for: the session stays open until they arrive.
 type ackMsg struct {
-	Applied uint64 `cbor:"1,keyasint"`
-	Needs   uint32 `cbor:"2,keyasint,omitempty"`
+	Applied uint64    `cbor:"1,keyasint"`
+	Asked   uint32    `cbor:"2,keyasint,omitempty"`
+	Need    []needMsg `cbor:"3,keyasint,omitempty"`
 }
 
-// idleMsg says "my feed up to Seq has been sent, and I have applied your
-// feed up to Applied". Two matching idles end the session.
+// idleMsg says "my feed up to Seq has been sent, I have applied your feed
+// up to Applied, and I have received Got of your batches". Two matching
+// idles end the session. Got makes an idle sent before a batch arrived
+// (positions can repeat when a side rescans its feed) tell itself apart
+// from one sent after.
 type idleMsg struct {
 	Seq     uint64 `cbor:"1,keyasint"`
 	Applied uint64 `cbor:"2,keyasint"`
+	Got     uint64 `cbor:"3,keyasint,omitempty"`
 }
 
 // needMsg asks the peer to resend a record in full: the receiver could not
@@ -276,6 +281,11 @@ func (m *wireMsg) validate() error {
 	case msgAck:
 		if m.Ack == nil {
 			return protoErr("ack without body")
+		}
+		for _, n := range m.Ack.Need {
+			if err := validName(n.Collection, n.ID); err != nil {
+				return err
+			}
 		}
 	case msgIdle:
 		if m.Idle == nil {

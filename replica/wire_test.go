@@ -19,7 +19,7 @@ func TestWireRoundTrip(t *testing.T) {
 		}}},
 		{T: msgAck, Ack: &ackMsg{Applied: 9}},
 		{T: msgIdle, Idle: &idleMsg{Seq: 9, Applied: 3}},
-		{T: msgNeed, Need: &needMsg{Collection: "notes", ID: "n1"}},
+		{T: msgAck, Ack: &ackMsg{Applied: 2, Asked: 1, Need: []needMsg{{Collection: "notes", ID: "n1"}}}},
 		{T: msgError, Err: &errMsg{Code: errCodePolicy, Text: "policy mismatch"}},
 	}
 	for _, m := range msgs {
