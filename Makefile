@@ -27,12 +27,47 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 ## bench: the Go benchmarks with their in-process baselines; prints ratios.
+# bench knobs: BENCH (-bench regexp), BENCH_N (FERRY_BENCH_N for every
+# benchmark; empty: each one's default), RESULTS (where reports go).
+BENCH      ?= .
+BENCH_N    ?=
+RESULTS    ?= benchmarks/results
+BENCH_DATE := $(shell date -u +%Y-%m-%d)
+BENCH_CMD   = $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 90m ./benchmarks/
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./benchmarks/...
+	@mkdir -p $(RESULTS) bin
+	$(GO) build -o bin/benchtable ./benchmarks/cmd/benchtable
+	$(if $(BENCH_N),FERRY_BENCH_N=$(BENCH_N)) $(BENCH_CMD) 2>&1 | \
+	  GO=$(GO) bin/benchtable -o $(RESULTS)/$(BENCH_DATE).md -cmd "$(if $(BENCH_N),FERRY_BENCH_N=$(BENCH_N) )$(BENCH_CMD)"
+
+## bench-compare: ferry's sync and local-write benchmarks and automerge-repo
+## (Node.js, benchmarks/js) on the same workloads with COMPARE_N records;
+## prints the side-by-side table, writes $(RESULTS)/compare-DATE.md.
+COMPARE_N ?= 10000
+COMPARE    = $(RESULTS)/compare-$(BENCH_DATE)
+.PHONY: bench-compare
+bench-compare:
+	@mkdir -p $(RESULTS) bin
+	npm install --prefix benchmarks/js --no-audit --no-fund
+	$(GO) build -o bin/benchtable ./benchmarks/cmd/benchtable
+	FERRY_BENCH_N=$(COMPARE_N) $(GO) test -run '^$$' -bench '^Benchmark(SyncInitial10k|SyncDelta10of10k|SyncIdle10k|LocalPut)$$' \
+	  -benchtime $(BENCHTIME) -timeout 90m ./benchmarks/ 2>&1 | GO=$(GO) bin/benchtable -raw $(COMPARE)-go.txt
+	node benchmarks/js/bench.mjs --n $(COMPARE_N) > $(COMPARE)-automerge-repo.json
+	GO=$(GO) bin/benchtable -go $(COMPARE)-go.txt -node $(COMPARE)-automerge-repo.json -o $(COMPARE).md \
+	  -title "ferry against automerge-repo" -cmd "make bench-compare COMPARE_N=$(COMPARE_N)"
 
 ## fuzz: every go-test fuzz target for FUZZTIME each.
 fuzz:
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz-all.sh
+
+## soak: replicas on disk, random edits, faulty syncs and restarts for
+## SOAK_TIME, then convergence and no-loss checks (fuzz/soak). SEED replays
+## a run's choices (printed by every run).
+SOAK_TIME     ?= 60s
+SOAK_REPLICAS ?= 4
+SEED          ?=
+soak:
+	$(GO) run ./fuzz/soak -time $(SOAK_TIME) -replicas $(SOAK_REPLICAS) $(if $(SEED),-seed $(SEED))
 
 ## build: the ferry binary in bin/.
 build:
