@@ -249,9 +249,11 @@ func (r *Replica) JoinSpace(ctx context.Context, invitation []byte, collections 
 // A relay that tampers with, drops or replays bundles is detected
 // (relay.ErrTampered, relay.ErrMissing); a forged change is never applied.
 func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, error) {
-	if r.isClosed() {
-		return RelayStats{}, ErrClosed
+	ctx, done, err := r.session(ctx)
+	if err != nil {
+		return RelayStats{}, err
 	}
+	defer done()
 	space, start, err := r.Space(ctx, spaceID)
 	if err != nil {
 		return RelayStats{}, err

@@ -132,6 +132,12 @@ type Replica struct {
 	closed    chan struct{}
 	wg        sync.WaitGroup // watcher goroutines
 
+	// life ends when the replica closes: running sessions stop with it.
+	life     context.Context
+	endLife  context.CancelFunc
+	sessMu   sync.Mutex
+	sessions sync.WaitGroup // running Sync and SyncRelay calls
+
 	loopMu    sync.Mutex     // guards the loop fields below
 	loopWG    sync.WaitGroup // the background loop's goroutines
 	stopLoops context.CancelFunc
@@ -190,6 +196,7 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 		status: &statusBoard{now: opts.Now, peers: map[string]*Status{}},
 		closed: make(chan struct{}),
 	}
+	r.life, r.endLife = context.WithCancel(context.Background())
 	if err := r.loadIdentity(ctx); err != nil {
 		_ = st.Close()
 		return nil, err
@@ -241,13 +248,31 @@ func (r *Replica) loadIdentity(ctx context.Context) error {
 func (r *Replica) Close() error {
 	var err error
 	r.closeOnce.Do(func() {
+		r.sessMu.Lock()
 		close(r.closed)
+		r.sessMu.Unlock()
+		r.endLife()
 		r.StopSync()
+		r.sessions.Wait()
 		r.wg.Wait()
 		r.events.close()
 		err = r.store.Close()
 	})
 	return err
+}
+
+// session registers a running session: its context ends when the replica
+// closes, and Close waits for it. It fails once the replica is closed.
+func (r *Replica) session(ctx context.Context) (context.Context, func(), error) {
+	r.sessMu.Lock()
+	defer r.sessMu.Unlock()
+	if r.isClosed() {
+		return nil, nil, ErrClosed
+	}
+	r.sessions.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(r.life, cancel)
+	return ctx, func() { stop(); cancel(); r.sessions.Done() }, nil
 }
 
 func (r *Replica) isClosed() bool {

@@ -34,9 +34,11 @@ type SyncOptions struct {
 
 // SyncWith is Sync with options.
 func (r *Replica) SyncWith(ctx context.Context, conn transport.Conn, opts SyncOptions) (SyncStats, error) {
-	if r.isClosed() {
-		return SyncStats{}, ErrClosed
+	ctx, done, err := r.session(ctx)
+	if err != nil {
+		return SyncStats{}, err
 	}
+	defer done()
 	peer := transport.Fingerprint(conn.RemoteIdentity())
 	r.status.begin(peer)
 	r.publishStatus(peer)

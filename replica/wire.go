@@ -250,7 +250,7 @@ func protoErr(format string, args ...any) error {
 // present, and every bound.
 func (m *wireMsg) validate() error {
 	if m.V != ProtocolVersion {
-		return protoErr("version %d, want %d", m.V, ProtocolVersion)
+		return fmt.Errorf("%w: %w: version %d, want %d", ErrProtocol, ErrVersionMismatch, m.V, ProtocolVersion)
 	}
 	bodies := 0
 	for _, present := range []bool{m.Hello != nil, m.Batch != nil, m.Ack != nil, m.Idle != nil, m.Need != nil, m.Err != nil} {

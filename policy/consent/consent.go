@@ -291,14 +291,16 @@ func (l *Ledger) append(ctx context.Context, e Entry) (Entry, error) {
 	if seq != e.Seq {
 		return Entry{}, fmt.Errorf("%w: log assigned %d, ledger expected %d", ErrTampered, seq, e.Seq)
 	}
-	anchor := binary.BigEndian.AppendUint64(nil, e.Seq)
-	if err := l.anchor.Put(ctx, "ledger", append(anchor, h...)); err != nil {
-		return Entry{}, fmt.Errorf("consent: anchor: %w", err)
-	}
+	// The entry is in the log: it holds, whatever happens to the anchor
+	// (which may lag the log by one entry).
 	l.mu.Lock()
 	l.lastSeq, l.last = e.Seq, h
 	l.applyEntry(&e)
 	l.mu.Unlock()
+	anchor := binary.BigEndian.AppendUint64(nil, e.Seq)
+	if err := l.anchor.Put(ctx, "ledger", append(anchor, h...)); err != nil {
+		return e, fmt.Errorf("consent: anchor: %w", err)
+	}
 	return e, nil
 }
 
