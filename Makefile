@@ -42,9 +42,9 @@ bench:
 
 ## bench-compare: ferry's sync and local-write benchmarks and automerge-repo
 ## (Node.js, benchmarks/js) on the same workloads with COMPARE_N records;
-## prints the side-by-side table, writes $(RESULTS)/compare-DATE.md.
+## prints the side-by-side table, writes $(RESULTS)/compare-DATE-nN.md.
 COMPARE_N ?= 10000
-COMPARE    = $(RESULTS)/compare-$(BENCH_DATE)
+COMPARE    = $(RESULTS)/compare-$(BENCH_DATE)-n$(COMPARE_N)
 .PHONY: bench-compare
 bench-compare:
 	@mkdir -p $(RESULTS) bin

@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-20s}
 status=0
 for pkg in $(go list ./...); do
-  targets=$(go test -list '^Fuzz' "$pkg" 2>/dev/null | grep '^Fuzz' || true)
+  if ! listing=$(go test -list '^Fuzz' "$pkg" 2>&1); then
+    echo "== $pkg does not build:"; echo "$listing"; status=1; continue
+  fi
+  targets=$(echo "$listing" | grep '^Fuzz' || true)
   for t in $targets; do
     echo "== fuzz $pkg $t ($FUZZTIME)"
     if ! go test -run '^$' -fuzz "^${t}\$" -fuzztime "$FUZZTIME" "$pkg"; then
