@@ -387,7 +387,7 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 	key := recordKey(collection, id)
 	unlock := r.lockRecords(key)
 	defer unlock()
-	d, _, err := r.loadDoc(ctx, collection, id)
+	d, existed, err := r.loadDoc(ctx, collection, id)
 	if err != nil {
 		return err
 	}
@@ -400,6 +400,11 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 		return nil
 	}
 	w := r.recordWrite(collection, id, d)
+	if !existed {
+		// A new record's changes are a loadable document: the first chunk
+		// needs no separate full save (storage checks that they load).
+		w.Snapshot = nil
+	}
 	if big, err := largestChange(w.Changes); err != nil || big > maxChangeBytes {
 		r.cache.drop(key)
 		if err != nil {
