@@ -71,6 +71,10 @@ type sessionHost interface {
 	finished(ctx context.Context, peer string) error
 }
 
+// feedRecheck is how soon a session looks at its feed again when it holds
+// a position (LastSeq) whose entry is not yet readable.
+const feedRecheck = 5 * time.Millisecond
+
 // sessionConfig bounds one session.
 type sessionConfig struct {
 	window     int // unacknowledged batches in flight
@@ -291,9 +295,19 @@ func (s *session) run(ctx context.Context) error {
 		if p.finished() {
 			return s.host.finished(ctx, s.peer)
 		}
+		// The feed can lag LastSeq for a moment while a concurrent write
+		// (another session's apply, a local edit) finishes committing: then
+		// there is something to send that cannot be read yet, and nothing
+		// from the peer may ever wake this loop. Look again shortly.
+		var recheck <-chan time.Time
+		if p.wantBatch() {
+			recheck = time.After(feedRecheck)
+		}
 		var f frameOrErr
 		select {
 		case f = <-frames:
+		case <-recheck:
+			continue
 		case <-ctx.Done():
 			return ctx.Err()
 		}

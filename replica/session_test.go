@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/transport"
 	"pgregory.net/rapid"
@@ -34,6 +35,10 @@ type modelHost struct {
 	// dropNext makes apply lose the next record's changes silently,
 	// as an Automerge apply with missing dependencies does.
 	missing map[string]bool
+	// lag hides the feed from position hideFrom on, for that many reads
+	// of the feed, while lastSeq already counts it (a commit in flight).
+	lag      int
+	hideFrom uint64
 }
 
 func newModelHost(name string) *modelHost {
@@ -161,13 +166,18 @@ func encodeElems(set map[string]bool, except map[string]bool) []byte {
 func (h *modelHost) nextBatch(_ context.Context, peer string, after uint64, maxRecords, maxBytes int) ([]recordChanges, uint64, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	hide := uint64(0)
+	if h.lag > 0 {
+		h.lag--
+		hide = h.hideFrom
+	}
 	type ent struct {
 		key string
 		pos uint64
 	}
 	var feed []ent
 	for k, p := range h.feedPos {
-		if p > after {
+		if p > after && (hide == 0 || p < hide) {
 			feed = append(feed, ent{k, p})
 		}
 	}
@@ -460,4 +470,31 @@ func TestSessionModelConverges(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestSessionFeedLagDoesNotStall: a side whose LastSeq runs ahead of what
+// its feed shows (a concurrent commit not yet visible) while the peer has
+// nothing more to say must look at its feed again by itself: waiting only
+// for the peer's frames would stall both sides for ever.
+func TestSessionFeedLagDoesNotStall(t *testing.T) {
+	a, b := newModelHost("a"), newModelHost("b")
+	a.write("c/x", "1")
+	a.write("c/y", "2")
+	a.lag, a.hideFrom = 20, a.seq // c/y's commit is still in flight
+	ca, cb := pipePair(a.key, b.key)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errB := make(chan error, 1)
+	go func() { _, err := runSession(ctx, cb, b, sessionConfig{}); errB <- err }()
+	_, errA := runSession(ctx, ca, a, sessionConfig{})
+	ca.Close()
+	if errA != nil {
+		t.Fatalf("a: %v", errA)
+	}
+	if err := <-errB; err != nil {
+		t.Fatalf("b: %v", err)
+	}
+	if a.snapshot() != b.snapshot() {
+		t.Fatal("diverged")
+	}
 }
