@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferrysync/ferry/internal/kv"
 	"sort"
 	"strings"
 	"sync"
@@ -15,68 +16,13 @@ import (
 
 // KV is the small key-value store the queue persists through. The storage
 // package's *storage.Slots has exactly these methods.
-type KV interface {
-	Get(ctx context.Context, key string) ([]byte, bool, error)
-	Put(ctx context.Context, key string, value []byte) error
-	Delete(ctx context.Context, key string) error
-	Range(ctx context.Context, fn func(key string, value []byte) error) error
-}
+type KV = kv.KV
 
 // MemKV is an in-memory KV for tests.
-type MemKV struct {
-	mu sync.Mutex
-	m  map[string][]byte
-}
-
-var _ KV = (*MemKV)(nil)
+type MemKV = kv.Mem
 
 // NewMemKV returns an empty MemKV.
-func NewMemKV() *MemKV { return &MemKV{m: map[string][]byte{}} }
-
-// Get implements KV.
-func (k *MemKV) Get(_ context.Context, key string) ([]byte, bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.m[key]
-	return append([]byte(nil), v...), ok, nil
-}
-
-// Put implements KV.
-func (k *MemKV) Put(_ context.Context, key string, value []byte) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.m[key] = append([]byte(nil), value...)
-	return nil
-}
-
-// Delete implements KV.
-func (k *MemKV) Delete(_ context.Context, key string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.m, key)
-	return nil
-}
-
-// Range implements KV, in key order, over a snapshot (fn may write).
-func (k *MemKV) Range(_ context.Context, fn func(key string, value []byte) error) error {
-	k.mu.Lock()
-	keys := make([]string, 0, len(k.m))
-	for key := range k.m {
-		keys = append(keys, key)
-	}
-	snap := make(map[string][]byte, len(k.m))
-	for key, v := range k.m {
-		snap[key] = v
-	}
-	k.mu.Unlock()
-	sort.Strings(keys)
-	for _, key := range keys {
-		if err := fn(key, append([]byte(nil), snap[key]...)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func NewMemKV() *MemKV { return kv.NewMem() }
 
 // ErrNoEntry: no open queue entry with that conflict id.
 var ErrNoEntry = errors.New("policy: no such queued conflict")

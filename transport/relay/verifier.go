@@ -7,69 +7,22 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/ferrysync/ferry/internal/kv"
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
 // KV is the small persistent key/value store the Verifier and Sender keep
 // their state in. storage's *Slots implements it; MemKV is in memory.
-type KV interface {
-	Get(ctx context.Context, key string) (value []byte, ok bool, err error)
-	Put(ctx context.Context, key string, value []byte) error
-	Delete(ctx context.Context, key string) error
-	Range(ctx context.Context, fn func(key string, value []byte) error) error
-}
+type KV = kv.KV
 
 // MemKV is an in-memory KV, safe for concurrent use.
-type MemKV struct {
-	mu sync.Mutex
-	m  map[string][]byte
-}
-
-var _ KV = (*MemKV)(nil)
+type MemKV = kv.Mem
 
 // NewMemKV returns an empty MemKV.
-func NewMemKV() *MemKV { return &MemKV{m: map[string][]byte{}} }
-
-// Get implements KV.
-func (k *MemKV) Get(_ context.Context, key string) ([]byte, bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.m[key]
-	return bytes.Clone(v), ok, nil
-}
-
-// Put implements KV.
-func (k *MemKV) Put(_ context.Context, key string, value []byte) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.m[key] = bytes.Clone(value)
-	return nil
-}
-
-// Delete implements KV.
-func (k *MemKV) Delete(_ context.Context, key string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.m, key)
-	return nil
-}
-
-// Range implements KV (in key order, over a snapshot).
-func (k *MemKV) Range(_ context.Context, fn func(key string, value []byte) error) error {
-	k.mu.Lock()
-	snap := maps.Clone(k.m)
-	k.mu.Unlock()
-	for _, key := range slices.Sorted(maps.Keys(snap)) {
-		if err := fn(key, snap[key]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func NewMemKV() *MemKV { return kv.NewMem() }
 
 // Position is how far a sender's bundles have been applied.
 type Position struct {
