@@ -223,7 +223,7 @@ func (d *Doc) changeByHash(h automerge.ChangeHash) (*automerge.Change, error) {
 // set). d.mu is held.
 func (d *Doc) merge(before, remoteHeads []automerge.ChangeHash, remoteOnly []*chMeta, scan bool) (*MergeResult, error) {
 	res := &MergeResult{HeadsBefore: before, HeadsAfter: d.am.Heads()}
-	if sameHashes(res.HeadsBefore, res.HeadsAfter) {
+	if SameHeads(res.HeadsBefore, res.HeadsAfter) {
 		for _, h := range remoteHeads {
 			if !d.hasChange(h) {
 				return res, fmt.Errorf("%w: remote head %s", ErrMissingDeps, h)
@@ -251,7 +251,7 @@ func (d *Doc) merge(before, remoteHeads []automerge.ChangeHash, remoteOnly []*ch
 		}
 	}
 	var localOnly []*chMeta
-	if !sameHashes(res.HeadsAfter, remoteHeads) && len(res.HeadsBefore) > 0 {
+	if !SameHeads(res.HeadsAfter, remoteHeads) && len(res.HeadsBefore) > 0 {
 		inRemote := make(map[automerge.ChangeHash]bool, len(remoteOnly))
 		for _, c := range remoteOnly {
 			inRemote[c.hash] = true
@@ -328,7 +328,8 @@ func headsOfMetas(chs []*chMeta) []automerge.ChangeHash {
 	return out
 }
 
-func sameHashes(a, b []automerge.ChangeHash) bool {
+// SameHeads reports whether two head lists hold the same hashes.
+func SameHeads(a, b []automerge.ChangeHash) bool {
 	if len(a) != len(b) {
 		return false
 	}

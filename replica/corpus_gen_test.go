@@ -23,7 +23,6 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	add("hello", &wireMsg{T: msgHello, Hello: &helloMsg{Replica: "r", Name: "n", Policy: "p", Cursor: 9}})
 	add("ack", &wireMsg{T: msgAck, Ack: &ackMsg{Applied: 3, Asked: 1, Need: []needMsg{{Collection: "c", ID: "i"}}}})
 	add("idle", &wireMsg{T: msgIdle, Idle: &idleMsg{Seq: 4, Applied: 2}})
-	add("need", &wireMsg{T: msgNeed, Need: &needMsg{Collection: "c", ID: "i"}})
 	add("error", &wireMsg{T: msgError, Err: &errMsg{Code: errCodePolicy, Text: "no"}})
 	var recs []recordChanges
 	for i := range 40 {

@@ -396,7 +396,7 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 		r.cache.drop(key) // the cached document may hold half of fn's edits
 		return err
 	}
-	if sameHeads(before, d.Heads()) {
+	if crdt.SameHeads(before, d.Heads()) {
 		return nil
 	}
 	w := r.recordWrite(collection, id, d)
@@ -495,22 +495,6 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	recs := []recordChanges{{Collection: collection, ID: id, Heads: headBytes(other.Heads()), Changes: changes}}
 	_, conflicts, _, err := r.applyRecords(ctx, "", recs, 0)
 	return conflicts, err
-}
-
-func sameHeads(a, b []automerge.ChangeHash) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	set := make(map[automerge.ChangeHash]bool, len(a))
-	for _, h := range a {
-		set[h] = true
-	}
-	for _, h := range b {
-		if !set[h] {
-			return false
-		}
-	}
-	return true
 }
 
 func headBytes(hs []automerge.ChangeHash) [][]byte {

@@ -436,7 +436,7 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 			queued = append(queued, e.ID())
 		}
 		queued = append(queued, out.Closed...)
-		if !sameHeads(before, d.Heads()) {
+		if !crdt.SameHeads(before, d.Heads()) {
 			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
 			echoOf = append(echoOf, peer != "" && !rc.Partial && covers(remoteHeads, d.Heads()))

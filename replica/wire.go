@@ -32,13 +32,13 @@ var ErrProtocol = errors.New("replica: protocol violation")
 // msgType tags each wire message.
 type msgType uint8
 
+// Message tags; 5 was a separate resend request, now carried in the Ack.
 const (
-	msgHello msgType = iota + 1
-	msgBatch
-	msgAck
-	msgIdle
-	msgNeed
-	msgError
+	msgHello msgType = 1
+	msgBatch msgType = 2
+	msgAck   msgType = 3
+	msgIdle  msgType = 4
+	msgError msgType = 6
 )
 
 // wireMsg is the one frame type on a sync connection: a version, a tag and
@@ -51,7 +51,6 @@ type wireMsg struct {
 	Batch *batchMsg `cbor:"4,keyasint,omitempty"`
 	Ack   *ackMsg   `cbor:"5,keyasint,omitempty"`
 	Idle  *idleMsg  `cbor:"6,keyasint,omitempty"`
-	Need  *needMsg  `cbor:"7,keyasint,omitempty"`
 	Err   *errMsg   `cbor:"8,keyasint,omitempty"`
 }
 
@@ -112,9 +111,9 @@ type idleMsg struct {
 	Got     uint64 `cbor:"3,keyasint,omitempty"`
 }
 
-// needMsg asks the peer to resend a record in full: the receiver could not
-// apply the changes it got (their dependencies are missing, for example
-// after the receiver was restored from an old backup).
+// needMsg names a record the receiver could not apply (its dependencies
+// are missing, for example after it was restored from an old backup) and
+// asks for in full; it travels in the Ack.
 type needMsg struct {
 	Collection string `cbor:"1,keyasint"`
 	ID         string `cbor:"2,keyasint"`
@@ -253,7 +252,7 @@ func (m *wireMsg) validate() error {
 		return fmt.Errorf("%w: %w: version %d, want %d", ErrProtocol, ErrVersionMismatch, m.V, ProtocolVersion)
 	}
 	bodies := 0
-	for _, present := range []bool{m.Hello != nil, m.Batch != nil, m.Ack != nil, m.Idle != nil, m.Need != nil, m.Err != nil} {
+	for _, present := range []bool{m.Hello != nil, m.Batch != nil, m.Ack != nil, m.Idle != nil, m.Err != nil} {
 		if present {
 			bodies++
 		}
@@ -290,13 +289,6 @@ func (m *wireMsg) validate() error {
 	case msgIdle:
 		if m.Idle == nil {
 			return protoErr("idle without body")
-		}
-	case msgNeed:
-		if m.Need == nil {
-			return protoErr("need without body")
-		}
-		if err := validName(m.Need.Collection, m.Need.ID); err != nil {
-			return err
 		}
 	case msgError:
 		if m.Err == nil || len(m.Err.Text) > maxMessageText {

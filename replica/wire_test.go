@@ -113,6 +113,19 @@ func TestWireCompresses(t *testing.T) {
 	}
 }
 
+// TestWireVersionMismatch: another protocol version is told apart from a
+// malformed message, so the session says why it was refused.
+func TestWireVersionMismatch(t *testing.T) {
+	b, err := wireEnc.Marshal(&wireMsg{V: ProtocolVersion + 1, T: msgAck, Ack: &ackMsg{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = decodeMsg(append([]byte{frameRaw}, b...))
+	if !errors.Is(err, ErrVersionMismatch) || !errors.Is(err, ErrProtocol) {
+		t.Fatalf("err = %v, want ErrVersionMismatch (and ErrProtocol)", err)
+	}
+}
+
 func FuzzDecodeMsg(f *testing.F) {
 	for _, m := range []*wireMsg{
 		{T: msgHello, Hello: &helloMsg{Replica: "abc", Policy: "p", Cursor: 1}},
