@@ -24,8 +24,8 @@ import (
 
 const nsSpaces = "spaces" // space id -> spaceRecord
 
-// ErrNoSpace: this replica is not a member of that space.
-var ErrNoSpace = errors.New("replica: no such space")
+// ErrUnknownSpace: this replica is not a member of that space.
+var ErrUnknownSpace = errors.New("replica: no such space")
 
 // spaceRecord is what a replica keeps about a space it belongs to.
 type spaceRecord struct {
@@ -110,7 +110,7 @@ func (r *Replica) Space(ctx context.Context, id string) (relay.Space, []relay.Po
 		return relay.Space{}, nil, fmt.Errorf("replica: space: %w", err)
 	}
 	if !ok {
-		return relay.Space{}, nil, fmt.Errorf("%w: %s", ErrNoSpace, id)
+		return relay.Space{}, nil, fmt.Errorf("%w: %s", ErrUnknownSpace, id)
 	}
 	var rec spaceRecord
 	var space relay.Space

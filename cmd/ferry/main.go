@@ -62,7 +62,7 @@ func exitCode(err error) int {
 		return exitWrongKey
 	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
 		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),
-		errors.Is(err, replica.ErrNoSpace):
+		errors.Is(err, replica.ErrUnknownSpace):
 		return exitNotFound
 	case errors.Is(err, storage.ErrCorrupt), errors.Is(err, storage.ErrBadBackup), errors.Is(err, consent.ErrTampered),
 		errors.Is(err, crdt.ErrBadDocument), errors.Is(err, relay.ErrTampered), errors.Is(err, relay.ErrMissing), errors.Is(err, relay.ErrInvitation):

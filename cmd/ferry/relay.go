@@ -32,7 +32,7 @@ func spaceFor(ctx context.Context, r *replica.Replica, url string) (string, erro
 			return id, nil
 		}
 	}
-	return "", fmt.Errorf("%w on %s: create one with 'ferry space create %s --collections ...' or join one with 'ferry space join FILE'", replica.ErrNoSpace, url, url)
+	return "", fmt.Errorf("%w on %s: create one with 'ferry space create %s --collections ...' or join one with 'ferry space join FILE'", replica.ErrUnknownSpace, url, url)
 }
 
 func syncRelayOnce(ctx context.Context, e *env, r *replica.Replica, url string, asJSON bool) error {
