@@ -404,10 +404,8 @@ func (m *merger) newSide(chs []*chMeta, heads []automerge.ChangeHash) *side {
 }
 
 func plainMeta(c *automerge.Change) WriteMeta {
-	ts := int64(0)
-	if t := c.Timestamp(); !t.IsZero() {
-		ts = t.UnixMilli()
-	}
+	// The change's time in its writer's unit (see ChangeTime); 0 when unset.
+	ts, _ := rawChangeMillis(c.Timestamp().UnixMilli())
 	return WriteMeta{HLC: Timestamp{WallMillis: ts}, ReplicaID: "automerge:" + c.ActorID()}
 }
 
