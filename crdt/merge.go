@@ -382,6 +382,9 @@ type side struct {
 	front   map[string][]*write // frontier writes by path
 	view    *automerge.Doc
 	viewErr error
+	// root is the side's application state, read once by the three-way
+	// fallback (which then writes probes into view).
+	root *node
 }
 
 type merger struct {
@@ -556,6 +559,9 @@ func (s *side) viewDoc() (*automerge.Doc, error) {
 
 // viewNode reads the side's value at a field pointer (nil when absent).
 func (s *side) viewNode(ptr string) (*node, error) {
+	if s.root != nil {
+		return nodeAt(s.root, ptr)
+	}
 	doc, err := s.viewDoc()
 	if err != nil {
 		return nil, err

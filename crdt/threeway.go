@@ -38,15 +38,26 @@ func (m *merger) threeWay() error {
 	if err != nil {
 		return err
 	}
-	for _, s := range []*side{m.local, m.remote} {
+	sides := []*side{m.local, m.remote}
+	for _, s := range sides {
 		doc, err := s.viewDoc()
 		if err != nil {
 			return err
 		}
-		mine, err := m.d.rootNode(doc)
-		if err != nil {
+		if s.root, err = m.d.rootNode(doc); err != nil {
 			return err
 		}
+	}
+	// Which objects each side replaced (rather than edited in place): the
+	// values alone cannot tell a new Text, list, map or counter from an
+	// edited one. The probe writes into ancDoc and the side views, which is
+	// why every value was read first.
+	replaced, err := probeReplaced(ancDoc, base, sides)
+	if err != nil {
+		return err
+	}
+	for i, s := range sides {
+		mine := s.root
 		s.computeFrontier() // ferry writes, for attribution
 		ferry := s.front
 		var latestPlain, latest *chInfo
@@ -80,7 +91,7 @@ func (m *merger) threeWay() error {
 			s.addWrite(w)
 			s.front[path] = append(s.front[path], w)
 		}
-		diffNodes("", base, mine, emit)
+		diffNodes("", base, mine, replaced[i], emit)
 	}
 	return nil
 }
@@ -93,7 +104,9 @@ func newer(a, b *chInfo) bool {
 }
 
 // diffNodes emits the writes that turn map a into map b (both maps).
-func diffNodes(prefix string, a, b *node, emit func(string, op, *node)) {
+// replaced holds the fields where b's object (map, list, text, counter) is
+// not a's object but a new one put there: a set, not an edit.
+func diffNodes(prefix string, a, b *node, replaced map[string]bool, emit func(string, op, *node)) {
 	keys := map[string]bool{}
 	for k := range a.m {
 		keys[k] = true
@@ -110,12 +123,17 @@ func diffNodes(prefix string, a, b *node, emit func(string, op, *node)) {
 		case x == nil || x.k != y.k:
 			if y.k == KindMap {
 				emit(p, opMkMap, nil)
-				diffNodes(p, &node{k: KindMap}, y, emit)
+				diffNodes(p, &node{k: KindMap}, y, replaced, emit)
 			} else {
 				emit(p, opSet, y)
 			}
+		case replaced[p]:
+			// A new object over the old one: whatever the other side did
+			// to the old object is hidden by Automerge, so this is a set
+			// (the whole value), even when the contents are equal.
+			emit(p, opSet, y)
 		case y.k == KindMap:
-			diffNodes(p, x, y, emit)
+			diffNodes(p, x, y, replaced, emit)
 		case equalNodes(x, y):
 		case y.k == KindList || y.k == KindText || y.k == KindCounter:
 			emit(p, opEdit, y)

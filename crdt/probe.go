@@ -1,0 +1,172 @@
+package crdt
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/automerge/automerge-go"
+)
+
+// Object identity for the three-way fallback.
+//
+// A change from a plain Automerge client that puts a new Text, list, map or
+// counter at a field looks, in the values alone, like an in-place edit of
+// the old object: both leave an object of the same kind with other
+// contents. The difference matters: concurrent edits of one object merge,
+// but an object put over the old one hides every concurrent edit of the old
+// object and every other new object (Automerge shows one of them), so that
+// is a conflict. automerge-go exposes no object ids, so identity is tested
+// by a probe: one change, made on a copy of the common ancestor, edits each
+// object that is in question (a key added to a map, an element inserted
+// into a list, a character into a text, 1 added to a counter). Applied to a
+// side's state, the probe shows at a field exactly when that side still
+// has the ancestor's object there.
+
+// probeKey is the key the probe adds to maps (never read back into
+// application values: the probed states are thrown away).
+const probeKey = "\uffffferry-probe"
+
+// probeReplaced reports, per side, the fields whose object the side
+// replaced. anc is a copy of the common ancestor that the probe may write
+// into; base is its application state; each side's root is its state and
+// its view a copy it may write into. Cost: one small change applied to each
+// side, plus reading the probed fields.
+func probeReplaced(anc *automerge.Doc, base *node, sides []*side) ([]map[string]bool, error) {
+	out := make([]map[string]bool, len(sides))
+	for i := range out {
+		out[i] = map[string]bool{}
+	}
+	var paths []string
+	collectProbes("", base, sides, &paths)
+	if len(paths) == 0 {
+		return out, nil
+	}
+	sort.Strings(paths)
+	var ch *automerge.Change
+	err := guard(func() error {
+		if err := anc.SetActorID(automerge.NewActorID()); err != nil {
+			return err
+		}
+		for _, p := range paths {
+			if err := probeAt(anc, p); err != nil {
+				return fmt.Errorf("probe %s: %w", p, err)
+			}
+		}
+		h, err := anc.Commit("ferry probe", automerge.CommitOptions{AllowEmpty: true})
+		if err != nil {
+			return err
+		}
+		ch, err = anc.Change(h)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("crdt: identity probe: %w", err)
+	}
+	for i, s := range sides {
+		doc, err := s.viewDoc()
+		if err != nil {
+			return nil, err
+		}
+		if err := applyChanges(doc, []*automerge.Change{ch}); err != nil {
+			return nil, fmt.Errorf("crdt: identity probe: %w", err)
+		}
+		for _, p := range paths {
+			before, _ := nodeAt(s.root, p)
+			if before == nil || before.k != kindAt(base, p) {
+				continue // gone, or another kind: a set or delete anyway
+			}
+			after, err := readPointer(doc, p)
+			if err != nil {
+				return nil, fmt.Errorf("crdt: identity probe: %w", err)
+			}
+			if equalNodes(before, after) {
+				out[i][p] = true // the probe missed: not the ancestor's object
+			}
+		}
+	}
+	return out, nil
+}
+
+// collectProbes lists the fields under prefix (a map in base) that hold an
+// object in base, still hold an object of the same kind on some side, and
+// differ from base on some side: only there can a replacement matter.
+func collectProbes(prefix string, base *node, sides []*side, out *[]string) {
+	for _, k := range sortedKeys(base.m) {
+		x := base.m[k]
+		switch x.k {
+		case KindMap, KindList, KindText, KindCounter:
+		default:
+			continue
+		}
+		p := prefix + pointer([]string{k})
+		same, changed := false, false
+		for _, s := range sides {
+			y, _ := nodeAt(s.root, p)
+			if y != nil && y.k == x.k {
+				same = true
+			}
+			if !equalNodes(x, y) {
+				changed = true
+			}
+		}
+		if !same || !changed {
+			continue
+		}
+		*out = append(*out, p)
+		if x.k == KindMap {
+			collectProbes(p, x, sides, out)
+		}
+	}
+}
+
+// probeAt edits the object at field pointer p of doc (see probeReplaced).
+func probeAt(doc *automerge.Doc, p string) error {
+	keys, err := splitPointer(p)
+	if err != nil || len(keys) == 0 {
+		return fmt.Errorf("%w: %q", ErrBadPath, p)
+	}
+	v := doc.Root()
+	for _, k := range keys {
+		if v.Kind() != automerge.KindMap {
+			return fmt.Errorf("%w: %q is not a field", ErrBadPath, p)
+		}
+		if v, err = v.Map().Get(k); err != nil {
+			return err
+		}
+	}
+	switch v.Kind() {
+	case automerge.KindMap:
+		return v.Map().Set(probeKey, true)
+	case automerge.KindList:
+		return v.List().Insert(0, true)
+	case automerge.KindText:
+		return v.Text().Insert(0, "\uffff")
+	case automerge.KindCounter:
+		return v.Counter().Inc(1)
+	}
+	return fmt.Errorf("%w: %q holds a %s", ErrBadPath, p, amKind(v))
+}
+
+// nodeAt returns the value at field pointer p below root (nil when absent).
+func nodeAt(root *node, p string) (*node, error) {
+	keys, err := splitPointer(p)
+	if err != nil {
+		return nil, err
+	}
+	n := root
+	for _, k := range keys {
+		if n == nil || n.k != KindMap {
+			return nil, nil
+		}
+		n = n.m[k]
+	}
+	return n, nil
+}
+
+func kindAt(root *node, p string) ValueKind {
+	n, _ := nodeAt(root, p)
+	if n == nil {
+		return KindNone
+	}
+	return n.k
+}
