@@ -311,3 +311,55 @@ func assertConverged(t testing.TB, a, b *Doc) {
 		t.Fatal("a further exchange made a change")
 	}
 }
+
+// TestForeignAttributionPerChange: a plain client that made several
+// changes has each field attributed to the change that wrote it, so its
+// early edit of a field loses (by time) to ferry's later concurrent edit
+// even though its last change is later still.
+func TestForeignAttributionPerChange(t *testing.T) {
+	base := foreignBase(t)
+	clk := newTestClock() // ferry writes at 1_700_000_000_000 ms
+	f := importPlain(t, plainClient(t, base, "00000000"), clk.actor("F", 0))
+	p, err := automerge.Load(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = p.SetActorID("0000000c")
+	commit := func(secs int64) {
+		when := time.UnixMilli(secs) // seconds, as JS writes them
+		if _, err := p.Commit("", automerge.CommitOptions{Time: &when}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = p.RootMap().Set("str", "plain, early")
+	commit(1_700_000_000 - 60)
+	_ = p.RootMap().Set("int", int64(99))
+	commit(1_700_000_000 + 60)
+	_ = p.RootMap().Set("other", true) // a third change that touches neither
+	commit(1_700_000_000 + 120)
+	if err := f.Set("str", "ferry"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Set("int", int64(5)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.MergeRemote(mustChanges(t, p), p.Heads())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Conflicts) != 2 {
+		t.Fatalf("conflicts %+v", res.Conflicts)
+	}
+	wantTime := map[string]int64{"/int": (1_700_000_000 + 60) * 1000, "/str": (1_700_000_000 - 60) * 1000}
+	wantWinner := map[string]any{"/int": int64(99), "/str": "ferry"}
+	for _, c := range res.Conflicts {
+		for _, cd := range c.Candidates {
+			if cd.FromPlainAutomerge && cd.HLC.WallMillis != wantTime[c.Path] {
+				t.Fatalf("%s: plain candidate at %v, want %v", c.Path, cd.HLC.Time(), time.UnixMilli(wantTime[c.Path]).UTC())
+			}
+		}
+		if got := c.Candidates[latestCandidate(c)].Value; !sameValue(got, wantWinner[c.Path]) {
+			t.Fatalf("%s: timestamp winner %v, want %v", c.Path, got, wantWinner[c.Path])
+		}
+	}
+}

@@ -1,15 +1,18 @@
 package crdt
 
 import (
+	"sort"
+
 	"github.com/automerge/automerge-go"
 )
 
 // threeWay replaces both sides' writes by ones derived from an exact
 // three-way diff (common ancestor, local, remote), for merges that include
 // changes without a ferry write-set. Each derived write is attributed to the
-// side's ferry write at the same field when there is one, else to the side's
-// latest plain change (its timestamp and actor stand in for HLC and
-// replica).
+// side's ferry write at the same field when there is one, else to the plain
+// change that last changed the field (lastWriters; the side's latest plain
+// change when it has only one, or when none visibly did). A plain change's
+// time (ChangeTime) and actor stand in for HLC and replica.
 func (m *merger) threeWay() error {
 	anc := map[automerge.ChangeHash]bool{}
 	for _, s := range []*side{m.local, m.remote} {
@@ -57,11 +60,14 @@ func (m *merger) threeWay() error {
 		return err
 	}
 	for i, s := range sides {
-		mine := s.root
 		s.computeFrontier() // ferry writes, for attribution
 		ferry := s.front
 		var latestPlain, latest *chInfo
+		nPlain := 0
 		for _, ci := range s.changes {
+			if ci.plain {
+				nPlain++
+			}
 			if ci.plain && (latestPlain == nil || newer(ci, latestPlain)) {
 				latestPlain = ci
 			}
@@ -72,28 +78,121 @@ func (m *merger) threeWay() error {
 		if latestPlain == nil {
 			latestPlain = latest
 		}
+		type derived struct {
+			path string
+			op   op
+			val  *node
+		}
+		var ds []derived
+		var unattributed []string
+		diffNodes("", base, s.root, replaced[i], func(path string, o op, val *node) {
+			ds = append(ds, derived{path, o, val})
+			if len(ferry[path]) == 0 {
+				unattributed = append(unattributed, path)
+			}
+		})
+		var writer map[string]*chInfo
+		if nPlain > 1 && len(unattributed) > 0 {
+			if writer, err = m.lastWriters(s, heads, base, unattributed); err != nil {
+				return err
+			}
+		}
 		s.writes, s.byPath, s.front = nil, nil, map[string][]*write{}
-		seq := 0
-		emit := func(path string, o op, val *node) {
-			w := &write{path: path, op: o, val: val, frontier: true, seq: seq, synthetic: true}
-			seq++
+		for seq, dw := range ds {
+			w := &write{path: dw.path, op: dw.op, val: dw.val, frontier: true, seq: seq, synthetic: true}
 			var best *write
-			for _, f := range ferry[path] {
+			for _, f := range ferry[dw.path] {
 				if best == nil || f.meta.HLC.Compare(best.meta.HLC) > 0 {
 					best = f
 				}
 			}
-			if best != nil {
+			switch ci := writer[dw.path]; {
+			case best != nil:
 				w.ch, w.meta, w.resolves = best.ch, best.meta, best.resolves
-			} else {
+			case ci != nil:
+				w.ch, w.meta, w.plain = ci, ci.meta, ci.plain
+			default:
 				w.ch, w.meta, w.plain = latestPlain, latestPlain.meta, latestPlain.plain
 			}
 			s.addWrite(w)
-			s.front[path] = append(s.front[path], w)
+			s.front[dw.path] = append(s.front[dw.path], w)
 		}
-		diffNodes("", base, mine, replaced[i], emit)
 	}
 	return nil
+}
+
+// lastWriters finds, for each field, the side's change that last changed
+// its value: the side's changes are replayed one by one, in causal order
+// (ties by hash), onto a copy of the ancestor (ancHeads, whose state is
+// base). O(history) for the copy plus O(changes x fields) reads; only for
+// sides with several plain changes. A field whose value no single change
+// visibly changed (an object replaced by an equal one) has no entry.
+func (m *merger) lastWriters(s *side, ancHeads []automerge.ChangeHash, base *node, paths []string) (map[string]*chInfo, error) {
+	doc, err := m.d.forkAt(ancHeads)
+	if err != nil {
+		return nil, err
+	}
+	prev := make(map[string]*node, len(paths))
+	for _, p := range paths {
+		if prev[p], err = nodeAt(base, p); err != nil {
+			return nil, err
+		}
+	}
+	out := map[string]*chInfo{}
+	for _, ci := range causalOrder(s) {
+		c, err := m.d.changeByHash(ci.hash)
+		if err != nil {
+			return nil, err
+		}
+		if err := applyChanges(doc, []*automerge.Change{c}); err != nil {
+			return nil, err
+		}
+		for _, p := range paths {
+			cur, err := readPointer(doc, p)
+			if err != nil {
+				return nil, err
+			}
+			if !equalNodes(cur, prev[p]) {
+				out[p], prev[p] = ci, cur
+			}
+		}
+	}
+	return out, nil
+}
+
+// causalOrder returns the side's changes with every change after its
+// dependencies within the side; among changes ready together, the smaller
+// hash first (so every replica replays in the same order).
+func causalOrder(s *side) []*chInfo {
+	waiting := make(map[automerge.ChangeHash]int, len(s.changes))
+	next := map[automerge.ChangeHash][]*chInfo{}
+	var ready []*chInfo
+	for _, ci := range s.changes {
+		n := 0
+		for _, h := range ci.m.deps {
+			if s.byHash[h] != nil {
+				n++
+				next[h] = append(next[h], ci)
+			}
+		}
+		waiting[ci.hash] = n
+		if n == 0 {
+			ready = append(ready, ci)
+		}
+	}
+	out := make([]*chInfo, 0, len(s.changes))
+	for len(ready) > 0 {
+		sort.Slice(ready, func(i, j int) bool { return string(ready[i].hash[:]) < string(ready[j].hash[:]) })
+		ci := ready[0]
+		ready = ready[1:]
+		out = append(out, ci)
+		for _, d := range next[ci.hash] {
+			if waiting[d.hash]--; waiting[d.hash] == 0 {
+				ready = append(ready, d)
+			}
+		}
+	}
+	return out
 }
 
 func newer(a, b *chInfo) bool {
