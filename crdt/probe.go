@@ -15,12 +15,13 @@ import (
 // contents. The difference matters: concurrent edits of one object merge,
 // but an object put over the old one hides every concurrent edit of the old
 // object and every other new object (Automerge shows one of them), so that
-// is a conflict. automerge-go exposes no object ids, so identity is tested
-// by a probe: one change, made on a copy of the common ancestor, edits each
-// object that is in question (a key added to a map, an element inserted
-// into a list, a character into a text, 1 added to a counter). Applied to a
-// side's state, the probe shows at a field exactly when that side still
-// has the ancestor's object there.
+// is a conflict. automerge-go exposes no object or operation ids, so identity is tested by a probe: one change, made on a copy of the
+// common ancestor, that adds a key to each map in question and deletes each
+// other field in question (a delete removes only the operations it saw: the
+// ancestor's value, with the in-place edits made to it, but not a value a
+// side put there since). Applied to a side's state, the probe shows at a
+// field exactly when that side still has the ancestor's value there: the
+// map gains the key, the field is gone.
 
 // probeKey is the key the probe adds to maps (never read back into
 // application values: the probed states are thrown away).
@@ -79,25 +80,21 @@ func probeReplaced(anc *automerge.Doc, base *node, sides []*side) ([]map[string]
 			if err != nil {
 				return nil, fmt.Errorf("crdt: identity probe: %w", err)
 			}
-			if equalNodes(before, after) {
-				out[i][p] = true // the probe missed: not the ancestor's object
+			// The probe missed: not the ancestor's object or value.
+			if before.k == KindMap && equalNodes(before, after) || before.k != KindMap && after != nil {
+				out[i][p] = true
 			}
 		}
 	}
 	return out, nil
 }
 
-// collectProbes lists the fields under prefix (a map in base) that hold an
-// object in base, still hold an object of the same kind on some side, and
-// differ from base on some side: only there can a replacement matter.
+// collectProbes lists the fields under prefix (a map in base) that still
+// hold a value of the same kind on some side and differ from base on some
+// side: only there can a replacement matter.
 func collectProbes(prefix string, base *node, sides []*side, out *[]string) {
 	for _, k := range sortedKeys(base.m) {
 		x := base.m[k]
-		switch x.k {
-		case KindMap, KindList, KindText, KindCounter:
-		default:
-			continue
-		}
 		p := prefix + pointer([]string{k})
 		same, changed := false, false
 		for _, s := range sides {
@@ -119,32 +116,38 @@ func collectProbes(prefix string, base *node, sides []*side, out *[]string) {
 	}
 }
 
-// probeAt edits the object at field pointer p of doc (see probeReplaced).
+// probeAt marks the field at pointer p of doc (see probeReplaced): a map
+// gains probeKey, any other value is deleted. Fields are probed parents
+// first, so a map is marked before its fields are deleted.
 func probeAt(doc *automerge.Doc, p string) error {
 	keys, err := splitPointer(p)
 	if err != nil || len(keys) == 0 {
 		return fmt.Errorf("%w: %q", ErrBadPath, p)
 	}
-	v := doc.Root()
-	for _, k := range keys {
-		if v.Kind() != automerge.KindMap {
+	parent := doc.Root()
+	for _, k := range keys[:len(keys)-1] {
+		if parent.Kind() != automerge.KindMap {
 			return fmt.Errorf("%w: %q is not a field", ErrBadPath, p)
 		}
-		if v, err = v.Map().Get(k); err != nil {
+		if parent, err = parent.Map().Get(k); err != nil {
 			return err
 		}
+	}
+	if parent.Kind() != automerge.KindMap {
+		return fmt.Errorf("%w: %q is not a field", ErrBadPath, p)
+	}
+	last := keys[len(keys)-1]
+	v, err := parent.Map().Get(last)
+	if err != nil {
+		return err
 	}
 	switch v.Kind() {
 	case automerge.KindMap:
 		return v.Map().Set(probeKey, true)
-	case automerge.KindList:
-		return v.List().Insert(0, true)
-	case automerge.KindText:
-		return v.Text().Insert(0, "\uffff")
-	case automerge.KindCounter:
-		return v.Counter().Inc(1)
+	case automerge.KindVoid:
+		return fmt.Errorf("%w: %q is absent", ErrBadPath, p)
 	}
-	return fmt.Errorf("%w: %q holds a %s", ErrBadPath, p, amKind(v))
+	return parent.Map().Delete(last)
 }
 
 // nodeAt returns the value at field pointer p below root (nil when absent).

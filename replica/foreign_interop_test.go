@@ -43,6 +43,8 @@ const cases = [
   ["counter vs increment", ["k"], () => new A.Counter(10), d => { d.k = new A.Counter(0) }, d => { d.k.increment(5) }],
   ["text vs splice", ["k"], () => "hello", d => { d.k = "new" }, d => { A.splice(d, ["k"], 5, 0, "!") }],
   ["nested text", ["k", "t"], () => ({t: "inner"}), d => { d.k.t = "x" }, d => { d.k.t = "y" }],
+  // JS makes no operation for a scalar written with the value it has.
+  ["int written again", ["k"], () => 1, d => { d.k = 1 }, d => { d.k = 2 }],
   ["delete vs splice", ["k"], () => "hello", d => { delete d.k }, d => { A.splice(d, ["k"], 0, 0, ">") }],
   ["text vs counter", ["k"], () => "hello", d => { d.k = new A.Counter(3) }, d => { d.k = "t" }],
   // These merge: no conflict.
