@@ -59,6 +59,17 @@ func (m *merger) threeWay() error {
 	if err != nil {
 		return err
 	}
+	type derived struct {
+		path string
+		op   op
+		val  *node
+	}
+	diffs := make([][]derived, len(sides))
+	for i, s := range sides {
+		diffNodes("", base, s.root, replaced[i], func(path string, o op, val *node) {
+			diffs[i] = append(diffs[i], derived{path, o, val})
+		})
+	}
 	for i, s := range sides {
 		s.computeFrontier() // ferry writes, for attribution
 		ferry := s.front
@@ -78,27 +89,30 @@ func (m *merger) threeWay() error {
 		if latestPlain == nil {
 			latestPlain = latest
 		}
-		type derived struct {
-			path string
-			op   op
-			val  *node
-		}
-		var ds []derived
-		var unattributed []string
-		diffNodes("", base, s.root, replaced[i], func(path string, o op, val *node) {
-			ds = append(ds, derived{path, o, val})
-			if len(ferry[path]) == 0 {
-				unattributed = append(unattributed, path)
-			}
-		})
 		var writer map[string]*chInfo
-		if nPlain > 1 && len(unattributed) > 0 {
-			if writer, err = m.lastWriters(s, heads, base, unattributed); err != nil {
-				return err
+		if nPlain > 1 && nPlain <= maxReplay {
+			// Only fields the other side also wrote (at, above or below)
+			// can become conflict candidates: only they need their writer.
+			var contested []string
+			for _, dw := range diffs[i] {
+				if len(ferry[dw.path]) > 0 {
+					continue
+				}
+				for _, o := range diffs[1-i] {
+					if isUnder(dw.path, o.path) || isUnder(o.path, dw.path) {
+						contested = append(contested, dw.path)
+						break
+					}
+				}
+			}
+			if len(contested) > 0 {
+				if writer, err = m.lastWriters(s, heads, base, contested); err != nil {
+					return err
+				}
 			}
 		}
 		s.writes, s.byPath, s.front = nil, nil, map[string][]*write{}
-		for seq, dw := range ds {
+		for seq, dw := range diffs[i] {
 			w := &write{path: dw.path, op: dw.op, val: dw.val, frontier: true, seq: seq, synthetic: true}
 			var best *write
 			for _, f := range ferry[dw.path] {
@@ -120,6 +134,10 @@ func (m *merger) threeWay() error {
 	}
 	return nil
 }
+
+// maxReplay bounds the plain changes lastWriters replays; a side with more
+// attributes its fields to its latest plain change.
+const maxReplay = 1000
 
 // lastWriters finds, for each field, the side's change that last changed
 // its value: the side's changes are replayed one by one, in causal order
