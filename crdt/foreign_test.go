@@ -367,3 +367,56 @@ func TestForeignAttributionPerChange(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkForeignMerge: merging a plain client's concurrent replacement
+// into a record with a long history (the three-way fallback with the
+// identity probe), next to one Fork of the same document, the unit the
+// fallback's cost is made of. go test -run '^$' -bench ForeignMerge ./crdt/
+func BenchmarkForeignMerge(b *testing.B) {
+	const history = 2_000
+	d := automerge.New()
+	_ = d.SetActorID("000000aa")
+	_ = d.RootMap().Set("text", automerge.NewText("hello"))
+	for i := range history {
+		_ = d.RootMap().Set("n", int64(i))
+		when := time.UnixMilli(1_600_000_000 + int64(i))
+		if _, err := d.Commit("", automerge.CommitOptions{Time: &when}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	base := d.Save()
+	a := foreignSide(b, base, "0000000a", 1_700_000_000, setKey("text", func() any { return automerge.NewText("a") }))
+	side := foreignSide(b, base, "0000000b", 1_700_000_001, setKey("text", func() any { return automerge.NewText("b") }))
+	chs := mustChangesTB(b, side)
+	saved := a.Save()
+	b.Run("merge", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			f, err := Load(saved, Actor{ReplicaID: "F"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			res, err := f.MergeRemote(chs, side.Heads())
+			if err != nil || len(res.Conflicts) != 1 {
+				b.Fatalf("%v %v", res, err)
+			}
+		}
+	})
+	b.Run("fork", func(b *testing.B) {
+		for range b.N {
+			if _, err := a.Fork(a.Heads()...); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func mustChangesTB(t testing.TB, d *automerge.Doc) []*automerge.Change {
+	t.Helper()
+	chs, err := d.Changes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chs
+}
