@@ -42,12 +42,32 @@ func (m *merger) threeWay() error {
 		return err
 	}
 	sides := []*side{m.local, m.remote}
+	replays := 0
 	for _, s := range sides {
-		doc, err := s.viewDoc()
-		if err != nil {
+		// A side's state is the ancestor plus the side's own changes: a
+		// copy of the ancestor with them applied costs a clone and the
+		// delta, where a fork at the side's heads replays the history.
+		if s.view, err = m.d.extend(ancDoc, s); err != nil {
 			return err
 		}
-		if s.root, err = m.d.rootNode(doc); err != nil {
+		if s.root, err = m.d.rootNode(s.view); err != nil {
+			return err
+		}
+		nPlain := 0
+		for _, ci := range s.changes {
+			if ci.plain {
+				nPlain++
+			}
+		}
+		if nPlain > 1 && nPlain <= maxReplay {
+			replays++
+		}
+	}
+	// lastWriters replays onto copies of the ancestor as it is now (the
+	// probe writes into ancDoc).
+	var replayBase *automerge.Doc
+	if replays > 0 {
+		if replayBase, err = cloneDoc(ancDoc); err != nil {
 			return err
 		}
 	}
@@ -106,7 +126,7 @@ func (m *merger) threeWay() error {
 				}
 			}
 			if len(contested) > 0 {
-				if writer, err = m.lastWriters(s, heads, base, contested); err != nil {
+				if writer, err = m.lastWriters(s, replayBase, base, contested); err != nil {
 					return err
 				}
 			}
@@ -141,12 +161,12 @@ const maxReplay = 1000
 
 // lastWriters finds, for each field, the side's change that last changed
 // its value: the side's changes are replayed one by one, in causal order
-// (ties by hash), onto a copy of the ancestor (ancHeads, whose state is
-// base). O(history) for the copy plus O(changes x fields) reads; only for
-// sides with several plain changes. A field whose value no single change
+// (ties by hash), onto a copy of the ancestor anc (whose state is base).
+// A clone plus O(changes x fields) reads; only for sides with several
+// plain changes. A field whose value no single change
 // visibly changed (an object replaced by an equal one) has no entry.
-func (m *merger) lastWriters(s *side, ancHeads []automerge.ChangeHash, base *node, paths []string) (map[string]*chInfo, error) {
-	doc, err := m.d.forkAt(ancHeads)
+func (m *merger) lastWriters(s *side, anc *automerge.Doc, base *node, paths []string) (map[string]*chInfo, error) {
+	doc, err := cloneDoc(anc)
 	if err != nil {
 		return nil, err
 	}
@@ -258,4 +278,42 @@ func diffNodes(prefix string, a, b *node, replaced map[string]bool, emit func(st
 			emit(p, opSet, y)
 		}
 	}
+}
+
+// extend returns a copy of anc (the common ancestor) with the side's
+// changes applied, which is the side's state: the side's history is the
+// common history plus its own changes. If the result does not have the
+// side's heads (it always should), it falls back to a fork at them.
+func (d *Doc) extend(anc *automerge.Doc, s *side) (*automerge.Doc, error) {
+	v, err := cloneDoc(anc)
+	if err != nil {
+		return nil, err
+	}
+	order := causalOrder(s)
+	chs := make([]*automerge.Change, 0, len(order))
+	for _, ci := range order {
+		c, err := d.changeByHash(ci.hash)
+		if err != nil {
+			return nil, err
+		}
+		chs = append(chs, c)
+	}
+	if err := applyChanges(v, chs); err != nil {
+		return nil, err
+	}
+	if SameHeads(v.Heads(), s.heads) {
+		return v, nil
+	}
+	return d.forkAt(s.heads)
+}
+
+// cloneDoc returns an independent copy of doc (all of its changes).
+func cloneDoc(doc *automerge.Doc) (*automerge.Doc, error) {
+	var out *automerge.Doc
+	err := guard(func() error {
+		var err error
+		out, err = doc.Fork()
+		return err
+	})
+	return out, err
 }
