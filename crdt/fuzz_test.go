@@ -3,6 +3,8 @@ package crdt
 import (
 	"testing"
 	"time"
+
+	"github.com/automerge/automerge-go"
 )
 
 // FuzzLoadAndMerge feeds outside bytes to Load and MergeChanges: whatever
@@ -20,6 +22,19 @@ func FuzzLoadAndMerge(f *testing.F) {
 	f.Add(doc, []byte{})
 	f.Add([]byte{}, delta)
 	f.Add(doc[:len(doc)/2], delta[:len(delta)/2])
+	// A plain client's concurrent replacements (the three-way fallback and
+	// its identity probe) merged into a document with a ferry edit.
+	if p, err := automerge.Load(doc); err == nil && p.SetActorID("00ff") == nil {
+		_ = p.RootMap().Set("l", automerge.NewText("t"))
+		_ = p.RootMap().Set("m", map[string]any{"c": int64(1)})
+		_ = p.RootMap().Set("k", automerge.NewCounter(1))
+		when := time.UnixMilli(1_700_000_000)
+		if _, err := p.Commit("", automerge.CommitOptions{Time: &when}); err == nil {
+			if chs, err := p.Changes(heads...); err == nil {
+				f.Add(base.Save(), automerge.SaveChanges(chs))
+			}
+		}
+	}
 	f.Fuzz(func(t *testing.T, docBytes, changeBytes []byte) {
 		actor := Actor{ReplicaID: "fuzz", Clock: NewClock(clk, 0)}
 		d, err := Load(docBytes, actor)
