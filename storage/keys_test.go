@@ -95,3 +95,23 @@ func TestNULShiftedNamesStayDistinct(t *testing.T) {
 		}
 	}
 }
+
+// TestSlotKeyJoinsTwoNames: a slot key may hold two names of the longest
+// length joined (a replica's per-record slots), and survives a reopen.
+func TestSlotKeyJoinsTwoNames(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newDiskStore(t)
+	key := string(bytes.Repeat([]byte("k"), 2*maxNameLen+1))
+	if err := s.Slots("shared/p").Put(ctx, key, []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, s, dir)
+	if v, ok, err := s.Slots("shared/p").Get(ctx, key); err != nil || !ok || string(v) != "v" {
+		t.Fatalf("Get = %q %v %v", v, ok, err)
+	}
+	var keys []string
+	if err := s.Slots("shared/p").Range(ctx, func(k string, _ []byte) error { keys = append(keys, k); return nil }); err != nil || !slices.Equal(keys, []string{key}) {
+		t.Fatalf("Range: %d keys, %v", len(keys), err)
+	}
+	wantErr(t, s.Slots("shared/p").Put(ctx, key+string(bytes.Repeat([]byte("k"), maxSlotKeyLen)), nil), ErrInvalid, "oversized slot key")
+}
