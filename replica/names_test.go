@@ -442,4 +442,6 @@ func TestPropertyValidNamesRoundTrip(t *testing.T) {
 	}
 }
 
-func shareRules(coll string) anon.Rules { return anon.Rules{Collection: coll, Purpose: consent.PurposeImprove} }
+func shareRules(coll string) anon.Rules {
+	return anon.Rules{Collection: coll, Purpose: consent.PurposeImprove}
+}
