@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/internal/names"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -123,7 +124,19 @@ func conflictID(path string, hashes []automerge.ChangeHash) string {
 		set[h.String()] = true
 	}
 	hs := sortedKeys(set)
-	sum := sha256.Sum256([]byte("ferry-conflict/1\n" + path + "\n" + strings.Join(hs, "\n")))
+	var in string
+	if !strings.Contains(path, "\n") {
+		// The form every id so far was made with (resolutions write ids
+		// into documents, so it must not change): unambiguous while the
+		// path holds no newline, since change hashes are hex.
+		in = "ferry-conflict/1\n" + path + "\n" + strings.Join(hs, "\n")
+	} else {
+		// A map key may hold a newline: "/x\n<h1>" with [h2] would meet
+		// "/x" with [h1, h2] in the form above. Length-prefixed parts
+		// under another label meet neither.
+		in = "ferry-conflict/2" + names.Key(append([]string{path}, hs...)...)
+	}
+	sum := sha256.Sum256([]byte(in))
 	return hex.EncodeToString(sum[:16])
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/names"
 )
 
 // Kind names a conflict policy.
@@ -181,6 +182,9 @@ func (s *Set) prepare() error {
 	s.Default = s.Default.normalized()
 	s.fields = map[string]map[string]Rule{}
 	for name, c := range s.Collections {
+		if err := names.Check("collection", name); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadPolicy, err)
+		}
 		if err := c.Rule.validateOrEmpty(); err != nil {
 			return fmt.Errorf("collection %q: %w", name, err)
 		}

@@ -297,3 +297,16 @@ func TestResolveValueAndPolicies(t *testing.T) {
 		t.Fatalf("user value audit %+v", recs)
 	}
 }
+
+// TestPolicyRefusesInvalidCollectionName: a rule for a collection name no
+// record can have (a control character) is a bad policy, not a rule that
+// silently never applies.
+func TestPolicyRefusesInvalidCollectionName(t *testing.T) {
+	_, err := Parse([]byte(`{"version":1,"default":{"policy":"timestamp"},"collections":{"bad\tname":{"policy":"user"}}}`))
+	if !errors.Is(err, ErrBadPolicy) {
+		t.Fatalf("err = %v, want ErrBadPolicy", err)
+	}
+	if err := NewSet(Rule{Policy: Timestamp}).SetCollection("ok/notes: 😀", Collection{Rule: Rule{Policy: User}}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -20,6 +20,11 @@ func (r *Replica) Pair(ctx context.Context, peer string, collections []string, e
 	if len(collections) == 0 {
 		return nil, fmt.Errorf("%w: name the collections to share", ErrInvalid)
 	}
+	for _, c := range collections {
+		if err := checkCollection(c); err != nil {
+			return nil, err
+		}
+	}
 	var out []consent.Grant
 	for _, c := range collections {
 		g := consent.Grant{Collection: c, Purpose: consent.PurposeDeviceSync, Destination: fp}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/storage"
 )
 
@@ -49,10 +50,13 @@ type Page struct {
 }
 
 // List returns a collection's records in the requested order. It reads
-// only the records' sealed metadata, never their documents.
+// only the records' sealed metadata, never their documents. A collection
+// name outside the naming rule is ErrInvalid unless a store written
+// before the rule holds records under it.
 func (r *Replica) List(ctx context.Context, collection string, opts ListOptions) (Page, error) {
-	if collection == "" {
-		return Page{}, fmt.Errorf("%w: empty collection", ErrInvalid)
+	nameErr := checkCollection(collection)
+	if nameErr != nil && !names.Fits(collection) {
+		return Page{}, nameErr
 	}
 	if r.isClosed() {
 		return Page{}, ErrClosed
@@ -67,6 +71,11 @@ func (r *Replica) List(ctx context.Context, collection string, opts ListOptions)
 	})
 	if err != nil {
 		return Page{}, fmt.Errorf("replica: list %s: %w", collection, err)
+	}
+	if nameErr != nil && len(all) == 0 {
+		// A collection name outside the rule lists only what a store
+		// written before the rule holds under it.
+		return Page{}, nameErr
 	}
 	less := func(a, b RecordInfo) bool { return a.ID < b.ID }
 	if opts.Order == ByUpdated {

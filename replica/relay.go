@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"filippo.io/age"
+	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport/relay"
@@ -49,6 +51,10 @@ type RelayStats struct {
 	BundlesPulled  int    `json:"bundles_pulled"`
 	RecordsApplied int    `json:"records_applied"`
 	Conflicts      int    `json:"conflicts"`
+	// InvalidNames counts records left out because their collection
+	// name or id breaks the naming rule: pulled ones are refused, stored
+	// ones (written before the rule) are not pushed.
+	InvalidNames int `json:"invalid_names,omitempty"`
 }
 
 func (r *Replica) relayClient(url string) *relay.Client {
@@ -58,8 +64,8 @@ func (r *Replica) relayClient(url string) *relay.Client {
 // CreateSpace creates a space on the relay at url, with this replica as
 // its first member, and grants the space device-sync of collections.
 func (r *Replica) CreateSpace(ctx context.Context, url string, collections []string) (relay.Space, error) {
-	if len(collections) == 0 {
-		return relay.Space{}, fmt.Errorf("%w: name the collections the space syncs", ErrInvalid)
+	if err := checkSpaceCollections(collections); err != nil {
+		return relay.Space{}, err
 	}
 	space, err := relay.NewSpace(url)
 	if err != nil {
@@ -72,6 +78,20 @@ func (r *Replica) CreateSpace(ctx context.Context, url string, collections []str
 		return relay.Space{}, err
 	}
 	return space, r.grantSpace(ctx, space, collections)
+}
+
+// checkSpaceCollections refuses an empty list or a name outside the rule
+// before anything reaches the relay.
+func checkSpaceCollections(collections []string) error {
+	if len(collections) == 0 {
+		return fmt.Errorf("%w: name the collections the space syncs", ErrInvalid)
+	}
+	for _, c := range collections {
+		if err := checkCollection(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (r *Replica) grantSpace(ctx context.Context, space relay.Space, collections []string) error {
@@ -225,8 +245,8 @@ func (r *Replica) forgetSpaceHeads(ctx context.Context, spaceID string) error {
 // JoinSpace opens an invitation sealed to this device and makes it a
 // member of the space, granting the space device-sync of collections.
 func (r *Replica) JoinSpace(ctx context.Context, invitation []byte, collections []string) (relay.Space, error) {
-	if len(collections) == 0 {
-		return relay.Space{}, fmt.Errorf("%w: name the collections the space syncs", ErrInvalid)
+	if err := checkSpaceCollections(collections); err != nil {
+		return relay.Space{}, err
 	}
 	id, err := relay.DeriveInviteIdentity(r.id)
 	if err != nil {
@@ -264,7 +284,7 @@ func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, er
 	r.publishStatus(peer)
 	err = r.syncRelay(ctx, space, start, peer, &st)
 	r.status.end(peer, SyncStats{Peer: peer, RecordsSent: st.RecordsPushed, RecordsReceived: st.RecordsApplied,
-		BytesSent: st.BytesPushed, Conflicts: st.Conflicts}, err, r.openConflicts(ctx))
+		BytesSent: st.BytesPushed, Conflicts: st.Conflicts, InvalidNames: st.InvalidNames}, err, r.openConflicts(ctx))
 	r.saveStatus(context.WithoutCancel(ctx), peer)
 	r.publishStatus(peer)
 	if err != nil {
@@ -292,6 +312,8 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 	}
 	pending := r.store.Slots("relay-pending/" + space.ID)
 	apply := func(recs []recordChanges) error {
+		recs, bad := dropInvalid(recs)
+		st.InvalidNames += bad
 		needs, conflicts, _, err := r.applyRecords(ctx, peer, recs, 0)
 		if err != nil {
 			return err
@@ -308,7 +330,7 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 					if err != nil {
 						return err
 					}
-					if err := pending.Put(ctx, recordKey(rc.Collection, rc.ID)+"\x00"+fmt.Sprint(st.BundlesPulled), b); err != nil {
+					if err := pending.Put(ctx, names.Key(rc.Collection, rc.ID, strconv.Itoa(st.BundlesPulled)), b); err != nil {
 						return err
 					}
 				}
@@ -389,6 +411,7 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 			return err
 		}
 	}
+	st.InvalidNames += h.invalidNames()
 	if full {
 		return r.store.Slots(nsPeer+peer).Delete(ctx, "fullpush")
 	}
@@ -429,6 +452,14 @@ func (r *Replica) retryPending(ctx context.Context, peer string, pending *storag
 		return err
 	}
 	for _, p := range all {
+		if !validRecord(p.rc.Collection, p.rc.ID) {
+			// Parked by a version without the naming rule: refused now.
+			st.InvalidNames++
+			if err := pending.Delete(ctx, p.key); err != nil {
+				return err
+			}
+			continue
+		}
 		needs, conflicts, _, err := r.applyRecords(ctx, peer, []recordChanges{p.rc}, 0)
 		if err != nil {
 			return err

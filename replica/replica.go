@@ -29,7 +29,8 @@ var (
 	ErrNotFound = errors.New("replica: not found")
 	// ErrClosed: the replica was closed.
 	ErrClosed = errors.New("replica: closed")
-	// ErrInvalid: a bad argument (empty collection or id, bad options).
+	// ErrInvalid: a bad argument (a collection name or record id outside
+	// the rule of docs/replica.md, bad options).
 	ErrInvalid = errors.New("replica: invalid argument")
 )
 
@@ -328,15 +329,6 @@ func (r *Replica) lockRecords(keys ...string) func() {
 	}
 }
 
-func recordKey(collection, id string) string { return collection + "\x00" + id }
-
-func checkName(collection, id string) error {
-	if collection == "" || id == "" || len(collection) > maxNameLen || len(id) > maxNameLen {
-		return fmt.Errorf("%w: collection and id must be 1 to %d bytes", ErrInvalid, maxNameLen)
-	}
-	return nil
-}
-
 // loadDoc returns the record's document from the cache or the store; a
 // record that does not exist yet gives a new empty document and ok=false.
 // The caller holds the record's stripe lock.
@@ -376,7 +368,9 @@ func (r *Replica) recordWrite(collection, id string, d *crdt.Doc) storage.Record
 
 // Update runs fn on the record's document and stores what it changed, in
 // one transaction. A record that does not exist is created. If fn returns
-// an error nothing is stored.
+// an error nothing is stored. A collection name or record id outside the
+// rule of docs/replica.md ("Collection names and record ids") is
+// ErrInvalid.
 func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*crdt.Doc) error) error {
 	if err := checkName(collection, id); err != nil {
 		return err
@@ -429,9 +423,12 @@ func (r *Replica) Put(ctx context.Context, collection, id string, fields map[str
 	return r.Update(ctx, collection, id, func(d *crdt.Doc) error { return d.Put(fields) })
 }
 
-// Get returns the record's application-visible JSON.
+// Get returns the record's application-visible JSON. A name outside the
+// naming rule is ErrInvalid, unless a record written before the rule is
+// stored under it (it is then read, so that it can be exported and
+// re-imported under a valid name).
 func (r *Replica) Get(ctx context.Context, collection, id string) (map[string]any, error) {
-	if err := checkName(collection, id); err != nil {
+	if err := r.checkRead(ctx, collection, id); err != nil {
 		return nil, err
 	}
 	if r.isClosed() {
@@ -460,9 +457,9 @@ func (r *Replica) Delete(ctx context.Context, collection, id string) error {
 
 // ExportDoc returns the record as a standard Automerge document, which
 // other Automerge applications can load. The hidden ferry metadata travels
-// with it.
+// with it. Names are checked as by Get.
 func (r *Replica) ExportDoc(ctx context.Context, collection, id string) ([]byte, error) {
-	if err := checkName(collection, id); err != nil {
+	if err := r.checkRead(ctx, collection, id); err != nil {
 		return nil, err
 	}
 	unlock := r.lockRecords(recordKey(collection, id))

@@ -37,6 +37,10 @@ type SyncStats struct {
 	FramesSent      int    `json:"frames_sent"`      // frames sent
 	FramesReceived  int    `json:"frames_received"`  // frames received
 	Conflicts       int    `json:"conflicts"`        // semantic conflicts found while applying
+	// InvalidNames counts records whose collection name or id breaks the
+	// naming rule (docs/replica.md): received ones are refused, stored ones
+	// (written before the rule) are not sent. Set when the session ends.
+	InvalidNames int `json:"invalid_names,omitempty"`
 }
 
 // sessionHost is everything a session needs from its replica. The replica

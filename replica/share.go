@@ -49,6 +49,9 @@ func (r *Replica) Share(ctx context.Context, opts ShareOptions) (ShareResult, er
 	if r.isClosed() {
 		return ShareResult{}, ErrClosed
 	}
+	if err := checkCollection(opts.Rules.Collection); err != nil {
+		return ShareResult{}, err
+	}
 	rules := opts.Rules
 	if pd, ok := opts.Destination.(*PeerDestination); ok {
 		if fp := transport.Fingerprint(pd.Conn.RemoteIdentity()); fp != opts.DestinationID {

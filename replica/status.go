@@ -206,7 +206,8 @@ const nsStatus = "status"
 func (r *Replica) saveStatus(ctx context.Context, peer string) {
 	s := r.status.peer(peer)
 	s.Progress = SyncStats{Peer: s.Progress.Peer, RecordsSent: s.Progress.RecordsSent, RecordsReceived: s.Progress.RecordsReceived,
-		BytesSent: s.Progress.BytesSent, BytesReceived: s.Progress.BytesReceived, Conflicts: s.Progress.Conflicts}
+		BytesSent: s.Progress.BytesSent, BytesReceived: s.Progress.BytesReceived, Conflicts: s.Progress.Conflicts,
+		InvalidNames: s.Progress.InvalidNames}
 	if s.State == Syncing {
 		return
 	}

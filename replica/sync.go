@@ -52,6 +52,7 @@ func (r *Replica) SyncWith(ctx context.Context, conn transport.Conn, opts SyncOp
 			}
 		},
 	})
+	stats.InvalidNames = h.invalidNames()
 	// What was sent was shared, even if the session failed afterwards.
 	if lerr := h.recordShares(context.WithoutCancel(ctx)); lerr != nil && err == nil {
 		err = lerr
@@ -113,6 +114,21 @@ type host struct {
 	// known holds, for records sent and not yet acknowledged, the heads
 	// the peer held before: the acknowledgement adds what was sent.
 	known map[string][]automerge.ChangeHash
+	// invalid counts records left out for names outside the rule:
+	// refused when received, withheld when they would have been sent.
+	invalid int
+}
+
+func (h *host) addInvalid(n int) {
+	h.mu.Lock()
+	h.invalid += n
+	h.mu.Unlock()
+}
+
+func (h *host) invalidNames() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.invalid
 }
 
 func (h *host) isEcho(seq uint64) bool {
@@ -265,6 +281,10 @@ func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxReco
 			if h.isEcho(e.Seq) {
 				continue // written by applying this peer's own changes
 			}
+			if !validRecord(e.Collection, e.ID) {
+				h.addInvalid(1) // stored before the naming rule: it stays here
+				continue
+			}
 			rc, known, send, err := r.outgoing(ctx, peer, e.Collection, e.ID, h.whole)
 			if err != nil {
 				return nil, 0, err
@@ -335,6 +355,9 @@ func (r *Replica) outgoing(ctx context.Context, peer, collection, id string, who
 func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordChanges, error) {
 	r := h.r
 	empty := []recordChanges{{Collection: collection, ID: id}}
+	if !validRecord(collection, id) {
+		return empty, nil
+	}
 	if ok, err := r.mayShare(ctx, peer, collection); err != nil || !ok {
 		return empty, err
 	}
@@ -354,6 +377,8 @@ func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordC
 }
 
 func (h *host) apply(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, error) {
+	recs, bad := dropInvalid(recs)
+	h.addInvalid(bad)
 	needs, conflicts, echoes, err := h.r.applyRecords(ctx, peer, recs, upTo)
 	if len(echoes) > 0 {
 		h.mu.Lock()

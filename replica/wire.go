@@ -8,6 +8,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/ferrysync/ferry/internal/names"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -318,8 +319,13 @@ func (rc *recordChanges) validate() error {
 	return nil
 }
 
+// validName bounds a record's names: longer than any name can be, or
+// empty, is a protocol violation. A name within bounds that breaks the
+// naming rule (a control character, broken UTF-8) is not: the session
+// refuses that record alone and counts it (SyncStats.InvalidNames), so an
+// older peer holding such a record still syncs everything else.
 func validName(collection, id string) error {
-	if collection == "" || id == "" || len(collection) > maxNameLen || len(id) > maxNameLen {
+	if !names.Fits(collection) || !names.Fits(id) {
 		return protoErr("record name out of bounds")
 	}
 	return nil

@@ -398,7 +398,7 @@ func readBackupStream(r io.Reader, maxBytes int64) (*staged, error) {
 				return nil, badBackup("backup slot")
 			}
 			k := [2]string{sl.NS, sl.Key}
-			if checkName("ns", sl.NS) != nil || checkName("key", sl.Key) != nil || len(sl.Value) > maxValueLen ||
+			if checkName("ns", sl.NS) != nil || checkSlotKey(sl.Key) != nil || len(sl.Value) > maxValueLen ||
 				seenSlot[k] || uint64(len(st.slots)) >= st.hdr.Slots {
 				return nil, badBackup("backup slot")
 			}

@@ -80,22 +80,33 @@ func (k *epochKeys) wipe() {
 
 func wipe(b []byte) { clear(b) }
 
-// mac computes the truncated HMAC of tag || parts, each part but the last
-// length-prefixed so that concatenations are unambiguous.
+// mac computes the truncated HMAC of macInput(tag, parts).
 func (k *epochKeys) mac(dst []byte, tag byte, parts ...string) []byte {
 	st := k.hpool.Get().(*hmacState)
-	st.buf = append(st.buf[:0], tag)
-	for i, p := range parts {
-		if i < len(parts)-1 {
-			st.buf = binary.AppendUvarint(st.buf, uint64(len(p)))
-		}
-		st.buf = append(st.buf, p...)
-	}
+	st.buf = macInput(st.buf[:0], tag, parts...)
 	st.h.Reset()
 	st.h.Write(st.buf)
 	sum := st.h.Sum(st.sum[:0])
 	dst = append(dst, sum[:blindSize]...)
 	k.hpool.Put(st)
+	return dst
+}
+
+// macInput appends tag || parts to dst, each part but the last
+// length-prefixed (unsigned varint), so that for one tag (every tag has a
+// fixed number of parts) different names never give the same input:
+// H(coll, id) of ("a", "b\x00c") and ("a\x00b", "c") differ. Names may hold
+// any bytes here; the rule for valid names is the replica's
+// (internal/names). This is the on-disk key format: changing it would
+// orphan every record of existing stores.
+func macInput(dst []byte, tag byte, parts ...string) []byte {
+	dst = append(dst, tag)
+	for i, p := range parts {
+		if i < len(parts)-1 {
+			dst = binary.AppendUvarint(dst, uint64(len(p)))
+		}
+		dst = append(dst, p...)
+	}
 	return dst
 }
 

@@ -15,7 +15,7 @@ import (
 
 // Limits checked before anything is stored or allocated.
 const (
-	maxNameLen  = 1024     // collection, id, namespace, slot key
+	maxNameLen  = 1024     // collection, id, namespace
 	maxAttrsLen = 64 << 10 // RecordMeta.Attrs
 	maxHeads    = 4096
 	maxChunks   = 1 << 16
@@ -274,6 +274,17 @@ func decodeName(b []byte) (string, error) {
 func checkName(what, s string) error {
 	if s == "" || len(s) > maxNameLen {
 		return invalidf("%s must be 1..%d bytes", what, maxNameLen)
+	}
+	return nil
+}
+
+// maxSlotKeyLen bounds a slot key, which may join two names and a little
+// more (a replica keys its per-record slots by collection and id).
+const maxSlotKeyLen = 4 * maxNameLen
+
+func checkSlotKey(s string) error {
+	if s == "" || len(s) > maxSlotKeyLen {
+		return invalidf("slot key must be 1..%d bytes", maxSlotKeyLen)
 	}
 	return nil
 }

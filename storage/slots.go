@@ -41,7 +41,7 @@ func decodeSlot(b []byte) (*slotVal, error) {
 	r := rbuf{b: b}
 	v := &slotVal{}
 	ver := r.u8()
-	v.ns, v.key = r.str(maxNameLen), r.str(maxNameLen)
+	v.ns, v.key = r.str(maxNameLen), r.str(maxSlotKeyLen)
 	v.seq = r.uv()
 	v.value = r.bytes(maxValueLen)
 	if ver != 1 || !r.done() || v.ns == "" || v.key == "" {
@@ -103,7 +103,7 @@ func validateSlotWrite(sw *SlotWrite) error {
 	if err := checkName("namespace", sw.Namespace); err != nil {
 		return err
 	}
-	if err := checkName("slot key", sw.Key); err != nil {
+	if err := checkSlotKey(sw.Key); err != nil {
 		return err
 	}
 	if len(sw.Value) > maxValueLen {

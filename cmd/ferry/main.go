@@ -56,7 +56,8 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp), errors.Is(err, replica.ErrInvalid),
 		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
-		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose):
+		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose),
+		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid):
 		return exitUsage
 	case errors.Is(err, storage.ErrWrongKey):
 		return exitWrongKey

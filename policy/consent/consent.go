@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrysync/ferry/internal/names"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -314,10 +315,15 @@ func newID() string {
 
 func (l *Ledger) knownPurpose(p string) bool { return slices.Contains(l.purposes, p) }
 
-// Grant records a new grant and returns it with its id and time set.
+// Grant records a new grant and returns it with its id and time set. A
+// collection name outside the naming rule (docs/replica.md: valid UTF-8,
+// 1 to 1024 bytes, no control character) is ErrInvalid.
 func (l *Ledger) Grant(ctx context.Context, g Grant) (Grant, error) {
 	if g.Collection == "" || g.Destination == "" {
 		return Grant{}, fmt.Errorf("%w: a grant names a collection and a destination", ErrInvalid)
+	}
+	if err := names.Check("collection", g.Collection); err != nil {
+		return Grant{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if !l.knownPurpose(g.Purpose) {
 		return Grant{}, fmt.Errorf("%w: %q (declared: %s)", ErrUnknownPurpose, g.Purpose, strings.Join(l.purposes, ", "))

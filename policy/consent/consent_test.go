@@ -118,6 +118,9 @@ func TestGrantValidation(t *testing.T) {
 		"device-sync fields":  {Collection: "n", Fields: []string{"a"}, Purpose: PurposeDeviceSync, Destination: "d"},
 		"expiry in the past":  {Collection: "n", Purpose: PurposeBackup, Destination: "d", Expires: c.t.Add(-time.Second)},
 		"missing destination": {Collection: "n", Purpose: PurposeBackup},
+		"NUL in collection":   {Collection: "a\x00b", Purpose: PurposeBackup, Destination: "d"},
+		"tab in collection":   {Collection: "a\tb", Purpose: PurposeBackup, Destination: "d"},
+		"broken UTF-8":        {Collection: "a\xff", Purpose: PurposeBackup, Destination: "d"},
 	}
 	for name, g := range cases {
 		if _, err := l.Grant(ctx, g); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrUnknownPurpose) {
