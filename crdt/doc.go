@@ -889,6 +889,14 @@ func (d *Doc) Increment(path any, delta int64) error {
 		return err
 	}
 	return d.editObject(p, automerge.KindCounter, func(v *automerge.Value) error {
+		cur, err := v.Counter().Get()
+		if err != nil {
+			return err
+		}
+		if sum := cur + delta; (delta > 0 && sum < cur) || (delta < 0 && sum > cur) {
+			// Automerge would wrap around silently.
+			return fmt.Errorf("%w: counter %s is %d; adding %d overflows int64", ErrUnsupportedValue, p, cur, delta)
+		}
 		return v.Counter().Inc(delta)
 	})
 }

@@ -42,7 +42,7 @@ func ParsePath(p any) (Path, error) {
 		for i, s := range v {
 			out[i] = s
 		}
-		return out, nil
+		return checkElems(out)
 	default:
 		return nil, fmt.Errorf("%w: %T is not a path", ErrBadPath, p)
 	}
@@ -56,6 +56,9 @@ func checkElems(v []any) (Path, error) {
 	for i, e := range v {
 		switch x := e.(type) {
 		case string:
+			if x == "" {
+				return nil, fmt.Errorf("%w: element %d is an empty key (Automerge does not allow empty map keys)", ErrBadPath, i)
+			}
 			out[i] = x
 		case dotted:
 			out[i] = x

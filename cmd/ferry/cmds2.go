@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/replica"
@@ -290,7 +291,7 @@ func init() {
 					fmt.Fprintf(e.stdout, "%s  %s/%s %s (decide by %s; showing candidate %d)\n", c.ID, c.Collection, c.Record, c.Path,
 						c.Deadline.UTC().Format(time.RFC3339), c.Provisional)
 					for _, cand := range c.Candidates {
-						v, _ := json.Marshal(cand.Value)
+						v := []byte(cand.Value)
 						if cand.Deleted {
 							v = []byte("(deleted)")
 						}
@@ -587,18 +588,24 @@ type conflictJSON struct {
 }
 
 type candidateJSON struct {
-	Index   int       `json:"index"`
-	Value   any       `json:"value"`
-	Deleted bool      `json:"deleted,omitempty"`
-	Replica string    `json:"replica"`
-	At      time.Time `json:"at"`
+	Index int `json:"index"`
+	// Value is in ferry's JSON value form (crdt.EncodeJSON), as 'ferry get'
+	// prints it.
+	Value   json.RawMessage `json:"value"`
+	Deleted bool            `json:"deleted,omitempty"`
+	Replica string          `json:"replica"`
+	At      time.Time       `json:"at"`
 }
 
 func toConflictJSON(en policy.Entry) conflictJSON {
 	c := conflictJSON{ID: en.ID(), Collection: en.Collection, Record: en.RecordID, Path: en.Conflict.Path,
 		Kind: en.Conflict.Kind.String(), Provisional: en.Provisional, Deadline: en.Deadline, Fallback: string(en.Fallback)}
 	for i, cand := range en.Conflict.Candidates {
-		c.Candidates = append(c.Candidates, candidateJSON{Index: i, Value: cand.Value, Deleted: cand.Deleted,
+		v, err := crdt.EncodeJSON(cand.Value)
+		if err != nil { // not a value a record holds; show why instead
+			v, _ = json.Marshal(fmt.Sprintf("(unprintable: %v)", err))
+		}
+		c.Candidates = append(c.Candidates, candidateJSON{Index: i, Value: v, Deleted: cand.Deleted,
 			Replica: cand.ReplicaID, At: cand.HLC.Time()})
 	}
 	return c
