@@ -309,6 +309,11 @@ func (p *jsonParser) object(depth int) (map[string]any, error) {
 				if err != nil {
 					return nil, err
 				}
+				// The inner object is taken as it stands, so its own
+				// "$map" member (if any) is an ordinary value.
+				if err := settle(inner); err != nil {
+					return nil, err
+				}
 				v = literalMap(inner)
 			} else if v, err = p.from(vt, depth+1); err != nil {
 				return nil, err
@@ -321,15 +326,28 @@ func (p *jsonParser) object(depth int) (map[string]any, error) {
 	if _, err := p.token(); err != nil { // '}'
 		return nil, err
 	}
-	if lm, ok := m[tagMap].(literalMap); ok && len(m) > 1 {
+	if len(m) > 1 {
 		// "$map" was one key among others: its value is an ordinary object.
-		v, err := untag(map[string]any(lm))
-		if err != nil {
+		if err := settle(m); err != nil {
 			return nil, err
 		}
-		m[tagMap] = v
 	}
 	return m, nil
+}
+
+// settle reads m's "$map" member, if it was read as a literal map, as an
+// ordinary object instead (m is not a {"$map": ...} tag).
+func settle(m map[string]any) error {
+	lm, ok := m[tagMap].(literalMap)
+	if !ok {
+		return nil
+	}
+	v, err := untag(map[string]any(lm))
+	if err != nil {
+		return err
+	}
+	m[tagMap] = v
+	return nil
 }
 
 // literalMap marks a map read under "$map" so untag leaves it alone.
