@@ -15,13 +15,14 @@ import (
 )
 
 // sameValue reports whether two application values are identical: same
-// Go types, floats bit for bit (NaN equals NaN, -0.0 differs from 0.0),
+// Go types, floats bit for bit (-0.0 differs from 0.0; any NaN equals any
+// NaN: JSON cannot carry a NaN's payload),
 // times as the same millisecond.
 func sameValue(a, b any) bool {
 	switch x := a.(type) {
 	case float64:
 		y, ok := b.(float64)
-		return ok && math.Float64bits(x) == math.Float64bits(y)
+		return ok && (math.Float64bits(x) == math.Float64bits(y) || math.IsNaN(x) && math.IsNaN(y))
 	case time.Time:
 		y, ok := b.(time.Time)
 		return ok && x.Equal(y)
