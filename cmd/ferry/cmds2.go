@@ -317,16 +317,19 @@ func init() {
 			if (pick >= 0) == (val != "") {
 				return usagef("give exactly one of --pick and --value")
 			}
+			var v any
+			if val != "" {
+				var err error
+				if v, err = parseJSONValue(val); err != nil {
+					return err
+				}
+			}
 			return e.withReplica(ctx, func(r *replica.Replica) error {
 				id, err := expandConflictID(ctx, r, args[0])
 				if err != nil {
 					return err
 				}
 				if val != "" {
-					v, perr := parseJSONValue(val)
-					if perr != nil {
-						return perr
-					}
 					err = r.ResolveValue(ctx, id, v)
 				} else {
 					err = r.ResolvePick(ctx, id, pick)
