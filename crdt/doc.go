@@ -697,7 +697,7 @@ func (t *tx) assign(m *automerge.Map, key string, field []string, n *node, repla
 	}
 	if !cur.IsVoid() {
 		old, err := fromAM(cur)
-		if err == nil && equalNodes(old, n) {
+		if err == nil && (equalNodes(old, n) || readsAs(old, n)) {
 			return nil // unchanged: no operation, no entry
 		}
 	}

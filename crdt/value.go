@@ -469,6 +469,21 @@ func (n *node) encode() []byte {
 	return b
 }
 
+// readsAs reports whether writing plain value n over collaborative value
+// cur would change nothing a reader sees: a string equal to a text's
+// content, an int equal to a counter's value. Such a write (typically a
+// record read with Get or `ferry get` and written back) keeps the text or
+// counter instead of replacing it with a plain value.
+func readsAs(cur, n *node) bool {
+	switch {
+	case cur.k == KindText && n.k == KindString:
+		return cur.s == n.s
+	case cur.k == KindCounter && n.k == KindInt:
+		return cur.i == n.i
+	}
+	return false
+}
+
 func equalNodes(a, b *node) bool {
 	if a == nil || b == nil {
 		return a == nil && b == nil

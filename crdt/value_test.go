@@ -347,3 +347,36 @@ func TestValueProperty(t *testing.T) {
 		}
 	})
 }
+
+// TestWriteBackKeepsTextAndCounter: writing back what Get returned (a
+// string for a text, an int for a counter) changes nothing: the text and
+// counter stay collaborative.
+func TestWriteBackKeepsTextAndCounter(t *testing.T) {
+	d := newDoc(t, "a")
+	if err := d.Put(map[string]any{"t": Text("hello"), "c": Counter(3), "n": map[string]any{"t": Text("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := d.ToMap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	heads := d.Heads()
+	if err := d.Put(m); err != nil {
+		t.Fatal(err)
+	}
+	if !SameHeads(heads, d.Heads()) {
+		t.Fatal("writing Get's output back made a change")
+	}
+	for p, k := range map[string]ValueKind{"t": KindText, "c": KindCounter, "n.t": KindText} {
+		if got, _ := d.Kind(p); got != k {
+			t.Fatalf("%s is a %s after the write-back, want %s", p, got, k)
+		}
+	}
+	// A different value still replaces.
+	if err := d.Set("t", "other"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := d.Kind("t"); got != KindString {
+		t.Fatalf("t is a %s after setting a new string", got)
+	}
+}
