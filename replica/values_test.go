@@ -281,3 +281,74 @@ func TestForeignValuesFromJS(t *testing.T) {
 		t.Fatalf("JS reads ferry's export as %#v, want %#v", m, want)
 	}
 }
+
+// TestForeignConflictAtEmptyKey: two @automerge/automerge clients
+// concurrently set a field under an empty key (which the JS library allows
+// and automerge-go cannot write) and non-finite floats. Importing both
+// versions, in either order, into two replicas succeeds (it used to fail
+// with Automerge's raw "key must not be an empty string"); the field under
+// the empty key keeps Automerge's own winner; the replicas agree and a sync
+// between them settles.
+func TestForeignConflictAtEmptyKey(t *testing.T) {
+	out := amjs.Run(t, `
+import * as A from "@automerge/automerge"
+const base = A.change(A.init(), d => { d[""] = new A.ImmutableString("base"); d.f = 1.5; d.m = {"": 1} })
+const a = A.change(A.clone(base), {time: 1700000000}, d => { d[""] = new A.ImmutableString("a"); d.f = NaN; d.m[""] = 2 })
+const b = A.change(A.clone(base), {time: 1700000001}, d => { d[""] = new A.ImmutableString("b"); d.f = Infinity; d.m[""] = 3 })
+const m = A.merge(A.clone(a), b)
+const show = d => JSON.stringify({e: d[""], f: String(d.f), m: d.m[""]})
+process.stdout.write(JSON.stringify({docs: [Buffer.from(A.save(a)).toString("base64"), Buffer.from(A.save(b)).toString("base64")], merged: show(m)}))
+`)
+	var js struct {
+		Docs   [][]byte `json:"docs"`
+		Merged string   `json:"merged"`
+	}
+	if err := json.Unmarshal(out, &js); err != nil {
+		t.Fatal(err)
+	}
+	var jsView struct {
+		E string `json:"e"`
+		F string `json:"f"`
+		M int64  `json:"m"`
+	}
+	if err := json.Unmarshal([]byte(js.Merged), &jsView); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t)
+	r1, r2 := e.replica("r1"), e.replica("r2")
+	ctx := context.Background()
+	for i, r := range []*Replica{r1, r2} {
+		first, second := js.Docs[0], js.Docs[1]
+		if i == 1 {
+			first, second = second, first
+		}
+		if _, err := r.ImportDoc(ctx, "items", "x", first); err != nil {
+			t.Fatalf("%s: first import: %v", r.Name(), err)
+		}
+		if _, err := r.ImportDoc(ctx, "items", "x", second); err != nil {
+			t.Fatalf("%s: second import: %v", r.Name(), err)
+		}
+	}
+	g1, g2 := mustGet(t, r1, "items", "x"), mustGet(t, r2, "items", "x")
+	if !sameValue(g1, g2) {
+		t.Fatalf("replicas disagree: %#v vs %#v", g1, g2)
+	}
+	// The empty-key fields show what Automerge itself shows for the merge.
+	if g1[""] != jsView.E || g1["m"].(map[string]any)[""] != jsView.M {
+		t.Fatalf("empty-key fields %#v / %#v, Automerge shows %q / %d", g1[""], g1["m"], jsView.E, jsView.M)
+	}
+	if f, ok := g1["f"].(float64); !ok || !(math.IsNaN(f) || math.IsInf(f, 1)) {
+		t.Fatalf("f = %#v, want one of the candidates NaN, +Inf", g1["f"])
+	}
+	e.sync(r1, r2)
+	e.sync(r1, r2)
+	h1, h2 := mustGet(t, r1, "items", "x"), mustGet(t, r2, "items", "x")
+	if !sameValue(h1, h2) || !sameValue(h1, g1) {
+		t.Fatalf("after sync: %#v vs %#v (before %#v)", h1, h2, g1)
+	}
+	// A quiet third session exchanges no records.
+	sa, sb := e.sync(r1, r2)
+	if sa.RecordsSent != 0 || sb.RecordsSent != 0 {
+		t.Fatalf("sync did not settle: %+v / %+v", sa, sb)
+	}
+}
