@@ -585,7 +585,7 @@ type conflictJSON struct {
 	Path        string          `json:"path"`
 	Kind        string          `json:"kind"`
 	Provisional int             `json:"provisional"`
-	Deadline    time.Time       `json:"deadline"`
+	Deadline    jsonTime        `json:"deadline"`
 	Fallback    string          `json:"fallback"`
 	Candidates  []candidateJSON `json:"candidates"`
 }
@@ -597,19 +597,49 @@ type candidateJSON struct {
 	Value   json.RawMessage `json:"value"`
 	Deleted bool            `json:"deleted,omitempty"`
 	Replica string          `json:"replica"`
-	At      time.Time       `json:"at"`
+	At      jsonTime        `json:"at"`
+}
+
+// jsonTime is a time in a conflict listing (a candidate's write time, the
+// deadline derived from it). A foreign client can stamp a change with any
+// time, including one encoding/json cannot print (years outside
+// 0000-9999); such a time is printed as milliseconds since 1970
+// ({"$date_ms": n}, as in the value form) instead of failing the listing.
+type jsonTime struct{ time.Time }
+
+func (c jsonTime) MarshalJSON() ([]byte, error) {
+	if y := c.UTC().Year(); y >= 0 && y <= 9999 {
+		return c.Time.MarshalJSON()
+	}
+	return crdt.EncodeJSON(c.Time)
+}
+
+func (c *jsonTime) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return c.Time.UnmarshalJSON(b)
+	}
+	v, err := crdt.DecodeJSON(b)
+	if err != nil {
+		return err
+	}
+	t, ok := v.(time.Time)
+	if !ok {
+		return fmt.Errorf("want a date, got %s", b)
+	}
+	c.Time = t
+	return nil
 }
 
 func toConflictJSON(en policy.Entry) conflictJSON {
 	c := conflictJSON{ID: en.ID(), Collection: en.Collection, Record: en.RecordID, Path: en.Conflict.Path,
-		Kind: en.Conflict.Kind.String(), Provisional: en.Provisional, Deadline: en.Deadline, Fallback: string(en.Fallback)}
+		Kind: en.Conflict.Kind.String(), Provisional: en.Provisional, Deadline: jsonTime{en.Deadline}, Fallback: string(en.Fallback)}
 	for i, cand := range en.Conflict.Candidates {
 		v, err := crdt.EncodeJSON(cand.Value)
 		if err != nil { // not a value a record holds; show why instead
 			v, _ = json.Marshal(fmt.Sprintf("(unprintable: %v)", err))
 		}
 		c.Candidates = append(c.Candidates, candidateJSON{Index: i, Value: v, Deleted: cand.Deleted,
-			Replica: cand.ReplicaID, At: cand.HLC.Time()})
+			Replica: cand.ReplicaID, At: jsonTime{cand.HLC.Time()}})
 	}
 	return c
 }

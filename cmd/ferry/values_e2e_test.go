@@ -3,14 +3,17 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/amjs"
 	"github.com/ferrysync/ferry/internal/valuegen"
+	"github.com/ferrysync/ferry/policy"
 )
 
 // compactJSON returns s without insignificant white space.
@@ -136,5 +139,35 @@ func TestE2EImportEmptyAndForeign(t *testing.T) {
 	got := compactJSON(t, s.must("get", "notes", "js"))
 	if got != string(wantJSON) {
 		t.Fatalf("get of the JS document:\n%s\nJS reports:\n%s", got, wantJSON)
+	}
+}
+
+// TestConflictJSONForeignValues: a queued conflict whose candidates hold
+// values JSON lacks (a foreign NaN, bytes, a date past 9999) and whose
+// times are past year 9999 still lists as valid JSON, and reads back.
+func TestConflictJSONForeignValues(t *testing.T) {
+	far := crdt.Timestamp{WallMillis: 8_640_000_000_000_000}
+	en := policy.Entry{Collection: "notes", RecordID: "n", Deadline: time.UnixMilli(far.WallMillis + 1),
+		Conflict: crdt.Conflict{ID: "c1", Path: "/v", Candidates: []crdt.Candidate{
+			{Value: math.NaN(), HLC: far, ReplicaID: "r1"},
+			{Value: []byte{1}, HLC: crdt.Timestamp{WallMillis: 1_700_000_000_000}, ReplicaID: "r2"},
+			{Value: time.UnixMilli(far.WallMillis).UTC(), HLC: far, ReplicaID: "r3"},
+		}}}
+	b, err := json.Marshal([]conflictJSON{toConflictJSON(en)})
+	if err != nil || !json.Valid(b) {
+		t.Fatalf("conflicts --json: %s, %v", b, err)
+	}
+	for _, want := range []string{`"value":{"$float":"NaN"}`, `"value":{"$bytes":"AQ=="}`, `"value":{"$date_ms":8640000000000000}`,
+		`"at":{"$date_ms":8640000000000000}`, `"deadline":{"$date_ms":8640000000000001}`, `"at":"2023-11-14T22:13:20Z"`} {
+		if !strings.Contains(string(b), want) {
+			t.Fatalf("conflicts --json lacks %s:\n%s", want, b)
+		}
+	}
+	var back []conflictJSON
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back[0].Candidates[0].At.UnixMilli() != far.WallMillis || back[0].Candidates[1].At.UnixMilli() != 1_700_000_000_000 {
+		t.Fatalf("times read back as %v, %v", back[0].Candidates[0].At, back[0].Candidates[1].At)
 	}
 }
