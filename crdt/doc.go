@@ -727,7 +727,10 @@ func (t *tx) touch() {
 // Set writes value at path, creating missing parent maps. A map value
 // replaces the map at path field by field (keys it lacks are deleted; the
 // map object is kept so concurrent edits to other keys merge); any other
-// value replaces what was there. Writing an equal scalar is a no-op.
+// value replaces what was there. Writing an equal scalar is a no-op. A
+// value that would not read back exactly (NaN, ±Inf, an empty or invalid
+// UTF-8 key, a time finer than a millisecond or beyond int64 milliseconds;
+// see docs/crdt.md#values) gives ErrUnsupportedValue and changes nothing.
 func (d *Doc) Set(path any, value any) error {
 	p, err := ParsePath(path)
 	if err != nil {
