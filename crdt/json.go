@@ -36,6 +36,11 @@ import (
 // DecodeJSON (reserved for future types). Text reads as a string and a
 // counter as an integer, as Doc.Get returns them.
 
+// maxRenderDepth bounds EncodeJSON's recursion. It is far above maxDepth:
+// ferry writes at most 64 levels, but a foreign document may nest deeper
+// and must still print.
+const maxRenderDepth = 100_000
+
 // Tag keys of the JSON form.
 const (
 	tagBytes  = "$bytes"
@@ -55,8 +60,8 @@ func EncodeJSON(v any) ([]byte, error) {
 }
 
 func appendJSON(b []byte, v any, depth int) ([]byte, error) {
-	if depth > maxDepth+1 {
-		return nil, fmt.Errorf("%w: nested deeper than %d", ErrUnsupportedValue, maxDepth)
+	if depth > maxRenderDepth {
+		return nil, fmt.Errorf("%w: nested deeper than %d (a cyclic value?)", ErrUnsupportedValue, maxRenderDepth)
 	}
 	switch x := v.(type) {
 	case nil:

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/internal/valuegen"
 	"pgregory.net/rapid"
 )
@@ -374,5 +375,37 @@ func TestWriteBackKeepsTextAndCounter(t *testing.T) {
 	}
 	if got, _ := d.Kind("t"); got != KindString {
 		t.Fatalf("t is a %s after setting a new string", got)
+	}
+}
+
+// TestDeepForeignDocumentPrints: a plain Automerge document nested deeper
+// than ferry would write still reads and renders as JSON.
+func TestDeepForeignDocumentPrints(t *testing.T) {
+	am := automerge.New()
+	m := am.RootMap()
+	for range 300 {
+		c := automerge.NewMap()
+		if err := m.Set("k", c); err != nil {
+			t.Fatal(err)
+		}
+		m = c
+	}
+	if err := m.Set("leaf", math.Inf(-1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := am.Commit("deep"); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Load(am.Save(), Actor{ReplicaID: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := d.ToMap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := EncodeJSON(v)
+	if err != nil || !json.Valid(j) || !bytes.Contains(j, []byte(`{"leaf":{"$float":"-Infinity"}}`)) {
+		t.Fatalf("EncodeJSON of a deep foreign document: %.80s..., %v", j, err)
 	}
 }

@@ -87,8 +87,14 @@ func TestValuesRoundTripProperty(t *testing.T) {
 			return
 		}
 		fields := valuegen.Map(2).Filter(func(m map[string]any) bool { return len(m) > 0 }).Draw(rt, "fields")
-		if err := a.Put(ctx, "items", id, fields); err != nil {
-			rt.Fatalf("Put(%#v): %v", fields, err)
+		put := fields
+		if rapid.Bool().Draw(rt, "typed") {
+			// Other Go types the API accepts, read back normalized.
+			tw := valuegen.Typed(func(s string) any { return crdt.Text(s) }, func(i int64) any { return crdt.Counter(i) }).Draw(rt, "typed fields")
+			put, fields = tw[0], tw[1]
+		}
+		if err := a.Put(ctx, "items", id, put); err != nil {
+			rt.Fatalf("Put(%#v): %v", put, err)
 		}
 		want[id] = fields
 		check := func(r *Replica, id, step string) {

@@ -136,3 +136,43 @@ func Refused() *rapid.Generator[any] {
 		return v
 	})
 }
+
+// Typed generates a map of fields written with the API's other Go types
+// (crdt.Text and crdt.Counter are built by the caller-supplied text and
+// counter functions, so this package does not import crdt) together with
+// the map Get must return for them.
+func Typed(text func(string) any, counter func(int64) any) *rapid.Generator[[2]map[string]any] {
+	return rapid.Custom(func(t *rapid.T) [2]map[string]any {
+		in, want := map[string]any{}, map[string]any{}
+		add := func(k string, w, g any) { in[k], want[k] = w, g }
+		s := String().Draw(t, "text")
+		add("text", text(s), s)
+		c := Int().Draw(t, "counter")
+		add("counter", counter(c), c)
+		i32 := rapid.Int32().Draw(t, "i32")
+		add("i32", i32, int64(i32))
+		f32 := rapid.Float32().Filter(func(f float32) bool { return !math.IsNaN(float64(f)) && !math.IsInf(float64(f), 0) }).Draw(t, "f32")
+		add("f32", f32, float64(f32))
+		u := rapid.Uint().Draw(t, "uint")
+		if uint64(u) <= math.MaxInt64 {
+			add("uint", u, int64(u))
+		} else {
+			add("uint", u, uint64(u))
+		}
+		u8 := rapid.Uint8().Draw(t, "u8")
+		add("u8", u8, int64(u8))
+		ss := rapid.SliceOfN(String(), 0, 3).Draw(t, "strings")
+		l := make([]any, len(ss))
+		for i, x := range ss {
+			l[i] = x
+		}
+		add("strings", ss, l)
+		mi := rapid.MapOfN(Key(), rapid.Int(), 0, 3).Draw(t, "ints")
+		m := make(map[string]any, len(mi))
+		for k, x := range mi {
+			m[k] = int64(x)
+		}
+		add("ints", mi, m)
+		return [2]map[string]any{in, want}
+	})
+}
