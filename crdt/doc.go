@@ -732,7 +732,7 @@ func (t *tx) touch() {
 // UTF-8 key, a time finer than a millisecond or beyond int64 milliseconds;
 // see docs/crdt.md#values) gives ErrUnsupportedValue and changes nothing.
 func (d *Doc) Set(path any, value any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -802,7 +802,7 @@ func (d *Doc) Put(fields map[string]any) error {
 
 // Delete removes the value at path. A missing path gives ErrNotFound.
 func (d *Doc) Delete(path any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -866,7 +866,7 @@ func (d *Doc) NewText(path any, s string) error { return d.Set(path, Text(s)) }
 // SpliceText deletes del characters (Unicode code points) at pos of the
 // text at path and inserts s there.
 func (d *Doc) SpliceText(path any, pos, del int, s string) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -887,7 +887,7 @@ func (d *Doc) SpliceText(path any, pos, del int, s string) error {
 
 // Increment adds delta to the counter at path.
 func (d *Doc) Increment(path any, delta int64) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -907,7 +907,7 @@ func (d *Doc) Increment(path any, delta int64) error {
 // ListInsert inserts values before index idx of the list at path (idx ==
 // length appends).
 func (d *Doc) ListInsert(path any, idx int, values ...any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -933,7 +933,7 @@ func (d *Doc) ListInsert(path any, idx int, values ...any) error {
 
 // ListAppend appends values to the list at path.
 func (d *Doc) ListAppend(path any, values ...any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -950,7 +950,7 @@ func (d *Doc) ListAppend(path any, values ...any) error {
 
 // ListDelete deletes n elements starting at idx from the list at path.
 func (d *Doc) ListDelete(path any, idx, n int) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}

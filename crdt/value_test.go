@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"math"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/internal/amjs"
 	"github.com/ferrysync/ferry/internal/valuegen"
 	"pgregory.net/rapid"
 )
@@ -407,5 +409,58 @@ func TestDeepForeignDocumentPrints(t *testing.T) {
 	j, err := EncodeJSON(v)
 	if err != nil || !json.Valid(j) || !bytes.Contains(j, []byte(`{"leaf":{"$float":"-Infinity"}}`)) {
 		t.Fatalf("EncodeJSON of a deep foreign document: %.80s..., %v", j, err)
+	}
+}
+
+// TestForeignEmptyKeys: a document from @automerge/automerge with empty map
+// keys (the JS library writes them, automerge-go cannot) reads through
+// every path form; writes at or under an empty key are refused with a typed
+// error before anything changes; other writes work.
+func TestForeignEmptyKeys(t *testing.T) {
+	out := amjs.Run(t, `
+import * as A from "@automerge/automerge"
+const d = A.change(A.init(), d => { d[""] = new A.ImmutableString("root"); d.e = {"": {t: "text", l: [1]}} })
+process.stdout.write(Buffer.from(A.save(d)).toString("base64"))
+`)
+	raw, err := base64.StdEncoding.DecodeString(string(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Load(raw, Actor{ReplicaID: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := d.Get([]any{""}); err != nil || v != "root" {
+		t.Fatalf(`Get([""]) = %#v, %v`, v, err)
+	}
+	if v, err := d.Get([]string{"e", "", "t"}); err != nil || v != "text" {
+		t.Fatalf(`Get(["e","","t"]) = %#v, %v`, v, err)
+	}
+	if k, err := d.Kind(Path{"e", "", "t"}); err != nil || k != KindText {
+		t.Fatalf("Kind = %v, %v", k, err)
+	}
+	heads := d.Heads()
+	for name, w := range map[string]func() error{
+		"Set":        func() error { return d.Set([]any{""}, "x") },
+		"Set under":  func() error { return d.Set([]any{"e", "", "n"}, 1) },
+		"Delete":     func() error { return d.Delete([]any{""}) },
+		"SpliceText": func() error { return d.SpliceText([]any{"e", "", "t"}, 0, 0, "x") },
+		"ListAppend": func() error { return d.ListAppend([]any{"e", "", "l"}, 2) },
+		"Put":        func() error { return d.Put(map[string]any{"": "x"}) },
+		"Put under":  func() error { return d.Put(map[string]any{"e": map[string]any{"": 1}}) },
+	} {
+		if err := w(); !errors.Is(err, ErrBadPath) && !errors.Is(err, ErrUnsupportedValue) {
+			t.Fatalf("%s = %v, want ErrBadPath or ErrUnsupportedValue", name, err)
+		}
+		if !SameHeads(heads, d.Heads()) {
+			t.Fatalf("refused %s changed the document", name)
+		}
+	}
+	if err := d.Put(map[string]any{"other": int64(1)}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := d.ToMap()
+	if err != nil || m[""] != "root" || m["other"] != int64(1) {
+		t.Fatalf("ToMap = %#v, %v", m, err)
 	}
 }
