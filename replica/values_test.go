@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/ferrysync/ferry/internal/amjs"
 	"github.com/ferrysync/ferry/internal/valuegen"
 	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
 	"pgregory.net/rapid"
 )
 
@@ -357,4 +359,121 @@ process.stdout.write(JSON.stringify({docs: [Buffer.from(A.save(a)).toString("bas
 	if sa.RecordsSent != 0 || sb.RecordsSent != 0 {
 		t.Fatalf("sync did not settle: %+v / %+v", sa, sb)
 	}
+}
+
+// TestPropertyAwkwardValuesConverge: three replicas write awkward values
+// (integer and float limits, -0.0, NUL and control characters, bytes,
+// dates far outside 0000-9999, nested maps and lists, keys that look like
+// tags) concurrently to the same fields and sync in random pairs over a
+// network that cuts sessions; refused values (NaN, ±Inf, empty keys,
+// invalid UTF-8, unrepresentable times) never reach a record. After
+// fault-free rounds every replica holds identical records (floats bit for
+// bit) and the same conflict queue, every record prints as JSON, and a
+// further round writes nothing. The replicas live across iterations (each
+// iteration uses its own records), which keeps the test fast.
+func TestPropertyAwkwardValuesConverge(t *testing.T) {
+	e := newEnv(t)
+	rs := []*Replica{e.replica("a"), e.replica("b"), e.replica("c")}
+	n := len(rs)
+	ctx := context.Background()
+	fields := []string{"a", "b", "$bytes", "n\x00ul"}
+	iter := 0
+	rapid.Check(t, func(rt *rapid.T) {
+		iter++
+		recs := []string{fmt.Sprintf("i%d-0", iter), fmt.Sprintf("i%d-1", iter)}
+		session := func(i, j, cut int) {
+			if cut > 0 {
+				if err := e.net.Script(transport.Plan{From: rs[i].ID(), To: rs[j].ID(), CutAfter: cut}); err != nil {
+					rt.Fatal(err)
+				}
+			}
+			_, _, errA, errB := e.trySync(rs[i], rs[j])
+			if cut == 0 && (errA != nil || errB != nil) {
+				rt.Fatalf("fault-free session failed: %v / %v", errA, errB)
+			}
+		}
+		steps := rapid.IntRange(1, 12).Draw(rt, "steps")
+		for range steps {
+			switch rapid.IntRange(0, 3).Draw(rt, "action") {
+			case 0, 1:
+				r := rs[rapid.IntRange(0, n-1).Draw(rt, "who")]
+				rec := rapid.SampledFrom(recs).Draw(rt, "record")
+				field := rapid.SampledFrom(fields).Draw(rt, "field")
+				if rapid.IntRange(0, 4).Draw(rt, "refused") == 0 {
+					before, errBefore := r.Get(ctx, "items", rec)
+					v := valuegen.Refused().Draw(rt, "bad")
+					if err := r.Put(ctx, "items", rec, map[string]any{field: v}); !errors.Is(err, crdt.ErrUnsupportedValue) {
+						rt.Fatalf("Put(%#v) = %v, want ErrUnsupportedValue", v, err)
+					}
+					after, errAfter := r.Get(ctx, "items", rec)
+					if (errBefore == nil) != (errAfter == nil) || !sameValue(before, after) {
+						rt.Fatalf("a refused Put changed the record: %#v -> %#v", before, after)
+					}
+					continue
+				}
+				v := valuegen.Value(2).Draw(rt, "value")
+				if err := r.Put(ctx, "items", rec, map[string]any{field: v}); err != nil {
+					rt.Fatalf("Put(%#v): %v", v, err)
+				}
+			case 2:
+				i := rapid.IntRange(0, n-1).Draw(rt, "from")
+				j := (i + 1 + rapid.IntRange(0, n-2).Draw(rt, "to")) % n
+				cut := 0
+				if rapid.Bool().Draw(rt, "fault") {
+					cut = rapid.IntRange(1, 8).Draw(rt, "cutAfter")
+				}
+				session(i, j, cut)
+			default:
+				e.clock.Advance(time.Duration(rapid.IntRange(0, 5000).Draw(rt, "ms")) * time.Millisecond)
+			}
+		}
+		for range 2 {
+			for j := 1; j < n; j++ {
+				session(0, j, 0)
+			}
+		}
+		queue := func(r *Replica) []string {
+			list, err := r.Conflicts(ctx)
+			if err != nil {
+				rt.Fatal(err)
+			}
+			var ids []string
+			for _, c := range list {
+				ids = append(ids, c.Conflict.ID)
+			}
+			sort.Strings(ids)
+			return ids
+		}
+		for _, rec := range recs {
+			want, errW := rs[0].Get(ctx, "items", rec)
+			if errW == nil {
+				if _, err := crdt.EncodeJSON(want); err != nil {
+					rt.Fatalf("%s does not print: %v", rec, err)
+				}
+			}
+			for i := 1; i < n; i++ {
+				got, err := rs[i].Get(ctx, "items", rec)
+				if (err == nil) != (errW == nil) || !sameValue(got, want) {
+					rt.Fatalf("replica %d: %s = %#v (%v), want %#v (%v)", i, rec, got, err, want, errW)
+				}
+			}
+		}
+		for i := 1; i < n; i++ {
+			if !reflect.DeepEqual(queue(rs[i]), queue(rs[0])) {
+				rt.Fatalf("replica %d: conflict queue %v, want %v", i, queue(rs[i]), queue(rs[0]))
+			}
+		}
+		before := make([]uint64, n)
+		for i, r := range rs {
+			before[i] = r.store.LastSeq()
+		}
+		for j := 1; j < n; j++ {
+			session(0, j, 0)
+		}
+		for i, r := range rs {
+			if r.store.LastSeq() != before[i] {
+				rt.Fatalf("replica %d wrote during a quiescent round", i)
+			}
+		}
+	})
 }
