@@ -392,7 +392,7 @@ func TestPropertyAwkwardValuesConverge(t *testing.T) {
 				rt.Fatalf("fault-free session failed: %v / %v", errA, errB)
 			}
 		}
-		steps := rapid.IntRange(1, 12).Draw(rt, "steps")
+		steps := rapid.IntRange(1, 8).Draw(rt, "steps")
 		for range steps {
 			switch rapid.IntRange(0, 3).Draw(rt, "action") {
 			case 0, 1:
