@@ -697,7 +697,7 @@ func (t *tx) assign(m *automerge.Map, key string, field []string, n *node, repla
 	}
 	if !cur.IsVoid() {
 		old, err := fromAM(cur)
-		if err == nil && equalNodes(old, n) {
+		if err == nil && (equalNodes(old, n) || readsAs(old, n)) {
 			return nil // unchanged: no operation, no entry
 		}
 	}
@@ -727,9 +727,12 @@ func (t *tx) touch() {
 // Set writes value at path, creating missing parent maps. A map value
 // replaces the map at path field by field (keys it lacks are deleted; the
 // map object is kept so concurrent edits to other keys merge); any other
-// value replaces what was there. Writing an equal scalar is a no-op.
+// value replaces what was there. Writing an equal scalar is a no-op. A
+// value that would not read back exactly (NaN, ±Inf, an empty or invalid
+// UTF-8 key, a time finer than a millisecond or beyond int64 milliseconds;
+// see docs/crdt.md#values) gives ErrUnsupportedValue and changes nothing.
 func (d *Doc) Set(path any, value any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -799,7 +802,7 @@ func (d *Doc) Put(fields map[string]any) error {
 
 // Delete removes the value at path. A missing path gives ErrNotFound.
 func (d *Doc) Delete(path any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -863,7 +866,7 @@ func (d *Doc) NewText(path any, s string) error { return d.Set(path, Text(s)) }
 // SpliceText deletes del characters (Unicode code points) at pos of the
 // text at path and inserts s there.
 func (d *Doc) SpliceText(path any, pos, del int, s string) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -884,11 +887,19 @@ func (d *Doc) SpliceText(path any, pos, del int, s string) error {
 
 // Increment adds delta to the counter at path.
 func (d *Doc) Increment(path any, delta int64) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
 	return d.editObject(p, automerge.KindCounter, func(v *automerge.Value) error {
+		cur, err := v.Counter().Get()
+		if err != nil {
+			return err
+		}
+		if sum := cur + delta; (delta > 0 && sum < cur) || (delta < 0 && sum > cur) {
+			// Automerge would wrap around silently.
+			return fmt.Errorf("%w: counter %s is %d; adding %d overflows int64", ErrUnsupportedValue, p, cur, delta)
+		}
 		return v.Counter().Inc(delta)
 	})
 }
@@ -896,7 +907,7 @@ func (d *Doc) Increment(path any, delta int64) error {
 // ListInsert inserts values before index idx of the list at path (idx ==
 // length appends).
 func (d *Doc) ListInsert(path any, idx int, values ...any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -922,7 +933,7 @@ func (d *Doc) ListInsert(path any, idx int, values ...any) error {
 
 // ListAppend appends values to the list at path.
 func (d *Doc) ListAppend(path any, values ...any) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}
@@ -939,7 +950,7 @@ func (d *Doc) ListAppend(path any, values ...any) error {
 
 // ListDelete deletes n elements starting at idx from the list at path.
 func (d *Doc) ListDelete(path any, idx, n int) error {
-	p, err := ParsePath(path)
+	p, err := writePath(path)
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,10 @@ import "errors"
 // of these classes wraps the sentinel, so callers test with errors.Is.
 var (
 	// ErrUnsupportedValue: a Go value that has no JSON-like representation
-	// (chan, func, complex, struct, map with non-string keys, ...).
+	// (chan, func, complex, struct, map with non-string keys, ...), or one
+	// that would not read back exactly (NaN, ±Inf, an empty map key,
+	// invalid UTF-8, a sub-millisecond or out-of-range time, a counter
+	// overflow), or JSON text DecodeJSON refuses.
 	ErrUnsupportedValue = errors.New("crdt: unsupported value")
 	// ErrNotFound: the path does not exist in the document.
 	ErrNotFound = errors.New("crdt: path not found")

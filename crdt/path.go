@@ -76,6 +76,22 @@ func checkElems(v []any) (Path, error) {
 	return out, nil
 }
 
+// writePath parses a path for a write. Empty keys are refused: a foreign
+// document may have them (and reads reach them), but automerge-go's core
+// cannot write them, and a write that fails halfway cannot be rolled back.
+func writePath(path any) (Path, error) {
+	p, err := ParsePath(path)
+	if err != nil {
+		return nil, err
+	}
+	for i, e := range p {
+		if s, ok := e.(string); ok && s == "" {
+			return nil, fmt.Errorf("%w: element %d is an empty key; ferry cannot write under empty map keys (automerge-go refuses them)", ErrBadPath, i)
+		}
+	}
+	return p, nil
+}
+
 // String renders p in dotted form.
 func (p Path) String() string {
 	var b strings.Builder

@@ -35,6 +35,9 @@ func (d *Doc) Resolve(rs ...Resolution) error {
 		val   *node
 		meta  *WriteMeta
 		entry wsEntry
+		// cands is set when the field lies under an empty key, which
+		// automerge-go cannot write (see pinShown).
+		cands []Candidate
 	}
 	var ps []prepared
 	for _, r := range rs {
@@ -43,6 +46,12 @@ func (d *Doc) Resolve(rs ...Resolution) error {
 			return fmt.Errorf("%w: conflict path %q", ErrBadPath, c.Path)
 		}
 		p := prepared{ptr: c.Path, entry: wsEntry{Resolves: c.ID, Provisional: r.Provisional, By: r.By, Supersedes: c.Supersedes()}}
+		if keys, _ := splitPointer(c.Path); hasEmptyKey(keys) {
+			if r.Winner < 0 {
+				return fmt.Errorf("%w: resolve %s: %s lies under an empty key, which ferry cannot write; pick a candidate", ErrUnsupportedValue, c.ID, c.Path)
+			}
+			p.cands = c.Candidates
+		}
 		switch {
 		case r.Winner >= 0:
 			if r.Winner >= len(c.Candidates) {
@@ -80,12 +89,78 @@ func (d *Doc) Resolve(rs ...Resolution) error {
 	return d.write(func(t *tx) error {
 		var errs []error
 		for _, p := range ps {
+			if p.cands != nil {
+				if err := t.pinShown(p.ptr, &p.val, &p.meta, p.cands); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+			}
 			if err := t.forceWrite(p.ptr, p.val, true, p.meta, p.entry); err != nil {
 				errs = append(errs, err)
 			}
 		}
 		return errors.Join(errs...)
 	})
+}
+
+func hasEmptyKey(keys []string) bool {
+	for _, k := range keys {
+		if k == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// pinShown handles a resolution of a field under an empty map key (foreign
+// documents may have them; automerge-go's core refuses to write them). The
+// document cannot be made to show another value, so the candidate it shows
+// (Automerge's own deterministic winner, the same on every replica that
+// merged the same changes) wins: *val and *meta become that candidate's.
+// If no candidate is shown the field cannot be resolved.
+func (t *tx) pinShown(ptr string, val **node, meta **WriteMeta, cands []Candidate) error {
+	keys, err := splitPointer(ptr)
+	if err != nil || len(keys) == 0 {
+		return fmt.Errorf("%w: %q", ErrBadPath, ptr)
+	}
+	var cur *node
+	parent, err := mapAt(t.d.am, keys[:len(keys)-1])
+	if err != nil {
+		return err
+	}
+	if parent != nil {
+		v, err := parent.Get(keys[len(keys)-1])
+		if err != nil {
+			return err
+		}
+		if cur, err = fromAM(v); err != nil {
+			return err
+		}
+	}
+	shows := func(n *node) bool {
+		if n == nil || cur == nil {
+			return n == nil && cur == nil
+		}
+		return equalNodes(n, cur)
+	}
+	if shows(*val) {
+		return nil
+	}
+	for i := range cands {
+		cd := &cands[i]
+		n := cd.node
+		if cd.Deleted {
+			n = nil
+		} else if n == nil {
+			continue
+		}
+		if shows(n) {
+			m := cd.Meta()
+			*val, *meta = n, &m
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s lies under an empty key, which ferry cannot write, and the document shows none of the candidates", ErrUnsupportedValue, ptr)
 }
 
 // forceWrite makes the field at ptr hold val (nil deletes it), creating or

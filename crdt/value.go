@@ -112,9 +112,9 @@ func fromGoDepth(v any, depth int) (*node, error) {
 	case uint64:
 		return fromUint(x), nil
 	case float32:
-		return &node{k: KindFloat, f: float64(x)}, nil
+		return fromFloat(float64(x))
 	case float64:
-		return &node{k: KindFloat, f: x}, nil
+		return fromFloat(x)
 	case string:
 		if !utf8.ValidString(x) {
 			return nil, fmt.Errorf("%w: invalid UTF-8 string", ErrUnsupportedValue)
@@ -130,12 +130,12 @@ func fromGoDepth(v any, depth int) (*node, error) {
 	case []byte:
 		return &node{k: KindBytes, y: bytes.Clone(x)}, nil
 	case time.Time:
-		return &node{k: KindTime, i: x.UnixMilli()}, nil
+		return fromTime(x)
 	case map[string]any:
 		n := &node{k: KindMap, m: make(map[string]*node, len(x))}
 		for k, e := range x {
-			if !utf8.ValidString(k) {
-				return nil, fmt.Errorf("%w: invalid UTF-8 map key", ErrUnsupportedValue)
+			if err := checkKey(k); err != nil {
+				return nil, err
 			}
 			c, err := fromGoDepth(e, depth+1)
 			if err != nil {
@@ -174,8 +174,8 @@ func fromGoDepth(v any, depth int) (*node, error) {
 		n := &node{k: KindMap, m: make(map[string]*node, rv.Len())}
 		it := rv.MapRange()
 		for it.Next() {
-			if !utf8.ValidString(it.Key().String()) {
-				return nil, fmt.Errorf("%w: invalid UTF-8 map key", ErrUnsupportedValue)
+			if err := checkKey(it.Key().String()); err != nil {
+				return nil, err
 			}
 			c, err := fromGoDepth(it.Value().Interface(), depth+1)
 			if err != nil {
@@ -193,9 +193,47 @@ func fromGoDepth(v any, depth int) (*node, error) {
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		return fromUint(rv.Uint()), nil
 	case reflect.Float32, reflect.Float64:
-		return &node{k: KindFloat, f: rv.Float()}, nil
+		return fromFloat(rv.Float())
 	}
 	return nil, fmt.Errorf("%w: %T", ErrUnsupportedValue, v)
+}
+
+// checkKey refuses map keys Automerge cannot hold or JSON cannot carry:
+// the empty string (Automerge refuses it) and invalid UTF-8.
+func checkKey(k string) error {
+	if k == "" {
+		return fmt.Errorf("%w: empty map key (Automerge does not allow empty keys)", ErrUnsupportedValue)
+	}
+	if !utf8.ValidString(k) {
+		return fmt.Errorf("%w: invalid UTF-8 map key %q", ErrUnsupportedValue, k)
+	}
+	return nil
+}
+
+// fromFloat refuses NaN and the infinities: JSON cannot carry them and
+// most Automerge applications cannot compare them, so ferry never writes
+// them (it still reads them from foreign documents; see EncodeJSON).
+func fromFloat(f float64) (*node, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, fmt.Errorf("%w: non-finite float %v (only finite floats can be stored)", ErrUnsupportedValue, f)
+	}
+	return &node{k: KindFloat, f: f}, nil
+}
+
+// fromTime accepts exactly the instants an Automerge timestamp holds:
+// whole milliseconds since the Unix epoch that fit an int64 (about 292
+// million years either side of 1970). A finer time would come back
+// changed, so it is refused rather than truncated.
+func fromTime(t time.Time) (*node, error) {
+	ms := t.UnixMilli()
+	back := time.UnixMilli(ms)
+	if back.Unix() != t.Unix() || back.Nanosecond()/1e6 != t.Nanosecond()/1e6 {
+		return nil, fmt.Errorf("%w: time %s is outside the range of an Automerge timestamp (int64 milliseconds since 1970)", ErrUnsupportedValue, t)
+	}
+	if t.Nanosecond()%1e6 != 0 {
+		return nil, fmt.Errorf("%w: time %s has sub-millisecond precision; Automerge timestamps are whole milliseconds (use t.Truncate(time.Millisecond))", ErrUnsupportedValue, t.Format(time.RFC3339Nano))
+	}
+	return &node{k: KindTime, i: ms}, nil
 }
 
 func fromUint(u uint64) *node {
@@ -429,6 +467,21 @@ func (n *node) encode() []byte {
 		panic(fmt.Sprintf("crdt: encoding value: %v", err)) // cannot happen: wire() builds only encodable types
 	}
 	return b
+}
+
+// readsAs reports whether writing plain value n over collaborative value
+// cur would change nothing a reader sees: a string equal to a text's
+// content, an int equal to a counter's value. Such a write (typically a
+// record read with Get or `ferry get` and written back) keeps the text or
+// counter instead of replacing it with a plain value.
+func readsAs(cur, n *node) bool {
+	switch {
+	case cur.k == KindText && n.k == KindString:
+		return cur.s == n.s
+	case cur.k == KindCounter && n.k == KindInt:
+		return cur.i == n.i
+	}
+	return false
 }
 
 func equalNodes(a, b *node) bool {

@@ -476,10 +476,18 @@ func (r *Replica) ExportDoc(ctx context.Context, collection, id string) ([]byte,
 
 // ImportDoc merges an Automerge document (from ExportDoc or any Automerge
 // application) into the record, deciding conflicts by the policies. It
-// returns the number of conflicts found.
+// returns the number of conflicts found. Empty or malformed bytes give
+// crdt.ErrBadDocument; a well-formed document without changes gives
+// ErrInvalid (there is nothing to merge). Every value a foreign document
+// holds is kept and readable through Get (see crdt.EncodeJSON for the JSON
+// form of values JSON lacks).
 func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []byte) (int, error) {
 	if err := checkName(collection, id); err != nil {
 		return 0, err
+	}
+	if len(doc) == 0 {
+		// automerge.Load takes no bytes as an empty document.
+		return 0, fmt.Errorf("replica: import %s/%s: %w: empty input, not an Automerge document", collection, id, crdt.ErrBadDocument)
 	}
 	other, err := crdt.Load(doc, r.actor())
 	if err != nil {
@@ -488,6 +496,9 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	changes, err := other.ChangesSince()
 	if err != nil {
 		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+	}
+	if len(changes) == 0 {
+		return 0, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", collection, id, ErrInvalid)
 	}
 	recs := []recordChanges{{Collection: collection, ID: id, Heads: headBytes(other.Heads()), Changes: changes}}
 	_, conflicts, _, err := r.applyRecords(ctx, "", recs, 0)

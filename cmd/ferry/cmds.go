@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
@@ -171,51 +172,44 @@ func (e *env) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// parseJSONObject reads a JSON object with integers as int64.
+// parseJSONObject reads a JSON object in ferry's value form
+// (crdt.DecodeJSON: exact integers, tagged bytes and dates, nothing after
+// the value).
 func parseJSONObject(s string) (map[string]any, error) {
-	dec := json.NewDecoder(strings.NewReader(s))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
+	v, err := crdt.DecodeJSON([]byte(s))
+	if err != nil {
 		return nil, usagef("bad JSON: %v", err)
 	}
-	m, ok := normalizeJSON(v).(map[string]any)
+	m, ok := v.(map[string]any)
 	if !ok {
 		return nil, usagef("want a JSON object, got %s", s)
 	}
 	return m, nil
 }
 
+// parseJSONValue reads one JSON value in ferry's value form.
 func parseJSONValue(s string) (any, error) {
-	dec := json.NewDecoder(strings.NewReader(s))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
+	v, err := crdt.DecodeJSON([]byte(s))
+	if err != nil {
 		return nil, usagef("bad JSON value: %v", err)
 	}
-	return normalizeJSON(v), nil
+	return v, nil
 }
 
-func normalizeJSON(v any) any {
-	switch x := v.(type) {
-	case json.Number:
-		if i, err := x.Int64(); err == nil {
-			return i
-		}
-		f, _ := x.Float64()
-		return f
-	case map[string]any:
-		for k, vv := range x {
-			x[k] = normalizeJSON(vv)
-		}
-		return x
-	case []any:
-		for i := range x {
-			x[i] = normalizeJSON(x[i])
-		}
-		return x
+// printValue prints a record value in ferry's JSON form (crdt.EncodeJSON),
+// indented like printJSON.
+func (e *env) printValue(v any) error {
+	b, err := crdt.EncodeJSON(v)
+	if err != nil {
+		return err
 	}
-	return v
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err = e.stdout.Write(out.Bytes())
+	return err
 }
 
 func splitList(s string) []string {
@@ -327,7 +321,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				return e.printJSON(m)
+				return e.printValue(m)
 			})
 		}})
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/replica"
@@ -290,7 +291,7 @@ func init() {
 					fmt.Fprintf(e.stdout, "%s  %s/%s %s (decide by %s; showing candidate %d)\n", c.ID, c.Collection, c.Record, c.Path,
 						c.Deadline.UTC().Format(time.RFC3339), c.Provisional)
 					for _, cand := range c.Candidates {
-						v, _ := json.Marshal(cand.Value)
+						v := []byte(cand.Value)
 						if cand.Deleted {
 							v = []byte("(deleted)")
 						}
@@ -316,16 +317,19 @@ func init() {
 			if (pick >= 0) == (val != "") {
 				return usagef("give exactly one of --pick and --value")
 			}
+			var v any
+			if val != "" {
+				var err error
+				if v, err = parseJSONValue(val); err != nil {
+					return err
+				}
+			}
 			return e.withReplica(ctx, func(r *replica.Replica) error {
 				id, err := expandConflictID(ctx, r, args[0])
 				if err != nil {
 					return err
 				}
 				if val != "" {
-					v, perr := parseJSONValue(val)
-					if perr != nil {
-						return perr
-					}
 					err = r.ResolveValue(ctx, id, v)
 				} else {
 					err = r.ResolvePick(ctx, id, pick)
@@ -581,25 +585,61 @@ type conflictJSON struct {
 	Path        string          `json:"path"`
 	Kind        string          `json:"kind"`
 	Provisional int             `json:"provisional"`
-	Deadline    time.Time       `json:"deadline"`
+	Deadline    jsonTime        `json:"deadline"`
 	Fallback    string          `json:"fallback"`
 	Candidates  []candidateJSON `json:"candidates"`
 }
 
 type candidateJSON struct {
-	Index   int       `json:"index"`
-	Value   any       `json:"value"`
-	Deleted bool      `json:"deleted,omitempty"`
-	Replica string    `json:"replica"`
-	At      time.Time `json:"at"`
+	Index int `json:"index"`
+	// Value is in ferry's JSON value form (crdt.EncodeJSON), as 'ferry get'
+	// prints it.
+	Value   json.RawMessage `json:"value"`
+	Deleted bool            `json:"deleted,omitempty"`
+	Replica string          `json:"replica"`
+	At      jsonTime        `json:"at"`
+}
+
+// jsonTime is a time in a conflict listing (a candidate's write time, the
+// deadline derived from it). A foreign client can stamp a change with any
+// time, including one encoding/json cannot print (years outside
+// 0000-9999); such a time is printed as milliseconds since 1970
+// ({"$date_ms": n}, as in the value form) instead of failing the listing.
+type jsonTime struct{ time.Time }
+
+func (c jsonTime) MarshalJSON() ([]byte, error) {
+	if y := c.UTC().Year(); y >= 0 && y <= 9999 {
+		return c.Time.MarshalJSON()
+	}
+	return crdt.EncodeJSON(c.Time)
+}
+
+func (c *jsonTime) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return c.Time.UnmarshalJSON(b)
+	}
+	v, err := crdt.DecodeJSON(b)
+	if err != nil {
+		return err
+	}
+	t, ok := v.(time.Time)
+	if !ok {
+		return fmt.Errorf("want a date, got %s", b)
+	}
+	c.Time = t
+	return nil
 }
 
 func toConflictJSON(en policy.Entry) conflictJSON {
 	c := conflictJSON{ID: en.ID(), Collection: en.Collection, Record: en.RecordID, Path: en.Conflict.Path,
-		Kind: en.Conflict.Kind.String(), Provisional: en.Provisional, Deadline: en.Deadline, Fallback: string(en.Fallback)}
+		Kind: en.Conflict.Kind.String(), Provisional: en.Provisional, Deadline: jsonTime{en.Deadline}, Fallback: string(en.Fallback)}
 	for i, cand := range en.Conflict.Candidates {
-		c.Candidates = append(c.Candidates, candidateJSON{Index: i, Value: cand.Value, Deleted: cand.Deleted,
-			Replica: cand.ReplicaID, At: cand.HLC.Time()})
+		v, err := crdt.EncodeJSON(cand.Value)
+		if err != nil { // not a value a record holds; show why instead
+			v, _ = json.Marshal(fmt.Sprintf("(unprintable: %v)", err))
+		}
+		c.Candidates = append(c.Candidates, candidateJSON{Index: i, Value: v, Deleted: cand.Deleted,
+			Replica: cand.ReplicaID, At: jsonTime{cand.HLC.Time()}})
 	}
 	return c
 }

@@ -769,21 +769,21 @@ func TestE2EConflictUser(t *testing.T) {
 		t.Fatalf("conflicts --json entry: %+v", c)
 	}
 	pick := -1
-	vals := map[any]bool{}
+	vals := map[string]bool{}
 	for i, cand := range c.Candidates {
-		vals[cand.Value] = true
+		vals[string(cand.Value)] = true
 		if cand.Index != i || cand.Replica == "" || cand.At.IsZero() {
 			t.Fatalf("candidate %d: %+v", i, cand)
 		}
-		if cand.Value == "from-a" {
+		if string(cand.Value) == `"from-a"` {
 			pick = i
 		}
 	}
-	if !vals["from-a"] || !vals["from-b"] {
+	if !vals[`"from-a"`] || !vals[`"from-b"`] {
 		t.Fatalf("candidates: %+v", c.Candidates)
 	}
 	// Provisionally the timestamp winner (b's later write), on both.
-	if got := sameTitle(t, a, b); got != "from-b" || c.Candidates[c.Provisional].Value != "from-b" {
+	if got := sameTitle(t, a, b); got != "from-b" || string(c.Candidates[c.Provisional].Value) != `"from-b"` {
 		t.Fatalf("provisional title %q (candidate %d)", got, c.Provisional)
 	}
 	if !strings.Contains(b.must("conflicts"), c.ID) {
