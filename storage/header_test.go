@@ -34,7 +34,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 			t.Fatalf("round trip (rotating=%v): %v", rot, err)
 		}
 		o := testOpts()
-		if _, _, next, err := got.unlock(&o); err != nil || (next != nil) != rot {
+		if _, _, next, _, err := got.unlock(&o); err != nil || (next != nil) != rot {
 			t.Fatalf("unlock: %v", err)
 		}
 		for i := 0; i < len(b); i++ {
