@@ -24,7 +24,22 @@ var (
 	ErrPeerError = errors.New("replica: peer reported an error")
 	// ErrNoConsent: the peer holds no live grant to sync with this replica.
 	ErrNoConsent = errors.New("replica: no consent for this peer")
+	// ErrDisconnected: the connection ended before the session did: the
+	// peer went away (closed or reset the connection, its process died),
+	// the network failed, or the transport timed out. The transport's own
+	// error (io.EOF, a net.Error, transport.ErrCut...) is wrapped too.
+	ErrDisconnected = errors.New("replica: connection to the peer lost")
 )
+
+// lostConn classifies a transport failure during a session as
+// ErrDisconnected, unless the session's own context ended (then the
+// context's error says why) or the frame was too large (a protocol matter).
+func lostConn(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil || errors.Is(err, transport.ErrFrameTooLarge) {
+		return fmt.Errorf("replica: %s: %w", op, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrDisconnected, op, err)
+}
 
 // SyncStats counts what one session moved. Records and bytes are counted
 // on the wire, per direction.
@@ -209,7 +224,7 @@ func (s *session) send(ctx context.Context, m *wireMsg) error {
 		return err
 	}
 	if err := s.conn.Send(ctx, b); err != nil {
-		return fmt.Errorf("replica: send: %w", err)
+		return lostConn(ctx, "send", err)
 	}
 	s.stats.FramesSent++
 	s.stats.BytesSent += int64(len(b))
@@ -242,7 +257,7 @@ func (s *session) run(ctx context.Context) error {
 	}
 	first, err := s.conn.Recv(ctx)
 	if err != nil {
-		return fmt.Errorf("replica: receive hello: %w", err)
+		return lostConn(ctx, "receive hello", err)
 	}
 	m, err := s.received(first)
 	if err != nil {
@@ -312,7 +327,7 @@ func (s *session) run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if f.err != nil {
-			return fmt.Errorf("replica: receive: %w", f.err)
+			return lostConn(ctx, "receive", f.err)
 		}
 		m, err := s.received(f.b)
 		if err != nil {

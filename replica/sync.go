@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
@@ -181,9 +182,52 @@ func (h *host) hello(ctx context.Context, peer string) (helloMsg, error) {
 // learn nothing, not even that a record exists.
 func (h *host) checkPeer(ctx context.Context, peer string, _ *helloMsg) error {
 	if !h.r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
+		if g, ok := h.r.ExpiredGrant(ctx, peer); ok {
+			return fmt.Errorf("%w: %s", ErrNoConsent, GrantExpiredMessage(g))
+		}
 		return fmt.Errorf("%w: %s holds no device-sync grant", ErrNoConsent, short(peer))
 	}
 	return nil
+}
+
+// ExpiredGrant returns the device-sync grant to peer that expired last,
+// when peer holds no live one and that grant was not revoked: the reason
+// a session with peer is refused is then its expiry. It reads the consent
+// ledger (a refusal is rare; a failure to read reports no grant).
+func (r *Replica) ExpiredGrant(ctx context.Context, peer string) (consent.Grant, bool) {
+	if r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
+		return consent.Grant{}, false
+	}
+	entries, err := r.consent.Entries(ctx)
+	if err != nil {
+		return consent.Grant{}, false
+	}
+	revoked := map[string]bool{}
+	for _, e := range entries {
+		if e.Revoke != nil {
+			revoked[e.Revoke.GrantID] = true
+		}
+	}
+	now := r.opts.Now()
+	var last consent.Grant
+	found := false
+	for _, e := range entries {
+		g := e.Grant
+		if g == nil || revoked[g.ID] || g.Destination != peer || g.Purpose != consent.PurposeDeviceSync ||
+			g.Expires.IsZero() || g.Expires.After(now) {
+			continue
+		}
+		if !found || g.Expires.After(last.Expires) {
+			last, found = *g, true
+		}
+	}
+	return last, found
+}
+
+// GrantExpiredMessage says that g expired and how to renew it.
+func GrantExpiredMessage(g consent.Grant) string {
+	return fmt.Sprintf("grant for %s expired at %s; renew it with ferry trust %s --collections %s",
+		g.Destination, g.Expires.UTC().Format(time.RFC3339), g.Destination, g.Collection)
 }
 
 func (h *host) lastSeq() uint64 { return h.r.store.LastSeq() }

@@ -160,7 +160,8 @@ func init() {
 						}
 					}
 				}
-				l, err := transport.ListenTLS(ctx, flagStr(fs, "listen"), r.Identity(), trustedPins(r), transport.TLSOptions{})
+				pins := watchPins(r, func(fp string) { fmt.Fprintf(e.stderr, "ferry serve: %s\n", refusedLine(ctx, r, fp)) })
+				l, err := transport.ListenTLS(ctx, flagStr(fs, "listen"), r.Identity(), pins, transport.TLSOptions{})
 				if err != nil {
 					return err
 				}
@@ -197,9 +198,10 @@ func init() {
 				if isRelayURL(args[0]) {
 					return syncRelayOnce(ctx, e, r, args[0], flagBool(fs, "json"))
 				}
-				conn, err := transport.DialTLS(ctx, args[0], r.Identity(), trustedPins(r), transport.TLSOptions{})
+				pins := watchPins(r, nil)
+				conn, err := transport.DialTLS(ctx, args[0], r.Identity(), pins, transport.TLSOptions{})
 				if err != nil {
-					return fmt.Errorf("dial %s: %w", args[0], err)
+					return pins.explainDial(ctx, args[0], err)
 				}
 				defer conn.Close()
 				show := e.progressPrinter("records received")
