@@ -208,7 +208,7 @@ func errForCode(code uint16) error {
 	case errCodeConsent:
 		return ErrNoConsent
 	}
-	return errors.New("internal error")
+	return errors.New("the peer failed")
 }
 
 func truncate(s string, n int) string {
