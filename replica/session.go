@@ -41,12 +41,13 @@ func lostConn(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrDisconnected, op, err)
 }
 
-// SyncStats counts what one session moved. Records and bytes are counted
-// on the wire, per direction.
+// SyncStats counts what one session moved, on the wire, per direction. Both
+// sides count alike, so one side's sent counts are the other's received
+// counts for every frame that arrived.
 type SyncStats struct {
 	Peer            string `json:"peer"`             // the peer's identity fingerprint
-	RecordsSent     int    `json:"records_sent"`     // record entries sent (full or delta)
-	RecordsReceived int    `json:"records_received"` // record entries received
+	RecordsSent     int    `json:"records_sent"`     // records sent, full or delta (see countRecords)
+	RecordsReceived int    `json:"records_received"` // records received, counted the same way
 	BytesSent       int64  `json:"bytes_sent"`       // frame bytes sent
 	BytesReceived   int64  `json:"bytes_received"`   // frame bytes received
 	FramesSent      int    `json:"frames_sent"`      // frames sent
@@ -154,6 +155,20 @@ func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMs
 	}
 	p.needMet(met)
 	return nil
+}
+
+// countRecords counts the records a batch carries, the same way on both
+// sides: an entry that completes a record counts once (a record sent in
+// parts counts at its last part), and an empty answer to a request for a
+// record the sender could not serve counts not at all.
+func countRecords(recs []recordChanges) int {
+	n := 0
+	for _, rc := range recs {
+		if !rc.Partial && (len(rc.Changes) > 0 || len(rc.Heads) > 0) {
+			n++
+		}
+	}
+	return n
 }
 
 type frameOrErr struct {
@@ -428,11 +443,7 @@ func (s *session) sendBatch(ctx context.Context, p *protocol, recs []recordChang
 		if err := s.send(ctx, &wireMsg{T: msgBatch, Batch: &batchMsg{Records: g, UpTo: u}}); err != nil {
 			return err
 		}
-		for _, rc := range g {
-			if !rc.Partial {
-				s.stats.RecordsSent++
-			}
-		}
+		s.stats.RecordsSent += countRecords(g)
 		p.batchSent(u, true)
 		s.pending = append(s.pending, g)
 	}
@@ -445,7 +456,7 @@ func (s *session) handle(ctx context.Context, p *protocol, m *wireMsg) error {
 		if err := p.onBatch(m.Batch); err != nil {
 			return err
 		}
-		s.stats.RecordsReceived += len(m.Batch.Records)
+		s.stats.RecordsReceived += countRecords(m.Batch.Records)
 		needs, conflicts, err := s.host.apply(ctx, s.peer, m.Batch.Records, m.Batch.UpTo)
 		if err != nil {
 			return err

@@ -112,7 +112,7 @@ func (b *statusBoard) end(peer string, st SyncStats, err error, open int) {
 
 // unreachable tells network failures (Offline) from other errors.
 func unreachable(err error) bool {
-	return errors.Is(err, transport.ErrRefused) || errors.Is(err, transport.ErrCut) ||
+	return errors.Is(err, ErrDisconnected) || errors.Is(err, transport.ErrRefused) || errors.Is(err, transport.ErrCut) ||
 		errors.Is(err, transport.ErrClosed) || errors.Is(err, context.DeadlineExceeded) || isNetErr(err)
 }
 
