@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
-		"testing"
+	"testing"
 
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"

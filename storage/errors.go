@@ -32,7 +32,10 @@ var (
 	// ErrBadBackup: a backup is truncated or tampered with (a wrong
 	// passphrase or identity is ErrWrongKey). Nothing was written to the store.
 	ErrBadBackup = errors.New("storage: bad backup")
+
+	// ErrNoSpace: the device holding the store is full.
 	ErrNoSpace = errors.New("storage: no space left on device")
+
 	// ErrInvalid: the caller passed invalid arguments (empty or oversized
 	// names, a batch too big for one transaction, inconsistent options).
 	ErrInvalid = errors.New("storage: invalid argument")
