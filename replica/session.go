@@ -83,8 +83,9 @@ type sessionHost interface {
 	// startFor says where to start sending this side's feed, given the
 	// peer's cursor (0 to rescan everything).
 	startFor(ctx context.Context, peer string, cursor uint64) (uint64, error)
-	// finished is called once a session has exchanged everything.
-	finished(ctx context.Context, peer string) error
+	// finished is called once a session has exchanged everything;
+	// peerApplied is how far the peer has applied this side's feed.
+	finished(ctx context.Context, peer string, peerApplied uint64) error
 }
 
 // feedRecheck is how soon a session looks at its feed again when it holds
@@ -323,7 +324,7 @@ func (s *session) run(ctx context.Context) error {
 			return s.lastWords(ctx, frames, err)
 		}
 		if p.finished() {
-			return s.host.finished(ctx, s.peer)
+			return s.host.finished(ctx, s.peer, p.acked)
 		}
 		// The feed can lag LastSeq for a moment while a concurrent write
 		// (another session's apply, a local edit) finishes committing: then

@@ -244,15 +244,45 @@ func (h *host) startFor(ctx context.Context, peer string, cursor uint64) (uint64
 	if err != nil {
 		return 0, fmt.Errorf("replica: grants: %w", err)
 	}
+	if err := h.checkWentBack(ctx, peer, cursor); err != nil {
+		return 0, err
+	}
 	if string(stored) != h.grants || cursor > h.r.store.LastSeq() {
 		return 0, nil
 	}
 	return cursor, nil
 }
 
-// finished records the grants the completed session ran under.
-func (h *host) finished(ctx context.Context, peer string) error {
-	if err := h.r.store.Slots(nsPeer+peer).Put(ctx, "grants", []byte(h.grants)); err != nil {
+// checkWentBack notices that one side's store went back in time: the peer
+// applied less of this feed than it had at the end of the last completed
+// session (its store was replaced, wiped or restored from an older copy),
+// or the peer applied more of this feed than it holds (this store was).
+// Either way records may be missing on one side that the cursors and
+// shared heads say are there; the peer's status says so (Stale) from now
+// on. Healing the data is the sync protocol's (issue 13).
+func (h *host) checkWentBack(ctx context.Context, peer string, cursor uint64) error {
+	last, err := h.r.slotUint(ctx, nsPeer+peer, "peer-applied")
+	if err != nil {
+		return err
+	}
+	switch {
+	case cursor < last:
+		h.r.status.warn(peer, fmt.Sprintf("the peer's store was replaced or restored from an older copy "+
+			"(it had applied this replica's changes up to %d, now up to %d): it may lack records sent before", last, cursor))
+	case cursor > h.r.store.LastSeq():
+		h.r.status.warn(peer, fmt.Sprintf("this store was replaced or restored from an older copy "+
+			"(the peer had applied its changes up to %d, it now holds %d): it may lack records", cursor, h.r.store.LastSeq()))
+	}
+	return nil
+}
+
+// finished records the grants the completed session ran under, and how
+// far the peer has applied this feed (see checkWentBack).
+func (h *host) finished(ctx context.Context, peer string, peerApplied uint64) error {
+	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{
+		{Namespace: nsPeer + peer, Key: "grants", Value: []byte(h.grants)},
+		h.r.uintWrite(nsPeer+peer, "peer-applied", peerApplied),
+	}}); err != nil {
 		return fmt.Errorf("replica: grants: %w", err)
 	}
 	return nil

@@ -259,6 +259,9 @@ func init() {
 					if p.LastError != "" {
 						line += fmt.Sprintf(", attempt %d failed: %s", p.Attempt, p.LastError)
 					}
+					if p.Warning != "" {
+						line += "; " + p.Warning
+					}
 					fmt.Fprintln(e.stdout, line)
 				}
 				for _, c := range colls {
