@@ -84,7 +84,7 @@ func readSecretFile(path string) ([]byte, error) {
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	if len(line) == 0 {
-		return nil, usagef("passphrase file %s is empty", path)
+		return nil, inputf("passphrase file %s is empty", path)
 	}
 	return line, nil
 }
@@ -92,7 +92,7 @@ func readSecretFile(path string) ([]byte, error) {
 func (e *env) prompt(what string, confirm bool) ([]byte, error) {
 	f, ok := e.stdin.(*os.File)
 	if !ok || !e.interactive {
-		return nil, usagef("no %s: set $FERRY_PASSPHRASE or --passphrase-file (no terminal to ask on)", what)
+		return nil, inputf("no %s: set $FERRY_PASSPHRASE or --passphrase-file (no terminal to ask on)", what)
 	}
 	fmt.Fprintf(e.stderr, "%s: ", what)
 	p, err := term.ReadPassword(int(f.Fd()))
@@ -101,7 +101,7 @@ func (e *env) prompt(what string, confirm bool) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	if len(p) == 0 {
-		return nil, usagef("empty %s", what)
+		return nil, inputf("empty %s", what)
 	}
 	if confirm {
 		fmt.Fprintf(e.stderr, "%s again: ", what)
@@ -111,7 +111,7 @@ func (e *env) prompt(what string, confirm bool) ([]byte, error) {
 			return nil, fmt.Errorf("read %s: %w", what, err)
 		}
 		if !bytes.Equal(p, q) {
-			return nil, usagef("the two %ss differ", what)
+			return nil, inputf("the two %ss differ", what)
 		}
 	}
 	return p, nil

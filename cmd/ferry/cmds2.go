@@ -437,7 +437,7 @@ ferry policy`,
 				}
 				ids, err := age.ParseIdentities(bytes.NewReader(b))
 				if err != nil {
-					return usagef("identity file: %v", err)
+					return inputf("identity file %s: %v", idf, err)
 				}
 				opts.Identities = ids
 			} else {

@@ -61,12 +61,22 @@ var exitCodes = []struct {
 	{exitProtocol, "protocol violation by the peer, or an incompatible version"},
 }
 
-// usageError marks a bad command line.
-type usageError struct{ msg string }
+// usageError marks a bad command line (exit 2, followed by the command's
+// synopsis), or with input set, other invalid input from the user (a file's
+// content, the environment): exit 2 without the synopsis.
+type usageError struct {
+	msg   string
+	input bool
+}
 
 func (e usageError) Error() string { return e.msg }
 
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+func usagef(format string, args ...any) error { return usageError{msg: fmt.Sprintf(format, args...)} }
+
+// inputf reports invalid input that is not the command line's fault.
+func inputf(format string, args ...any) error {
+	return usageError{msg: fmt.Sprintf(format, args...), input: true}
+}
 
 // exitCode maps an error to its exit code. The cases are tried in order:
 // an error that wraps several sentinels (a peer's refusal wraps the
@@ -203,7 +213,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		// The synopsis helps with a bad command line only, not with bad
 		// input found later (a policy file, a value).
 		var ue usageError
-		if errors.As(err, &ue) {
+		if errors.As(err, &ue) && !ue.input {
 			fmt.Fprintf(stderr, "usage: ferry %s %s\n", c.name, c.args)
 		}
 		return exitCode(err)
@@ -229,7 +239,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, usageError{err.Error()}
+			return nil, usageError{msg: err.Error()}
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
