@@ -200,6 +200,35 @@ func fakePeer(t *testing.T, s *store, behaviour string) (addr string) {
 	return l.Addr()
 }
 
+// rawPeer listens on TCP and answers every connection with reply (nothing
+// if empty) before closing it: a peer that is not ferry, or that hangs up
+// during the handshake.
+func rawPeer(t *testing.T, reply string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if reply != "" {
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf)
+				_, _ = c.Write([]byte(reply))
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); <-done })
+	return l.Addr().String()
+}
+
 // TestE2EExitHelp: help on request is success on stdout; the overview
 // lists every exit code.
 func TestE2EExitHelp(t *testing.T) {
@@ -276,6 +305,10 @@ func TestE2EExitCodes(t *testing.T) {
 		{"6 closed port", func() (string, string, int) { return a.ferry("sync", closedPort) }, exitNetwork, "refused"},
 		{"6 peer closes mid-session", func() (string, string, int) { return a.ferry("sync", fakePeer(t, a, "close-after-hello")) }, exitNetwork, "connection to the peer lost"},
 		{"6 timeout", func() (string, string, int) { return a.ferry("sync", fakePeer(t, a, "silent"), "--timeout", "1s") }, exitNetwork, "deadline"},
+		{"6 peer hangs up in the handshake", func() (string, string, int) { return a.ferry("sync", rawPeer(t, "")) }, exitNetwork, "closed"},
+		{"9 peer is not ferry", func() (string, string, int) {
+			return a.ferry("sync", rawPeer(t, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"))
+		}, exitProtocol, "does not speak"},
 		{"7 unknown peer", func() (string, string, int) {
 			c := newStore(t, "c", "pass-c")
 			return c.ferry("sync", fakePeer(t, newStore(t, "d", "pass-d"), "silent"))

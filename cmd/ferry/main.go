@@ -107,7 +107,7 @@ func exitCode(err error) int {
 		errors.Is(err, relay.ErrAuth), errors.Is(err, relay.ErrNotMember), errors.Is(err, relay.ErrQuota):
 		return exitForbidden
 	case errors.Is(err, replica.ErrProtocol), errors.Is(err, replica.ErrVersionMismatch), errors.Is(err, replica.ErrIdentityMismatch),
-		errors.Is(err, relay.ErrProtocol), errors.Is(err, transport.ErrFrameTooLarge):
+		errors.Is(err, relay.ErrProtocol), errors.Is(err, transport.ErrFrameTooLarge), errors.Is(err, transport.ErrNotFerry):
 		return exitProtocol
 	case errors.Is(err, replica.ErrDisconnected), errors.Is(err, transport.ErrRefused), errors.Is(err, transport.ErrCut),
 		errors.Is(err, transport.ErrClosed), errors.Is(err, context.DeadlineExceeded), errors.Is(err, relay.ErrUnavailable),
