@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,7 +17,6 @@ import (
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
-	"github.com/ferrysync/ferry/transport"
 	"golang.org/x/term"
 )
 
@@ -228,12 +226,6 @@ func splitList(s string) []string {
 	return out
 }
 
-// trustedPins pins exactly the peers holding a live device-sync grant.
-func trustedPins(r *replica.Replica) transport.Pins {
-	return transport.PinFunc(func(pub ed25519.PublicKey) bool {
-		return r.Consent().AnyAllowed(transport.Fingerprint(pub), consent.PurposeDeviceSync)
-	})
-}
 
 func init() {
 	register(&command{name: "init", args: "[--name NAME] [--priority N] [--policy FILE]",

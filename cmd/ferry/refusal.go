@@ -22,7 +22,8 @@ type classified struct {
 func (e *classified) Error() string { return e.msg }
 func (e *classified) Unwrap() error { return e.err }
 
-// pinWatch is trustedPins that remembers the last key it refused and the
+// pinWatch pins exactly the peers holding a live device-sync grant, and
+// remembers the last key it refused and the
 // last it let through, so a refused handshake can be explained: which
 // side refused whom, and why (an expired grant).
 type pinWatch struct {
