@@ -24,10 +24,12 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
+	"github.com/ferrysync/ferry/transport/relay"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -483,6 +485,9 @@ func TestExitCodeTable(t *testing.T) {
 		{w(transport.ErrRefused), exitNetwork},
 		{w(context.DeadlineExceeded), exitNetwork},
 		{w(transport.ErrUnknownPeer), exitForbidden},
+		{w(transport.ErrNotFerry), exitProtocol},
+		{w(fmt.Errorf("%w: %w", relay.ErrInvitation, &age.NoIdentityMatchError{})), exitWrongKey},
+		{w(fmt.Errorf("%w: malformed", relay.ErrInvitation)), exitCorrupt},
 	} {
 		if got := exitCode(c.err); got != c.want {
 			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)

@@ -93,7 +93,7 @@ func exitCode(err error) int {
 		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
 		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose):
 		return exitUsage
-	case errors.Is(err, storage.ErrWrongKey):
+	case errors.Is(err, storage.ErrWrongKey), isNoIdentityMatch(err):
 		return exitWrongKey
 	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
 		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),

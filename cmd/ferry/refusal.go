@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"filippo.io/age"
 	"fmt"
 	"sync"
 
@@ -85,4 +86,11 @@ func refusedLine(ctx context.Context, r *replica.Replica, fp string) string {
 		return "refused " + fp + ": " + replica.GrantExpiredMessage(g)
 	}
 	return "refused " + fp + ": unknown peer (not trusted: see ferry trust)"
+}
+
+// isNoIdentityMatch reports an age file that none of the given keys opens
+// (an invitation sealed for another device): a wrong key, not corruption.
+func isNoIdentityMatch(err error) bool {
+	var nm *age.NoIdentityMatchError
+	return errors.As(err, &nm)
 }
