@@ -226,7 +226,6 @@ func splitList(s string) []string {
 	return out
 }
 
-
 func init() {
 	register(&command{name: "init", args: "[--name NAME] [--priority N] [--policy FILE]",
 		summary: "create an encrypted store (asks for the passphrase twice on a terminal)",
