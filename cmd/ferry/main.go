@@ -272,7 +272,7 @@ func printUsage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nexit codes (a failure prints one line on stderr):")
+	fmt.Fprintln(w, "\nexit codes (a failure prints one line on stderr, and a bad command line the command's synopsis):")
 	for _, c := range exitCodes {
 		fmt.Fprintf(w, "  %d  %s\n", c.code, c.what)
 	}
