@@ -2,11 +2,13 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
@@ -122,5 +124,37 @@ func TestStatusPeerStoreReplaced(t *testing.T) {
 	e.trySync(a, b)
 	if s := peerStatus(t, a, b.ID()); s.State == UpToDate || s.Warning == "" {
 		t.Fatalf("a's status for b after a restart: %+v", s)
+	}
+}
+
+// TestSyncRefusedGrantExpired: a session refused because the peer's grant
+// expired says so, with the time and the command that renews it, on the
+// refusing side and (through the protocol's error message) on the other;
+// a revoked grant is not reported as expired.
+func TestSyncRefusedGrantExpired(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.replica("a"), e.replica("b")
+	ctx := context.Background()
+	if _, err := a.Unpair(ctx, b.ID()); err != nil {
+		t.Fatal(err)
+	}
+	gs, err := a.Pair(ctx, b.ID(), []string{"notes"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.ExpiredGrant(ctx, b.ID()); ok {
+		t.Fatal("a live grant reported as expired")
+	}
+	e.clock.Advance(2 * time.Hour)
+	g, ok := a.ExpiredGrant(ctx, b.ID())
+	if !ok || g.ID != gs[0].ID {
+		t.Fatalf("expired grant: %+v %v", g, ok)
+	}
+	want := "grant for " + b.ID() + " expired at " + gs[0].Expires.UTC().Format(time.RFC3339) + "; renew it with ferry trust " + b.ID()
+	_, _, errA, errB := e.trySync(a, b)
+	for side, err := range map[string]error{"refusing side": errA, "other side": errB} {
+		if !errors.Is(err, ErrNoConsent) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: %v; want ErrNoConsent saying %q", side, err, want)
+		}
 	}
 }
