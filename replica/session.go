@@ -24,14 +24,30 @@ var (
 	ErrPeerError = errors.New("replica: peer reported an error")
 	// ErrNoConsent: the peer holds no live grant to sync with this replica.
 	ErrNoConsent = errors.New("replica: no consent for this peer")
+	// ErrDisconnected: the connection ended before the session did: the
+	// peer went away (closed or reset the connection, its process died),
+	// the network failed, or the transport timed out. The transport's own
+	// error (io.EOF, a net.Error, transport.ErrCut...) is wrapped too.
+	ErrDisconnected = errors.New("replica: connection to the peer lost")
 )
 
-// SyncStats counts what one session moved. Records and bytes are counted
-// on the wire, per direction.
+// lostConn classifies a transport failure during a session as
+// ErrDisconnected, unless the session's own context ended (then the
+// context's error says why) or the frame was too large (a protocol matter).
+func lostConn(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil || errors.Is(err, transport.ErrFrameTooLarge) {
+		return fmt.Errorf("replica: %s: %w", op, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrDisconnected, op, err)
+}
+
+// SyncStats counts what one session moved, on the wire, per direction. Both
+// sides count alike, so one side's sent counts are the other's received
+// counts for every frame that arrived.
 type SyncStats struct {
 	Peer            string `json:"peer"`             // the peer's identity fingerprint
-	RecordsSent     int    `json:"records_sent"`     // record entries sent (full or delta)
-	RecordsReceived int    `json:"records_received"` // record entries received
+	RecordsSent     int    `json:"records_sent"`     // records sent, full or delta (see countRecords)
+	RecordsReceived int    `json:"records_received"` // records received, counted the same way
 	BytesSent       int64  `json:"bytes_sent"`       // frame bytes sent
 	BytesReceived   int64  `json:"bytes_received"`   // frame bytes received
 	FramesSent      int    `json:"frames_sent"`      // frames sent
@@ -71,8 +87,9 @@ type sessionHost interface {
 	// startFor says where to start sending this side's feed, given the
 	// peer's cursor (0 to rescan everything).
 	startFor(ctx context.Context, peer string, cursor uint64) (uint64, error)
-	// finished is called once a session has exchanged everything.
-	finished(ctx context.Context, peer string) error
+	// finished is called once a session has exchanged everything;
+	// peerApplied is how far the peer has applied this side's feed.
+	finished(ctx context.Context, peer string, peerApplied uint64) error
 }
 
 // feedRecheck is how soon a session looks at its feed again when it holds
@@ -145,6 +162,20 @@ func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMs
 	return nil
 }
 
+// countRecords counts the records a batch carries, the same way on both
+// sides: an entry that completes a record counts once (a record sent in
+// parts counts at its last part), and an empty answer to a request for a
+// record the sender could not serve counts not at all.
+func countRecords(recs []recordChanges) int {
+	n := 0
+	for _, rc := range recs {
+		if !rc.Partial && (len(rc.Changes) > 0 || len(rc.Heads) > 0) {
+			n++
+		}
+	}
+	return n
+}
+
 type frameOrErr struct {
 	b   []byte
 	err error
@@ -197,7 +228,7 @@ func errForCode(code uint16) error {
 	case errCodeConsent:
 		return ErrNoConsent
 	}
-	return errors.New("internal error")
+	return errors.New("the peer failed")
 }
 
 func truncate(s string, n int) string {
@@ -213,7 +244,7 @@ func (s *session) send(ctx context.Context, m *wireMsg) error {
 		return err
 	}
 	if err := s.conn.Send(ctx, b); err != nil {
-		return fmt.Errorf("replica: send: %w", err)
+		return lostConn(ctx, "send", err)
 	}
 	s.stats.FramesSent++
 	s.stats.BytesSent += int64(len(b))
@@ -246,7 +277,7 @@ func (s *session) run(ctx context.Context) error {
 	}
 	first, err := s.conn.Recv(ctx)
 	if err != nil {
-		return fmt.Errorf("replica: receive hello: %w", err)
+		return lostConn(ctx, "receive hello", err)
 	}
 	m, err := s.received(first)
 	if err != nil {
@@ -297,7 +328,7 @@ func (s *session) run(ctx context.Context) error {
 			return s.lastWords(ctx, frames, err)
 		}
 		if p.finished() {
-			return s.host.finished(ctx, s.peer)
+			return s.host.finished(ctx, s.peer, p.acked)
 		}
 		// The feed can lag LastSeq for a moment while a concurrent write
 		// (another session's apply, a local edit) finishes committing: then
@@ -316,7 +347,7 @@ func (s *session) run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if f.err != nil {
-			return fmt.Errorf("replica: receive: %w", f.err)
+			return lostConn(ctx, "receive", f.err)
 		}
 		m, err := s.received(f.b)
 		if err != nil {
@@ -417,11 +448,7 @@ func (s *session) sendBatch(ctx context.Context, p *protocol, recs []recordChang
 		if err := s.send(ctx, &wireMsg{T: msgBatch, Batch: &batchMsg{Records: g, UpTo: u}}); err != nil {
 			return err
 		}
-		for _, rc := range g {
-			if !rc.Partial {
-				s.stats.RecordsSent++
-			}
-		}
+		s.stats.RecordsSent += countRecords(g)
 		p.batchSent(u, true)
 		s.pending = append(s.pending, g)
 	}
@@ -434,7 +461,7 @@ func (s *session) handle(ctx context.Context, p *protocol, m *wireMsg) error {
 		if err := p.onBatch(m.Batch); err != nil {
 			return err
 		}
-		s.stats.RecordsReceived += len(m.Batch.Records)
+		s.stats.RecordsReceived += countRecords(m.Batch.Records)
 		needs, conflicts, err := s.host.apply(ctx, s.peer, m.Batch.Records, m.Batch.UpTo)
 		if err != nil {
 			return err

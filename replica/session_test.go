@@ -268,7 +268,7 @@ func (h *modelHost) startFor(_ context.Context, _ string, c uint64) (uint64, err
 	return c, nil
 }
 
-func (h *modelHost) finished(context.Context, string) error { return nil }
+func (h *modelHost) finished(context.Context, string, uint64) error { return nil }
 
 func (h *modelHost) cursorMoved(_ context.Context, peer string, c uint64) error {
 	h.mu.Lock()

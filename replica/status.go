@@ -28,9 +28,14 @@ const (
 	// Error: the last sync failed for a reason other than reachability; it
 	// is retried with backoff.
 	Error
+	// Stale: sessions complete, but one side's store went back in time
+	// (replaced, wiped or restored from an older copy) since the two last
+	// agreed: either may lack records the other believes it holds. Warning
+	// says which.
+	Stale
 )
 
-var stateNames = [...]string{"offline", "syncing", "conflict", "up-to-date", "error"}
+var stateNames = [...]string{"offline", "syncing", "conflict", "up-to-date", "error", "stale"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) {
@@ -51,6 +56,7 @@ type Status struct {
 	NextRetry     time.Time `json:"next_retry,omitzero"`  // when the loop tries again
 	LastSync      time.Time `json:"last_sync,omitzero"`   // end of the last successful session
 	OpenConflicts int       `json:"open_conflicts"`       // conflicts queued for the user
+	Warning       string    `json:"warning,omitempty"`    // why the state is Stale (kept until the stores are healed)
 	Progress      SyncStats `json:"progress"`             // the running (or last) session's counts
 }
 
@@ -100,6 +106,9 @@ func (b *statusBoard) end(peer string, st SyncStats, err error, open int) {
 		if open > 0 {
 			s.State = Conflict
 		}
+		if s.Warning != "" {
+			s.State = Stale
+		}
 	default:
 		s.Attempt++
 		s.LastError = err.Error()
@@ -112,8 +121,16 @@ func (b *statusBoard) end(peer string, st SyncStats, err error, open int) {
 
 // unreachable tells network failures (Offline) from other errors.
 func unreachable(err error) bool {
-	return errors.Is(err, transport.ErrRefused) || errors.Is(err, transport.ErrCut) ||
+	return errors.Is(err, ErrDisconnected) || errors.Is(err, transport.ErrRefused) || errors.Is(err, transport.ErrCut) ||
 		errors.Is(err, transport.ErrClosed) || errors.Is(err, context.DeadlineExceeded) || isNetErr(err)
+}
+
+// warn marks peer Stale for the reason why; the mark stays (and is saved
+// with the status) until the stores are healed.
+func (b *statusBoard) warn(peer, why string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.get(peer).Warning = why
 }
 
 func (b *statusBoard) failedDial(peer string, err error, next time.Time) {
@@ -158,7 +175,7 @@ func overall(peers []Status, open int) Status {
 	if len(peers) == 0 {
 		out.State = Offline
 	}
-	rank := map[State]int{UpToDate: 0, Offline: 1, Conflict: 2, Error: 3, Syncing: 4}
+	rank := map[State]int{UpToDate: 0, Offline: 1, Conflict: 2, Stale: 3, Error: 4, Syncing: 5}
 	for _, p := range peers {
 		st := p.State
 		if st == Conflict {
@@ -167,6 +184,7 @@ func overall(peers []Status, open int) Status {
 		if rank[st] > rank[out.State] {
 			out.State = st
 			out.LastError = p.LastError
+			out.Warning = p.Warning
 		}
 		if p.LastSync.After(out.LastSync) {
 			out.LastSync = p.LastSync

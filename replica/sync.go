@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
@@ -197,9 +198,52 @@ func (h *host) hello(ctx context.Context, peer string) (helloMsg, error) {
 // learn nothing, not even that a record exists.
 func (h *host) checkPeer(ctx context.Context, peer string, _ *helloMsg) error {
 	if !h.r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
+		if g, ok := h.r.ExpiredGrant(ctx, peer); ok {
+			return fmt.Errorf("%w: %s", ErrNoConsent, GrantExpiredMessage(g))
+		}
 		return fmt.Errorf("%w: %s holds no device-sync grant", ErrNoConsent, short(peer))
 	}
 	return nil
+}
+
+// ExpiredGrant returns the device-sync grant to peer that expired last,
+// when peer holds no live one and that grant was not revoked: the reason
+// a session with peer is refused is then its expiry. It reads the consent
+// ledger (a refusal is rare; a failure to read reports no grant).
+func (r *Replica) ExpiredGrant(ctx context.Context, peer string) (consent.Grant, bool) {
+	if r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
+		return consent.Grant{}, false
+	}
+	entries, err := r.consent.Entries(ctx)
+	if err != nil {
+		return consent.Grant{}, false
+	}
+	revoked := map[string]bool{}
+	for _, e := range entries {
+		if e.Revoke != nil {
+			revoked[e.Revoke.GrantID] = true
+		}
+	}
+	now := r.opts.Now()
+	var last consent.Grant
+	found := false
+	for _, e := range entries {
+		g := e.Grant
+		if g == nil || revoked[g.ID] || g.Destination != peer || g.Purpose != consent.PurposeDeviceSync ||
+			g.Expires.IsZero() || g.Expires.After(now) {
+			continue
+		}
+		if !found || g.Expires.After(last.Expires) {
+			last, found = *g, true
+		}
+	}
+	return last, found
+}
+
+// GrantExpiredMessage says that g expired and how to renew it.
+func GrantExpiredMessage(g consent.Grant) string {
+	return fmt.Sprintf("grant for %s expired at %s; renew it with ferry trust %s --collections %s",
+		g.Destination, g.Expires.UTC().Format(time.RFC3339), g.Destination, g.Collection)
 }
 
 func (h *host) lastSeq() uint64 { return h.r.store.LastSeq() }
@@ -216,15 +260,45 @@ func (h *host) startFor(ctx context.Context, peer string, cursor uint64) (uint64
 	if err != nil {
 		return 0, fmt.Errorf("replica: grants: %w", err)
 	}
+	if err := h.checkWentBack(ctx, peer, cursor); err != nil {
+		return 0, err
+	}
 	if string(stored) != h.grants || cursor > h.r.store.LastSeq() {
 		return 0, nil
 	}
 	return cursor, nil
 }
 
-// finished records the grants the completed session ran under.
-func (h *host) finished(ctx context.Context, peer string) error {
-	if err := h.r.store.Slots(nsPeer+peer).Put(ctx, "grants", []byte(h.grants)); err != nil {
+// checkWentBack notices that one side's store went back in time: the peer
+// applied less of this feed than it had at the end of the last completed
+// session (its store was replaced, wiped or restored from an older copy),
+// or the peer applied more of this feed than it holds (this store was).
+// Either way records may be missing on one side that the cursors and
+// shared heads say are there; the peer's status says so (Stale) from now
+// on. Healing the data is the sync protocol's (issue 13).
+func (h *host) checkWentBack(ctx context.Context, peer string, cursor uint64) error {
+	last, err := h.r.slotUint(ctx, nsPeer+peer, "peer-applied")
+	if err != nil {
+		return err
+	}
+	switch {
+	case cursor < last:
+		h.r.status.warn(peer, fmt.Sprintf("the peer's store was replaced or restored from an older copy "+
+			"(it had applied this replica's changes up to %d, now up to %d): it may lack records sent before", last, cursor))
+	case cursor > h.r.store.LastSeq():
+		h.r.status.warn(peer, fmt.Sprintf("this store was replaced or restored from an older copy "+
+			"(the peer had applied its changes up to %d, it now holds %d): it may lack records", cursor, h.r.store.LastSeq()))
+	}
+	return nil
+}
+
+// finished records the grants the completed session ran under, and how
+// far the peer has applied this feed (see checkWentBack).
+func (h *host) finished(ctx context.Context, peer string, peerApplied uint64) error {
+	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{
+		{Namespace: nsPeer + peer, Key: "grants", Value: []byte(h.grants)},
+		h.r.uintWrite(nsPeer+peer, "peer-applied", peerApplied),
+	}}); err != nil {
 		return fmt.Errorf("replica: grants: %w", err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"filippo.io/age"
 	"github.com/automerge/automerge-go"
@@ -99,7 +100,8 @@ func init() {
 
 // ExportOptions choose who can open a backup and what goes in it.
 type ExportOptions struct {
-	// Passphrase encrypts with an age scrypt recipient (age -d asks for it).
+	// Passphrase encrypts with an age scrypt recipient (age -d asks for it),
+	// normalized to Unicode NFC first (an ASCII passphrase is unchanged).
 	Passphrase []byte
 	// Recipients (e.g. age X25519 recipients) encrypt to keys instead. age
 	// does not allow mixing a passphrase with other recipients.
@@ -156,7 +158,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) (Ex
 	case len(opts.Passphrase) > 0 && len(opts.Recipients) > 0:
 		return ExportStats{}, invalidf("age cannot mix a passphrase with recipients")
 	case len(opts.Passphrase) > 0:
-		r, err := age.NewScryptRecipient(string(opts.Passphrase))
+		r, err := age.NewScryptRecipient(string(normalizePassphrase(opts.Passphrase)))
 		if err != nil {
 			return ExportStats{}, invalidf("backup passphrase")
 		}
@@ -335,13 +337,28 @@ type stagedRecord struct {
 
 func badBackup(what string) error { return fmt.Errorf("%s: %w", what, ErrBadBackup) }
 
-// readBackup decrypts and verifies a whole backup. Every failure (age
-// authentication, truncation, trailer, item validation, size) is
-// ErrBadBackup.
-func readBackup(r io.Reader, ids []age.Identity, maxBytes int64) (*staged, error) {
+// readBackup decrypts and verifies a whole backup. When no identity opens
+// it (age's NoIdentityMatchError: a wrong passphrase or key) it is
+// ErrWrongKey; every other failure (age authentication, truncation,
+// trailer, item validation, size) is ErrBadBackup. byPassphrase tells
+// whether ids are the passphrase's, for the message.
+func readBackup(r io.Reader, ids []age.Identity, byPassphrase bool, maxBytes int64) (*staged, error) {
 	ar, err := age.Decrypt(r, ids...)
 	if err != nil {
-		return nil, badBackup("decrypt backup")
+		var nm *age.NoIdentityMatchError
+		if !errors.As(err, &nm) {
+			return nil, badBackup("decrypt backup")
+		}
+		scrypt := slices.Contains(nm.StanzaTypes, "scrypt")
+		switch {
+		case byPassphrase && !scrypt:
+			return nil, fmt.Errorf("backup is encrypted to age recipients, not a passphrase: give its identity: %w", ErrWrongKey)
+		case !byPassphrase && scrypt:
+			return nil, fmt.Errorf("backup is encrypted with a passphrase, not to a recipient: %w", ErrWrongKey)
+		case byPassphrase:
+			return nil, fmt.Errorf("backup passphrase does not open it: %w", ErrWrongKey)
+		}
+		return nil, fmt.Errorf("no identity given opens the backup: %w", ErrWrongKey)
 	}
 	return readBackupStream(ar, maxBytes)
 }
@@ -457,7 +474,10 @@ const (
 
 // Import reads and verifies the whole backup (age authentication, trailer
 // count and hash, every document loadable) before writing anything; a bad
-// backup is ErrBadBackup and leaves the store unchanged. It then merges each
+// backup is ErrBadBackup, a wrong passphrase or identity ErrWrongKey, and
+// either leaves the store unchanged. A passphrase is tried in its NFC form,
+// then (for backups made before normalization) as given and in NFD: a
+// wrong non-ASCII passphrase may cost up to three scrypt runs. It then merges each
 // record through Automerge (an older backup never overwrites newer data;
 // concurrent edits both survive) and writes each slot only if absent.
 //
@@ -469,11 +489,15 @@ const (
 func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (ImportStats, error) {
 	ids := append([]age.Identity(nil), opts.Identities...)
 	if len(opts.Passphrase) > 0 {
-		id, err := age.NewScryptIdentity(string(opts.Passphrase))
-		if err != nil {
-			return ImportStats{}, invalidf("backup passphrase")
+		// Backups made before passphrases were normalized used the bytes
+		// as typed: try the NFC form, then those (see passphrase.go).
+		for _, p := range passphraseCandidates(opts.Passphrase, true) {
+			id, err := age.NewScryptIdentity(string(p))
+			if err != nil {
+				return ImportStats{}, invalidf("backup passphrase")
+			}
+			ids = append(ids, id)
 		}
-		ids = append(ids, id)
 	}
 	if len(ids) == 0 {
 		return ImportStats{}, invalidf("set Passphrase or Identities")
@@ -485,7 +509,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (Im
 	if err := s.alive(ctx); err != nil {
 		return ImportStats{}, err
 	}
-	st, err := readBackup(r, ids, maxBytes)
+	st, err := readBackup(r, ids, len(opts.Passphrase) > 0, maxBytes)
 	if err != nil {
 		return ImportStats{}, err
 	}

@@ -218,7 +218,8 @@ func TestBackupRejected(t *testing.T) {
 		"appended":          append(append([]byte(nil), good...), 0),
 		"flip payload":      flip(good, len(good)-20),
 		"flip middle":       flip(good, len(good)/2),
-		"flip header":       flip(good, 30),
+		"flip header MAC":   flip(good, bytes.Index(good, []byte("\n--- "))+8),
+		"flip body start":   flip(good, bytes.Index(good, []byte("\n--- "))+50),
 		"no trailer":        encryptTo(t, okStream[:len(okStream)-len(rawStream(t))]),
 		"bad hash":          encryptTo(t, badHash),
 		"extra after end":   encryptTo(t, append(append([]byte(nil), okStream...), okStream...)),
@@ -237,11 +238,24 @@ func TestBackupRejected(t *testing.T) {
 		_, err := s.Import(ctx, bytes.NewReader(b), ImportOptions{Identities: []age.Identity{id}})
 		wantErr(t, err, ErrBadBackup, name)
 	}
-	_, err := s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Passphrase: []byte("wrong")})
-	wantErr(t, err, ErrBadBackup, "wrong passphrase")
+	// A wrong passphrase or identity is a wrong key, not a bad backup; so
+	// is a recipient stanza damaged so that it names another kind of
+	// recipient (age cannot tell that from a backup made for someone else).
+	wrongKey := map[string]error{}
+	_, wrongKey["wrong passphrase"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Passphrase: []byte("wrong")})
+	_, wrongKey["wrong non-ASCII passphrase"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Passphrase: []byte("wrönġ")})
 	other, _ := age.GenerateX25519Identity()
-	_, err = s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{other}})
-	wantErr(t, err, ErrBadBackup, "wrong identity")
+	_, wrongKey["wrong identity"] = s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{other}})
+	_, wrongKey["passphrase for a recipient backup"] = s.Import(ctx, bytes.NewReader(good), ImportOptions{Passphrase: []byte("right")})
+	_, wrongKey["identity for a passphrase backup"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Identities: []age.Identity{id}})
+	_, wrongKey["stanza type changed"] = s.Import(ctx, bytes.NewReader(flip(good, len("age-encryption.org/v1\n-> X2551"))), ImportOptions{Identities: []age.Identity{id}})
+	for name, err := range wrongKey {
+		wantErr(t, err, ErrWrongKey, name)
+		if errors.Is(err, ErrBadBackup) {
+			t.Fatalf("%s: %v is also ErrBadBackup", name, err)
+		}
+	}
+	var err error
 	_, err = s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{id}, MaxBytes: 100})
 	wantErr(t, err, ErrBadBackup, "over MaxBytes")
 	if after := rawDump(t, s); !reflect.DeepEqual(before, after) {

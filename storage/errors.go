@@ -11,7 +11,10 @@ import (
 // Sentinel errors. Every error returned by this package that has one of these
 // causes wraps it, so errors.Is works; the wrapping adds short context only.
 var (
-	// ErrWrongKey: the passphrase or raw key does not unlock the store.
+	// ErrWrongKey: the passphrase or raw key does not unlock the store, or
+	// the passphrase or identities given to Import do not open the backup.
+	// (age cannot tell a wrong backup passphrase from a damaged passphrase
+	// stanza in the backup's header: that damage is reported as this too.)
 	ErrWrongKey = errors.New("storage: wrong passphrase or key")
 	// ErrCorrupt: a stored value or file failed authentication or decoding.
 	// It deliberately says nothing about which byte or which check failed.
@@ -26,9 +29,13 @@ var (
 	ErrExists = errors.New("storage: store already exists")
 	// ErrNoStore: Open found no store in the directory.
 	ErrNoStore = errors.New("storage: no store in directory")
-	// ErrBadBackup: a backup is truncated, tampered with, or the passphrase or
-	// identity does not open it. Nothing was written to the store.
+	// ErrBadBackup: a backup is truncated or tampered with (a wrong
+	// passphrase or identity is ErrWrongKey). Nothing was written to the store.
 	ErrBadBackup = errors.New("storage: bad backup")
+
+	// ErrNoSpace: the device holding the store is full.
+	ErrNoSpace = errors.New("storage: no space left on device")
+
 	// ErrInvalid: the caller passed invalid arguments (empty or oversized
 	// names, a batch too big for one transaction, inconsistent options).
 	ErrInvalid = errors.New("storage: invalid argument")

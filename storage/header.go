@@ -27,7 +27,9 @@ import (
 //
 //	0   8  magic "FERRYHDR"
 //	8   1  format version (1)
-//	9   1  mode: 1 = passphrase (Argon2id), 2 = raw 32-byte key
+//	9   1  mode: 1 = passphrase as given (Argon2id; stores made before
+//	       normalization, rewritten as mode 3 when opened), 2 = raw 32-byte
+//	       key, 3 = passphrase normalized to NFC (Argon2id)
 //	10  4  Argon2 time          (0 in mode 2)
 //	14  4  Argon2 memory KiB    (0 in mode 2)
 //	18  1  Argon2 threads       (0 in mode 2)
@@ -54,8 +56,9 @@ const (
 	hdrParamsLen  = 68
 	hdrSumOff     = 212
 
-	modePassphrase = 1
-	modeRawKey     = 2
+	modePassphrase    = 1 // Argon2id over the passphrase bytes as given (stores made before normalization)
+	modeRawKey        = 2
+	modePassphraseNFC = 3 // Argon2id over the passphrase normalized to Unicode NFC
 
 	wrappedLen = keySize + tagSize
 )
@@ -129,7 +132,7 @@ func decodeHeader(b []byte) (*header, error) {
 	copy(h.nextNonce[:], b[140:164])
 	copy(h.nextWrap[:], b[164:212])
 	switch h.mode {
-	case modePassphrase:
+	case modePassphrase, modePassphraseNFC:
 		if h.kdf.validate() != nil {
 			return nil, bad
 		}
@@ -153,20 +156,10 @@ func decodeHeader(b []byte) (*header, error) {
 // kdfRuns counts Argon2 invocations (tests check a wrong passphrase costs one).
 var kdfRuns atomic.Int64
 
-// deriveKEK turns the caller's secret into the key-encryption key for h,
-// or fails with ErrWrongKey if the secret is of the other kind.
-func deriveKEK(h *header, o *Options) ([]byte, error) {
-	if o.Key != nil {
-		if h.mode != modeRawKey {
-			return nil, fmt.Errorf("store uses a passphrase, not a raw key: %w", ErrWrongKey)
-		}
-		return append([]byte(nil), o.Key...), nil
-	}
-	if h.mode != modePassphrase {
-		return nil, fmt.Errorf("store uses a raw key, not a passphrase: %w", ErrWrongKey)
-	}
+// argonKEK stretches passphrase bytes into the key-encryption key for h.
+func argonKEK(h *header, p []byte) []byte {
 	kdfRuns.Add(1)
-	return argon2.IDKey(o.Passphrase, h.salt[:], h.kdf.Time, h.kdf.MemoryKiB, h.kdf.Threads, keySize), nil
+	return argon2.IDKey(p, h.salt[:], h.kdf.Time, h.kdf.MemoryKiB, h.kdf.Threads, keySize)
 }
 
 func keyCheck(kek []byte, salt [16]byte) (c [16]byte) {
@@ -177,18 +170,18 @@ func keyCheck(kek []byte, salt [16]byte) (c [16]byte) {
 	return c
 }
 
-// newHeaderParams fills mode, KDF, salt and key check for a new secret.
+// newHeaderParams fills mode, KDF, salt and key check for a new secret. A
+// passphrase is normalized to NFC (see passphrase.go).
 func newHeaderParams(h *header, o *Options) ([]byte, error) {
 	h.salt = [16]byte{}
 	rand.Read(h.salt[:])
+	var kek []byte
 	if o.Key != nil {
 		h.mode, h.kdf = modeRawKey, KDFParams{}
+		kek = append([]byte(nil), o.Key...)
 	} else {
-		h.mode, h.kdf = modePassphrase, o.kdf()
-	}
-	kek, err := deriveKEK(h, o)
-	if err != nil {
-		return nil, err
+		h.mode, h.kdf = modePassphraseNFC, o.kdf()
+		kek = argonKEK(h, normalizePassphrase(o.Passphrase))
 	}
 	h.check = keyCheck(kek, h.salt)
 	return kek, nil
@@ -218,36 +211,33 @@ func (h *header) wrapKeys(kek, cur, next []byte) error {
 }
 
 // unlock checks the secret and unwraps the master keys (next is nil unless
-// rotating). The KEK is returned for later rewrapping.
-func (h *header) unlock(o *Options) (kek, cur, next []byte, err error) {
-	kek, err = deriveKEK(h, o)
+// rotating). The KEK is returned for later rewrapping; nfc reports whether
+// it is the NFC form's (false only for a store made before normalization
+// that opened with the passphrase's bytes as given or their NFD form).
+func (h *header) unlock(o *Options) (kek, cur, next []byte, nfc bool, err error) {
+	kek, nfc, err = h.findKEK(o)
 	if err != nil {
-		return nil, nil, nil, err
-	}
-	c := keyCheck(kek, h.salt)
-	if subtle.ConstantTimeCompare(c[:], h.check[:]) != 1 {
-		wipe(kek)
-		return nil, nil, nil, ErrWrongKey
+		return nil, nil, nil, false, err
 	}
 	aead, err := chacha20poly1305.NewX(kek)
 	if err != nil {
 		wipe(kek)
-		return nil, nil, nil, err
+		return nil, nil, nil, false, err
 	}
 	cur, err = aead.Open(nil, h.curNonce[:], h.curWrap[:], h.wrapAD('c', h.curEpoch))
 	if err != nil {
 		wipe(kek)
-		return nil, nil, nil, corruptf("store header")
+		return nil, nil, nil, false, corruptf("store header")
 	}
 	if h.rotating {
 		next, err = aead.Open(nil, h.nextNonce[:], h.nextWrap[:], h.wrapAD('n', h.nextEpoch))
 		if err != nil {
 			wipe(kek)
 			wipe(cur)
-			return nil, nil, nil, corruptf("store header")
+			return nil, nil, nil, false, corruptf("store header")
 		}
 	}
-	return kek, cur, next, nil
+	return kek, cur, next, nfc, nil
 }
 
 func readHeaderFile(dir string) (*header, error) {

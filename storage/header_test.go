@@ -34,7 +34,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 			t.Fatalf("round trip (rotating=%v): %v", rot, err)
 		}
 		o := testOpts()
-		if _, _, next, err := got.unlock(&o); err != nil || (next != nil) != rot {
+		if _, _, next, _, err := got.unlock(&o); err != nil || (next != nil) != rot {
 			t.Fatalf("unlock: %v", err)
 		}
 		for i := 0; i < len(b); i++ {
@@ -51,6 +51,7 @@ func FuzzHeader(f *testing.F) {
 	f.Add(testHeader(f, false).encode())
 	f.Add(testHeader(f, true).encode())
 	f.Add([]byte(headerMagic))
+	f.Add(legacyHeader(f, []byte("cafe\u0301"), randomKey(), nil).encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHeader(b)
 		if err != nil {
@@ -63,7 +64,7 @@ func FuzzHeader(f *testing.F) {
 			t.Fatal("accepted header does not re-encode to itself")
 		}
 		o := Options{Passphrase: []byte("x")}
-		if h.mode == modePassphrase && h.kdf.MemoryKiB > 1<<12 {
+		if (h.mode == modePassphrase || h.mode == modePassphraseNFC) && h.kdf.MemoryKiB > 1<<12 {
 			return // too slow to derive in a fuzz loop
 		}
 		h.unlock(&o) // must not panic

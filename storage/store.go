@@ -177,7 +177,9 @@ func (s *Store) create(o *Options) error {
 
 // Open opens an existing store. The passphrase (or key) is checked against
 // the header before Badger is opened: a wrong one returns ErrWrongKey after a
-// single Argon2 run and touches no file. An interrupted key rotation is
+// single Argon2 run (up to three for a non-ASCII passphrase on a store made
+// before passphrases were normalized; see passphrase.go) and touches no file.
+// Such a store is rewritten for the normalized passphrase when it opens. An interrupted key rotation is
 // resumed (and finished) before Open returns.
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if err := opts.validateSecret(); err != nil {
@@ -199,7 +201,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	kek, cur, next, err := h.unlock(&opts)
+	kek, cur, next, nfc, err := h.unlock(&opts)
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +211,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if err != nil {
 		wipe(kek)
 		return nil, err
+	}
+	if h.mode == modePassphrase {
+		h, kek = normalizeOnOpen(dir, h, &opts, kek, nfc, cur, next)
 	}
 	s := newStore(db, dir, &opts)
 	if err := s.start(h, kek, cur, next); err != nil {

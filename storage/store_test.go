@@ -308,13 +308,13 @@ func TestWrapBindsHeader(t *testing.T) {
 	if err := h.wrapKeys(kek, master, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, cur, _, err := h.unlock(&o)
+	_, cur, _, _, err := h.unlock(&o)
 	if err != nil || string(cur) != string(master) {
 		t.Fatalf("unlock: %v", err)
 	}
 	h2 := *h
 	h2.gen++ // any change to the authenticated prefix
-	_, _, _, err = h2.unlock(&o)
+	_, _, _, _, err = h2.unlock(&o)
 	wantErr(t, err, ErrCorrupt, "unwrap under changed header")
 }
 

@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"sync"
@@ -167,10 +168,10 @@ func tlsConfig(cert tls.Certificate, pins Pins, server bool) *tls.Config {
 func established(tc *tls.Conn) (ed25519.PublicKey, error) {
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != alpnProto {
-		return nil, fmt.Errorf("transport: peer does not speak %s (ALPN %q)", alpnProto, cs.NegotiatedProtocol)
+		return nil, fmt.Errorf("%w: ALPN %q, want %s", ErrNotFerry, cs.NegotiatedProtocol, alpnProto)
 	}
 	if cs.Version != tls.VersionTLS13 {
-		return nil, fmt.Errorf("transport: negotiated TLS version %#x, want 1.3", cs.Version)
+		return nil, fmt.Errorf("%w: negotiated TLS version %#x, want 1.3", ErrNotFerry, cs.Version)
 	}
 	if len(cs.PeerCertificates) == 0 {
 		return nil, fmt.Errorf("%w: no peer certificate", ErrUnknownPeer)
@@ -398,9 +399,34 @@ func (d *TLSDialer) Dial(ctx context.Context, addr string) (Conn, error) {
 	c, err := d.handshake(ctx, raw)
 	if err != nil {
 		_ = raw.Close()
-		return nil, wrap(err, "dial "+addr)
+		return nil, wrap(classifyHandshake(err), "dial "+addr)
 	}
 	return c, nil
+}
+
+// classifyHandshake wraps a failed dial handshake in the sentinel of its
+// class: ErrClosed when the peer hung up (end of stream, reset, broken
+// pipe), ErrNotFerry when it answered in another protocol. Errors that
+// already carry a sentinel, and timeouts (net.Error), are left alone.
+func classifyHandshake(err error) error {
+	var rh tls.RecordHeaderError
+	var alert tls.AlertError
+	var op *net.OpError
+	switch {
+	case errors.Is(err, ErrUnknownPeer), errors.Is(err, ErrNotFerry), errors.Is(err, ErrClosed),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	case refusedByPeer(err):
+		return fmt.Errorf("%w: the server refused our identity (%w)", ErrUnknownPeer, err)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return fmt.Errorf("%w: the peer hung up during the handshake (%w)", ErrClosed, err)
+	case errors.As(err, &rh), errors.As(err, &alert),
+		errors.As(err, &op) && op.Op == "remote error":
+		// Not TLS at all, or a TLS peer that refused ferry's ALPN protocol
+		// or TLS 1.3 (a refusal of our identity was recognised earlier).
+		return fmt.Errorf("%w (%w)", ErrNotFerry, err)
+	}
+	return err
 }
 
 func (d *TLSDialer) handshake(ctx context.Context, raw net.Conn) (*streamConn, error) {
@@ -425,7 +451,7 @@ func (d *TLSDialer) handshake(ctx context.Context, raw net.Conn) (*streamConn, e
 		return nil, fmt.Errorf("waiting for acceptance: %w", err)
 	}
 	if !bytes.Equal(frame, acceptFrame) {
-		return nil, fmt.Errorf("transport: peer sent %q, want the %s acceptance", frame, alpnProto)
+		return nil, fmt.Errorf("%w: peer sent %q, want the %s acceptance", ErrNotFerry, frame, alpnProto)
 	}
 	_ = tc.SetReadDeadline(time.Time{})
 	return newStreamConn(tc, pub, d.opts.MaxFrame), nil

@@ -64,7 +64,7 @@ var (
 	// exceeds the maximum frame size.
 	ErrFrameTooLarge = errors.New("transport: frame too large")
 	// ErrClosed: the connection or listener was closed (locally, or by the
-	// peer when returned from Send).
+	// peer when returned from Send, or by the peer during Dial's handshake).
 	ErrClosed = errors.New("transport: closed")
 	// ErrUnknownPeer: an identity is not pinned. On the dialing side it means
 	// either side refused the other's identity during the handshake.
@@ -75,6 +75,10 @@ var (
 	// ErrCut: the in-memory transport cut the connection (fault injection or
 	// a partition).
 	ErrCut = errors.New("transport: connection cut")
+	// ErrNotFerry: the peer does not speak this transport's protocol (not
+	// TLS 1.3, not the ferry ALPN protocol, or no acceptance frame): another
+	// service, or an incompatible ferry.
+	ErrNotFerry = errors.New("transport: the peer does not speak ferry's protocol")
 )
 
 // Stats counts the frames and payload bytes (length prefixes and TLS overhead

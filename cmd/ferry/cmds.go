@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -19,7 +18,6 @@ import (
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
-	"github.com/ferrysync/ferry/transport"
 	"golang.org/x/term"
 )
 
@@ -85,7 +83,7 @@ func readSecretFile(path string) ([]byte, error) {
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	if len(line) == 0 {
-		return nil, usagef("passphrase file %s is empty", path)
+		return nil, inputf("passphrase file %s is empty", path)
 	}
 	return line, nil
 }
@@ -93,7 +91,7 @@ func readSecretFile(path string) ([]byte, error) {
 func (e *env) prompt(what string, confirm bool) ([]byte, error) {
 	f, ok := e.stdin.(*os.File)
 	if !ok || !e.interactive {
-		return nil, usagef("no %s: set $FERRY_PASSPHRASE or --passphrase-file (no terminal to ask on)", what)
+		return nil, inputf("no %s: set $FERRY_PASSPHRASE or --passphrase-file (no terminal to ask on)", what)
 	}
 	fmt.Fprintf(e.stderr, "%s: ", what)
 	p, err := term.ReadPassword(int(f.Fd()))
@@ -102,7 +100,7 @@ func (e *env) prompt(what string, confirm bool) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	if len(p) == 0 {
-		return nil, usagef("empty %s", what)
+		return nil, inputf("empty %s", what)
 	}
 	if confirm {
 		fmt.Fprintf(e.stderr, "%s again: ", what)
@@ -112,7 +110,7 @@ func (e *env) prompt(what string, confirm bool) ([]byte, error) {
 			return nil, fmt.Errorf("read %s: %w", what, err)
 		}
 		if !bytes.Equal(p, q) {
-			return nil, usagef("the two %ss differ", what)
+			return nil, inputf("the two %ss differ", what)
 		}
 	}
 	return p, nil
@@ -220,13 +218,6 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-// trustedPins pins exactly the peers holding a live device-sync grant.
-func trustedPins(r *replica.Replica) transport.Pins {
-	return transport.PinFunc(func(pub ed25519.PublicKey) bool {
-		return r.Consent().AnyAllowed(transport.Fingerprint(pub), consent.PurposeDeviceSync)
-	})
 }
 
 func init() {

@@ -161,7 +161,8 @@ func init() {
 						}
 					}
 				}
-				l, err := transport.ListenTLS(ctx, flagStr(fs, "listen"), r.Identity(), trustedPins(r), transport.TLSOptions{})
+				pins := watchPins(r, func(fp string) { fmt.Fprintf(e.stderr, "ferry serve: %s\n", refusedLine(ctx, r, fp)) })
+				l, err := transport.ListenTLS(ctx, flagStr(fs, "listen"), r.Identity(), pins, transport.TLSOptions{})
 				if err != nil {
 					return err
 				}
@@ -198,9 +199,10 @@ func init() {
 				if isRelayURL(args[0]) {
 					return syncRelayOnce(ctx, e, r, args[0], flagBool(fs, "json"))
 				}
-				conn, err := transport.DialTLS(ctx, args[0], r.Identity(), trustedPins(r), transport.TLSOptions{})
+				pins := watchPins(r, nil)
+				conn, err := transport.DialTLS(ctx, args[0], r.Identity(), pins, transport.TLSOptions{})
 				if err != nil {
-					return fmt.Errorf("dial %s: %w", args[0], err)
+					return pins.explainDial(ctx, args[0], err)
 				}
 				defer conn.Close()
 				show := e.progressPrinter("records received")
@@ -257,6 +259,9 @@ func init() {
 					}
 					if p.LastError != "" {
 						line += fmt.Sprintf(", attempt %d failed: %s", p.Attempt, p.LastError)
+					}
+					if p.Warning != "" {
+						line += "; " + p.Warning
 					}
 					fmt.Fprintln(e.stdout, line)
 				}
@@ -436,7 +441,7 @@ ferry policy`,
 				}
 				ids, err := age.ParseIdentities(bytes.NewReader(b))
 				if err != nil {
-					return usagef("identity file: %v", err)
+					return inputf("identity file %s: %v", idf, err)
 				}
 				opts.Identities = ids
 			} else {

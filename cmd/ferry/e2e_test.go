@@ -353,10 +353,10 @@ func TestE2EHelp(t *testing.T) {
 			}
 		}
 	}
-	// No command at all: the overview, as a usage error.
-	out, _, code = runFerry(t, env)
-	if code != exitUsage || !strings.Contains(out, "commands:") {
-		t.Errorf("bare ferry: exit %d, stdout:\n%s", code, out)
+	// No command at all: the overview on stderr, as a usage error.
+	out, errOut, code := runFerry(t, env)
+	if code != exitUsage || out != "" || !strings.Contains(errOut, "commands:") {
+		t.Errorf("bare ferry: exit %d, stdout %q, stderr:\n%s", code, out, errOut)
 	}
 }
 
@@ -860,9 +860,9 @@ func TestE2EBackupPassphrase(t *testing.T) {
 		}
 		assertFailure(t, errOut, code, exitCorrupt, "bad backup")
 	}
-	// A wrong backup passphrase is also a bad backup (age cannot tell).
+	// A wrong backup passphrase is a wrong passphrase, not a bad backup.
 	_, errOut, code = d.ferryEnv([]string{"FERRY_BACKUP_PASSPHRASE=wrong"}, "import", backup)
-	assertFailure(t, errOut, code, exitCorrupt, "bad backup")
+	assertFailure(t, errOut, code, exitWrongKey, "wrong passphrase")
 	if after := d.must("list", "notes", "--json"); after != before {
 		t.Fatalf("a refused import changed the store:\n%s\nvs\n%s", before, after)
 	}
@@ -952,9 +952,9 @@ func TestE2EBackupRecipient(t *testing.T) {
 
 	c := newStore(t, "c", "pass-c")
 	_, errOut, code := c.ferry("import", backup, "--identity", otherFile)
-	assertFailure(t, errOut, code, exitCorrupt, "bad backup")
+	assertFailure(t, errOut, code, exitWrongKey, "wrong passphrase or key")
 	_, errOut, code = c.ferry("import", backup) // tries the store passphrase
-	assertFailure(t, errOut, code, exitCorrupt, "bad backup")
+	assertFailure(t, errOut, code, exitWrongKey, "not a passphrase")
 	notAnIdentity := filepath.Join(dir, "bad.txt")
 	if err := os.WriteFile(notAnIdentity, []byte("hello\n"), 0o600); err != nil {
 		t.Fatal(err)

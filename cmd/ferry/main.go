@@ -29,37 +29,72 @@ import (
 	"github.com/ferrysync/ferry/transport/relay"
 )
 
-// Exit codes. Each error class has its own, so scripts can tell them apart.
+// Exit codes, one per error class, so scripts can tell them apart. The
+// table is printed by `ferry help` and kept in the README and docs.
 const (
 	exitOK        = 0
-	exitError     = 1 // anything not below
-	exitUsage     = 2 // bad command line
-	exitWrongKey  = 3 // wrong passphrase or key
-	exitNotFound  = 4 // no such record, store, conflict or grant
-	exitCorrupt   = 5 // corrupted or tampered data, bad backup
-	exitNetwork   = 6 // the peer or relay could not be reached, or the session broke
-	exitForbidden = 7 // refused: no consent, unknown peer, policy mismatch, store locked
+	exitError     = 1 // internal error: anything not below
+	exitUsage     = 2 // bad command line or invalid input (ErrInvalid of any package, a bad policy file)
+	exitWrongKey  = 3 // wrong passphrase or key (store or backup)
+	exitNotFound  = 4 // no such record, store, conflict, grant or file
+	exitCorrupt   = 5 // corrupted or tampered data, a damaged or truncated backup
+	exitNetwork   = 6 // the peer or relay could not be reached, went away mid-session, or timed out
+	exitForbidden = 7 // refused: no consent, unknown peer, grant expired, policy mismatch, store locked
+	exitNoSpace   = 8 // no space left on the device
+	exitProtocol  = 9 // the peer broke ferry's protocol or speaks an incompatible version
 )
 
-// usageError marks a bad command line.
-type usageError struct{ msg string }
+// exitCodes is `ferry help`'s table of exit codes (the README lists the same).
+var exitCodes = []struct {
+	code int
+	what string
+}{
+	{exitOK, "ok"},
+	{exitError, "internal error"},
+	{exitUsage, "usage: bad command line or invalid input (e.g. a bad ferry-policy.json)"},
+	{exitWrongKey, "wrong passphrase or key (store or backup)"},
+	{exitNotFound, "not found (record, store, conflict, grant, file)"},
+	{exitCorrupt, "corrupted or tampered data (store or backup)"},
+	{exitNetwork, "network failure: peer unreachable, gone mid-session, timeout"},
+	{exitForbidden, "refused: no consent, unknown peer, grant expired, policy mismatch, store locked"},
+	{exitNoSpace, "no space left on the device"},
+	{exitProtocol, "protocol violation by the peer, or an incompatible version"},
+}
+
+// usageError marks a bad command line (exit 2, followed by the command's
+// synopsis), or with input set, other invalid input from the user (a file's
+// content, the environment): exit 2 without the synopsis.
+type usageError struct {
+	msg   string
+	input bool
+}
 
 func (e usageError) Error() string { return e.msg }
 
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+func usagef(format string, args ...any) error { return usageError{msg: fmt.Sprintf(format, args...)} }
 
-// exitCode maps an error to its exit code.
+// inputf reports invalid input that is not the command line's fault.
+func inputf(format string, args ...any) error {
+	return usageError{msg: fmt.Sprintf(format, args...), input: true}
+}
+
+// exitCode maps an error to its exit code. The cases are tried in order:
+// an error that wraps several sentinels (a peer's refusal wraps the
+// refusal's own class) takes the first.
 func exitCode(err error) int {
 	var ue usageError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.Is(err, storage.ErrNoSpace):
+		return exitNoSpace
 	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp), errors.Is(err, replica.ErrInvalid),
+		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid),
 		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
 		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose),
 		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid):
 		return exitUsage
-	case errors.Is(err, storage.ErrWrongKey):
+	case errors.Is(err, storage.ErrWrongKey), isNoIdentityMatch(err):
 		return exitWrongKey
 	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
 		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),
@@ -72,9 +107,11 @@ func exitCode(err error) int {
 		errors.Is(err, storage.ErrLocked), errors.Is(err, storage.ErrExists), errors.Is(err, consent.ErrDeclined),
 		errors.Is(err, relay.ErrAuth), errors.Is(err, relay.ErrNotMember), errors.Is(err, relay.ErrQuota):
 		return exitForbidden
-	case errors.Is(err, transport.ErrRefused), errors.Is(err, transport.ErrCut), errors.Is(err, transport.ErrClosed),
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, replica.ErrProtocol), errors.Is(err, replica.ErrPeerError),
-		errors.Is(err, relay.ErrUnavailable),
+	case errors.Is(err, replica.ErrProtocol), errors.Is(err, replica.ErrVersionMismatch), errors.Is(err, replica.ErrIdentityMismatch),
+		errors.Is(err, relay.ErrProtocol), errors.Is(err, transport.ErrFrameTooLarge), errors.Is(err, transport.ErrNotFerry):
+		return exitProtocol
+	case errors.Is(err, replica.ErrDisconnected), errors.Is(err, transport.ErrRefused), errors.Is(err, transport.ErrCut),
+		errors.Is(err, transport.ErrClosed), errors.Is(err, context.DeadlineExceeded), errors.Is(err, relay.ErrUnavailable),
 		isNetErr(err):
 		return exitNetwork
 	}
@@ -129,6 +166,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	global.StringVar(&e.dir, "dir", "", "store directory (default $FERRY_DIR or ./ferry-data)")
 	global.StringVar(&e.passphraseFile, "passphrase-file", "", "read the passphrase from FILE (default $FERRY_PASSPHRASE, else prompt)")
 	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) { // ferry -h, ferry --help
+			printUsage(stdout)
+			return exitOK
+		}
 		fmt.Fprintf(stderr, "ferry: %v (see 'ferry help')\n", err)
 		return exitUsage
 	}
@@ -146,10 +187,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				return exitOK
 			}
 		}
-		printUsage(stdout)
 		if len(rest) == 0 {
+			// No command: the overview on stderr, as a usage error.
+			printUsage(stderr)
 			return exitUsage
 		}
+		printUsage(stdout)
 		return exitOK
 	}
 	c := commands[rest[0]]
@@ -168,7 +211,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry %s: %s\n", c.name, oneLine(err))
-		if exitCode(err) == exitUsage {
+		// The synopsis helps with a bad command line only, not with bad
+		// input found later (a policy file, a value).
+		var ue usageError
+		if errors.As(err, &ue) && !ue.input {
 			fmt.Fprintf(stderr, "usage: ferry %s %s\n", c.name, c.args)
 		}
 		return exitCode(err)
@@ -194,7 +240,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, usageError{err.Error()}
+			return nil, usageError{msg: err.Error()}
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
@@ -227,9 +273,12 @@ func printUsage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 error, 2 usage, 3 wrong passphrase, 4 not found, 5 corrupted data,")
-	fmt.Fprintln(w, "            6 network failure, 7 refused (consent, unknown peer, policy mismatch, locked)")
-	fmt.Fprintln(w, "\n'ferry COMMAND --help' shows a command's flags and an example.")
+	fmt.Fprintln(w, "\nexit codes (a failure prints one line on stderr, and a bad command line the command's synopsis):")
+	for _, c := range exitCodes {
+		fmt.Fprintf(w, "  %d  %s\n", c.code, c.what)
+	}
+	fmt.Fprintln(w, "\n'ferry COMMAND --help' shows a command's flags and an example; 'ferry' alone prints this")
+	fmt.Fprintln(w, "on stderr and exits 2.")
 }
 
 func printCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
@@ -253,5 +302,8 @@ func policySet(dir string) (*policy.Set, error) {
 	if errors.Is(err, os.ErrNotExist) {
 		return policy.NewSet(policy.Rule{Policy: policy.Timestamp}), nil
 	}
-	return set, err
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", policyPath(dir), err)
+	}
+	return set, nil
 }
