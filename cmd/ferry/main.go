@@ -91,8 +91,7 @@ func exitCode(err error) int {
 	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp), errors.Is(err, replica.ErrInvalid),
 		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid),
 		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
-		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose),
-		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid):
+		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose):
 		return exitUsage
 	case errors.Is(err, storage.ErrWrongKey), isNoIdentityMatch(err):
 		return exitWrongKey
