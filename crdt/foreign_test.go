@@ -243,7 +243,7 @@ func TestForeignConcurrentReplacement(t *testing.T) {
 						}
 						continue
 					}
-					if err != nil || !sameValue(v, cd.Value) {
+					if err != nil || !sameEncoding(v, cd.Value) {
 						t.Fatalf("%s = %v (%v), want the later side's %v", c.Path, v, err, cd.Value)
 					}
 				}
@@ -284,7 +284,8 @@ func PointerPath(t testing.TB, ptr string) Path {
 	return p
 }
 
-func sameValue(a, b any) bool {
+// sameEncoding reports whether two values encode to the same typed node.
+func sameEncoding(a, b any) bool {
 	na, err1 := fromGo(a)
 	nb, err2 := fromGo(b)
 	return err1 == nil && err2 == nil && bytes.Equal(na.encode(), nb.encode())
@@ -306,7 +307,7 @@ func assertConverged(t testing.TB, a, b *Doc) {
 	}
 	ma, _ := a.ToMap()
 	mb, _ := b.ToMap()
-	if !sameValue(ma, mb) {
+	if !sameEncoding(ma, mb) {
 		t.Fatalf("states differ:\n%v\n%v", ma, mb)
 	}
 	h := a.Heads()
@@ -362,7 +363,7 @@ func TestForeignAttributionPerChange(t *testing.T) {
 				t.Fatalf("%s: plain candidate at %v, want %v", c.Path, cd.HLC.Time(), time.UnixMilli(wantTime[c.Path]).UTC())
 			}
 		}
-		if got := c.Candidates[latestCandidate(c)].Value; !sameValue(got, wantWinner[c.Path]) {
+		if got := c.Candidates[latestCandidate(c)].Value; !sameEncoding(got, wantWinner[c.Path]) {
 			t.Fatalf("%s: timestamp winner %v, want %v", c.Path, got, wantWinner[c.Path])
 		}
 	}
