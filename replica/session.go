@@ -37,6 +37,10 @@ type SyncStats struct {
 	FramesSent      int    `json:"frames_sent"`      // frames sent
 	FramesReceived  int    `json:"frames_received"`  // frames received
 	Conflicts       int    `json:"conflicts"`        // semantic conflicts found while applying
+	// ClockSkew lists the writers whose writes arrived in this session
+	// stamped ahead of this replica's clock by more than
+	// Options.MaxClockDrift (their times were clamped).
+	ClockSkew []ClockSkew `json:"clock_skew,omitempty"`
 }
 
 // sessionHost is everything a session needs from its replica. The replica

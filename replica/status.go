@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -52,6 +53,32 @@ type Status struct {
 	LastSync      time.Time `json:"last_sync,omitzero"`   // end of the last successful session
 	OpenConflicts int       `json:"open_conflicts"`       // conflicts queued for the user
 	Progress      SyncStats `json:"progress"`             // the running (or last) session's counts
+	// ClockSkew, for a peer: its own writes arrived stamped ahead of this
+	// replica's clock by more than Options.MaxClockDrift (nil when never).
+	ClockSkew *ClockSkew `json:"clock_skew,omitempty"`
+	// ClockSkews, for the replica: every writer whose clock was seen
+	// running ahead, peers or not (writes relayed by a peer count for
+	// their writer).
+	ClockSkews []ClockSkew `json:"clock_skews,omitempty"`
+}
+
+// ClockSkew reports a writer whose writes arrived stamped ahead of this
+// replica's clock by more than the bound (Options.MaxClockDrift). Their
+// times were clamped for deciding conflicts (docs/policy.md), so the
+// writer does not win every conflict; its clock needs fixing.
+type ClockSkew struct {
+	// Replica is the writer: an identity fingerprint, or "automerge:" and
+	// the actor id for a plain Automerge client.
+	Replica string `json:"replica"`
+	// Ahead is how far ahead of this replica's clock the writer's latest
+	// such write was when it arrived: a lower bound of the writer's clock
+	// error, since a write arrives after it is made. JSON: nanoseconds.
+	Ahead time.Duration `json:"ahead_ns"`
+	// Writes counts such writes (in the session, in SyncStats; since the
+	// store was created, in Status).
+	Writes int `json:"writes"`
+	// Seen is when the latest one arrived, by this replica's clock.
+	Seen time.Time `json:"seen"`
 }
 
 // statusBoard holds every peer's status. Its mutex guards only memory.
@@ -59,6 +86,68 @@ type statusBoard struct {
 	now   func() time.Time
 	mu    sync.Mutex
 	peers map[string]*Status
+	// skews: every writer seen ahead; session: per peer, the writers seen
+	// ahead in its running (or last) session.
+	skews   map[string]*ClockSkew
+	session map[string]map[string]*ClockSkew
+}
+
+// noteSkew records writes that arrived ahead (delivered by peer, "" for
+// an import) and returns the writers' updated totals.
+func (b *statusBoard) noteSkew(peer string, fws []crdt.FutureWrite, at time.Time) []ClockSkew {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.skews == nil {
+		b.skews = map[string]*ClockSkew{}
+	}
+	if b.session == nil {
+		b.session = map[string]map[string]*ClockSkew{}
+	}
+	if peer != "" && b.session[peer] == nil {
+		b.session[peer] = map[string]*ClockSkew{}
+	}
+	changed := map[string]bool{}
+	for _, fw := range fws {
+		w := fw.Write.ReplicaID
+		for _, m := range []map[string]*ClockSkew{b.skews, b.session[peer]} {
+			if m == nil {
+				continue
+			}
+			s := m[w]
+			if s == nil {
+				s = &ClockSkew{Replica: w}
+				m[w] = s
+			}
+			s.Writes++
+			s.Ahead, s.Seen = fw.Ahead, at
+		}
+		changed[w] = true
+	}
+	out := make([]ClockSkew, 0, len(changed))
+	for w := range changed {
+		out = append(out, *b.skews[w])
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Replica < out[j].Replica })
+	return out
+}
+
+// sessionSkews returns the writers seen ahead in peer's session.
+func (b *statusBoard) sessionSkews(peer string) []ClockSkew {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return sortedSkews(b.session[peer])
+}
+
+func sortedSkews(m map[string]*ClockSkew) []ClockSkew {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make([]ClockSkew, 0, len(m))
+	for _, s := range m {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Replica < out[j].Replica })
+	return out
 }
 
 func (b *statusBoard) get(peer string) *Status {
@@ -76,6 +165,7 @@ func (b *statusBoard) begin(peer string) {
 	s := b.get(peer)
 	s.State = Syncing
 	s.Progress = SyncStats{Peer: peer}
+	delete(b.session, peer)
 }
 
 func (b *statusBoard) progress(peer string, st SyncStats) {
@@ -137,7 +227,12 @@ func (b *statusBoard) snapshot() []Status {
 	defer b.mu.Unlock()
 	out := make([]Status, 0, len(b.peers))
 	for _, s := range b.peers {
-		out = append(out, *s)
+		st := *s
+		if sk := b.skews[st.Peer]; sk != nil {
+			c := *sk
+			st.ClockSkew = &c
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
 	return out
@@ -188,7 +283,47 @@ func (r *Replica) Status(ctx context.Context) (Status, []Status) {
 			peers[i].State = Conflict
 		}
 	}
-	return overall(peers, open), peers
+	all := overall(peers, open)
+	r.status.mu.Lock()
+	all.ClockSkews = sortedSkews(r.status.skews)
+	r.status.mu.Unlock()
+	return all, peers
+}
+
+const nsSkew = "clock-skew"
+
+// noteSkew records and reports writes that arrived stamped ahead of this
+// replica's clock (delivered by peer; "" for an import): the totals are
+// persisted (best effort, like the status) and each writer is announced
+// to watchers with an EventClockSkew.
+func (r *Replica) noteSkew(ctx context.Context, peer string, fws []crdt.FutureWrite) {
+	if len(fws) == 0 {
+		return
+	}
+	for _, s := range r.status.noteSkew(peer, fws, r.opts.Now()) {
+		if b, err := json.Marshal(s); err == nil {
+			_ = r.store.Slots(nsSkew).Put(ctx, s.Replica, b)
+		}
+		sk := s
+		r.events.publish(Event{Kind: EventClockSkew, Peer: peer, Skew: &sk})
+	}
+}
+
+// loadSkews restores the writers seen ahead at open.
+func (r *Replica) loadSkews(ctx context.Context) error {
+	return r.store.Slots(nsSkew).Range(ctx, func(w string, b []byte) error {
+		var s ClockSkew
+		if json.Unmarshal(b, &s) != nil || s.Replica != w {
+			return nil // unreadable: forgotten, not fatal
+		}
+		r.status.mu.Lock()
+		if r.status.skews == nil {
+			r.status.skews = map[string]*ClockSkew{}
+		}
+		r.status.skews[w] = &s
+		r.status.mu.Unlock()
+		return nil
+	})
 }
 
 func (r *Replica) openConflicts(ctx context.Context) int {
@@ -206,7 +341,9 @@ const nsStatus = "status"
 func (r *Replica) saveStatus(ctx context.Context, peer string) {
 	s := r.status.peer(peer)
 	s.Progress = SyncStats{Peer: s.Progress.Peer, RecordsSent: s.Progress.RecordsSent, RecordsReceived: s.Progress.RecordsReceived,
-		BytesSent: s.Progress.BytesSent, BytesReceived: s.Progress.BytesReceived, Conflicts: s.Progress.Conflicts}
+		BytesSent: s.Progress.BytesSent, BytesReceived: s.Progress.BytesReceived, Conflicts: s.Progress.Conflicts,
+		ClockSkew: s.Progress.ClockSkew}
+	s.ClockSkew = nil // kept in its own namespace
 	if s.State == Syncing {
 		return
 	}
