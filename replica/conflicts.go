@@ -80,7 +80,11 @@ func (r *Replica) currentEntry(ctx context.Context, e *policy.Entry) (bool, erro
 	}
 	e.Deadline = policy.EffectiveDeadline(*e, cl)
 	e.Provisional = -1
-	cur, err := d.Get(e.Conflict.Path)
+	path, err := crdt.PointerToPath(e.Conflict.Path)
+	if err != nil {
+		return true, nil // a path this version cannot read: shows no candidate
+	}
+	cur, err := d.Get(path)
 	deleted := errors.Is(err, crdt.ErrNotFound) || d.Deleted()
 	if err != nil && !deleted {
 		return true, nil // unreadable path: shows no candidate

@@ -249,7 +249,9 @@ func init() {
 					return e.printJSON(map[string]any{"replica": r.ID(), "overall": all, "peers": peers, "records": counts})
 				}
 				fmt.Fprintf(e.stdout, "replica %s: %s, %d open conflicts\n", r.ID(), all.State, all.OpenConflicts)
+				isPeer := map[string]bool{}
 				for _, p := range peers {
+					isPeer[p.Peer] = true
 					line := fmt.Sprintf("  peer %s: %s", short(p.Peer), p.State)
 					if !p.LastSync.IsZero() {
 						line += ", last sync " + p.LastSync.UTC().Format(time.RFC3339)
@@ -257,7 +259,15 @@ func init() {
 					if p.LastError != "" {
 						line += fmt.Sprintf(", attempt %d failed: %s", p.Attempt, p.LastError)
 					}
+					if p.ClockSkew != nil {
+						line += ", " + skewText(*p.ClockSkew)
+					}
 					fmt.Fprintln(e.stdout, line)
+				}
+				for _, sk := range all.ClockSkews {
+					if !isPeer[sk.Replica] {
+						fmt.Fprintf(e.stdout, "  writer %s (not a direct peer): %s\n", short(sk.Replica), skewText(sk))
+					}
 				}
 				for _, c := range colls {
 					fmt.Fprintf(e.stdout, "  %s: %d records\n", c, counts[c])
@@ -287,8 +297,12 @@ func init() {
 				}
 				for _, en := range list {
 					c := toConflictJSON(en)
-					fmt.Fprintf(e.stdout, "%s  %s/%s %s (decide by %s; showing candidate %d)\n", c.ID, c.Collection, c.Record, c.Path,
-						c.Deadline.UTC().Format(time.RFC3339), c.Provisional)
+					showing := fmt.Sprintf("showing candidate %d", c.Provisional)
+					if c.Provisional < 0 {
+						showing = "showing none of the candidates"
+					}
+					fmt.Fprintf(e.stdout, "%s  %s/%s %s (decide by %s; %s)\n", c.ID, c.Collection, c.Record, c.Path,
+						c.Deadline.UTC().Format(time.RFC3339), showing)
 					for _, cand := range c.Candidates {
 						v, _ := json.Marshal(cand.Value)
 						if cand.Deleted {
@@ -573,6 +587,12 @@ func describeEntry(en consent.Entry) string {
 	return ""
 }
 
+// skewText describes a writer whose clock runs ahead.
+func skewText(sk replica.ClockSkew) string {
+	return fmt.Sprintf("clock at least %s ahead (%d writes clamped, last seen %s)",
+		sk.Ahead.Round(time.Second), sk.Writes, sk.Seen.UTC().Format(time.RFC3339))
+}
+
 // conflictJSON is the stable JSON form of a queued conflict.
 type conflictJSON struct {
 	ID          string          `json:"id"`
@@ -620,7 +640,9 @@ func expandConflictID(ctx context.Context, r *replica.Replica, prefix string) (s
 	case 1:
 		return match[0], nil
 	case 0:
-		return "", fmt.Errorf("%s: %w", prefix, replica.ErrNoConflict)
+		// Not open: the replica says whether it was decided, superseded
+		// by a newer write (replica.ErrConflictStale) or never existed.
+		return prefix, nil
 	}
 	return "", usagef("%q matches %d conflicts; give more of the id", prefix, len(match))
 }
