@@ -100,7 +100,8 @@ func (d *Doc) clockClamps() (map[WriteKey]Timestamp, error) {
 // NoteFutureWrites looks at the changes of the document that are not in
 // the history of before (what a merge just added) for writes by other
 // replicas whose recorded time is more than bound ahead of now (this
-// replica's physical time), and writes a ClockNote for each (Clamp =
+// replica's physical time): the write-set entries of ferry changes (with
+// the metadata they carry) and plain changes' timestamps. It writes a ClockNote for each (Clamp =
 // now + bound) that no note already clamps at or below that, all in one
 // change. It returns every such write, noted or not, ordered by writer and
 // time. Cost: O(changes added), plus O(root keys) when a write is found.
@@ -127,12 +128,20 @@ func (d *Doc) NoteFutureWrites(before []automerge.ChangeHash, now time.Time, bou
 		if m == nil {
 			continue
 		}
-		consider(m.meta)
-		if m.ws != nil {
-			for _, e := range m.ws.E {
-				if e.Meta != nil {
-					consider(*e.Meta)
-				}
+		if m.ws == nil {
+			consider(m.meta) // a plain change: its timestamp
+			continue
+		}
+		// A ferry change's writes: each entry's own meta (a resolution or
+		// repair carries the original write's) or the change's. A change
+		// without entries (clock notes) writes no field: its time competes
+		// in no conflict, and noting it could make two replicas with
+		// clocks apart note each other's notes forever.
+		for _, e := range m.ws.E {
+			if e.Meta != nil {
+				consider(*e.Meta)
+			} else {
+				consider(m.ws.M)
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
@@ -250,14 +251,17 @@ func TestRestoreSupersedes(t *testing.T) {
 	id := titleConflict(t, e, a, b)
 	mustPut(t, b, "notes", "n", map[string]any{"title": "final"})
 	var buf bytes.Buffer
-	pass := []byte("backup pass")
-	if _, err := b.Backup(ctx, &buf, storage.ExportOptions{Passphrase: pass}); err != nil {
+	key, err := age.GenerateX25519Identity() // scrypt passphrases take seconds
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Backup(ctx, &buf, storage.ExportOptions{Recipients: []age.Recipient{key.Recipient()}}); err != nil {
 		t.Fatal(err)
 	}
 	if n := openConflicts(t, a); n != 1 {
 		t.Fatalf("a lists %d before the restore", n)
 	}
-	if _, err := a.Restore(ctx, &buf, storage.ImportOptions{Passphrase: pass}); err != nil {
+	if _, err := a.Restore(ctx, &buf, storage.ImportOptions{Identities: []age.Identity{key}}); err != nil {
 		t.Fatal(err)
 	}
 	if closed, _, _ := a.queue.ClosedBy(ctx, id); closed != policy.ByNewerWrite {
