@@ -589,7 +589,7 @@ func describeEntry(en consent.Entry) string {
 
 // skewText describes a writer whose clock runs ahead.
 func skewText(sk replica.ClockSkew) string {
-	return fmt.Sprintf("clock at least %s ahead (%d writes clamped, last seen %s)",
+	return fmt.Sprintf("clock at least %s ahead (%d writes stamped ahead, last seen %s)",
 		sk.Ahead.Round(time.Second), sk.Writes, sk.Seen.UTC().Format(time.RFC3339))
 }
 
