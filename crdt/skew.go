@@ -97,31 +97,34 @@ func (d *Doc) clockClamps() (map[WriteKey]Timestamp, error) {
 	return out, err
 }
 
-// NoteFutureWrites looks at the changes of the document that are not in
-// the history of before (what a merge just added) for writes by other
-// replicas whose recorded time is more than bound ahead of now (this
-// replica's physical time): the write-set entries of ferry changes (with
-// the metadata they carry) and plain changes' timestamps. It writes a ClockNote for each (Clamp =
-// now + bound) that no note already clamps at or below that, all in one
-// change. It returns every such write, noted or not, ordered by writer and
-// time. Cost: O(changes added), plus O(root keys) when a write is found.
-func (d *Doc) NoteFutureWrites(before []automerge.ChangeHash, now time.Time, bound time.Duration) ([]FutureWrite, error) {
-	if bound <= 0 {
-		return nil, fmt.Errorf("crdt: clock bound %s must be positive", bound)
-	}
+// WriterTimes returns, for every other replica that wrote in the changes
+// of the document not in the history of before (what a merge just added),
+// the latest time its writes there carry: the write-set entries of ferry
+// changes (with the metadata they carry) and plain changes' timestamps.
+// Cost: O(changes added).
+func (d *Doc) WriterTimes(before []automerge.ChangeHash) (map[string]Timestamp, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	out := map[string]Timestamp{}
+	err := d.addedWrites(before, func(m WriteMeta) {
+		if cur, ok := out[m.ReplicaID]; !ok || m.HLC.Compare(cur) > 0 {
+			out[m.ReplicaID] = m.HLC
+		}
+	})
+	return out, err
+}
+
+// addedWrites calls fn with the metadata of every write by another
+// replica in the changes not in the history of before. d.mu is held.
+func (d *Doc) addedWrites(before []automerge.ChangeHash, fn func(WriteMeta)) error {
 	chs, err := d.changesSince(before)
 	if err != nil {
-		return nil, fmt.Errorf("crdt: note future writes: %w", err)
+		return fmt.Errorf("crdt: added writes: %w", err)
 	}
-	limit := now.Add(bound).UnixMilli()
-	found := map[WriteKey]time.Duration{}
 	consider := func(m WriteMeta) {
-		if m.ReplicaID == d.actor.ReplicaID || m.HLC.WallMillis <= limit {
-			return
+		if m.ReplicaID != d.actor.ReplicaID {
+			fn(m)
 		}
-		found[WriteKey{m.ReplicaID, m.HLC}] = time.Duration(m.HLC.WallMillis-now.UnixMilli()) * time.Millisecond
 	}
 	for _, c := range chs {
 		m := d.metaOf(c.Hash())
@@ -145,6 +148,32 @@ func (d *Doc) NoteFutureWrites(before []automerge.ChangeHash, now time.Time, bou
 			}
 		}
 	}
+	return nil
+}
+
+// NoteFutureWrites finds the writes by other replicas in the changes not
+// in the history of before (see WriterTimes) whose recorded time is more
+// than bound ahead of now (this replica's physical time). When note is
+// set it writes a ClockNote for each (Clamp = now + bound) that no note
+// already clamps at or below that, all in one change; a replica that
+// doubts its own clock passes note=false and only learns of them. It
+// returns every such write, ordered by writer and time. Cost: O(changes
+// added), plus O(root keys) when a write is found.
+func (d *Doc) NoteFutureWrites(before []automerge.ChangeHash, now time.Time, bound time.Duration, note bool) ([]FutureWrite, error) {
+	if bound <= 0 {
+		return nil, fmt.Errorf("crdt: clock bound %s must be positive", bound)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	limit := now.Add(bound).UnixMilli()
+	found := map[WriteKey]time.Duration{}
+	if err := d.addedWrites(before, func(m WriteMeta) {
+		if m.HLC.WallMillis > limit {
+			found[WriteKey{m.ReplicaID, m.HLC}] = time.Duration(m.HLC.WallMillis-now.UnixMilli()) * time.Millisecond
+		}
+	}); err != nil {
+		return nil, err
+	}
 	if len(found) == 0 {
 		return nil, nil
 	}
@@ -156,7 +185,7 @@ func (d *Doc) NoteFutureWrites(before []automerge.ChangeHash, now time.Time, bou
 	out := make([]FutureWrite, 0, len(found))
 	for w, ahead := range found {
 		fw := FutureWrite{Write: w, Ahead: ahead}
-		if cur, ok := clamps[w]; !ok || clamp.Compare(cur) < 0 {
+		if cur, ok := clamps[w]; note && (!ok || clamp.Compare(cur) < 0) {
 			fw.Noted = true
 		}
 		out = append(out, fw)
@@ -167,6 +196,9 @@ func (d *Doc) NoteFutureWrites(before []automerge.ChangeHash, now time.Time, bou
 		}
 		return out[i].Write.HLC.Compare(out[j].Write.HLC) < 0
 	})
+	if !note {
+		return out, nil
+	}
 	t := d.newTx(WriteMeta{HLC: d.clock.Now(), ReplicaID: d.actor.ReplicaID, Priority: d.actor.Priority})
 	err = guard(func() error {
 		root := d.am.RootMap()

@@ -76,7 +76,7 @@ func syncPair(t tb, dst, src *replica) {
 		t.Fatalf("%s<-%s merge: %v", dst.name, src.name, err)
 	}
 	// As the replica layer does: note writes stamped beyond the bound.
-	fws, err := dst.doc.NoteFutureWrites(before, dst.clock.now(), clockBound)
+	fws, err := dst.doc.NoteFutureWrites(before, dst.clock.now(), clockBound, true)
 	if err != nil {
 		t.Fatalf("%s<-%s clock notes: %v", dst.name, src.name, err)
 	}

@@ -433,7 +433,7 @@ func TestClockAheadDoesNotWinConflicts(t *testing.T) {
 	}
 	// The report survives a restart of the status (persisted).
 	a.status.mu.Lock()
-	a.status.skews = nil
+	a.status.clocks = nil
 	a.status.mu.Unlock()
 	if err := a.loadSkews(ctx); err != nil {
 		t.Fatal(err)
@@ -461,5 +461,63 @@ func TestClockAheadWithinBound(t *testing.T) {
 		if got := mustGet(t, r, "notes", "n")["title"]; got != "from-fast" {
 			t.Fatalf("%s title %v", r.Name(), got)
 		}
+	}
+}
+
+// TestSlowClockDoesNotClamp: a device whose clock runs a day behind sees
+// every other writer ahead. It reports its own clock as behind and writes
+// no clock notes, so the records it passes on keep the order the right
+// clocks gave them: the later of two concurrent titles still wins.
+func TestSlowClockDoesNotClamp(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	h1, h2 := e.replica("h1"), e.replica("h2")
+	slow := e.replica("slow", func(o *Options) { o.Now = offsetClock{e.clock, -24 * time.Hour}.Now })
+	mustPut(t, h1, "notes", "n", map[string]any{"title": "base"})
+	e.sync(h1, h2)
+	e.sync(h2, slow)
+	mustPut(t, h2, "notes", "other", map[string]any{"v": 1})
+	e.sync(h2, slow) // slow now sees h1 and h2 ahead
+	notes := func() int {
+		unlock := slow.lockRecords(recordKey("notes", "n"))
+		defer unlock()
+		d, _, err := slow.loadDoc(ctx, "notes", "n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := d.ClockClamps()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(cl)
+	}
+	// With one writer ahead and itself, it could not tell whose clock is
+	// wrong and noted h1's first write (harmless between two devices).
+	early := notes()
+	e.clock.Advance(time.Minute)
+	mustPut(t, h1, "notes", "n", map[string]any{"title": "earlier"})
+	e.clock.Advance(time.Minute)
+	mustPut(t, h2, "notes", "n", map[string]any{"title": "later"})
+	e.sync(h2, slow) // slow receives the later title, a day "ahead" of it
+	e.clock.Advance(time.Minute)
+	e.sync(slow, h1) // and the earlier one a minute after, from h1
+	e.sync(h1, h2)
+	e.sync(slow, h2)
+	for _, r := range []*Replica{h1, h2, slow} {
+		if got := mustGet(t, r, "notes", "n")["title"]; got != "later" {
+			t.Fatalf("%s title %v, want the later write", r.Name(), got)
+		}
+	}
+	all, _ := slow.Status(ctx)
+	if !all.ClockBehind || len(all.ClockSkews) != 2 {
+		t.Fatalf("slow status: behind=%v skews=%+v", all.ClockBehind, all.ClockSkews)
+	}
+	for _, r := range []*Replica{h1, h2} {
+		if all, _ := r.Status(ctx); all.ClockBehind || len(all.ClockSkews) != 0 {
+			t.Fatalf("%s status: behind=%v skews=%+v", r.Name(), all.ClockBehind, all.ClockSkews)
+		}
+	}
+	if n := notes(); n != early {
+		t.Fatalf("slow wrote %d clock notes once its clock looked behind", n-early)
 	}
 }

@@ -211,7 +211,7 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 		cache:  newDocCache(opts.CacheSize),
 		seed:   maphash.MakeSeed(),
 		events: newHub(),
-		status: &statusBoard{now: opts.Now, peers: map[string]*Status{}},
+		status: &statusBoard{now: opts.Now, bound: opts.MaxClockDrift, peers: map[string]*Status{}},
 		closed: make(chan struct{}),
 	}
 	r.life, r.endLife = context.WithCancel(context.Background())

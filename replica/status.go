@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -56,10 +57,14 @@ type Status struct {
 	// ClockSkew, for a peer: its own writes arrived stamped ahead of this
 	// replica's clock by more than Options.MaxClockDrift (nil when never).
 	ClockSkew *ClockSkew `json:"clock_skew,omitempty"`
-	// ClockSkews, for the replica: every writer whose clock was seen
-	// running ahead, peers or not (writes relayed by a peer count for
-	// their writer).
+	// ClockSkews, for the replica: every writer whose latest write was
+	// seen stamped ahead beyond the bound, peers or not (writes relayed by
+	// a peer count for their writer).
 	ClockSkews []ClockSkew `json:"clock_skews,omitempty"`
+	// ClockBehind, for the replica: more of the writers it hears from are
+	// ahead of its clock than agree with it, so its own clock is probably
+	// behind; it clamps no one's writes until that changes.
+	ClockBehind bool `json:"clock_behind,omitempty"`
 }
 
 // ClockSkew reports a writer whose writes arrived stamped ahead of this
@@ -71,34 +76,75 @@ type ClockSkew struct {
 	// the actor id for a plain Automerge client.
 	Replica string `json:"replica"`
 	// Ahead is how far ahead of this replica's clock the writer's latest
-	// such write was when it arrived: a lower bound of the writer's clock
+	// write was when it arrived: a lower bound of the writer's clock
 	// error, since a write arrives after it is made. JSON: nanoseconds.
 	Ahead time.Duration `json:"ahead_ns"`
-	// Writes counts such writes (in the session, in SyncStats; since the
-	// store was created, in Status).
+	// Writes counts the writes that arrived ahead beyond the bound (in
+	// the session, in SyncStats; since the store was created, in Status).
 	Writes int `json:"writes"`
-	// Seen is when the latest one arrived, by this replica's clock.
+	// Seen is when the latest write arrived, by this replica's clock.
 	Seen time.Time `json:"seen"`
 }
 
 // statusBoard holds every peer's status. Its mutex guards only memory.
 type statusBoard struct {
 	now   func() time.Time
+	bound time.Duration // Options.MaxClockDrift
 	mu    sync.Mutex
 	peers map[string]*Status
-	// skews: every writer seen ahead; session: per peer, the writers seen
+	// clocks: every other writer's latest observed clock (Ahead may be
+	// within the bound, or negative); session: per peer, the writers seen
 	// ahead in its running (or last) session.
-	skews   map[string]*ClockSkew
+	clocks  map[string]*ClockSkew
 	session map[string]map[string]*ClockSkew
 }
 
-// noteSkew records writes that arrived ahead (delivered by peer, "" for
-// an import) and returns the writers' updated totals.
-func (b *statusBoard) noteSkew(peer string, fws []crdt.FutureWrite, at time.Time) []ClockSkew {
+// observeClocks records how far ahead of now the latest writes of each
+// writer in times are, and reports whether this replica's own clock is
+// trustworthy: it is, unless more of the writers it has heard from are
+// ahead of it beyond the bound than agree with it (itself included). A
+// replica whose clock is behind sees every other writer ahead; it must
+// not clamp their writes, or it would reorder the writes of replicas
+// whose clocks are right (docs/policy.md, "Clocks").
+func (b *statusBoard) observeClocks(times map[string]crdt.Timestamp, now time.Time) (trust bool, changed []string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.skews == nil {
-		b.skews = map[string]*ClockSkew{}
+	if b.clocks == nil {
+		b.clocks = map[string]*ClockSkew{}
+	}
+	for w, ts := range times {
+		c := b.clocks[w]
+		if c == nil {
+			c = &ClockSkew{Replica: w}
+			b.clocks[w] = c
+		}
+		c.Ahead = time.Duration(ts.WallMillis-now.UnixMilli()) * time.Millisecond
+		c.Seen = now
+		changed = append(changed, w)
+	}
+	sort.Strings(changed)
+	return b.trustLocked(), changed
+}
+
+func (b *statusBoard) trustLocked() bool {
+	agree, ahead := 1, 0
+	for _, c := range b.clocks {
+		if c.Ahead > b.bound {
+			ahead++
+		} else {
+			agree++
+		}
+	}
+	return agree >= ahead
+}
+
+// noteSkew counts writes that arrived ahead (delivered by peer, "" for
+// an import) into the writers' totals and the peer's session.
+func (b *statusBoard) noteSkew(peer string, fws []crdt.FutureWrite, at time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.clocks == nil {
+		b.clocks = map[string]*ClockSkew{}
 	}
 	if b.session == nil {
 		b.session = map[string]map[string]*ClockSkew{}
@@ -106,45 +152,39 @@ func (b *statusBoard) noteSkew(peer string, fws []crdt.FutureWrite, at time.Time
 	if peer != "" && b.session[peer] == nil {
 		b.session[peer] = map[string]*ClockSkew{}
 	}
-	changed := map[string]bool{}
 	for _, fw := range fws {
 		w := fw.Write.ReplicaID
-		for _, m := range []map[string]*ClockSkew{b.skews, b.session[peer]} {
+		for _, m := range []map[string]*ClockSkew{b.clocks, b.session[peer]} {
 			if m == nil {
 				continue
 			}
 			s := m[w]
 			if s == nil {
-				s = &ClockSkew{Replica: w}
+				s = &ClockSkew{Replica: w, Ahead: fw.Ahead, Seen: at}
 				m[w] = s
 			}
 			s.Writes++
-			s.Ahead, s.Seen = fw.Ahead, at
 		}
-		changed[w] = true
 	}
-	out := make([]ClockSkew, 0, len(changed))
-	for w := range changed {
-		out = append(out, *b.skews[w])
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Replica < out[j].Replica })
-	return out
 }
 
 // sessionSkews returns the writers seen ahead in peer's session.
 func (b *statusBoard) sessionSkews(peer string) []ClockSkew {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return sortedSkews(b.session[peer])
+	return sortedSkews(b.session[peer], 0)
 }
 
-func sortedSkews(m map[string]*ClockSkew) []ClockSkew {
-	if len(m) == 0 {
-		return nil
-	}
-	out := make([]ClockSkew, 0, len(m))
+// skewsLocked returns the writers whose latest write was ahead beyond
+// the bound.
+func (b *statusBoard) skewsLocked() []ClockSkew { return sortedSkews(b.clocks, b.bound) }
+
+func sortedSkews(m map[string]*ClockSkew, bound time.Duration) []ClockSkew {
+	var out []ClockSkew
 	for _, s := range m {
-		out = append(out, *s)
+		if s.Ahead > bound {
+			out = append(out, *s)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Replica < out[j].Replica })
 	return out
@@ -228,7 +268,7 @@ func (b *statusBoard) snapshot() []Status {
 	out := make([]Status, 0, len(b.peers))
 	for _, s := range b.peers {
 		st := *s
-		if sk := b.skews[st.Peer]; sk != nil {
+		if sk := b.clocks[st.Peer]; sk != nil && sk.Ahead > b.bound {
 			c := *sk
 			st.ClockSkew = &c
 		}
@@ -285,45 +325,10 @@ func (r *Replica) Status(ctx context.Context) (Status, []Status) {
 	}
 	all := overall(peers, open)
 	r.status.mu.Lock()
-	all.ClockSkews = sortedSkews(r.status.skews)
+	all.ClockSkews = r.status.skewsLocked()
+	all.ClockBehind = !r.status.trustLocked()
 	r.status.mu.Unlock()
 	return all, peers
-}
-
-const nsSkew = "clock-skew"
-
-// noteSkew records and reports writes that arrived stamped ahead of this
-// replica's clock (delivered by peer; "" for an import): the totals are
-// persisted (best effort, like the status) and each writer is announced
-// to watchers with an EventClockSkew.
-func (r *Replica) noteSkew(ctx context.Context, peer string, fws []crdt.FutureWrite) {
-	if len(fws) == 0 {
-		return
-	}
-	for _, s := range r.status.noteSkew(peer, fws, r.opts.Now()) {
-		if b, err := json.Marshal(s); err == nil {
-			_ = r.store.Slots(nsSkew).Put(ctx, s.Replica, b)
-		}
-		sk := s
-		r.events.publish(Event{Kind: EventClockSkew, Peer: peer, Skew: &sk})
-	}
-}
-
-// loadSkews restores the writers seen ahead at open.
-func (r *Replica) loadSkews(ctx context.Context) error {
-	return r.store.Slots(nsSkew).Range(ctx, func(w string, b []byte) error {
-		var s ClockSkew
-		if json.Unmarshal(b, &s) != nil || s.Replica != w {
-			return nil // unreadable: forgotten, not fatal
-		}
-		r.status.mu.Lock()
-		if r.status.skews == nil {
-			r.status.skews = map[string]*ClockSkew{}
-		}
-		r.status.skews[w] = &s
-		r.status.mu.Unlock()
-		return nil
-	})
 }
 
 func (r *Replica) openConflicts(ctx context.Context) int {
@@ -332,6 +337,109 @@ func (r *Replica) openConflicts(ctx context.Context) int {
 		return 0
 	}
 	return len(list)
+}
+
+const nsSkew = "clock-skew"
+
+// observeClocks records the clocks of the writers whose writes a merge
+// added (delivered by peer; "" for an import), notes in the document the
+// writes stamped beyond the bound (unless this replica's own clock looks
+// behind), and returns those writes. The caller holds the record's lock.
+func (r *Replica) observeClocks(ctx context.Context, d *crdt.Doc, before []automerge.ChangeHash) ([]crdt.FutureWrite, error) {
+	times, err := d.WriterTimes(before)
+	if err != nil || len(times) == 0 {
+		return nil, err
+	}
+	now := r.opts.Now()
+	trust, changed := r.status.observeClocks(times, now)
+	fws, err := d.NoteFutureWrites(before, now, r.clock.MaxDrift(), trust)
+	if err != nil {
+		return nil, err
+	}
+	r.status.noteSkew("", fws, now)
+	r.saveClocks(ctx, changed)
+	return fws, nil
+}
+
+// reportSkew adds writes that arrived ahead to peer's session and tells
+// watchers (an EventClockSkew per writer).
+func (r *Replica) reportSkew(peer string, fws []crdt.FutureWrite) {
+	if len(fws) == 0 {
+		return
+	}
+	if peer != "" {
+		r.status.mu.Lock()
+		if r.status.session == nil {
+			r.status.session = map[string]map[string]*ClockSkew{}
+		}
+		if r.status.session[peer] == nil {
+			r.status.session[peer] = map[string]*ClockSkew{}
+		}
+		for _, fw := range fws {
+			w := fw.Write.ReplicaID
+			s := r.status.session[peer][w]
+			if s == nil {
+				s = &ClockSkew{Replica: w, Ahead: fw.Ahead, Seen: r.opts.Now()}
+				r.status.session[peer][w] = s
+			}
+			s.Writes++
+			if fw.Ahead > s.Ahead {
+				s.Ahead = fw.Ahead
+			}
+		}
+		r.status.mu.Unlock()
+	}
+	seen := map[string]bool{}
+	for _, fw := range fws {
+		w := fw.Write.ReplicaID
+		if seen[w] {
+			continue
+		}
+		seen[w] = true
+		r.status.mu.Lock()
+		var sk ClockSkew
+		if c := r.status.clocks[w]; c != nil {
+			sk = *c
+		}
+		r.status.mu.Unlock()
+		sk.Replica = w
+		r.events.publish(Event{Kind: EventClockSkew, Peer: peer, Skew: &sk})
+	}
+}
+
+// saveClocks persists writers' clock observations (best effort, like the
+// status: losing them loses no data).
+func (r *Replica) saveClocks(ctx context.Context, writers []string) {
+	for _, w := range writers {
+		r.status.mu.Lock()
+		c := r.status.clocks[w]
+		var b []byte
+		var err error
+		if c != nil {
+			b, err = json.Marshal(c)
+		}
+		r.status.mu.Unlock()
+		if c != nil && err == nil {
+			_ = r.store.Slots(nsSkew).Put(ctx, w, b)
+		}
+	}
+}
+
+// loadSkews restores the writers' clock observations at open.
+func (r *Replica) loadSkews(ctx context.Context) error {
+	return r.store.Slots(nsSkew).Range(ctx, func(w string, b []byte) error {
+		var s ClockSkew
+		if json.Unmarshal(b, &s) != nil || s.Replica != w {
+			return nil // unreadable: forgotten, not fatal
+		}
+		r.status.mu.Lock()
+		if r.status.clocks == nil {
+			r.status.clocks = map[string]*ClockSkew{}
+		}
+		r.status.clocks[w] = &s
+		r.status.mu.Unlock()
+		return nil
+	})
 }
 
 const nsStatus = "status"

@@ -431,7 +431,7 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		}
 		// Writes stamped beyond the clock bound are noted in the document
 		// before conflicts are decided (docs/policy.md, "Clocks").
-		fws, err := d.NoteFutureWrites(before, r.opts.Now(), r.clock.MaxDrift())
+		fws, err := r.observeClocks(ctx, d, before)
 		if err != nil {
 			return fail(fmt.Errorf("replica: clock notes %s/%s: %w", rc.Collection, rc.ID, err))
 		}
@@ -485,7 +485,7 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 	for _, ev := range queued {
 		r.events.publish(ev)
 	}
-	r.noteSkew(ctx, peer, future)
+	r.reportSkew(peer, future)
 	return needs, conflicts, echoes, nil
 }
 

@@ -269,6 +269,9 @@ func init() {
 						fmt.Fprintf(e.stdout, "  writer %s (not a direct peer): %s\n", short(sk.Replica), skewText(sk))
 					}
 				}
+				if all.ClockBehind {
+					fmt.Fprintln(e.stdout, "  this device's clock looks behind: most writers it hears from are ahead of it; check its date and time")
+				}
 				for _, c := range colls {
 					fmt.Fprintf(e.stdout, "  %s: %d records\n", c, counts[c])
 				}
