@@ -84,6 +84,8 @@ type ClockSkew struct {
 	Writes int `json:"writes"`
 	// Seen is when the latest write arrived, by this replica's clock.
 	Seen time.Time `json:"seen"`
+	// Latest is the time stamped on the writer's latest write seen.
+	Latest time.Time `json:"latest"`
 }
 
 // statusBoard holds every peer's status. Its mutex guards only memory.
@@ -118,6 +120,10 @@ func (b *statusBoard) observeClocks(times map[string]crdt.Timestamp, now time.Ti
 			c = &ClockSkew{Replica: w}
 			b.clocks[w] = c
 		}
+		if !c.Latest.IsZero() && !ts.Time().After(c.Latest) {
+			continue // an older write of the writer, relayed late: says nothing of its clock now
+		}
+		c.Latest = ts.Time()
 		c.Ahead = time.Duration(ts.WallMillis-now.UnixMilli()) * time.Millisecond
 		c.Seen = now
 		changed = append(changed, w)
