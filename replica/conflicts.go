@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -38,14 +39,18 @@ func (r *Replica) Conflicts(ctx context.Context) ([]policy.Entry, error) {
 	}
 	out := list[:0]
 	for _, e := range list {
-		live, err := r.currentEntry(ctx, &e)
-		if err != nil {
-			return nil, fmt.Errorf("replica: conflicts: %w", err)
-		}
-		if live {
+		// A record that cannot be read now (an error) is listed as queued:
+		// the listing never hides a conflict it could not check.
+		if live, err := r.currentEntry(ctx, &e); live || err != nil {
 			out = append(out, e)
 		}
 	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Deadline.Equal(out[j].Deadline) {
+			return out[i].Deadline.Before(out[j].Deadline)
+		}
+		return out[i].ID() < out[j].ID()
+	})
 	return out, nil
 }
 
@@ -54,6 +59,15 @@ func (r *Replica) Conflicts(ctx context.Context) ([]policy.Entry, error) {
 // sets Provisional to the candidate the record shows and Deadline to the
 // clamped deadline.
 func (r *Replica) currentEntry(ctx context.Context, e *policy.Entry) (bool, error) {
+	orig := *e
+	live, err := r.refreshEntry(ctx, e)
+	if err != nil {
+		*e = orig
+	}
+	return live, err
+}
+
+func (r *Replica) refreshEntry(ctx context.Context, e *policy.Entry) (bool, error) {
 	coll, id := e.Collection, e.RecordID
 	unlock := r.lockRecords(recordKey(coll, id))
 	defer unlock()
