@@ -352,6 +352,9 @@ const nsSkew = "clock-skew"
 // writes stamped beyond the bound (unless this replica's own clock looks
 // behind), and returns those writes. The caller holds the record's lock.
 func (r *Replica) observeClocks(ctx context.Context, d *crdt.Doc, before []automerge.ChangeHash) ([]crdt.FutureWrite, error) {
+	if crdt.SameHeads(before, d.Heads()) {
+		return nil, nil // the merge added nothing
+	}
 	times, err := d.WriterTimes(before)
 	if err != nil || len(times) == 0 {
 		return nil, err
