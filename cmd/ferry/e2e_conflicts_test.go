@@ -121,3 +121,31 @@ func TestE2EStatusShowsClockSkew(t *testing.T) {
 		}
 	}
 }
+
+// TestE2EDeadlineFallbackRunsByItself: past the deadline, any command that
+// opens the store lets the fallback decide; nobody calls a sweep. (The
+// clock is moved 25 hours on for the later commands.)
+func TestE2EDeadlineFallbackRunsByItself(t *testing.T) {
+	const pol = `{"version":1,"default":{"policy":"timestamp"},
+	  "collections":{"notes":{"policy":"timestamp","fields":{"/title":{"policy":"user","deadline":"24h","fallback":"timestamp"}}}}}`
+	a, b, _ := conflictPair(t, pol, nil, nil)
+	if len(b.conflicts()) != 1 {
+		t.Fatal("no conflict queued")
+	}
+	b.extra = []string{"FERRY_TEST_CLOCK_OFFSET=23h"}
+	if len(b.conflicts()) != 1 {
+		t.Fatal("the fallback decided before the deadline")
+	}
+	b.extra = []string{"FERRY_TEST_CLOCK_OFFSET=25h"}
+	if got := b.get("notes", "n1")["title"]; got != "from-b" {
+		t.Fatalf("title after the deadline %v, want the timestamp fallback's from-b", got)
+	}
+	if n := len(b.conflicts()); n != 0 {
+		t.Fatalf("%d conflicts still open past the deadline", n)
+	}
+	a.extra = b.extra
+	syncTo(t, a, b)
+	if n := len(a.conflicts()); n != 0 {
+		t.Fatalf("a lists %d conflicts after the fallback synced", n)
+	}
+}
