@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"fmt"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -163,5 +164,45 @@ func TestSupersededPlain(t *testing.T) {
 	}
 	if _, stale, err := b.Superseded(c.Path, c.ID, cands); err != nil || stale {
 		t.Fatalf("a document lacking a candidate: stale=%v %v", stale, err)
+	}
+}
+
+// BenchmarkSuperseded: the check a merge or write runs per open conflict
+// of its record, with n writes to another field made since the conflict.
+func BenchmarkSuperseded(b *testing.B) {
+	for _, n := range []int{10, 1000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			clk := newTestClock()
+			x, y := mustNew(b, clk.actor("x", 0)), mustNew(b, clk.actor("y", 0))
+			_ = x.Set("title", "base")
+			mustMerge(b, y, x)
+			_ = x.Set("title", "from-x")
+			_ = y.Set("title", "from-y")
+			r := mustMerge(b, x, y)
+			if len(r.Conflicts) != 1 {
+				b.Fatal("no conflict")
+			}
+			c := r.Conflicts[0]
+			cands := []automerge.ChangeHash{c.Candidates[0].Change, c.Candidates[1].Change}
+			for i := range n {
+				_ = x.Set("body", i)
+			}
+			b.Run("full", func(b *testing.B) {
+				for range b.N {
+					if _, stale, err := x.Superseded(c.Path, c.ID, cands); err != nil || stale {
+						b.Fatal(stale, err)
+					}
+				}
+			})
+			before := x.Heads()
+			_ = x.Set("body", -1)
+			b.Run("local-write", func(b *testing.B) {
+				for range b.N {
+					if stale, err := x.SupersededLocally(c.Path, c.ID, cands, before); err != nil || stale {
+						b.Fatal(stale, err)
+					}
+				}
+			})
+		})
 	}
 }

@@ -129,3 +129,78 @@ func (d *Doc) writesField(m *chMeta, ptr, conflictID string) (bool, error) {
 	}
 	return !equalNodes(a, b), nil
 }
+
+// SupersededLocally is Superseded for the changes this replica just wrote
+// on top of the state with heads before (a local write): they follow
+// everything that state held, so when it held every candidate only the new
+// changes need reading: O(new changes), whatever the history since the
+// conflict. It falls back to Superseded when a candidate is among the new
+// changes, and returns false when before is empty.
+func (d *Doc) SupersededLocally(ptr, conflictID string, candidates, before []automerge.ChangeHash) (bool, error) {
+	if len(candidates) == 0 || len(before) == 0 {
+		return false, nil
+	}
+	if _, err := splitPointer(ptr); err != nil {
+		return false, fmt.Errorf("%w: %q", ErrBadPath, ptr)
+	}
+	d.mu.Lock()
+	chs, err := d.changesSince(before)
+	if err != nil {
+		d.mu.Unlock()
+		return false, fmt.Errorf("crdt: superseded: %w", err)
+	}
+	fresh := map[automerge.ChangeHash]*chMeta{}
+	var order []*chMeta
+	for _, c := range chs {
+		if m := d.metaOf(c.Hash()); m != nil {
+			fresh[m.hash] = m
+			order = append(order, m)
+		}
+	}
+	for _, h := range candidates {
+		if _, isNew := fresh[h]; isNew || !d.hasChange(h) {
+			d.mu.Unlock()
+			_, stale, err := d.Superseded(ptr, conflictID, candidates)
+			return stale, err
+		}
+	}
+	defer d.mu.Unlock()
+	// A new change follows every candidate when its history holds every
+	// head of before (that state held them all). Exact for local writes;
+	// a change merged in by the caller that does not is skipped (the full
+	// Superseded, at listing and decision time, still sees it).
+	heads := map[automerge.ChangeHash]int{}
+	for _, h := range before {
+		if _, dup := heads[h]; !dup {
+			heads[h] = len(heads)
+		}
+	}
+	words := (len(heads) + 63) / 64
+	covered := map[automerge.ChangeHash][]uint64{}
+	for _, m := range order {
+		set := make([]uint64, words)
+		for _, dep := range m.deps {
+			if i, ok := heads[dep]; ok {
+				set[i/64] |= 1 << (i % 64)
+			}
+			for i, w := range covered[dep] {
+				set[i] |= w
+			}
+		}
+		covered[m.hash] = set
+		n := 0
+		for _, w := range set {
+			for ; w != 0; w &= w - 1 {
+				n++
+			}
+		}
+		if n != len(heads) {
+			continue
+		}
+		newer, err := d.writesField(m, ptr, conflictID)
+		if err != nil || newer {
+			return newer, err
+		}
+	}
+	return false, nil
+}

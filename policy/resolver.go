@@ -212,6 +212,35 @@ func (r *Resolver) Supersede(ctx context.Context, collection, recordID string, d
 	return closed, nil
 }
 
+// SupersedeLocal is Supersede after a local write: the changes since
+// before were written here, on top of a state holding every candidate of
+// the record's open conflicts, so only they are read (crdt.Doc.
+// SupersededLocally), whatever the history since the conflicts arose.
+func (r *Resolver) SupersedeLocal(ctx context.Context, collection, recordID string, d *crdt.Doc, before []automerge.ChangeHash) ([]string, error) {
+	if r.Queue == nil {
+		return nil, nil
+	}
+	entries, err := r.Queue.ForRecord(ctx, collection, recordID)
+	if err != nil {
+		return nil, err
+	}
+	var closed []string
+	for _, e := range entries {
+		stale, err := d.SupersededLocally(e.Conflict.Path, e.ID(), candidateChanges(e.Conflict), before)
+		if err != nil {
+			return closed, fmt.Errorf("policy: superseded %s: %w", e.ID(), err)
+		}
+		if !stale {
+			continue
+		}
+		if err := r.closeStale(ctx, e); err != nil {
+			return closed, err
+		}
+		closed = append(closed, e.ID())
+	}
+	return closed, nil
+}
+
 func (r *Resolver) closeStale(ctx context.Context, e Entry) error {
 	open, err := r.Queue.CloseAs(ctx, e.ID(), ByNewerWrite)
 	if err != nil || open == nil {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
@@ -151,8 +152,8 @@ func (r *Replica) supersedeAll(ctx context.Context) error {
 // supersede closes the open conflicts of a record that a write just
 // superseded. It is best effort: the write is stored already, and a
 // conflict it misses is closed when listed or resolved.
-func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc) {
-	closed, _ := r.res.Supersede(ctx, coll, id, d)
+func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc, before []automerge.ChangeHash) {
+	closed, _ := r.res.SupersedeLocal(ctx, coll, id, d, before)
 	r.publishClosed(coll, "", closed, policy.ByNewerWrite)
 }
 

@@ -448,7 +448,7 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 	r.cache.put(key, d)
 	r.events.publish(Event{Kind: EventRecord, Collection: collection, ID: id, Seq: metas[0].Seq, Deleted: metas[0].Deleted, Local: true})
 	// A conflict on a field this write changed no longer stands.
-	r.supersede(ctx, collection, id, d)
+	r.supersede(ctx, collection, id, d, before)
 	return nil
 }
 
