@@ -56,6 +56,10 @@ const (
 	// BySuperseded: a newer conflict on the same field, one of whose
 	// candidates resolved this one, replaced it in the queue.
 	BySuperseded Decider = "superseded"
+	// ByNewerWrite: a write made after the conflict (by a replica that held
+	// every candidate) changed the field, so the conflict no longer stands
+	// and was closed without a decision.
+	ByNewerWrite Decider = "newer-write"
 )
 
 // Record is one audit entry.

@@ -8,7 +8,9 @@
 // queued until the user picks a candidate or supplies a value, or until the
 // deadline when a fallback policy decides). Policies read only what is in the
 // documents, so every replica decides the same, and a Set has a Fingerprint
-// that peers compare.
+// that peers compare. A queued conflict that a newer write to its field
+// superseded is closed, never decided (Resolver.Supersede, ErrStale), and
+// candidate times are bounded by the clock notes in the document (Clamps).
 //
 // # Usage
 //
@@ -20,6 +22,7 @@
 //	p, _ := r.Queue.ResolvePick(ctx, entries[0].ID(), 1)
 //	_ = r.Commit(ctx, docOf(p.Entry.RecordID), p)
 //	due, _ := r.Queue.Sweep(ctx, now)                // deadline fallbacks, Commit each
+//	closed, _ := r.Supersede(ctx, "notes", id, doc)  // after a local write: conflicts it made stale
 //
 // See docs/policy.md for the file format and the determinism argument.
 package policy

@@ -39,6 +39,26 @@ const DefaultDeadline = 24 * time.Hour
 // ErrBadPolicy reports an invalid policy file or rule.
 var ErrBadPolicy = errors.New("policy: bad policy")
 
+// ErrStale: the queued conflict was superseded by a newer write to its
+// field; deciding it now would overwrite that write, so it was closed
+// instead.
+var ErrStale = errors.New("policy: conflict superseded by a newer write")
+
+// Clamps bounds the times of writes that some replica received before
+// their recorded time (crdt.Doc.ClockClamps: clock notes kept in the
+// document): such a write counts as made at its clamp when candidates are
+// ordered by time. Nil clamps nothing.
+type Clamps map[crdt.WriteKey]crdt.Timestamp
+
+// Time returns the time candidate c counts as: its HLC, or its clamp when
+// that is earlier.
+func (cl Clamps) Time(c crdt.Candidate) crdt.Timestamp {
+	if t, ok := cl[crdt.WriteKey{ReplicaID: c.ReplicaID, HLC: c.HLC}]; ok && t.Compare(c.HLC) < 0 {
+		return t
+	}
+	return c.HLC
+}
+
 // Rule is the policy for a collection or a field.
 type Rule struct {
 	Policy Kind `json:"policy"`
@@ -322,14 +342,20 @@ type Decision struct {
 // conflict (which holds only what is in the documents), so every replica
 // decides the same.
 func (s *Set) Decide(collection string, c crdt.Conflict) Decision {
+	return s.DecideClamped(collection, c, nil)
+}
+
+// DecideClamped is Decide with candidate times bounded by cl (the clock
+// notes of the conflict's document).
+func (s *Set) DecideClamped(collection string, c crdt.Conflict, cl Clamps) Decision {
 	r := s.RuleFor(collection, c.Path)
 	d := Decision{Collection: collection, Conflict: c, Rule: r, Policy: r.Policy, By: "policy:" + string(r.Policy)}
 	switch r.Policy {
 	case User:
-		d.Winner, d.Policy, d.Provisional = Pick(Timestamp, "", c), Timestamp, true
+		d.Winner, d.Policy, d.Provisional = PickClamped(Timestamp, "", c, cl), Timestamp, true
 		d.By = "user:provisional"
 	default:
-		d.Winner = Pick(r.Policy, r.PriorityField, c)
+		d.Winner = PickClamped(r.Policy, r.PriorityField, c, cl)
 	}
 	return d
 }
@@ -337,6 +363,11 @@ func (s *Set) Decide(collection string, c crdt.Conflict) Decision {
 // Pick returns the index of the winning candidate under policy k (User
 // picks like Timestamp).
 func Pick(k Kind, priorityField string, c crdt.Conflict) int {
+	return PickClamped(k, priorityField, c, nil)
+}
+
+// PickClamped is Pick with candidate times bounded by cl.
+func PickClamped(k Kind, priorityField string, c crdt.Conflict, cl Clamps) int {
 	if len(c.Candidates) == 0 {
 		return -1
 	}
@@ -349,7 +380,7 @@ func Pick(k Kind, priorityField string, c crdt.Conflict) int {
 		best := 0
 		for i := 1; i < len(c.Candidates); i++ {
 			pi, pb := prio(c.Candidates[i], priorityField), prio(c.Candidates[best], priorityField)
-			if pi > pb || pi == pb && laterThan(c.Candidates[i], c.Candidates[best]) {
+			if pi > pb || pi == pb && laterThan(c.Candidates[i], c.Candidates[best], cl) {
 				best = i
 			}
 		}
@@ -357,7 +388,7 @@ func Pick(k Kind, priorityField string, c crdt.Conflict) int {
 	}
 	best := 0
 	for i := 1; i < len(c.Candidates); i++ {
-		if laterThan(c.Candidates[i], c.Candidates[best]) {
+		if laterThan(c.Candidates[i], c.Candidates[best], cl) {
 			best = i
 		}
 	}
@@ -386,9 +417,13 @@ func prio(c crdt.Candidate, field string) float64 {
 	return math.Inf(-1)
 }
 
-// laterThan orders candidates for Timestamp: HLC, then replica id, then
-// change hash (a total order, so every replica agrees).
-func laterThan(a, b crdt.Candidate) bool {
+// laterThan orders candidates for Timestamp: HLC (clamped by cl), then
+// the recorded HLC, then replica id, then change hash (a total order, so
+// every replica that holds the same clock notes agrees).
+func laterThan(a, b crdt.Candidate, cl Clamps) bool {
+	if c := cl.Time(a).Compare(cl.Time(b)); c != 0 {
+		return c > 0
+	}
 	if c := a.HLC.Compare(b.HLC); c != 0 {
 		return c > 0
 	}

@@ -104,12 +104,17 @@ const (
 )
 
 // Queue is the persisted user-choice queue. Closed conflict ids are kept as
-// tombstones so that a late-arriving provisional resolution does not reopen
-// a conflict already decided.
+// tombstones (holding who closed them) so that a late-arriving provisional
+// resolution does not reopen a conflict already decided.
 type Queue struct {
 	kv KV
 	mu sync.Mutex
+	// byRecord indexes the open entries by record (loaded on first use),
+	// so a write to a record without open conflicts costs no store read.
+	byRecord map[recordRef]map[string]bool
 }
+
+type recordRef struct{ collection, id string }
 
 // NewQueue returns a queue over kv.
 func NewQueue(kv KV) *Queue { return &Queue{kv: kv} }
@@ -130,12 +135,28 @@ func (q *Queue) Add(ctx context.Context, e Entry) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return true, q.kv.Put(ctx, openPrefix+id, b)
+	if err := q.kv.Put(ctx, openPrefix+id, b); err != nil {
+		return false, err
+	}
+	if q.byRecord != nil {
+		ref := recordRef{e.Collection, e.RecordID}
+		if q.byRecord[ref] == nil {
+			q.byRecord[ref] = map[string]bool{}
+		}
+		q.byRecord[ref][id] = true
+	}
+	return true, nil
 }
 
 // Close removes the entry (if open) and records the id as closed. It
 // returns the entry that was open, if any.
 func (q *Queue) Close(ctx context.Context, id string) (*Entry, error) {
+	return q.CloseAs(ctx, id, "")
+}
+
+// CloseAs is Close recording who closed the conflict (ClosedBy reports
+// it). An id closed already keeps its first reason.
+func (q *Queue) CloseAs(ctx context.Context, id string, by Decider) (*Entry, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var open *Entry
@@ -150,12 +171,27 @@ func (q *Queue) Close(ctx context.Context, id string) (*Entry, error) {
 		}
 		open = &e
 	}
-	if err := q.kv.Put(ctx, closedPrefix+id, []byte{1}); err != nil {
+	if _, was, err := q.kv.Get(ctx, closedPrefix+id); err != nil {
 		return nil, err
+	} else if !was {
+		reason := []byte(by)
+		if by == "" {
+			reason = []byte{1} // closed, reason not recorded (as before reasons were kept)
+		}
+		if err := q.kv.Put(ctx, closedPrefix+id, reason); err != nil {
+			return nil, err
+		}
 	}
 	if ok {
 		if err := q.kv.Delete(ctx, openPrefix+id); err != nil {
 			return nil, err
+		}
+		if q.byRecord != nil {
+			ref := recordRef{open.Collection, open.RecordID}
+			delete(q.byRecord[ref], id)
+			if len(q.byRecord[ref]) == 0 {
+				delete(q.byRecord, ref)
+			}
 		}
 	}
 	return open, nil
@@ -165,6 +201,76 @@ func (q *Queue) Close(ctx context.Context, id string) (*Entry, error) {
 func (q *Queue) IsClosed(ctx context.Context, id string) (bool, error) {
 	_, ok, err := q.kv.Get(ctx, closedPrefix+id)
 	return ok, err
+}
+
+// ClosedBy reports whether the conflict id was closed here and, if the
+// reason was recorded, who closed it (empty when unknown).
+func (q *Queue) ClosedBy(ctx context.Context, id string) (Decider, bool, error) {
+	b, ok, err := q.kv.Get(ctx, closedPrefix+id)
+	if err != nil || !ok {
+		return "", false, err
+	}
+	if len(b) == 1 && b[0] == 1 {
+		return "", true, nil
+	}
+	return Decider(b), true, nil
+}
+
+// ForRecord returns the open entries of one record, ordered like List.
+// The first call reads every open entry once to build an index; later
+// calls for a record without open entries read nothing.
+func (q *Queue) ForRecord(ctx context.Context, collection, id string) ([]Entry, error) {
+	q.mu.Lock()
+	if q.byRecord == nil {
+		idx := map[recordRef]map[string]bool{}
+		err := q.kv.Range(ctx, func(key string, value []byte) error {
+			if !strings.HasPrefix(key, openPrefix) {
+				return nil
+			}
+			e, err := decodeEntry(value)
+			if err != nil {
+				return err
+			}
+			ref := recordRef{e.Collection, e.RecordID}
+			if idx[ref] == nil {
+				idx[ref] = map[string]bool{}
+			}
+			idx[ref][e.Conflict.ID] = true
+			return nil
+		})
+		if err != nil {
+			q.mu.Unlock()
+			return nil, err
+		}
+		q.byRecord = idx
+	}
+	ids := make([]string, 0, len(q.byRecord[recordRef{collection, id}]))
+	for cid := range q.byRecord[recordRef{collection, id}] {
+		ids = append(ids, cid)
+	}
+	q.mu.Unlock()
+	var out []Entry
+	for _, cid := range ids {
+		e, err := q.Get(ctx, cid)
+		if errors.Is(err, ErrNoEntry) {
+			continue // closed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	sortEntries(out)
+	return out, nil
+}
+
+func sortEntries(out []Entry) {
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Deadline.Equal(out[j].Deadline) {
+			return out[i].Deadline.Before(out[j].Deadline)
+		}
+		return out[i].Conflict.ID < out[j].Conflict.ID
+	})
 }
 
 // Get returns the open entry for id.
@@ -193,12 +299,7 @@ func (q *Queue) List(ctx context.Context) ([]Entry, error) {
 		out = append(out, e)
 		return nil
 	})
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Deadline.Equal(out[j].Deadline) {
-			return out[i].Deadline.Before(out[j].Deadline)
-		}
-		return out[i].Conflict.ID < out[j].Conflict.ID
-	})
+	sortEntries(out)
 	return out, err
 }
 
@@ -247,14 +348,21 @@ func (q *Queue) Sweep(ctx context.Context, now time.Time) ([]Pending, error) {
 		if e.Deadline.After(now) {
 			continue
 		}
-		fb := e.Fallback
-		if fb == "" || fb == User {
-			fb = Timestamp
-		}
-		by := "fallback:" + string(fb)
-		w := Pick(fb, e.FallbackPriorityField, e.Conflict)
-		out = append(out, Pending{Entry: e, Policy: fb, By: by,
-			Resolution: crdt.Resolution{Conflict: e.Conflict, Winner: w, By: by}})
+		out = append(out, FallbackFor(e))
 	}
 	return out, nil
+}
+
+// FallbackFor returns the fallback decision for an entry, whatever its
+// deadline (Resolver.Commit takes it again with the document's clock
+// notes).
+func FallbackFor(e Entry) Pending {
+	fb := e.Fallback
+	if fb == "" || fb == User {
+		fb = Timestamp
+	}
+	by := "fallback:" + string(fb)
+	w := Pick(fb, e.FallbackPriorityField, e.Conflict)
+	return Pending{Entry: e, Policy: fb, By: by,
+		Resolution: crdt.Resolution{Conflict: e.Conflict, Winner: w, By: by}}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 )
 
@@ -29,8 +30,10 @@ type Outcome struct {
 	// provisional resolutions received from other replicas).
 	Queued []Entry
 	// Closed are the conflict ids whose queued entry was closed, by a
-	// remote resolution or because a newer conflict superseded them.
-	Closed []string
+	// remote resolution, because a newer conflict superseded them, or
+	// because a newer write to the field did (ClosedBy says which).
+	Closed   []string
+	ClosedBy map[string]Decider
 }
 
 func (r *Resolver) now() time.Time {
@@ -45,7 +48,15 @@ func (r *Resolver) now() time.Time {
 // MergeRemote and before the merged document is saved or sent, so that the
 // replica that detects a conflict is the one that resolves it.
 func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *crdt.Doc, mr *crdt.MergeResult) (*Outcome, error) {
-	out := &Outcome{}
+	out := &Outcome{ClosedBy: map[string]Decider{}}
+	var cl Clamps
+	if len(mr.Conflicts) > 0 {
+		m, err := d.ClockClamps()
+		if err != nil {
+			return out, fmt.Errorf("policy: clock notes: %w", err)
+		}
+		cl = m
+	}
 	var rs []crdt.Resolution
 	for _, c := range mr.Conflicts {
 		if r.Policies.RuleFor(collection, c.Path).Policy == Merge {
@@ -53,7 +64,7 @@ func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *
 				return out, fmt.Errorf("policy: crdt winner: %w", err)
 			}
 		}
-		dec := r.Policies.Decide(collection, c)
+		dec := r.Policies.DecideClamped(collection, c, cl)
 		dec.RecordID = recordID
 		out.Decisions = append(out.Decisions, dec)
 		rs = append(rs, crdt.Resolution{Conflict: c, Winner: dec.Winner, Provisional: dec.Provisional, By: dec.By})
@@ -87,12 +98,13 @@ func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *
 			}
 		}
 		for _, id := range sortedIDs(closing) {
-			e, err := r.Queue.Close(ctx, id)
+			e, err := r.Queue.CloseAs(ctx, id, closing[id])
 			if err != nil {
 				return out, err
 			}
 			if e != nil {
 				out.Closed = append(out.Closed, id)
+				out.ClosedBy[id] = closing[id]
 				if err := r.audit(ctx, Record{Collection: e.Collection, RecordID: e.RecordID, Conflict: e.Conflict,
 					Winner: -1, Policy: User, By: closing[id]}); err != nil {
 					return out, err
@@ -111,6 +123,16 @@ func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *
 			}
 		}
 		for _, e := range adds {
+			// A conflict that reaches this replica already superseded by a
+			// newer write (both arrived in one batch) is closed, not shown.
+			if _, stale, err := d.Superseded(e.Conflict.Path, e.ID(), candidateChanges(e.Conflict)); err != nil {
+				return out, fmt.Errorf("policy: superseded: %w", err)
+			} else if stale {
+				if _, err := r.Queue.CloseAs(ctx, e.ID(), ByNewerWrite); err != nil {
+					return out, err
+				}
+				continue
+			}
 			added, err := r.Queue.Add(ctx, e)
 			if err != nil {
 				return out, err
@@ -118,6 +140,14 @@ func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *
 			if added {
 				out.Queued = append(out.Queued, e)
 			}
+		}
+		closed, err := r.Supersede(ctx, collection, recordID, d)
+		for _, id := range closed {
+			out.Closed = append(out.Closed, id)
+			out.ClosedBy[id] = ByNewerWrite
+		}
+		if err != nil {
+			return out, err
 		}
 	}
 	for _, dec := range out.Decisions {
@@ -151,28 +181,140 @@ func (r *Resolver) entry(collection, recordID string, c crdt.Conflict) Entry {
 		Fallback: rule.Fallback, FallbackPriorityField: rule.FallbackPriorityField}
 }
 
-// Commit writes a user or fallback decision into the record's document,
-// closes the queue entry and audits it.
-func (r *Resolver) Commit(ctx context.Context, d *crdt.Doc, p Pending) error {
-	if p.Policy == Merge {
-		c := p.Entry.Conflict
-		if err := d.FillCRDTWinner(&c); err != nil {
-			return fmt.Errorf("policy: crdt winner: %w", err)
+// Supersede closes every open entry of the record that a newer write to
+// its field superseded (crdt.Doc.Superseded), audits each as
+// ByNewerWrite, and returns their ids. Call it after every write to the
+// record that did not go through Resolve (local edits, restores); Resolve
+// calls it itself. Every replica that holds the newer write closes the
+// same entries, so queues stay identical.
+func (r *Resolver) Supersede(ctx context.Context, collection, recordID string, d *crdt.Doc) ([]string, error) {
+	if r.Queue == nil {
+		return nil, nil
+	}
+	entries, err := r.Queue.ForRecord(ctx, collection, recordID)
+	if err != nil {
+		return nil, err
+	}
+	var closed []string
+	for _, e := range entries {
+		_, stale, err := d.Superseded(e.Conflict.Path, e.ID(), candidateChanges(e.Conflict))
+		if err != nil {
+			return closed, fmt.Errorf("policy: superseded %s: %w", e.ID(), err)
 		}
-		p.Resolution.Winner = Pick(Merge, "", c)
+		if !stale {
+			continue
+		}
+		if err := r.closeStale(ctx, e); err != nil {
+			return closed, err
+		}
+		closed = append(closed, e.ID())
+	}
+	return closed, nil
+}
+
+// SupersedeLocal is Supersede after a local write: the changes since
+// before were written here, on top of a state holding every candidate of
+// the record's open conflicts, so only they are read (crdt.Doc.
+// SupersededLocally), whatever the history since the conflicts arose.
+func (r *Resolver) SupersedeLocal(ctx context.Context, collection, recordID string, d *crdt.Doc, before []automerge.ChangeHash) ([]string, error) {
+	if r.Queue == nil {
+		return nil, nil
+	}
+	entries, err := r.Queue.ForRecord(ctx, collection, recordID)
+	if err != nil {
+		return nil, err
+	}
+	var closed []string
+	for _, e := range entries {
+		stale, err := d.SupersededLocally(e.Conflict.Path, e.ID(), candidateChanges(e.Conflict), before)
+		if err != nil {
+			return closed, fmt.Errorf("policy: superseded %s: %w", e.ID(), err)
+		}
+		if !stale {
+			continue
+		}
+		if err := r.closeStale(ctx, e); err != nil {
+			return closed, err
+		}
+		closed = append(closed, e.ID())
+	}
+	return closed, nil
+}
+
+func (r *Resolver) closeStale(ctx context.Context, e Entry) error {
+	open, err := r.Queue.CloseAs(ctx, e.ID(), ByNewerWrite)
+	if err != nil || open == nil {
+		return err
+	}
+	return r.audit(ctx, Record{Collection: e.Collection, RecordID: e.RecordID, Conflict: e.Conflict,
+		Winner: -1, Policy: User, By: ByNewerWrite})
+}
+
+func candidateChanges(c crdt.Conflict) []automerge.ChangeHash {
+	out := make([]automerge.ChangeHash, len(c.Candidates))
+	for i, cd := range c.Candidates {
+		out[i] = cd.Change
+	}
+	return out
+}
+
+// EffectiveDeadline is the entry's deadline with candidate times bounded
+// by cl: a candidate stamped in the future (a device whose clock runs
+// ahead) does not push the deadline out further than its clamp.
+func EffectiveDeadline(e Entry, cl Clamps) time.Time {
+	var raw, eff crdt.Timestamp
+	for _, cd := range e.Conflict.Candidates {
+		if cd.HLC.Compare(raw) > 0 {
+			raw = cd.HLC
+		}
+		if t := cl.Time(cd); t.Compare(eff) > 0 {
+			eff = t
+		}
+	}
+	return e.Deadline.Add(-raw.Time().Sub(eff.Time()))
+}
+
+// Commit writes a user or fallback decision into the record's document,
+// closes the queue entry and audits it. A conflict that a newer write to
+// its field superseded is closed instead (audited ByNewerWrite) and Commit
+// returns ErrStale: deciding it would overwrite that write. A fallback
+// decision is taken again here with the document's clock notes.
+func (r *Resolver) Commit(ctx context.Context, d *crdt.Doc, p Pending) error {
+	if _, stale, err := d.Superseded(p.Entry.Conflict.Path, p.Entry.ID(), candidateChanges(p.Entry.Conflict)); err != nil {
+		return fmt.Errorf("policy: superseded %s: %w", p.Entry.ID(), err)
+	} else if stale {
+		if r.Queue != nil {
+			if err := r.closeStale(ctx, p.Entry); err != nil {
+				return err
+			}
+		}
+		return fmt.Errorf("%w: %s (%s)", ErrStale, p.Entry.ID(), p.Entry.Conflict.Path)
+	}
+	if p.Policy != User {
+		c := p.Entry.Conflict
+		if p.Policy == Merge {
+			if err := d.FillCRDTWinner(&c); err != nil {
+				return fmt.Errorf("policy: crdt winner: %w", err)
+			}
+		}
+		cl, err := d.ClockClamps()
+		if err != nil {
+			return fmt.Errorf("policy: clock notes: %w", err)
+		}
+		p.Resolution.Winner = PickClamped(p.Policy, p.Entry.FallbackPriorityField, c, cl)
 	}
 	if err := d.Resolve(p.Resolution); err != nil {
 		return fmt.Errorf("policy: commit %s: %w", p.Entry.Conflict.ID, err)
 	}
 	var errs []error
-	if r.Queue != nil {
-		if _, err := r.Queue.Close(ctx, p.Entry.Conflict.ID); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	by := ByUser
 	if p.Policy != User {
 		by = ByFallback
+	}
+	if r.Queue != nil {
+		if _, err := r.Queue.CloseAs(ctx, p.Entry.Conflict.ID, by); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	errs = append(errs, r.audit(ctx, Record{Collection: p.Entry.Collection, RecordID: p.Entry.RecordID,
 		Conflict: p.Entry.Conflict, Winner: p.Resolution.Winner, Value: p.Resolution.Value,

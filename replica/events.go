@@ -10,8 +10,13 @@ const (
 	EventRecord EventKind = iota + 1
 	// EventStatus: the sync status of a peer or of the replica changed.
 	EventStatus
-	// EventConflict: a conflict was queued for the user, or closed.
+	// EventConflict: a conflict was queued for the user, or closed
+	// (Reason says which, and why).
 	EventConflict
+	// EventClockSkew: writes arrived stamped further ahead of this
+	// replica's clock than Options.MaxClockDrift allows; Skew says whose
+	// and by how much. Their times were clamped (see docs/policy.md).
+	EventClockSkew
 )
 
 // Event is one change a watcher is told of.
@@ -24,6 +29,13 @@ type Event struct {
 	Local      bool   // written by this replica (EventRecord)
 	Peer       string // the peer whose sync delivered it, or whose status changed
 	Status     *Status
+	// Reason, for EventConflict: "queued", or who closed it: "user",
+	// "fallback", "remote" (another replica's decision arrived),
+	// "superseded" (a newer conflict on the field replaced it) or
+	// "newer-write" (a write made after it changed the field).
+	Reason string
+	// Skew, for EventClockSkew: the writer whose clock runs ahead.
+	Skew *ClockSkew
 }
 
 // hub fans events out to watchers. A watcher that falls behind loses

@@ -70,6 +70,13 @@ type LoopOptions struct {
 	Rand *rand.Rand
 	// SessionTimeout bounds one session (2m when zero).
 	SessionTimeout time.Duration
+	// SweepInterval is how often the loop lets the fallback policy decide
+	// conflicts past their deadline (SweepConflicts): once at start, then
+	// at this interval (Interval when zero).
+	SweepInterval time.Duration
+	// SweepAfter is After for the sweep's timer (time.After when nil), kept
+	// apart so a test can drive the sync timers and the sweep separately.
+	SweepAfter func(d time.Duration) <-chan time.Time
 }
 
 // StartSync starts the background loop: one goroutine per peer that syncs
@@ -90,6 +97,12 @@ func (r *Replica) StartSync(opts LoopOptions) error {
 	}
 	if opts.SessionTimeout <= 0 {
 		opts.SessionTimeout = 2 * time.Minute
+	}
+	if opts.SweepInterval <= 0 {
+		opts.SweepInterval = opts.Interval
+	}
+	if opts.SweepAfter == nil {
+		opts.SweepAfter = time.After
 	}
 	for _, p := range opts.Peers {
 		if p.Dialer == nil || p.Addr == "" {
@@ -128,6 +141,11 @@ func (r *Replica) StartSync(opts LoopOptions) error {
 				}
 			}
 		}
+	}()
+	r.loopWG.Add(1)
+	go func() {
+		defer r.loopWG.Done()
+		r.sweepLoop(ctx, opts)
 	}()
 	var mu = make(chan struct{}, 1) // serialises the jitter source
 	draw := func() float64 {
@@ -180,6 +198,20 @@ func (r *Replica) peerLoop(ctx context.Context, p Peer, kick <-chan struct{}, op
 		next := r.opts.Now().Add(wait)
 		r.status.scheduled(p.key(), next)
 		timer = opts.After(wait)
+	}
+}
+
+// sweepLoop decides expired conflicts at start and then every
+// SweepInterval, by the replica's clock, until ctx ends. A failed sweep is
+// retried at the next tick (what it decided stays decided).
+func (r *Replica) sweepLoop(ctx context.Context, opts LoopOptions) {
+	for {
+		_, _ = r.SweepConflicts(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-opts.SweepAfter(opts.SweepInterval):
+		}
 	}
 }
 

@@ -55,6 +55,9 @@ type RelayStats struct {
 	// name or id breaks the naming rule: pulled ones are refused, stored
 	// ones (written before the rule) are not pushed.
 	InvalidNames int `json:"invalid_names,omitempty"`
+	// ClockSkew lists the writers whose writes arrived stamped ahead of
+	// this replica's clock beyond Options.MaxClockDrift (see SyncStats).
+	ClockSkew []ClockSkew `json:"clock_skew,omitempty"`
 }
 
 func (r *Replica) relayClient(url string) *relay.Client {
@@ -283,8 +286,9 @@ func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, er
 	r.status.begin(peer)
 	r.publishStatus(peer)
 	err = r.syncRelay(ctx, space, start, peer, &st)
+	st.ClockSkew = r.status.sessionSkews(peer)
 	r.status.end(peer, SyncStats{Peer: peer, RecordsSent: st.RecordsPushed, RecordsReceived: st.RecordsApplied,
-		BytesSent: st.BytesPushed, Conflicts: st.Conflicts, InvalidNames: st.InvalidNames}, err, r.openConflicts(ctx))
+		BytesSent: st.BytesPushed, Conflicts: st.Conflicts, InvalidNames: st.InvalidNames, ClockSkew: st.ClockSkew}, err, r.openConflicts(ctx))
 	r.saveStatus(context.WithoutCancel(ctx), peer)
 	r.publishStatus(peer)
 	if err != nil {

@@ -69,7 +69,13 @@ type Options struct {
 	Policies *policy.Set
 	// Now is the clock (time.Now when nil). Tests inject a fake one.
 	Now func() time.Time
-	// MaxClockDrift bounds how far a peer's clock may pull ours forward.
+	// MaxClockDrift bounds how far ahead of this replica's clock a remote
+	// write's time may be (DefaultMaxClockDrift when zero). A remote time
+	// beyond it does not pull this replica's clock forward, and the write
+	// counts as made at its arrival time plus the bound when conflicts are
+	// decided by time: a clock note written into the record makes every
+	// replica decide alike (docs/policy.md, "Clocks"). Such writers are
+	// reported in SyncStats.ClockSkew, Status and an EventClockSkew.
 	MaxClockDrift time.Duration
 	// CacheSize is the number of documents kept loaded (1024 when zero).
 	CacheSize int
@@ -100,8 +106,20 @@ func (o *Options) validate() error {
 	if o.Batch <= 0 {
 		o.Batch = 512
 	}
+	if o.MaxClockDrift <= 0 {
+		o.MaxClockDrift = DefaultMaxClockDrift
+	}
 	return nil
 }
+
+// DefaultMaxClockDrift is the default bound on how far ahead of this
+// replica's clock a remote write's time may be. Devices that keep their
+// clocks by NTP (every phone and desktop OS by default) agree to well
+// under a second, and an unsynchronised clock drifts a few seconds a
+// day, so five minutes flags only clocks that are really wrong (set by
+// hand, a wrong time zone, a dead clock battery), while a write clamped
+// by it still counts as made five minutes after it arrived.
+const DefaultMaxClockDrift = 5 * time.Minute
 
 func (o *Options) storage() storage.Options {
 	return storage.Options{Passphrase: o.Passphrase, Key: o.Key, KDF: o.KDF, InMemory: o.InMemory, NoSync: o.NoSync, Now: o.Now}
@@ -194,7 +212,7 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 		cache:  newDocCache(opts.CacheSize),
 		seed:   maphash.MakeSeed(),
 		events: newHub(),
-		status: &statusBoard{now: opts.Now, peers: map[string]*Status{}},
+		status: &statusBoard{now: opts.Now, bound: opts.MaxClockDrift, peers: map[string]*Status{}},
 		closed: make(chan struct{}),
 	}
 	r.life, r.endLife = context.WithCancel(context.Background())
@@ -216,7 +234,16 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 		_ = st.Close()
 		return nil, fmt.Errorf("replica: status: %w", err)
 	}
+	if err := r.loadSkews(ctx); err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("replica: clock skew: %w", err)
+	}
 	r.loopCtx, r.stopLoops = context.WithCancel(context.Background())
+	// Conflicts whose deadline passed while the replica was closed are
+	// decided now, so the fallback runs without anyone calling for it.
+	// A sweep that fails (an unreadable record) does not stop the open:
+	// the next open and the sync loop try again.
+	_, _ = r.SweepConflicts(ctx)
 	return r, nil
 }
 
@@ -414,6 +441,8 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 	}
 	r.cache.put(key, d)
 	r.events.publish(Event{Kind: EventRecord, Collection: collection, ID: id, Seq: metas[0].Seq, Deleted: metas[0].Deleted, Local: true})
+	// A conflict on a field this write changed no longer stands.
+	r.supersede(ctx, collection, id, d, before)
 	return nil
 }
 
@@ -584,5 +613,9 @@ func (r *Replica) Restore(ctx context.Context, rd io.Reader, opts storage.Import
 	}()
 	st, err := r.store.Import(ctx, rd, opts)
 	r.cache.clear()
+	if err == nil {
+		// A restored record may hold writes newer than a queued conflict.
+		err = r.supersedeAll(ctx)
+	}
 	return st, err
 }

@@ -57,6 +57,10 @@ type SyncStats struct {
 	// naming rule (docs/replica.md): received ones are refused, stored ones
 	// (written before the rule) are not sent. Set when the session ends.
 	InvalidNames int `json:"invalid_names,omitempty"`
+	// ClockSkew lists the writers whose writes arrived in this session
+	// stamped ahead of this replica's clock by more than
+	// Options.MaxClockDrift (their times were clamped).
+	ClockSkew []ClockSkew `json:"clock_skew,omitempty"`
 }
 
 // sessionHost is everything a session needs from its replica. The replica

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -58,13 +60,146 @@ type Status struct {
 	OpenConflicts int       `json:"open_conflicts"`       // conflicts queued for the user
 	Warning       string    `json:"warning,omitempty"`    // why the state is Stale (kept until the stores are healed)
 	Progress      SyncStats `json:"progress"`             // the running (or last) session's counts
+	// ClockSkew, for a peer: its own writes arrived stamped ahead of this
+	// replica's clock by more than Options.MaxClockDrift (nil when never).
+	ClockSkew *ClockSkew `json:"clock_skew,omitempty"`
+	// ClockSkews, for the replica: every writer whose latest write was
+	// seen stamped ahead beyond the bound, peers or not (writes relayed by
+	// a peer count for their writer).
+	ClockSkews []ClockSkew `json:"clock_skews,omitempty"`
+	// ClockBehind, for the replica: more of the writers it hears from are
+	// ahead of its clock than agree with it, so its own clock is probably
+	// behind; it clamps no one's writes until that changes.
+	ClockBehind bool `json:"clock_behind,omitempty"`
+}
+
+// ClockSkew reports a writer whose writes arrived stamped ahead of this
+// replica's clock by more than the bound (Options.MaxClockDrift). Their
+// times were clamped for deciding conflicts (docs/policy.md), so the
+// writer does not win every conflict; its clock needs fixing.
+type ClockSkew struct {
+	// Replica is the writer: an identity fingerprint, or "automerge:" and
+	// the actor id for a plain Automerge client.
+	Replica string `json:"replica"`
+	// Ahead is how far ahead of this replica's clock the writer's latest
+	// write was when it arrived: a lower bound of the writer's clock
+	// error, since a write arrives after it is made. JSON: nanoseconds.
+	Ahead time.Duration `json:"ahead_ns"`
+	// Writes counts the writes that arrived ahead beyond the bound (in
+	// the session, in SyncStats; since the store was created, in Status).
+	Writes int `json:"writes"`
+	// Seen is when the latest write arrived, by this replica's clock.
+	Seen time.Time `json:"seen"`
+	// Latest is the time stamped on the writer's latest write seen.
+	Latest time.Time `json:"latest"`
 }
 
 // statusBoard holds every peer's status. Its mutex guards only memory.
 type statusBoard struct {
 	now   func() time.Time
+	bound time.Duration // Options.MaxClockDrift
 	mu    sync.Mutex
 	peers map[string]*Status
+	// clocks: every other writer's latest observed clock (Ahead may be
+	// within the bound, or negative); session: per peer, the writers seen
+	// ahead in its running (or last) session.
+	clocks  map[string]*ClockSkew
+	session map[string]map[string]*ClockSkew
+}
+
+// observeClocks records how far ahead of now the latest writes of each
+// writer in times are, and reports whether this replica's own clock is
+// trustworthy: it is, unless more of the writers it has heard from are
+// ahead of it beyond the bound than agree with it (itself included). A
+// replica whose clock is behind sees every other writer ahead; it must
+// not clamp their writes, or it would reorder the writes of replicas
+// whose clocks are right (docs/policy.md, "Clocks").
+func (b *statusBoard) observeClocks(times map[string]crdt.Timestamp, now time.Time) (trust bool, changed []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.clocks == nil {
+		b.clocks = map[string]*ClockSkew{}
+	}
+	for w, ts := range times {
+		c := b.clocks[w]
+		if c == nil {
+			c = &ClockSkew{Replica: w}
+			b.clocks[w] = c
+		}
+		if !c.Latest.IsZero() && !ts.Time().After(c.Latest) {
+			continue // an older write of the writer, relayed late: says nothing of its clock now
+		}
+		c.Latest = ts.Time()
+		c.Ahead = time.Duration(ts.WallMillis-now.UnixMilli()) * time.Millisecond
+		c.Seen = now
+		changed = append(changed, w)
+	}
+	sort.Strings(changed)
+	return b.trustLocked(), changed
+}
+
+func (b *statusBoard) trustLocked() bool {
+	agree, ahead := 1, 0
+	for _, c := range b.clocks {
+		if c.Ahead > b.bound {
+			ahead++
+		} else {
+			agree++
+		}
+	}
+	return agree >= ahead
+}
+
+// noteSkew counts writes that arrived ahead (delivered by peer, "" for
+// an import) into the writers' totals and the peer's session.
+func (b *statusBoard) noteSkew(peer string, fws []crdt.FutureWrite, at time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.clocks == nil {
+		b.clocks = map[string]*ClockSkew{}
+	}
+	if b.session == nil {
+		b.session = map[string]map[string]*ClockSkew{}
+	}
+	if peer != "" && b.session[peer] == nil {
+		b.session[peer] = map[string]*ClockSkew{}
+	}
+	for _, fw := range fws {
+		w := fw.Write.ReplicaID
+		for _, m := range []map[string]*ClockSkew{b.clocks, b.session[peer]} {
+			if m == nil {
+				continue
+			}
+			s := m[w]
+			if s == nil {
+				s = &ClockSkew{Replica: w, Ahead: fw.Ahead, Seen: at}
+				m[w] = s
+			}
+			s.Writes++
+		}
+	}
+}
+
+// sessionSkews returns the writers seen ahead in peer's session.
+func (b *statusBoard) sessionSkews(peer string) []ClockSkew {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return sortedSkews(b.session[peer], 0)
+}
+
+// skewsLocked returns the writers whose latest write was ahead beyond
+// the bound.
+func (b *statusBoard) skewsLocked() []ClockSkew { return sortedSkews(b.clocks, b.bound) }
+
+func sortedSkews(m map[string]*ClockSkew, bound time.Duration) []ClockSkew {
+	var out []ClockSkew
+	for _, s := range m {
+		if s.Ahead > bound {
+			out = append(out, *s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Replica < out[j].Replica })
+	return out
 }
 
 func (b *statusBoard) get(peer string) *Status {
@@ -82,6 +217,7 @@ func (b *statusBoard) begin(peer string) {
 	s := b.get(peer)
 	s.State = Syncing
 	s.Progress = SyncStats{Peer: peer}
+	delete(b.session, peer)
 }
 
 func (b *statusBoard) progress(peer string, st SyncStats) {
@@ -154,7 +290,12 @@ func (b *statusBoard) snapshot() []Status {
 	defer b.mu.Unlock()
 	out := make([]Status, 0, len(b.peers))
 	for _, s := range b.peers {
-		out = append(out, *s)
+		st := *s
+		if sk := b.clocks[st.Peer]; sk != nil && sk.Ahead > b.bound {
+			c := *sk
+			st.ClockSkew = &c
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
 	return out
@@ -206,7 +347,12 @@ func (r *Replica) Status(ctx context.Context) (Status, []Status) {
 			peers[i].State = Conflict
 		}
 	}
-	return overall(peers, open), peers
+	all := overall(peers, open)
+	r.status.mu.Lock()
+	all.ClockSkews = r.status.skewsLocked()
+	all.ClockBehind = !r.status.trustLocked()
+	r.status.mu.Unlock()
+	return all, peers
 }
 
 func (r *Replica) openConflicts(ctx context.Context) int {
@@ -217,6 +363,112 @@ func (r *Replica) openConflicts(ctx context.Context) int {
 	return len(list)
 }
 
+const nsSkew = "clock-skew"
+
+// observeClocks records the clocks of the writers whose writes a merge
+// added (delivered by peer; "" for an import), notes in the document the
+// writes stamped beyond the bound (unless this replica's own clock looks
+// behind), and returns those writes. The caller holds the record's lock.
+func (r *Replica) observeClocks(ctx context.Context, d *crdt.Doc, before []automerge.ChangeHash) ([]crdt.FutureWrite, error) {
+	if crdt.SameHeads(before, d.Heads()) {
+		return nil, nil // the merge added nothing
+	}
+	times, err := d.WriterTimes(before)
+	if err != nil || len(times) == 0 {
+		return nil, err
+	}
+	now := r.opts.Now()
+	trust, changed := r.status.observeClocks(times, now)
+	fws, err := d.NoteFutureWrites(before, now, r.clock.MaxDrift(), trust)
+	if err != nil {
+		return nil, err
+	}
+	r.status.noteSkew("", fws, now)
+	r.saveClocks(ctx, changed)
+	return fws, nil
+}
+
+// reportSkew adds writes that arrived ahead to peer's session and tells
+// watchers (an EventClockSkew per writer).
+func (r *Replica) reportSkew(peer string, fws []crdt.FutureWrite) {
+	if len(fws) == 0 {
+		return
+	}
+	if peer != "" {
+		r.status.mu.Lock()
+		if r.status.session == nil {
+			r.status.session = map[string]map[string]*ClockSkew{}
+		}
+		if r.status.session[peer] == nil {
+			r.status.session[peer] = map[string]*ClockSkew{}
+		}
+		for _, fw := range fws {
+			w := fw.Write.ReplicaID
+			s := r.status.session[peer][w]
+			if s == nil {
+				s = &ClockSkew{Replica: w, Ahead: fw.Ahead, Seen: r.opts.Now()}
+				r.status.session[peer][w] = s
+			}
+			s.Writes++
+			if fw.Ahead > s.Ahead {
+				s.Ahead = fw.Ahead
+			}
+		}
+		r.status.mu.Unlock()
+	}
+	seen := map[string]bool{}
+	for _, fw := range fws {
+		w := fw.Write.ReplicaID
+		if seen[w] {
+			continue
+		}
+		seen[w] = true
+		r.status.mu.Lock()
+		var sk ClockSkew
+		if c := r.status.clocks[w]; c != nil {
+			sk = *c
+		}
+		r.status.mu.Unlock()
+		sk.Replica = w
+		r.events.publish(Event{Kind: EventClockSkew, Peer: peer, Skew: &sk})
+	}
+}
+
+// saveClocks persists writers' clock observations (best effort, like the
+// status: losing them loses no data).
+func (r *Replica) saveClocks(ctx context.Context, writers []string) {
+	for _, w := range writers {
+		r.status.mu.Lock()
+		c := r.status.clocks[w]
+		var b []byte
+		var err error
+		if c != nil {
+			b, err = json.Marshal(c)
+		}
+		r.status.mu.Unlock()
+		if c != nil && err == nil {
+			_ = r.store.Slots(nsSkew).Put(ctx, w, b)
+		}
+	}
+}
+
+// loadSkews restores the writers' clock observations at open.
+func (r *Replica) loadSkews(ctx context.Context) error {
+	return r.store.Slots(nsSkew).Range(ctx, func(w string, b []byte) error {
+		var s ClockSkew
+		if json.Unmarshal(b, &s) != nil || s.Replica != w {
+			return nil // unreadable: forgotten, not fatal
+		}
+		r.status.mu.Lock()
+		if r.status.clocks == nil {
+			r.status.clocks = map[string]*ClockSkew{}
+		}
+		r.status.clocks[w] = &s
+		r.status.mu.Unlock()
+		return nil
+	})
+}
+
 const nsStatus = "status"
 
 // saveStatus persists a peer's status so it survives restarts (a best
@@ -225,7 +477,8 @@ func (r *Replica) saveStatus(ctx context.Context, peer string) {
 	s := r.status.peer(peer)
 	s.Progress = SyncStats{Peer: s.Progress.Peer, RecordsSent: s.Progress.RecordsSent, RecordsReceived: s.Progress.RecordsReceived,
 		BytesSent: s.Progress.BytesSent, BytesReceived: s.Progress.BytesReceived, Conflicts: s.Progress.Conflicts,
-		InvalidNames: s.Progress.InvalidNames}
+		InvalidNames: s.Progress.InvalidNames, ClockSkew: s.Progress.ClockSkew}
+	s.ClockSkew = nil // kept in its own namespace
 	if s.State == Syncing {
 		return
 	}

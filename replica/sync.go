@@ -54,6 +54,7 @@ func (r *Replica) SyncWith(ctx context.Context, conn transport.Conn, opts SyncOp
 		},
 	})
 	stats.InvalidNames = h.invalidNames()
+	stats.ClockSkew = r.status.sessionSkews(peer)
 	// What was sent was shared, even if the session failed afterwards.
 	if lerr := h.recordShares(context.WithoutCancel(ctx)); lerr != nil && err == nil {
 		err = lerr
@@ -485,7 +486,8 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		conflicts int
 		touched   []string
 		events    []Event
-		queued    []string
+		queued    []Event
+		future    []crdt.FutureWrite
 	)
 	fail := func(err error) ([]needMsg, int, []uint64, error) {
 		for _, k := range touched {
@@ -526,15 +528,24 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		case err != nil:
 			return fail(fmt.Errorf("replica: merge %s/%s: %w", rc.Collection, rc.ID, err))
 		}
+		// Writes stamped beyond the clock bound are noted in the document
+		// before conflicts are decided (docs/policy.md, "Clocks").
+		fws, err := r.observeClocks(ctx, d, before)
+		if err != nil {
+			return fail(fmt.Errorf("replica: clock notes %s/%s: %w", rc.Collection, rc.ID, err))
+		}
+		future = append(future, fws...)
 		out, err := r.res.Resolve(ctx, rc.Collection, rc.ID, d, mr)
 		if err != nil {
 			return fail(fmt.Errorf("replica: resolve %s/%s: %w", rc.Collection, rc.ID, err))
 		}
 		conflicts += len(mr.Conflicts)
 		for _, e := range out.Queued {
-			queued = append(queued, e.ID())
+			queued = append(queued, Event{Kind: EventConflict, Collection: rc.Collection, ID: e.ID(), Peer: peer, Reason: "queued"})
 		}
-		queued = append(queued, out.Closed...)
+		for _, id := range out.Closed {
+			queued = append(queued, Event{Kind: EventConflict, Collection: rc.Collection, ID: id, Peer: peer, Reason: string(out.ClosedBy[id])})
+		}
 		if !crdt.SameHeads(before, d.Heads()) {
 			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
@@ -553,6 +564,9 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		batch.Slots = append(batch.Slots, r.cursorWrite(peer, upTo))
 	}
 	if len(batch.Records) == 0 && len(batch.Slots) == 0 {
+		for _, ev := range queued {
+			r.events.publish(ev)
+		}
 		return needs, conflicts, nil, nil
 	}
 	metas, err := r.store.Write(ctx, batch)
@@ -567,9 +581,10 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 			echoes = append(echoes, metas[i].Seq)
 		}
 	}
-	for _, id := range queued {
-		r.events.publish(Event{Kind: EventConflict, ID: id, Peer: peer})
+	for _, ev := range queued {
+		r.events.publish(ev)
 	}
+	r.reportSkew(peer, future)
 	return needs, conflicts, echoes, nil
 }
 

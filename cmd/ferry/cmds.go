@@ -134,6 +134,15 @@ func (e *env) open(ctx context.Context) (*replica.Replica, error) {
 		return nil, err
 	}
 	opts := replica.Options{Passphrase: pass, Policies: set, Name: cfg.Name, Priority: cfg.Priority}
+	if off := e.getenv("FERRY_TEST_CLOCK_OFFSET"); off != "" {
+		// For trying clock-skew handling: this process's clock runs off
+		// by the given duration ("24h", "-90m").
+		d, err := time.ParseDuration(off)
+		if err != nil {
+			return nil, usagef("FERRY_TEST_CLOCK_OFFSET: %v", err)
+		}
+		opts.Now = func() time.Time { return time.Now().Add(d) }
+	}
 	r, err := replica.OpenExisting(ctx, e.dir, opts)
 	if errors.Is(err, storage.ErrNoStore) {
 		return nil, fmt.Errorf("no store in %s (run 'ferry init'): %w", e.dir, err)

@@ -252,7 +252,9 @@ func init() {
 					return e.printJSON(map[string]any{"replica": r.ID(), "overall": all, "peers": peers, "records": counts})
 				}
 				fmt.Fprintf(e.stdout, "replica %s: %s, %d open conflicts\n", r.ID(), all.State, all.OpenConflicts)
+				isPeer := map[string]bool{}
 				for _, p := range peers {
+					isPeer[p.Peer] = true
 					line := fmt.Sprintf("  peer %s: %s", short(p.Peer), p.State)
 					if !p.LastSync.IsZero() {
 						line += ", last sync " + p.LastSync.UTC().Format(time.RFC3339)
@@ -263,7 +265,18 @@ func init() {
 					if p.Warning != "" {
 						line += "; " + p.Warning
 					}
+					if p.ClockSkew != nil {
+						line += ", " + skewText(*p.ClockSkew)
+					}
 					fmt.Fprintln(e.stdout, line)
+				}
+				for _, sk := range all.ClockSkews {
+					if !isPeer[sk.Replica] {
+						fmt.Fprintf(e.stdout, "  writer %s (not a direct peer): %s\n", short(sk.Replica), skewText(sk))
+					}
+				}
+				if all.ClockBehind {
+					fmt.Fprintln(e.stdout, "  this device's clock looks behind: most writers it hears from are ahead of it; check its date and time")
 				}
 				for _, c := range colls {
 					fmt.Fprintf(e.stdout, "  %s: %d records\n", c, counts[c])
@@ -293,8 +306,12 @@ func init() {
 				}
 				for _, en := range list {
 					c := toConflictJSON(en)
-					fmt.Fprintf(e.stdout, "%s  %s/%s %s (decide by %s; showing candidate %d)\n", c.ID, c.Collection, c.Record, c.Path,
-						c.Deadline.UTC().Format(time.RFC3339), c.Provisional)
+					showing := fmt.Sprintf("showing candidate %d", c.Provisional)
+					if c.Provisional < 0 {
+						showing = "showing none of the candidates"
+					}
+					fmt.Fprintf(e.stdout, "%s  %s/%s %s (decide by %s; %s)\n", c.ID, c.Collection, c.Record, c.Path,
+						c.Deadline.UTC().Format(time.RFC3339), showing)
 					for _, cand := range c.Candidates {
 						v := []byte(cand.Value)
 						if cand.Deleted {
@@ -582,6 +599,12 @@ func describeEntry(en consent.Entry) string {
 	return ""
 }
 
+// skewText describes a writer whose clock runs ahead.
+func skewText(sk replica.ClockSkew) string {
+	return fmt.Sprintf("clock at least %s ahead (%d writes stamped ahead, last seen %s)",
+		sk.Ahead.Round(time.Second), sk.Writes, sk.Seen.UTC().Format(time.RFC3339))
+}
+
 // conflictJSON is the stable JSON form of a queued conflict.
 type conflictJSON struct {
 	ID          string          `json:"id"`
@@ -665,7 +688,9 @@ func expandConflictID(ctx context.Context, r *replica.Replica, prefix string) (s
 	case 1:
 		return match[0], nil
 	case 0:
-		return "", fmt.Errorf("%s: %w", prefix, replica.ErrNoConflict)
+		// Not open: the replica says whether it was decided, superseded
+		// by a newer write (replica.ErrConflictStale) or never existed.
+		return prefix, nil
 	}
 	return "", usagef("%q matches %d conflicts; give more of the id", prefix, len(match))
 }

@@ -114,6 +114,8 @@ type store struct {
 	name string
 	dir  string
 	pass string
+	// extra is environment added to every command on the store.
+	extra []string
 }
 
 // newStore runs `ferry init` in a fresh directory.
@@ -128,7 +130,7 @@ func newStore(t *testing.T, name, pass string, initArgs ...string) *store {
 }
 
 func (s *store) env(extra ...string) []string {
-	return baseEnv(s.t, append([]string{"FERRY_PASSPHRASE=" + s.pass}, extra...)...)
+	return baseEnv(s.t, append(append([]string{"FERRY_PASSPHRASE=" + s.pass}, s.extra...), extra...)...)
 }
 
 // ferry runs a command on the store.

@@ -104,7 +104,8 @@ func exitCode(err error) int {
 		return exitCorrupt
 	case errors.Is(err, replica.ErrNoConsent), errors.Is(err, replica.ErrPolicyMismatch), errors.Is(err, transport.ErrUnknownPeer),
 		errors.Is(err, storage.ErrLocked), errors.Is(err, storage.ErrExists), errors.Is(err, consent.ErrDeclined),
-		errors.Is(err, relay.ErrAuth), errors.Is(err, relay.ErrNotMember), errors.Is(err, relay.ErrQuota):
+		errors.Is(err, relay.ErrAuth), errors.Is(err, relay.ErrNotMember), errors.Is(err, relay.ErrQuota),
+		errors.Is(err, replica.ErrConflictStale):
 		return exitForbidden
 	case errors.Is(err, replica.ErrProtocol), errors.Is(err, replica.ErrVersionMismatch), errors.Is(err, replica.ErrIdentityMismatch),
 		errors.Is(err, relay.ErrProtocol), errors.Is(err, transport.ErrFrameTooLarge), errors.Is(err, transport.ErrNotFerry):
