@@ -22,6 +22,9 @@ func (s *Store) ChangePassphrase(ctx context.Context, newOpts Options) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.checkSpace(0); err != nil {
+		return err
+	}
 	s.transMu.Lock()
 	defer s.transMu.Unlock()
 	h := *s.hdr
@@ -66,6 +69,9 @@ func (s *Store) RotateKey(ctx context.Context, progress func(done, total int)) e
 		return err
 	}
 	defer s.end()
+	if err := s.checkSpace(0); err != nil {
+		return err
+	}
 	s.rotMu.Lock()
 	defer s.rotMu.Unlock()
 	if err := s.alive(ctx); err != nil {
