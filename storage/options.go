@@ -58,11 +58,15 @@ type Options struct {
 	// Now is the clock for Created/Updated; nil => time.Now.
 	Now func() time.Time
 
-	// Badger sizes, in bytes (NumMemtables is a count). Zero means ferry's
-	// embedded default (DefaultSizes), sized for a phone rather than a
-	// server. They also set the free space a store keeps in reserve before
-	// it refuses writes with ErrNoSpace (Reserve; docs/storage.md).
-	//
+	// Sizes are Badger's sizes (zero fields: DefaultSizes).
+	Sizes
+}
+
+// Sizes are Badger's sizes, in bytes (NumMemtables is a count). A zero
+// field means ferry's embedded default (DefaultSizes), sized for a phone
+// rather than a server. They also set the free space a store keeps in
+// reserve before it refuses writes with ErrNoSpace (Reserve; docs/storage.md).
+type Sizes struct {
 	// MemTableSize is the size of one memtable and of its write-ahead log
 	// (*.mem, up to 2x on disk, memory-mapped); [1 MiB, 1 GiB].
 	MemTableSize int64
@@ -86,16 +90,15 @@ type Options struct {
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
 // field: 4 MiB memtables, 2 of them, 32 MiB value-log files, an 8 MiB
 // block cache, indexes kept in memory, 2 MiB tables.
-func DefaultSizes() Options {
-	return Options{MemTableSize: 4 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
+func DefaultSizes() Sizes {
+	return Sizes{MemTableSize: 4 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20}
 }
 
 // sizes returns o's sizes with zero fields set to DefaultSizes.
-func (o *Options) sizes() Options {
+func (o *Options) sizes() Sizes {
 	d := DefaultSizes()
-	r := Options{MemTableSize: o.MemTableSize, NumMemtables: o.NumMemtables, ValueLogFileSize: o.ValueLogFileSize,
-		BlockCacheSize: o.BlockCacheSize, IndexCacheSize: o.IndexCacheSize, BaseTableSize: o.BaseTableSize}
+	r := o.Sizes
 	if r.MemTableSize == 0 {
 		r.MemTableSize = d.MemTableSize
 	}

@@ -2,6 +2,8 @@ package storage
 
 import (
 	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,17 +20,78 @@ import (
 // flushes the memtable), and it opens a store read-only when less than that
 // is free, so reads keep working on a full disk.
 
-// Reserve returns the free space, in bytes, a store with options o keeps on
-// its file system: the write-ahead log of the current memtable growing to
-// full size and the next one started (2 x MemTableSize), every memtable
-// flushed to a table (NumMemtables x MemTableSize), a compaction's output
-// (2 x BaseTableSize) and 1 MiB for the manifest, the discard-stats file and
-// file headers. A write transaction needs, in addition, twice its own size
-// (its entries go to the write-ahead log and, for large values, to the
-// value log). With the default sizes the reserve is 21 MiB.
+// Reserve returns the free space, in bytes, a store with options o needs
+// before it opens read-write: what Close needs (closeReserve) plus the
+// write-ahead log of the current memtable growing to full size and the next
+// one started (2 x MemTableSize) and 2 x BaseTableSize for a first
+// compaction. With DefaultSizes it is 21 MiB. An open store asks for more
+// before each write: see writeReserve.
 func Reserve(o Options) int64 {
 	z := o.sizes()
-	return (int64(z.NumMemtables)+2)*z.MemTableSize + 2*z.BaseTableSize + 1<<20
+	return closeReserve(o) + 2*z.MemTableSize + 2*z.BaseTableSize
+}
+
+// closeReserve is the free space Close needs to flush the memtables
+// ((NumMemtables + 1) x MemTableSize: the one being written, those waiting
+// to be flushed) plus 1 MiB for the manifest, the discard-stats file and
+// file headers; with DefaultSizes, 13 MiB. It is less than what a write
+// needs, so a store that refused a write still closes.
+func closeReserve(o Options) int64 {
+	z := o.sizes()
+	return (int64(z.NumMemtables)+1)*z.MemTableSize + 1<<20
+}
+
+// writeReserve is the free space a write transaction of size bytes needs:
+// Reserve, with the compaction part measured on the store's levels now
+// (compactionNeed), plus twice the transaction (its entries go to the
+// write-ahead log and, for large values, to the value log).
+func (s *Store) writeReserve(size int64) int64 {
+	need := compactionNeed(s.db.Levels())
+	return s.reserve + max(need-2*s.baseTable, 0) + 2*size
+}
+
+// compactionNeed bounds the space Badger's compactions may take before they
+// free their inputs, from the current level sizes. Keys are blinded (uniform
+// over the key space), so a level-0 compaction rewrites level 0 and all of
+// the level it merges into, and a table of level i overlaps the fraction
+// tableSize/size(i) of level i+1 (plus a table at each edge). Two
+// compactions run at once (NumCompactors 2): the two largest needs count.
+func compactionNeed(lv []badger.LevelInfo) int64 {
+	var a, b int64 // the two largest needs
+	add := func(n int64) {
+		switch {
+		case n > a:
+			a, b = n, a
+		case n > b:
+			b = n
+		}
+	}
+	for i, l := range lv {
+		if l.NumTables == 0 {
+			continue
+		}
+		var next *badger.LevelInfo
+		for j := i + 1; j < len(lv); j++ {
+			if lv[j].NumTables > 0 || lv[j].IsBaseLevel {
+				next = &lv[j]
+				break
+			}
+		}
+		t := max(l.TargetFileSize, l.Size/int64(l.NumTables))
+		switch {
+		case i == 0:
+			n := l.Size
+			if next != nil {
+				n += next.Size
+			}
+			add(n)
+		case next == nil:
+			add(2 * t) // the last level rewrites a table to drop old versions
+		default:
+			add(t + next.Size*t/max(l.Size, t) + 2*next.TargetFileSize)
+		}
+	}
+	return a + b
 }
 
 // statFree returns the bytes available to this process on the file system
@@ -54,7 +117,7 @@ func (s *Store) checkSpace(size int64) error {
 	if s.readOnly {
 		return fmt.Errorf("store opened read-only for lack of space; free space and open it again: %w", ErrNoSpace)
 	}
-	return spaceFor(s.dir, s.reserve+2*size, "write")
+	return spaceFor(s.dir, s.writeReserve(size), "write")
 }
 
 // trimTornTails truncates each write-ahead log to the end of its last

@@ -27,8 +27,10 @@ type Store struct {
 
 	// readOnly: Badger was opened read-only because less than reserve
 	// bytes were free; every write fails with ErrNoSpace.
-	readOnly bool
-	reserve  int64 // free bytes kept on the file system (Reserve)
+	readOnly  bool
+	reserve   int64 // free bytes kept on the file system (Reserve)
+	closeRes  int64 // free bytes Close needs (closeReserve)
+	baseTable int64 // BaseTableSize
 
 	// transMu serialises key-state transitions: header writes (passphrase
 	// change, rotation start and finish) and publishing a new keyState.
@@ -119,7 +121,12 @@ func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error
 		WithChecksumVerificationMode(options.OnBlockRead).
 		WithVerifyValueChecksum(true).
 		WithCompression(options.None). // values are ciphertext, keys are MACs: incompressible
-		WithCompactL0OnClose(true)
+		// Two compactors (Badger's minimum when compacting), so at most two
+		// compactions need space at once (compactionNeed). Close only
+		// flushes: compacting there too would need space Close cannot
+		// count on.
+		WithNumCompactors(2).
+		WithCompactL0OnClose(false)
 	defer func() {
 		if r := recover(); r != nil {
 			db, err = nil, corruptf("open database")
@@ -134,7 +141,8 @@ func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error
 
 func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
 	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}),
-		readOnly: readOnly, reserve: Reserve(*o)}
+		readOnly: readOnly, reserve: Reserve(*o), closeRes: closeReserve(*o),
+		baseTable: o.sizes().BaseTableSize}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -398,8 +406,9 @@ func lastSeqUnder(txn *badger.Txn, prefix []byte) (uint64, bool) {
 // material the store holds. Calling Close again returns nil. Do not call
 // Close from inside a List/Range/ScanLog callback.
 //
-// Closing a writable store flushes its memtable to a table: with fewer than
-// Reserve bytes free, Close returns ErrNoSpace and leaves Badger open (the
+// Closing a writable store flushes its memtables to tables: with too little
+// free space for that (NumMemtables x MemTableSize + 2 x BaseTableSize +
+// 1 MiB, less than Reserve), Close returns ErrNoSpace and leaves Badger open (the
 // store refuses every operation with ErrClosed; everything acknowledged is
 // in the write-ahead log); call Close again once space is freed. A process
 // that exits instead loses nothing: the next Open replays the log.
@@ -417,7 +426,7 @@ func (s *Store) Close() error {
 	s.lifeMu.Unlock()
 	s.ops.Wait()
 	if !s.inMem && !s.readOnly {
-		if err := spaceFor(s.dir, s.reserve, "close: flush memtable"); err != nil {
+		if err := spaceFor(s.dir, s.closeRes, "close: flush memtable"); err != nil {
 			s.lifeMu.Lock()
 			s.dbState = dbDeferred
 			s.lifeMu.Unlock()
