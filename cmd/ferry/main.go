@@ -39,6 +39,7 @@ const (
 	exitCorrupt   = 5 // corrupted or tampered data, bad backup
 	exitNetwork   = 6 // the peer or relay could not be reached, or the session broke
 	exitForbidden = 7 // refused: no consent, unknown peer, policy mismatch, store locked
+	exitNoSpace   = 8 // no space left on the device
 )
 
 // usageError marks a bad command line.
@@ -60,6 +61,8 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, storage.ErrWrongKey):
 		return exitWrongKey
+	case errors.Is(err, storage.ErrNoSpace):
+		return exitNoSpace
 	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
 		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),
 		errors.Is(err, replica.ErrUnknownSpace):
