@@ -3,6 +3,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/ferrysync/ferry/replica"
 )
 
 // Disk full through the real binary, on a real 40 MB tmpfs: ferry put on a
@@ -67,6 +71,7 @@ func TestE2EDiskFull(t *testing.T) {
 	fillDisk(t, filler)
 	_, stderr, code := s.ferry("put", "notes", "n2", `{"title":"refused"}`)
 	assertFailure(t, stderr, code, exitNoSpace, "no space left on device")
+	t.Logf("stderr: %s", stderr)
 	if got := s.get("notes", "n1"); got["title"] != "before" {
 		t.Fatalf("get on a full disk: %v", got)
 	}
@@ -87,5 +92,89 @@ func TestE2EDiskFull(t *testing.T) {
 	}
 	if out := s.must("list", "notes"); !strings.Contains(out, "n1") || !strings.Contains(out, "n2") {
 		t.Fatalf("list: %q", out)
+	}
+}
+
+// copySparse copies the files of src into a new directory, keeping
+// Badger's sparse logs sparse.
+func copySparse(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dst, e.Name())
+		if err := os.WriteFile(p, bytes.TrimRight(b, "\x00"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(p, int64(len(b))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// TestE2EDamagedLog: a store copied while open (as a crash leaves it: the
+// last writes only in Badger's write-ahead log) opens; with one bit flipped
+// in the middle of that log, ferry refuses it with exit 5 and one line that
+// names the remedy, instead of silently opening with fewer records.
+func TestE2EDamagedLog(t *testing.T) {
+	s := newStore(t, "a", "damaged log pass")
+	ctx := context.Background()
+	r, err := replica.OpenExisting(ctx, s.dir, replica.Options{Passphrase: []byte(s.pass)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50; i++ {
+		if err := r.Put(ctx, "notes", fmt.Sprintf("n%d", i), map[string]any{"i": int64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crashed := copySparse(t, s.dir)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var wal string
+	var walLen int
+	ents, _ := os.ReadDir(crashed)
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".mem") {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join(crashed, e.Name()))
+		if n := len(bytes.TrimRight(b, "\x00")); n > walLen {
+			wal, walLen = e.Name(), n
+		}
+	}
+	if walLen < 4096 {
+		t.Fatalf("no write-ahead log with data in the copy (%q, %d bytes)", wal, walLen)
+	}
+	damaged := copySparse(t, crashed)
+	p := filepath.Join(damaged, wal)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[walLen/2] ^= 0x08
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	intact := &store{t: t, name: "intact", dir: crashed, pass: s.pass}
+	if got := intact.get("notes", "n49"); fmt.Sprint(got["i"]) != "49" {
+		t.Fatalf("the undamaged copy: n49 = %v", got)
+	}
+	bad := &store{t: t, name: "damaged", dir: damaged, pass: s.pass}
+	_, stderr, code := bad.ferry("get", "notes", "n49")
+	assertFailure(t, stderr, code, exitCorrupt, "ferry import")
+	t.Logf("stderr: %s", stderr)
+	if !strings.Contains(stderr, "peer") {
+		t.Fatalf("stderr does not mention syncing from a peer: %s", stderr)
 	}
 }
