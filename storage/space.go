@@ -24,7 +24,7 @@ import (
 // before it opens read-write: what Close needs (closeReserve) plus the
 // write-ahead log of the current memtable growing to full size and the next
 // one started (2 x MemTableSize) and 2 x BaseTableSize for a first
-// compaction. With DefaultSizes it is 21 MiB. An open store asks for more
+// compaction. With DefaultSizes it is 25 MiB. An open store asks for more
 // before each write: see writeReserve.
 func Reserve(o Options) int64 {
 	z := o.sizes()

@@ -311,3 +311,128 @@ func TestDiskFull(t *testing.T) {
 	fillDisk(t, filepath.Join(mnt, "filler"), 0)
 	runDiskPhase(t, "2", mnt, acked)
 }
+
+// withFree makes the store see free bytes on every file system until the
+// test ends (statFree is a package variable: tests using it must not run
+// in parallel).
+func withFree(t *testing.T, free *int64) {
+	t.Helper()
+	old := statFree
+	statFree = func(string) (int64, error) { return *free, nil }
+	t.Cleanup(func() { statFree = old })
+}
+
+// TestNoSpaceRules checks each space rule with a simulated free-space
+// figure: every kind of write refused with ErrNoSpace below the reserve and
+// nothing written, a read-only open below Reserve, a Close deferred until
+// there is room to flush, and writes working again once there is.
+func TestNoSpaceRules(t *testing.T) {
+	ctx := context.Background()
+	o := diskOpts()
+	free := int64(1 << 40)
+	withFree(t, &free)
+
+	dir := t.TempDir()
+	free = Reserve(o) - 1
+	if _, err := Create(ctx, dir, o); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Create below the reserve: %v", err)
+	}
+	free = 1 << 40
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, s, newDoc("c", "r0").set(t, "n", "0"))
+
+	free = Reserve(o) // enough to open, not enough for a write
+	refused := map[string]error{}
+	_, refused["Write"] = s.Write(ctx, Batch{Records: []RecordWrite{newDoc("c", "r1").set(t, "n", "1")}})
+	refused["Slots.Put"] = s.Slots("ns").Put(ctx, "k", []byte("v"))
+	_, refused["Append"] = s.Append(ctx, "log", []byte("v"))
+	for name, err := range refused {
+		if !errors.Is(err, ErrNoSpace) {
+			t.Errorf("%s below the reserve: %v, want ErrNoSpace", name, err)
+		}
+	}
+	if _, _, err := s.Load(ctx, "c", "r1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused write left r1: %v", err)
+	}
+	free = 0
+	if err := s.Close(); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Close with no space: %v", err)
+	}
+	free = 1 << 40
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close again: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("third Close: %v", err)
+	}
+
+	// Read-only open: reads work, every write is refused.
+	free = Reserve(o) - 1
+	s, err = Open(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.readOnly {
+		t.Fatal("opened read-write below the reserve")
+	}
+	if got := field(t, s, "c", "r0", "n"); got != "0" {
+		t.Fatalf("r0 = %q", got)
+	}
+	free = 1 << 40 // a read-only store stays read-only until reopened
+	for name, err := range map[string]error{
+		"Write":            func() error { _, err := s.Write(ctx, Batch{Records: []RecordWrite{newDoc("c", "r1").set(t, "n", "1")}}); return err }(),
+		"Slots.Put":        s.Slots("ns").Put(ctx, "k", []byte("v")),
+		"ChangePassphrase": s.ChangePassphrase(ctx, Options{Passphrase: []byte("new"), KDF: TestKDF()}),
+		"RotateKey":        s.RotateKey(ctx, nil),
+	} {
+		if !errors.Is(err, ErrNoSpace) {
+			t.Errorf("%s on a read-only store: %v, want ErrNoSpace", name, err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(ctx, dir, o) // the passphrase did not change
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustWrite(t, s, newDoc("c", "r1").set(t, "n", "1"))
+	if got := field(t, s, "c", "r1", "n"); got != "1" {
+		t.Fatalf("r1 = %q", got)
+	}
+}
+
+// enospcWriter fails like a file on a full disk.
+type enospcWriter struct{}
+
+func (enospcWriter) Write([]byte) (int, error) {
+	return 0, &os.PathError{Op: "write", Path: "backup.age", Err: syscall.ENOSPC}
+}
+
+func TestExportNoSpace(t *testing.T) {
+	s := newMemStore(t)
+	mustWrite(t, s, newDoc("c", "r0").set(t, "n", "0"))
+	_, err := s.Export(context.Background(), enospcWriter{}, ExportOptions{Passphrase: []byte("p"), ScryptWorkFactor: 10})
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Export to a full disk: %v, want ErrNoSpace", err)
+	}
+}
+
+func TestNoSpaceMapping(t *testing.T) {
+	for _, err := range []error{
+		syscall.ENOSPC,
+		&os.PathError{Op: "write", Path: "x", Err: syscall.EDQUOT},
+		fmt.Errorf("While opening memtable: %v", syscall.ENOSPC), // Badger's %v
+	} {
+		if got := mapBadgerErr("op", err); !errors.Is(got, ErrNoSpace) {
+			t.Errorf("mapBadgerErr(%v) = %v", err, got)
+		}
+		if got := mapByMessage("open", err, openMarks); !errors.Is(got, ErrNoSpace) {
+			t.Errorf("mapByMessage(%v) = %v", err, got)
+		}
+	}
+}

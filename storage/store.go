@@ -553,8 +553,13 @@ type wtx struct {
 }
 
 // logEntryOverhead is a log entry's bytes beyond key and value: header,
-// version suffix, CRC and a value pointer.
-const logEntryOverhead = 48
+// version suffix, CRC and a value pointer. lateEntryBytes is the allowance
+// for the entries one late function writes (a record's meta with an inline
+// snapshot of up to 1 KiB and its feed entry, typically well under this).
+const (
+	logEntryOverhead = 48
+	lateEntryBytes   = 4 << 10
+)
 
 func (w *wtx) set(k, v []byte) error {
 	w.size += int64(len(k) + len(v) + logEntryOverhead)
@@ -596,7 +601,9 @@ func (s *Store) update(ctx context.Context, op string, fn func(w *wtx) error) (e
 }
 
 func (s *Store) commit(w *wtx) error {
-	if err := s.checkSpace(w.size); err != nil {
+	// The late work (metas, feed entries, markers) is written under
+	// commitMu, where no statfs belongs: count it at lateEntryBytes each.
+	if err := s.checkSpace(w.size + int64(len(w.late))*lateEntryBytes); err != nil {
 		w.txn.Discard()
 		return err
 	}
