@@ -383,7 +383,10 @@ func TestNoSpaceRules(t *testing.T) {
 	}
 	free = 1 << 40 // a read-only store stays read-only until reopened
 	for name, err := range map[string]error{
-		"Write":            func() error { _, err := s.Write(ctx, Batch{Records: []RecordWrite{newDoc("c", "r1").set(t, "n", "1")}}); return err }(),
+		"Write": func() error {
+			_, err := s.Write(ctx, Batch{Records: []RecordWrite{newDoc("c", "r1").set(t, "n", "1")}})
+			return err
+		}(),
 		"Slots.Put":        s.Slots("ns").Put(ctx, "k", []byte("v")),
 		"ChangePassphrase": s.ChangePassphrase(ctx, Options{Passphrase: []byte("new"), KDF: TestKDF()}),
 		"RotateKey":        s.RotateKey(ctx, nil),
