@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // ---- a writer of Badger's log format, for unit tests and fuzz seeds ----
@@ -142,7 +143,7 @@ func crashedStore(t *testing.T, mode string, o Options, n int) string {
 	return dir
 }
 
-func cloneDir(t *testing.T, src string) string {
+func cloneDir(t testing.TB, src string) string {
 	t.Helper()
 	dst := t.TempDir()
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
@@ -377,4 +378,65 @@ func TestDamagedValueLog(t *testing.T) {
 			t.Fatalf("after a torn value-log tail: %d records, want %d", got, acked)
 		}
 	})
+}
+
+// BenchmarkOpenFullWAL: the cost of checkLogs at Open on a store left with
+// a full write-ahead log (4 MiB memtable; the store copied while open, as a
+// crash leaves it), against the whole Open (which replays and flushes that
+// log). go test -run '^$' -bench OpenFullWAL ./storage/
+func BenchmarkOpenFullWAL(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	o := testOpts()
+	o.NoSync = true
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var crashed string
+	for i := 0; crashed == ""; i++ {
+		var batch Batch
+		for j := 0; j < 50; j++ {
+			td := newDoc("c", "r"+strconv.Itoa(i*50+j))
+			batch.Records = append(batch.Records, td.set(b, "n", strconv.Itoa(i*50+j), "pad", randText(i*50+j, 500)))
+		}
+		if _, err := s.Write(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if !strings.HasSuffix(e.Name(), memExt) {
+				continue
+			}
+			data, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+			if lastNonZero(data) > 3<<20 { // 3 of 4 MiB: Badger rotates at 4
+				crashed = cloneDir(b, dir)
+			}
+		}
+	}
+	s.Close()
+	var scan, open time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		d := cloneDir(b, crashed)
+		b.StartTimer()
+		t0 := time.Now()
+		if _, err := checkLogs(d); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		s, err := Open(ctx, d, o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t2 := time.Now()
+		b.StopTimer()
+		s.Close()
+		b.StartTimer()
+		scan += t1.Sub(t0)
+		open += t2.Sub(t1) // includes a second checkLogs
+	}
+	b.ReportMetric(float64(scan.Microseconds())/float64(b.N)/1000, "scan-ms")
+	b.ReportMetric(float64(open.Microseconds())/float64(b.N)/1000, "open-ms")
+	b.ReportMetric(float64(scan)/float64(open-scan), "scan/open-without-scan")
 }
