@@ -117,12 +117,3 @@ func isNoSpace(err error) bool {
 	msg := err.Error()
 	return strings.Contains(msg, syscall.ENOSPC.Error()) || strings.Contains(msg, syscall.EDQUOT.Error())
 }
-
-// noSpace wraps an error from writing a file of the store (header, backup):
-// a full file system becomes ErrNoSpace, anything else is returned as is.
-func noSpace(op string, err error) error {
-	if err != nil && !errors.Is(err, ErrNoSpace) && isNoSpace(err) {
-		return fmt.Errorf("%s: %w", op, ErrNoSpace)
-	}
-	return err
-}
