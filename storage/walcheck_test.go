@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"math"
 	"math/rand/v2"
@@ -150,17 +151,17 @@ func cloneDir(t testing.TB, src string) string {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		b, err := os.ReadFile(p)
+		b, size, err := readAllocated(p)
 		if err != nil {
 			return err
 		}
-		// Keep Badger's sparse logs sparse: write up to the last non-zero
-		// byte, then extend.
+		// Keep Badger's sparse logs sparse: write what is allocated, then
+		// extend.
 		q := filepath.Join(dst, d.Name())
-		if err := os.WriteFile(q, b[:lastNonZero(b)+1], 0o600); err != nil {
+		if err := os.WriteFile(q, b, 0o600); err != nil {
 			return err
 		}
-		return os.Truncate(q, int64(len(b)))
+		return os.Truncate(q, size)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +169,26 @@ func cloneDir(t testing.TB, src string) string {
 	return dst
 }
 
-// dirHash hashes every file name and content of dir.
+// readAllocated returns a file's bytes up to the end of its last allocated
+// extent (the rest of a sparse file reads as zeros) and its size.
+func readAllocated(path string) ([]byte, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	b := make([]byte, dataEnd(f, fi.Size()))
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, 0, err
+	}
+	return b, fi.Size(), nil
+}
+
+// dirHash hashes every file name, size and content of dir.
 func dirHash(t *testing.T, dir string) string {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
@@ -177,12 +197,12 @@ func dirHash(t *testing.T, dir string) string {
 	}
 	h := sha256.New()
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		b, size, err := readAllocated(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		h.Write([]byte(e.Name()))
-		h.Write(b)
+		h.Write([]byte(e.Name() + "/" + strconv.FormatInt(size, 10)))
+		h.Write(bytes.TrimRight(b, "\x00"))
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
@@ -203,7 +223,7 @@ func logFile(t *testing.T, dir, ext string) (string, []byte, logScan) {
 	var bestB []byte
 	var bestR logScan
 	for _, n := range names {
-		b, err := os.ReadFile(filepath.Join(dir, n))
+		b, _, err := readAllocated(filepath.Join(dir, n))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -408,7 +428,7 @@ func BenchmarkOpenFullWAL(b *testing.B) {
 			if !strings.HasSuffix(e.Name(), memExt) {
 				continue
 			}
-			data, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+			data, _, _ := readAllocated(filepath.Join(dir, e.Name()))
 			if lastNonZero(data) > 3<<20 { // 3 of 4 MiB: Badger rotates at 4
 				crashed = cloneDir(b, dir)
 			}
