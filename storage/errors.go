@@ -35,8 +35,7 @@ var (
 	ErrInvalid = errors.New("storage: invalid argument")
 	// ErrNoSpace: the file system holding the store has too little free
 	// space for Badger to write safely (see docs/storage.md, "Disk space").
-	// Nothing acknowledged is lost; free space and retry (a store opened
-	// read-only for lack of space must be closed and opened again).
+	// Nothing acknowledged is lost; free space and retry.
 	ErrNoSpace = errors.New("storage: no space left on device")
 )
 

@@ -15,6 +15,7 @@ func (s *Store) ChangePassphrase(ctx context.Context, newOpts Options) error {
 	if err := newOpts.validate(); err != nil {
 		return err
 	}
+	s.tryWritable()
 	if err := s.begin(); err != nil {
 		return err
 	}
@@ -65,6 +66,7 @@ func (s *Store) ChangePassphrase(ctx context.Context, newOpts Options) error {
 // it. Nothing is lost at any point: each batch writes the new copy and
 // deletes the old in one transaction.
 func (s *Store) RotateKey(ctx context.Context, progress func(done, total int)) error {
+	s.tryWritable()
 	if err := s.begin(); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"os"
@@ -114,8 +115,8 @@ func (s *Store) checkSpace(size int64) error {
 	if s.inMem {
 		return nil
 	}
-	if s.readOnly {
-		return fmt.Errorf("store opened read-only for lack of space; free space and open it again: %w", ErrNoSpace)
+	if s.readOnly.Load() {
+		return fmt.Errorf("store opened read-only for lack of space: %w", ErrNoSpace)
 	}
 	return spaceFor(s.dir, s.writeReserve(size), "write")
 }
@@ -143,4 +144,81 @@ func trimTornTails(dir string, ends map[string]int64) error {
 		}
 	}
 	return nil
+}
+
+// tryWritable reopens Badger read-write when the store was opened
+// read-only for lack of space and there is now enough (Reserve). It runs
+// before a write begins: new operations wait while the ones in flight
+// finish (at most drainWait: a write inside a List callback, or beside a
+// long Export, then stays refused with ErrNoSpace and a later write tries
+// again). If the read-write open fails, Badger is reopened read-only; if
+// that fails too, the store is closed (ErrClosed).
+func (s *Store) tryWritable() {
+	if !s.readOnly.Load() || spaceFor(s.dir, s.reserve, "reopen") != nil {
+		return
+	}
+	s.lifeMu.Lock()
+	if s.closed || s.reopen != nil || !s.readOnly.Load() {
+		s.lifeMu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	s.reopen = done
+	var idle chan struct{}
+	if s.active > 0 {
+		idle = make(chan struct{})
+		s.idle = idle
+	}
+	s.lifeMu.Unlock()
+
+	ok, drained := true, true
+	if idle != nil {
+		t := time.NewTimer(drainWait)
+		select {
+		case <-idle:
+		case <-t.C:
+			drained = false
+		}
+		t.Stop()
+	}
+	if drained {
+		ok = s.reopenBadger()
+	}
+
+	s.lifeMu.Lock()
+	s.reopen, s.idle = nil, nil
+	if !ok && !s.closed {
+		s.closed, s.dbState = true, dbClosed
+		close(s.closing)
+	}
+	s.lifeMu.Unlock()
+	close(done)
+}
+
+// drainWait bounds how long tryWritable holds new operations back.
+const drainWait = time.Second
+
+// reopenBadger swaps the read-only Badger for a read-write one (or, failing
+// that, a new read-only one). No operation is in flight.
+func (s *Store) reopenBadger() bool {
+	if err := s.db.Close(); err != nil {
+		return false
+	}
+	if _, err := checkLogs(s.dir); err == nil {
+		if db, err := openBadger(s.dir, &s.bopts, false); err == nil {
+			s.db = db
+			s.readOnly.Store(false)
+			return true
+		}
+	}
+	ends, err := checkLogs(s.dir)
+	if err != nil || trimTornTails(s.dir, ends) != nil {
+		return false
+	}
+	db, err := openBadger(s.dir, &s.bopts, true)
+	if err != nil {
+		return false
+	}
+	s.db = db
+	return true
 }

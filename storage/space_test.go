@@ -238,20 +238,22 @@ func TestDiskFullPhase(t *testing.T) {
 		}
 		checkRecords(t, s, n)
 		wantNoSpaceWrite(t, s, n)
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-		// 6. Space freed: writes work again, nothing lost.
+		// 6. Space freed: writes work again without reopening, nothing
+		// lost, also after reopening.
 		for _, f := range []string{"filler", "ballast-fixed"} {
 			if err := os.Remove(filepath.Join(mnt, f)); err != nil {
 				t.Fatal(err)
 			}
 		}
+		n = writeN(t, s, n, 4)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
 		s, err = Open(ctx, dir, diskOpts())
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkRecords(t, s, writeN(t, s, n, 4))
+		checkRecords(t, s, n)
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -395,13 +397,12 @@ func TestNoSpaceRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.readOnly {
+	if !s.readOnly.Load() {
 		t.Fatal("opened read-write below the reserve")
 	}
 	if got := field(t, s, "c", "r0", "n"); got != "0" {
 		t.Fatalf("r0 = %q", got)
 	}
-	free = 1 << 40 // a read-only store stays read-only until reopened
 	for name, err := range map[string]error{
 		"Write": func() error {
 			_, err := s.Write(ctx, Batch{Records: []RecordWrite{newDoc("c", "r1").set(t, "n", "1")}})
@@ -415,6 +416,24 @@ func TestNoSpaceRules(t *testing.T) {
 			t.Errorf("%s on a read-only store: %v, want ErrNoSpace", name, err)
 		}
 	}
+	// Inside an operation (a List callback) a write cannot reopen Badger:
+	// it stays refused even with space.
+	free = 1 << 40
+	err = s.List(ctx, "c", func(RecordMeta) error {
+		_, err := s.Write(ctx, Batch{Records: []RecordWrite{newDoc("c", "r1").set(t, "n", "1")}})
+		return err
+	})
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write inside List on a read-only store: %v, want ErrNoSpace", err)
+	}
+	// Space is back: the next write reopens Badger read-write.
+	mustWrite(t, s, newDoc("c", "r1").set(t, "n", "1"))
+	if s.readOnly.Load() {
+		t.Fatal("still read-only after a write")
+	}
+	if got := field(t, s, "c", "r0", "n") + field(t, s, "c", "r1", "n"); got != "01" {
+		t.Fatalf("r0, r1 = %q", got)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -423,9 +442,8 @@ func TestNoSpaceRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	mustWrite(t, s, newDoc("c", "r1").set(t, "n", "1"))
 	if got := field(t, s, "c", "r1", "n"); got != "1" {
-		t.Fatalf("r1 = %q", got)
+		t.Fatalf("r1 after reopening = %q", got)
 	}
 }
 
@@ -457,5 +475,63 @@ func TestNoSpaceMapping(t *testing.T) {
 		if got := mapByMessage("open", err, openMarks); !errors.Is(got, ErrNoSpace) {
 			t.Errorf("mapByMessage(%v) = %v", err, got)
 		}
+	}
+}
+
+// TestReadOnlyReopenConcurrent: readers keep reading while a write reopens
+// a read-only store read-write (run with -race: Badger is swapped under
+// them).
+func TestReadOnlyReopenConcurrent(t *testing.T) {
+	ctx := context.Background()
+	o := diskOpts()
+	free := int64(1 << 40)
+	withFree(t, &free)
+	dir := t.TempDir()
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, s, newDoc("c", "r0").set(t, "n", "0"))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	free = 0
+	if s, err = Open(ctx, dir, o); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				if _, _, err := s.Load(ctx, "c", "r0"); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	free = 1 << 40 // read by the writer only: readers never look
+	for i := 1; s.readOnly.Load() && i < 1000; i++ {
+		_, err := s.Write(ctx, Batch{Records: []RecordWrite{newDoc("c", "r"+strconv.Itoa(i)).set(t, "n", strconv.Itoa(i))}})
+		if err != nil && !errors.Is(err, ErrNoSpace) { // refused while readers are in flight
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatalf("reader: %v", err)
+		}
+	}
+	if s.readOnly.Load() {
+		t.Fatal("no write found a moment without readers to reopen the store")
 	}
 }

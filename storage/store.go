@@ -26,11 +26,14 @@ type Store struct {
 	now   func() time.Time
 
 	// readOnly: Badger was opened read-only because less than reserve
-	// bytes were free; every write fails with ErrNoSpace.
-	readOnly  bool
-	reserve   int64 // free bytes kept on the file system (Reserve)
-	closeRes  int64 // free bytes Close needs (closeReserve)
-	baseTable int64 // BaseTableSize
+	// bytes were free; writes fail with ErrNoSpace until a write finds
+	// enough space and reopens it read-write (tryWritable). Changed only
+	// while no operation is in flight.
+	readOnly  atomic.Bool
+	bopts     Options // sizes and sync for reopening Badger (no secrets)
+	reserve   int64   // free bytes kept on the file system (Reserve)
+	closeRes  int64   // free bytes Close needs (closeReserve)
+	baseTable int64   // BaseTableSize
 
 	// transMu serialises key-state transitions: header writes (passphrase
 	// change, rotation start and finish) and publishing a new keyState.
@@ -51,6 +54,9 @@ type Store struct {
 	closed  bool
 	closing chan struct{}
 	ops     sync.WaitGroup
+	active  int           // under lifeMu: operations in flight (as ops)
+	reopen  chan struct{} // under lifeMu: non-nil while Badger is reopened read-write
+	idle    chan struct{} // under lifeMu: closed by end when active drops to 0 during a reopen
 	// dbState (under lifeMu): dbOpen, dbClosing (a Close is running),
 	// dbClosed, or dbDeferred (Close found too little space to flush and
 	// left Badger open; a later Close tries again).
@@ -141,11 +147,13 @@ func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error
 
 func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
 	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}),
-		readOnly: readOnly, reserve: Reserve(*o), closeRes: closeReserve(*o),
+		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.Sizes},
+		reserve: Reserve(*o), closeRes: closeReserve(*o),
 		baseTable: o.sizes().BaseTableSize}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.readOnly.Store(readOnly)
 	return s
 }
 
@@ -228,8 +236,9 @@ func (s *Store) create(o *Options) error {
 // changes no file. A torn tail left by a crash is normal.
 //
 // If fewer than Reserve(opts) bytes are free, the store is opened
-// read-only: reads work, writes fail with ErrNoSpace until the store is
-// closed and opened again with space freed.
+// read-only: reads work, writes fail with ErrNoSpace; the first write that
+// finds Reserve free (and no other operation in flight) reopens Badger
+// read-write and goes ahead.
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if err := opts.validateSecret(); err != nil {
 		return nil, err
@@ -305,7 +314,7 @@ func (s *Store) start(h *header, kek, cur, next []byte) error {
 	}
 	s.hdr, s.kek = h, kek
 	s.transMu.Lock()
-	if s.readOnly {
+	if s.readOnly.Load() {
 		err = s.adopt(st)
 	} else {
 		err = s.publish(st)
@@ -423,9 +432,13 @@ func (s *Store) Close() error {
 		close(s.closing)
 	}
 	s.dbState = dbClosing
+	reopening := s.reopen
 	s.lifeMu.Unlock()
+	if reopening != nil {
+		<-reopening
+	}
 	s.ops.Wait()
-	if !s.inMem && !s.readOnly {
+	if !s.inMem && !s.readOnly.Load() {
 		if err := spaceFor(s.dir, s.closeRes, "close: flush memtable"); err != nil {
 			s.lifeMu.Lock()
 			s.dbState = dbDeferred
@@ -452,14 +465,30 @@ func (s *Store) Close() error {
 func (s *Store) begin() error {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
+	for s.reopen != nil {
+		ch := s.reopen
+		s.lifeMu.Unlock()
+		<-ch
+		s.lifeMu.Lock()
+	}
 	if s.closed {
 		return ErrClosed
 	}
 	s.ops.Add(1)
+	s.active++
 	return nil
 }
 
-func (s *Store) end() { s.ops.Done() }
+func (s *Store) end() {
+	s.lifeMu.Lock()
+	s.active--
+	if s.active == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	s.lifeMu.Unlock()
+	s.ops.Done()
+}
 
 // alive reports ctx cancellation or store closing, for long operations.
 func (s *Store) alive(ctx context.Context) error {
@@ -573,6 +602,7 @@ func (w *wtx) del(k []byte) error {
 // update runs fn in a read-write transaction and commits it, retrying on
 // conflicts with concurrent writers and key-state transitions.
 func (s *Store) update(ctx context.Context, op string, fn func(w *wtx) error) (err error) {
+	s.tryWritable()
 	if err := s.begin(); err != nil {
 		return err
 	}
