@@ -88,10 +88,10 @@ type Sizes struct {
 }
 
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
-// field: 4 MiB memtables, 2 of them, 32 MiB value-log files, an 8 MiB
+// field: 8 MiB memtables, 2 of them, 32 MiB value-log files, an 8 MiB
 // block cache, indexes kept in memory, 2 MiB tables.
 func DefaultSizes() Sizes {
-	return Sizes{MemTableSize: 4 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
+	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20}
 }
 

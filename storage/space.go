@@ -22,24 +22,22 @@ import (
 // is free, so reads keep working on a full disk.
 
 // Reserve returns the free space, in bytes, a store with options o needs
-// before it opens read-write: what Close needs (closeReserve) plus the
-// write-ahead log of the current memtable growing to full size and the next
-// one started (2 x MemTableSize) and 2 x BaseTableSize for a first
-// compaction. With DefaultSizes it is 25 MiB. An open store asks for more
-// before each write: see writeReserve.
+// before it opens read-write: what Close needs (closeReserve), plus
+// 2 x BaseTableSize for a first compaction. With DefaultSizes it is
+// 15 MiB. An open store asks for more before each write: see writeReserve.
 func Reserve(o Options) int64 {
-	z := o.sizes()
-	return closeReserve(o) + 2*z.MemTableSize + 2*z.BaseTableSize
+	return closeReserve(o) + 2*o.sizes().BaseTableSize
 }
 
-// closeReserve is the free space Close needs to flush the memtables
-// ((NumMemtables + 1) x MemTableSize: the one being written, those waiting
-// to be flushed) plus 1 MiB for the manifest, the discard-stats file and
-// file headers; with DefaultSizes, 13 MiB. It is less than what a write
-// needs, so a store that refused a write still closes.
+// closeReserve is the free space Close (or an open replaying a write-ahead
+// log) needs to flush memtables: Badger flushes one at a time and deletes
+// its log once its table is written, so one table of at most 1.25 x
+// MemTableSize at a time, plus 1 MiB for the manifest, the discard-stats
+// file and file headers; with DefaultSizes, 11 MiB. It is less than what a
+// write needs, so a store that refused a write still closes.
 func closeReserve(o Options) int64 {
 	z := o.sizes()
-	return (int64(z.NumMemtables)+1)*z.MemTableSize + 1<<20
+	return z.MemTableSize + z.MemTableSize/4 + 1<<20
 }
 
 // writeReserve is the free space a write transaction of size bytes needs:

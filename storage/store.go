@@ -416,8 +416,7 @@ func lastSeqUnder(txn *badger.Txn, prefix []byte) (uint64, bool) {
 // Close from inside a List/Range/ScanLog callback.
 //
 // Closing a writable store flushes its memtables to tables: with too little
-// free space for that (NumMemtables x MemTableSize + 2 x BaseTableSize +
-// 1 MiB, less than Reserve), Close returns ErrNoSpace and leaves Badger open (the
+// free space for that (1.25 x MemTableSize + 1 MiB, less than Reserve), Close returns ErrNoSpace and leaves Badger open (the
 // store refuses every operation with ErrClosed; everything acknowledged is
 // in the write-ahead log); call Close again once space is freed. A process
 // that exits instead loses nothing: the next Open replays the log.
