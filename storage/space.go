@@ -185,11 +185,15 @@ func (s *Store) tryWritable() {
 
 	s.lifeMu.Lock()
 	s.reopen, s.idle = nil, nil
-	if !ok && !s.closed {
+	broken := !ok && !s.closed
+	if broken {
 		s.closed, s.dbState = true, dbClosed
 		close(s.closing)
 	}
 	s.lifeMu.Unlock()
+	if broken {
+		s.wipeKeys()
+	}
 	close(done)
 }
 

@@ -416,10 +416,11 @@ func lastSeqUnder(txn *badger.Txn, prefix []byte) (uint64, bool) {
 // Close from inside a List/Range/ScanLog callback.
 //
 // Closing a writable store flushes its memtables to tables: with too little
-// free space for that (1.25 x MemTableSize + 1 MiB, less than Reserve), Close returns ErrNoSpace and leaves Badger open (the
-// store refuses every operation with ErrClosed; everything acknowledged is
-// in the write-ahead log); call Close again once space is freed. A process
-// that exits instead loses nothing: the next Open replays the log.
+// free space for that (1.25 x MemTableSize + 1 MiB, less than Reserve),
+// Close returns ErrNoSpace and leaves Badger open (the store refuses every
+// operation with ErrClosed; everything acknowledged is in the write-ahead
+// log); call Close again once space is freed. A process that exits instead
+// loses nothing: the next Open replays the log.
 func (s *Store) Close() error {
 	s.lifeMu.Lock()
 	switch s.dbState {
@@ -449,6 +450,12 @@ func (s *Store) Close() error {
 	s.lifeMu.Lock()
 	s.dbState = dbClosed
 	s.lifeMu.Unlock()
+	s.wipeKeys()
+	return mapBadgerErr("close database", err)
+}
+
+// wipeKeys zeroes the key material the store holds.
+func (s *Store) wipeKeys() {
 	s.transMu.Lock()
 	wipe(s.kek)
 	if st := s.state.Load(); st != nil {
@@ -458,7 +465,6 @@ func (s *Store) Close() error {
 		}
 	}
 	s.transMu.Unlock()
-	return mapBadgerErr("close database", err)
 }
 
 func (s *Store) begin() error {
