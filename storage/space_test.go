@@ -262,15 +262,6 @@ func TestDiskFullPhase(t *testing.T) {
 	}
 }
 
-func mustFree(t testing.TB, dir string) int64 {
-	t.Helper()
-	free, err := freeSpace(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return free
-}
-
 // runDiskPhase runs TestDiskFullPhase in a child and returns the highest
 // "ack N" it printed. The child must exit cleanly: a SIGBUS would show here
 // as "signal: bus error".
