@@ -59,6 +59,11 @@ type Options struct {
 	InMemory bool
 	// NoSync trades durability of the last writes for speed.
 	NoSync bool
+	// Sizes are the store's Badger sizes (memtables, value-log files,
+	// caches, tables); zero fields take storage.DefaultSizes. They also
+	// set the free space the store keeps before refusing writes with
+	// storage.ErrNoSpace (storage.Reserve).
+	Sizes storage.Sizes
 	// Name is a human-readable name sent to peers ("laptop").
 	Name string
 	// Priority is this replica's priority for the priority policy.
@@ -122,7 +127,7 @@ func (o *Options) validate() error {
 const DefaultMaxClockDrift = 5 * time.Minute
 
 func (o *Options) storage() storage.Options {
-	return storage.Options{Passphrase: o.Passphrase, Key: o.Key, KDF: o.KDF, InMemory: o.InMemory, NoSync: o.NoSync, Now: o.Now}
+	return storage.Options{Passphrase: o.Passphrase, Key: o.Key, KDF: o.KDF, InMemory: o.InMemory, NoSync: o.NoSync, Now: o.Now, Sizes: o.Sizes}
 }
 
 // Replica is one device's copy of the data: the one entry point of the

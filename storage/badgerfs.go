@@ -7,8 +7,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/dgraph-io/badger/v4/table"
 	"github.com/dgraph-io/ristretto/v2/z"
@@ -30,8 +32,15 @@ func precheckTables(dir string) error {
 	if err != nil {
 		return err
 	}
+	live := manifestTables(dir)
 	for _, e := range entries {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), ".sst") {
+			continue
+		}
+		if id, ok := table.ParseFileID(e.Name()); ok && live != nil && !live[id] {
+			// Not in the manifest: the output of a flush or compaction cut
+			// short by a crash, which Badger deletes on open. Reading it
+			// could fault (a hole in a file on a full tmpfs).
 			continue
 		}
 		if err := precheckTable(filepath.Join(dir, e.Name())); err != nil {
@@ -39,6 +48,31 @@ func precheckTables(dir string) error {
 		}
 	}
 	return nil
+}
+
+// manifestTables returns the ids of the tables the manifest references, or
+// nil if it cannot be read (then every table is checked, and Badger reports
+// the manifest).
+func manifestTables(dir string) (ids map[uint64]bool) {
+	f, err := os.Open(filepath.Join(dir, "MANIFEST"))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	defer func() {
+		if recover() != nil {
+			ids = nil
+		}
+	}()
+	m, _, err := badger.ReplayManifestFile(f, 0, badger.DefaultOptions(dir).WithLogger(nil))
+	if err != nil {
+		return nil
+	}
+	ids = make(map[uint64]bool, len(m.Tables))
+	for id := range m.Tables {
+		ids[id] = true
+	}
+	return ids
 }
 
 func precheckTable(path string) error {
@@ -74,6 +108,9 @@ func precheckTable(path string) error {
 }
 
 func verifyTable(path string) (err error) {
+	// A page that cannot be read (a hole on a full tmpfs, an I/O error)
+	// raises SIGBUS: in this goroutine that becomes a panic, recovered below.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	mf, err := z.OpenMmapFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return corruptf("table file")

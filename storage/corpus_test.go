@@ -34,7 +34,13 @@ func corpusSeeds(t *testing.T) map[string][]seed {
 	stream := rawStream(t, bkHeader{K: backupKind, V: 1, Records: 1, Slots: 1},
 		bkRecord{K: "record", C: "c", ID: "i", Doc: validDoc(t)}, bkSlot{K: "slot", NS: "n", Key: "k", Value: []byte("v")})
 	backup := seedBackup(t)
+	wal, walEnds := synthLog(4)
 	return map[string][]seed{
+		// FuzzScanLog: "valid" means not damaged (clean or torn).
+		"FuzzScanLog": {
+			{"valid", wal, true}, {"torn", wal[:walEnds[2]-3], true},
+			{"damaged", flip(wal, (walEnds[1]+walEnds[2])/2), false},
+		},
 		"FuzzEnvelope": {
 			{"valid", env, true}, {"valid-empty", envEmpty, true},
 			{"flipped", flip(env, len(env)-1), false}, {"short", env[:envOverhead-1], false}, {"wrong-version", flip(env, 0), false},
@@ -82,6 +88,12 @@ func TestFuzzCorpus(t *testing.T) {
 	ek := fixedKeys(t, 1)
 	id := testIdentity(t)
 	check := map[string]func([]byte) error{
+		"FuzzScanLog": func(b []byte) error {
+			if scanLog(b, maxInlineVal).damaged {
+				return errors.New("damaged")
+			}
+			return nil
+		},
 		"FuzzEnvelope":     func(b []byte) error { _, _, err := ek.open(nil, kindMeta, fuzzEnvKey, b); return err },
 		"FuzzHeader":       func(b []byte) error { _, err := decodeHeader(b); return err },
 		"FuzzBackupStream": func(b []byte) error { _, err := readBackupStream(bytes.NewReader(b), 1<<20); return err },

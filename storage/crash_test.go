@@ -47,6 +47,26 @@ func runChild(mode string) int {
 			}
 			fmt.Fprintf(os.Stdout, "ack %d\n", i)
 		}
+	case "bigwrite":
+		// Records with a value log: small memtables (values of 100 KiB
+		// or more go to *.vlog), every other record 300 KiB of text
+		// (Automerge deflates it to ~180 KiB).
+		s, err := Open(ctx, dir, bigOpts())
+		if err != nil {
+			return fail(err)
+		}
+		for i := 0; i < 100000; i++ {
+			td := newDoc("c", "r"+strconv.Itoa(i))
+			td.d.RootMap().Set("n", strconv.Itoa(i))
+			if i%2 == 1 {
+				td.d.RootMap().Set("pad", randText(i, 300<<10)) // incompressible
+			}
+			td.d.Commit("w")
+			if _, err := s.Write(ctx, Batch{Records: []RecordWrite{td.write()}}); err != nil {
+				return fail(err)
+			}
+			fmt.Fprintf(os.Stdout, "ack %d\n", i)
+		}
 	case "passphrase":
 		s, err := Open(ctx, dir, Options{Passphrase: []byte("p0")})
 		if err != nil {

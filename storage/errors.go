@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -33,12 +34,13 @@ var (
 	// passphrase or identity is ErrWrongKey). Nothing was written to the store.
 	ErrBadBackup = errors.New("storage: bad backup")
 
-	// ErrNoSpace: the device holding the store is full.
-	ErrNoSpace = errors.New("storage: no space left on device")
-
 	// ErrInvalid: the caller passed invalid arguments (empty or oversized
 	// names, a batch too big for one transaction, inconsistent options).
 	ErrInvalid = errors.New("storage: invalid argument")
+	// ErrNoSpace: the file system holding the store has too little free
+	// space for Badger to write safely (see docs/storage.md, "Disk space").
+	// Nothing acknowledged is lost; free space and retry.
+	ErrNoSpace = errors.New("storage: no space left on device")
 )
 
 // errRetry restarts a transaction whose snapshot predates a key-state change.
@@ -64,8 +66,14 @@ func mapBadgerErr(op string, err error) error {
 	}
 	switch {
 	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrNotFound), errors.Is(err, ErrClosed),
-		errors.Is(err, ErrInvalid), errors.Is(err, ErrWrongKey), errors.Is(err, errRetry):
+		errors.Is(err, ErrInvalid), errors.Is(err, ErrWrongKey), errors.Is(err, errRetry),
+		errors.Is(err, ErrNoSpace):
 		return err
+	case isNoSpace(err):
+		return fmt.Errorf("%s: %w", op, ErrNoSpace)
+	case errors.Is(err, badger.ErrReadOnlyTxn):
+		// Only a store opened read-only for lack of space refuses writes.
+		return fmt.Errorf("%s: store opened read-only: %w", op, ErrNoSpace)
 	case errors.Is(err, badger.ErrKeyNotFound):
 		return fmt.Errorf("%s: %w", op, ErrNotFound)
 	case errors.Is(err, badger.ErrDBClosed), errors.Is(err, badger.ErrBlockedWrites):
@@ -88,6 +96,9 @@ var (
 )
 
 func mapByMessage(op string, err error, marks []string) error {
+	if isNoSpace(err) {
+		return fmt.Errorf("%s: %w", op, ErrNoSpace)
+	}
 	msg := strings.ToLower(err.Error())
 	if strings.Contains(msg, "cannot acquire directory lock") {
 		return fmt.Errorf("%s: %w", op, ErrLocked)
@@ -98,4 +109,14 @@ func mapByMessage(op string, err error, marks []string) error {
 		}
 	}
 	return fmt.Errorf("%s: %w", op, err)
+}
+
+// isNoSpace reports a full file system (ENOSPC or EDQUOT), by identity or,
+// because Badger formats many causes with %v, by message.
+func isNoSpace(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, syscall.ENOSPC.Error()) || strings.Contains(msg, syscall.EDQUOT.Error())
 }

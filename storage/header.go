@@ -259,6 +259,9 @@ func writeHeaderFile(dir string, h *header) error {
 	tmp := filepath.Join(dir, headerTmpFile)
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
+		if isNoSpace(err) {
+			return fmt.Errorf("write store header: %w", ErrNoSpace)
+		}
 		return fmt.Errorf("write store header: %w", err)
 	}
 	if _, err = f.Write(b); err == nil {
@@ -275,6 +278,9 @@ func writeHeaderFile(dir string, h *header) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
+		if isNoSpace(err) {
+			return fmt.Errorf("write store header: %w", ErrNoSpace)
+		}
 		return fmt.Errorf("write store header: %w", err)
 	}
 	return nil

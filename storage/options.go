@@ -57,6 +57,90 @@ type Options struct {
 	NoSync bool
 	// Now is the clock for Created/Updated; nil => time.Now.
 	Now func() time.Time
+
+	// Sizes are Badger's sizes (zero fields: DefaultSizes).
+	Sizes
+}
+
+// Sizes are Badger's sizes, in bytes (NumMemtables is a count). A zero
+// field means ferry's embedded default (DefaultSizes), sized for a phone
+// rather than a server. They also set the free space a store keeps in
+// reserve before it refuses writes with ErrNoSpace (Reserve; docs/storage.md).
+type Sizes struct {
+	// MemTableSize is the size of one memtable and of its write-ahead log
+	// (*.mem, up to 2x on disk, memory-mapped); [1 MiB, 1 GiB].
+	MemTableSize int64
+	// NumMemtables is how many memtables may be in memory at once,
+	// including those waiting to be flushed; [1, 16].
+	NumMemtables int
+	// ValueLogFileSize is the size at which a value-log file (*.vlog,
+	// holding values of at least MemTableSize/10, at most 1 MiB) is
+	// rotated; [1 MiB, 1 GiB].
+	ValueLogFileSize int64
+	// BlockCacheSize is the in-memory cache of table blocks; [1 MiB, 16 GiB].
+	BlockCacheSize int64
+	// IndexCacheSize bounds the memory used by table indexes and Bloom
+	// filters; zero keeps them all in memory (Badger's default); at most 16 GiB.
+	IndexCacheSize int64
+	// BaseTableSize is the size of the tables Badger writes by compaction;
+	// [256 KiB, 1 GiB].
+	BaseTableSize int64
+}
+
+// DefaultSizes returns the Badger sizes ferry uses for every zero size
+// field: 8 MiB memtables, 2 of them, 32 MiB value-log files, an 8 MiB
+// block cache, indexes kept in memory, 2 MiB tables.
+func DefaultSizes() Sizes {
+	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
+		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20}
+}
+
+// sizes returns o's sizes with zero fields set to DefaultSizes.
+func (o *Options) sizes() Sizes {
+	d := DefaultSizes()
+	r := o.Sizes
+	if r.MemTableSize == 0 {
+		r.MemTableSize = d.MemTableSize
+	}
+	if r.NumMemtables == 0 {
+		r.NumMemtables = d.NumMemtables
+	}
+	if r.ValueLogFileSize == 0 {
+		r.ValueLogFileSize = d.ValueLogFileSize
+	}
+	if r.BlockCacheSize == 0 {
+		r.BlockCacheSize = d.BlockCacheSize
+	}
+	if r.BaseTableSize == 0 {
+		r.BaseTableSize = d.BaseTableSize
+	}
+	return r
+}
+
+func (o *Options) validateSizes() error {
+	z := o.sizes()
+	in := func(name string, v, lo, hi int64) error {
+		if v < lo || v > hi {
+			return invalidf("%s %d out of range [%d,%d]", name, v, lo, hi)
+		}
+		return nil
+	}
+	for _, c := range []struct {
+		name      string
+		v, lo, hi int64
+	}{
+		{"MemTableSize", z.MemTableSize, 1 << 20, 1 << 30},
+		{"NumMemtables", int64(z.NumMemtables), 1, 16},
+		{"ValueLogFileSize", z.ValueLogFileSize, 1 << 20, 1 << 30},
+		{"BlockCacheSize", z.BlockCacheSize, 1 << 20, 16 << 30},
+		{"IndexCacheSize", z.IndexCacheSize, 0, 16 << 30},
+		{"BaseTableSize", z.BaseTableSize, 256 << 10, 1 << 30},
+	} {
+		if err := in(c.name, c.v, c.lo, c.hi); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (o *Options) validateSecret() error {
@@ -81,6 +165,9 @@ func (o *Options) kdf() KDFParams {
 
 func (o *Options) validate() error {
 	if err := o.validateSecret(); err != nil {
+		return err
+	}
+	if err := o.validateSizes(); err != nil {
 		return err
 	}
 	if len(o.Passphrase) > 0 {

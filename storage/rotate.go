@@ -15,11 +15,15 @@ func (s *Store) ChangePassphrase(ctx context.Context, newOpts Options) error {
 	if err := newOpts.validate(); err != nil {
 		return err
 	}
+	s.tryWritable()
 	if err := s.begin(); err != nil {
 		return err
 	}
 	defer s.end()
 	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.checkSpace(0); err != nil {
 		return err
 	}
 	s.transMu.Lock()
@@ -62,10 +66,14 @@ func (s *Store) ChangePassphrase(ctx context.Context, newOpts Options) error {
 // it. Nothing is lost at any point: each batch writes the new copy and
 // deletes the old in one transaction.
 func (s *Store) RotateKey(ctx context.Context, progress func(done, total int)) error {
+	s.tryWritable()
 	if err := s.begin(); err != nil {
 		return err
 	}
 	defer s.end()
+	if err := s.checkSpace(0); err != nil {
+		return err
+	}
 	s.rotMu.Lock()
 	defer s.rotMu.Unlock()
 	if err := s.alive(ctx); err != nil {

@@ -25,6 +25,16 @@ type Store struct {
 	inMem bool
 	now   func() time.Time
 
+	// readOnly: Badger was opened read-only because less than reserve
+	// bytes were free; writes fail with ErrNoSpace until a write finds
+	// enough space and reopens it read-write (tryWritable). Changed only
+	// while no operation is in flight.
+	readOnly  atomic.Bool
+	bopts     Options // sizes and sync for reopening Badger (no secrets)
+	reserve   int64   // free bytes kept on the file system (Reserve)
+	closeRes  int64   // free bytes Close needs (closeReserve)
+	baseTable int64   // BaseTableSize
+
 	// transMu serialises key-state transitions: header writes (passphrase
 	// change, rotation start and finish) and publishing a new keyState.
 	transMu sync.Mutex
@@ -44,7 +54,21 @@ type Store struct {
 	closed  bool
 	closing chan struct{}
 	ops     sync.WaitGroup
+	active  int           // under lifeMu: operations in flight (as ops)
+	reopen  chan struct{} // under lifeMu: non-nil while Badger is reopened read-write
+	idle    chan struct{} // under lifeMu: closed by end when active drops to 0 during a reopen
+	// dbState (under lifeMu): dbOpen, dbClosing (a Close is running),
+	// dbClosed, or dbDeferred (Close found too little space to flush and
+	// left Badger open; a later Close tries again).
+	dbState int
 }
+
+const (
+	dbOpen = iota
+	dbClosing
+	dbClosed
+	dbDeferred
+)
 
 // keyState is the set of keys in force for transactions that read stateKey
 // at the given Badger version.
@@ -78,22 +102,37 @@ func (st *keyState) old() *epochKeys {
 	return nil
 }
 
-func openBadger(dir string, o *Options) (db *badger.DB, err error) {
+func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error) {
 	var bo badger.Options
 	if o.InMemory {
 		bo = badger.DefaultOptions("").WithInMemory(true)
 	} else {
-		bo = badger.DefaultOptions(dir)
+		bo = badger.DefaultOptions(dir).WithReadOnly(readOnly)
 		if err := precheckTables(dir); err != nil {
 			return nil, err
 		}
 	}
+	z := o.sizes()
+	bo = bo.WithMemTableSize(z.MemTableSize).
+		WithNumMemtables(z.NumMemtables).
+		WithValueLogFileSize(z.ValueLogFileSize).
+		WithBlockCacheSize(z.BlockCacheSize).
+		WithIndexCacheSize(z.IndexCacheSize).
+		WithBaseTableSize(z.BaseTableSize).
+		// Badger requires the threshold to fit in one batch (15% of a
+		// memtable); values at or above it go to the value log.
+		WithValueThreshold(min(1<<20, z.MemTableSize/10))
 	bo = bo.WithSyncWrites(!o.NoSync).
 		WithLogger(nil).
 		WithChecksumVerificationMode(options.OnBlockRead).
 		WithVerifyValueChecksum(true).
 		WithCompression(options.None). // values are ciphertext, keys are MACs: incompressible
-		WithCompactL0OnClose(true)
+		// Two compactors (Badger's minimum when compacting), so at most two
+		// compactions need space at once (compactionNeed). Close only
+		// flushes: compacting there too would need space Close cannot
+		// count on.
+		WithNumCompactors(2).
+		WithCompactL0OnClose(false)
 	defer func() {
 		if r := recover(); r != nil {
 			db, err = nil, corruptf("open database")
@@ -106,18 +145,23 @@ func openBadger(dir string, o *Options) (db *badger.DB, err error) {
 	return db, nil
 }
 
-func newStore(db *badger.DB, dir string, o *Options) *Store {
-	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{})}
+func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
+	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}),
+		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.Sizes},
+		reserve: Reserve(*o), closeRes: closeReserve(*o),
+		baseTable: o.sizes().BaseTableSize}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.readOnly.Store(readOnly)
 	return s
 }
 
 // Create makes a new store in dir (created if missing). It fails with
 // ErrExists if dir already holds a store or any Badger files (including
 // those of a Create that crashed before writing the header: remove the
-// directory and create again).
+// directory and create again), and with ErrNoSpace if fewer than
+// Reserve(opts) bytes are free on dir's file system.
 func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -127,6 +171,9 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	if !opts.InMemory {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
+			if isNoSpace(err) {
+				return nil, fmt.Errorf("create store: %w", ErrNoSpace)
+			}
 			return nil, fmt.Errorf("create store: %w", err)
 		}
 		if _, err := os.Stat(filepath.Join(dir, headerFile)); err == nil {
@@ -137,12 +184,15 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 		if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err == nil {
 			return nil, fmt.Errorf("directory holds Badger files but no store header: %w", ErrExists)
 		}
+		if err := spaceFor(dir, Reserve(opts), "create store"); err != nil {
+			return nil, err
+		}
 	}
-	db, err := openBadger(dir, &opts)
+	db, err := openBadger(dir, &opts, false)
 	if err != nil {
 		return nil, err
 	}
-	s := newStore(db, dir, &opts)
+	s := newStore(db, dir, &opts, false)
 	if err := s.create(&opts); err != nil {
 		db.Close()
 		return nil, err
@@ -181,8 +231,21 @@ func (s *Store) create(o *Options) error {
 // before passphrases were normalized; see passphrase.go) and touches no file.
 // Such a store is rewritten for the normalized passphrase when it opens. An interrupted key rotation is
 // resumed (and finished) before Open returns.
+//
+// Before Badger opens, Open reads Badger's write-ahead logs and newest
+// value-log file: if one is damaged (an unreadable entry with valid entries
+// after it, which Badger would silently drop), it returns ErrCorrupt and
+// changes no file. A torn tail left by a crash is normal.
+//
+// If fewer than Reserve(opts) bytes are free, the store is opened
+// read-only: reads work, writes fail with ErrNoSpace; the first write that
+// finds Reserve free (and no other operation in flight) reopens Badger
+// read-write and goes ahead.
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if err := opts.validateSecret(); err != nil {
+		return nil, err
+	}
+	if err := opts.validateSizes(); err != nil {
 		return nil, err
 	}
 	if opts.InMemory {
@@ -207,20 +270,35 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	defer wipe(cur)
 	defer wipe(next)
-	db, err := openBadger(dir, &opts)
+	ends, err := checkLogs(dir)
 	if err != nil {
 		wipe(kek)
 		return nil, err
 	}
-	if h.mode == modePassphrase {
+	readOnly := spaceFor(dir, Reserve(opts), "open") != nil
+	if readOnly {
+		// Badger refuses a read-only open of a log it would truncate.
+		if err := trimTornTails(dir, ends); err != nil {
+			wipe(kek)
+			return nil, err
+		}
+	}
+	db, err := openBadger(dir, &opts, readOnly)
+	if err != nil {
+		wipe(kek)
+		return nil, err
+	}
+	if h.mode == modePassphrase && !readOnly {
+		// Rewritten for the normalized passphrase while Badger's lock is
+		// held; skipped on a full disk (the next open does it).
 		h, kek = normalizeOnOpen(dir, h, &opts, kek, nfc, cur, next)
 	}
-	s := newStore(db, dir, &opts)
+	s := newStore(db, dir, &opts, readOnly)
 	if err := s.start(h, kek, cur, next); err != nil {
 		s.Close()
 		return nil, err
 	}
-	if h.rotating {
+	if h.rotating && !readOnly {
 		if err := s.RotateKey(ctx, nil); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("resume key rotation: %w", err)
@@ -243,7 +321,11 @@ func (s *Store) start(h *header, kek, cur, next []byte) error {
 	}
 	s.hdr, s.kek = h, kek
 	s.transMu.Lock()
-	err = s.publish(st)
+	if s.readOnly.Load() {
+		err = s.adopt(st)
+	} else {
+		err = s.publish(st)
+	}
 	s.transMu.Unlock()
 	if err != nil {
 		return err
@@ -251,9 +333,35 @@ func (s *Store) start(h *header, kek, cur, next []byte) error {
 	return s.recoverSeq(st)
 }
 
+// adopt installs st for a read-only store: the version of the stateKey on
+// disk is the one every read will see. Caller holds transMu.
+func (s *Store) adopt(st *keyState) error {
+	err := s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(stateKey)
+		if err != nil {
+			return err
+		}
+		st.version = it.Version()
+		return nil
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		// A store created but never written: nothing to read, and the
+		// first write needs space.
+		return fmt.Errorf("open empty store read-only: %w", ErrNoSpace)
+	}
+	if err != nil {
+		return mapBadgerErr("read key state", err)
+	}
+	s.state.Store(st)
+	return nil
+}
+
 // publish writes stateKey (so every transaction that started earlier
 // conflicts or retries) and installs st. Caller holds transMu.
 func (s *Store) publish(st *keyState) error {
+	if err := s.checkSpace(0); err != nil {
+		return err
+	}
 	var w wbuf
 	w.u8(1)
 	w.uv(s.hdr.gen)
@@ -313,17 +421,48 @@ func lastSeqUnder(txn *badger.Txn, prefix []byte) (uint64, bool) {
 // Close waits for in-flight operations, closes Badger and wipes the key
 // material the store holds. Calling Close again returns nil. Do not call
 // Close from inside a List/Range/ScanLog callback.
+//
+// Closing a writable store flushes its memtables to tables: with too little
+// free space for that (1.25 x MemTableSize + 1 MiB, less than Reserve),
+// Close returns ErrNoSpace and leaves Badger open (the store refuses every
+// operation with ErrClosed; everything acknowledged is in the write-ahead
+// log); call Close again once space is freed. A process that exits instead
+// loses nothing: the next Open replays the log.
 func (s *Store) Close() error {
 	s.lifeMu.Lock()
-	if s.closed {
+	switch s.dbState {
+	case dbClosing, dbClosed:
 		s.lifeMu.Unlock()
 		return nil
+	case dbOpen:
+		s.closed = true
+		close(s.closing)
 	}
-	s.closed = true
-	close(s.closing)
+	s.dbState = dbClosing
+	reopening := s.reopen
 	s.lifeMu.Unlock()
+	if reopening != nil {
+		<-reopening
+	}
 	s.ops.Wait()
+	if !s.inMem && !s.readOnly.Load() {
+		if err := spaceFor(s.dir, s.closeRes, "close: flush memtable"); err != nil {
+			s.lifeMu.Lock()
+			s.dbState = dbDeferred
+			s.lifeMu.Unlock()
+			return err
+		}
+	}
 	err := s.db.Close()
+	s.lifeMu.Lock()
+	s.dbState = dbClosed
+	s.lifeMu.Unlock()
+	s.wipeKeys()
+	return mapBadgerErr("close database", err)
+}
+
+// wipeKeys zeroes the key material the store holds.
+func (s *Store) wipeKeys() {
 	s.transMu.Lock()
 	wipe(s.kek)
 	if st := s.state.Load(); st != nil {
@@ -333,20 +472,35 @@ func (s *Store) Close() error {
 		}
 	}
 	s.transMu.Unlock()
-	return mapBadgerErr("close database", err)
 }
 
 func (s *Store) begin() error {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
+	for s.reopen != nil {
+		ch := s.reopen
+		s.lifeMu.Unlock()
+		<-ch
+		s.lifeMu.Lock()
+	}
 	if s.closed {
 		return ErrClosed
 	}
 	s.ops.Add(1)
+	s.active++
 	return nil
 }
 
-func (s *Store) end() { s.ops.Done() }
+func (s *Store) end() {
+	s.lifeMu.Lock()
+	s.active--
+	if s.active == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	s.lifeMu.Unlock()
+	s.ops.Done()
+}
 
 // alive reports ctx cancellation or store closing, for long operations.
 func (s *Store) alive(ctx context.Context) error {
@@ -435,14 +589,32 @@ type wtx struct {
 	recs  map[string]*recState
 	slots map[string]*slotState
 	colls map[string]bool
+
+	size int64 // bytes set so far, with per-entry overhead (for checkSpace)
 }
 
-func (w *wtx) set(k, v []byte) error { return w.txn.Set(k, v) }
-func (w *wtx) del(k []byte) error    { return w.txn.Delete(k) }
+// logEntryOverhead is a log entry's bytes beyond key and value: header,
+// version suffix, CRC and a value pointer. lateEntryBytes is the allowance
+// for the entries one late function writes (a record's meta with an inline
+// snapshot of up to 1 KiB and its feed entry, typically well under this).
+const (
+	logEntryOverhead = 48
+	lateEntryBytes   = 4 << 10
+)
+
+func (w *wtx) set(k, v []byte) error {
+	w.size += int64(len(k) + len(v) + logEntryOverhead)
+	return w.txn.Set(k, v)
+}
+func (w *wtx) del(k []byte) error {
+	w.size += int64(len(k) + logEntryOverhead)
+	return w.txn.Delete(k)
+}
 
 // update runs fn in a read-write transaction and commits it, retrying on
 // conflicts with concurrent writers and key-state transitions.
 func (s *Store) update(ctx context.Context, op string, fn func(w *wtx) error) (err error) {
+	s.tryWritable()
 	if err := s.begin(); err != nil {
 		return err
 	}
@@ -471,6 +643,12 @@ func (s *Store) update(ctx context.Context, op string, fn func(w *wtx) error) (e
 }
 
 func (s *Store) commit(w *wtx) error {
+	// The late work (metas, feed entries, markers) is written under
+	// commitMu, where no statfs belongs: count it at lateEntryBytes each.
+	if err := s.checkSpace(w.size + int64(len(w.late))*lateEntryBytes); err != nil {
+		w.txn.Discard()
+		return err
+	}
 	s.commitMu.Lock()
 	alloc := func() uint64 { s.nextSeq++; return s.nextSeq }
 	for _, f := range w.late {
