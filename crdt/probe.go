@@ -91,9 +91,15 @@ func probeReplaced(anc *automerge.Doc, base *node, sides []*side) ([]map[string]
 
 // collectProbes lists the fields under prefix (a map in base) that still
 // hold a value of the same kind on some side and differ from base on some
-// side: only there can a replacement matter.
+// side: only there can a replacement matter. Fields under an empty key
+// (only foreign documents have them: automerge-go's core refuses to write
+// one) cannot be probed and are left out, with what they hold: there a
+// replaced object is compared by value, as an in-place edit.
 func collectProbes(prefix string, base *node, sides []*side, out *[]string) {
 	for _, k := range sortedKeys(base.m) {
+		if k == "" {
+			continue
+		}
 		x := base.m[k]
 		p := prefix + pointer([]string{k})
 		same, changed := false, false

@@ -66,7 +66,7 @@ func newReplica(t tb, name string, prio int, set *Set, base time.Time, saved []b
 		t.Fatal(err)
 	}
 	return &replica{name: name, doc: d, clock: ft, res: &Resolver{Policies: set, Queue: NewQueue(NewMemKV()),
-		Audit: &Audit{Log: &MemLog{}}, Now: ft.now, ReplicaID: name}}
+		Audit: &Audit{Log: &MemLog{}}, Now: ft.now, ReplicaID: name}, writes: &[]trackedWrite{}}
 }
 
 // sync merges everything src has into dst and resolves, as the replica
