@@ -436,13 +436,32 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 			queued = append(queued, e.ID())
 		}
 		queued = append(queued, out.Closed...)
+		// held are heads the peer is known to hold now: those it sent with a
+		// complete entry, or, for a part of a record sent in several, the
+		// heads right after the merge when the peer held everything this
+		// replica had before (then every change here is one it holds).
+		held := remoteHeads
+		if peer != "" && rc.Partial {
+			held = nil
+			if mr.Repaired == 0 {
+				known, err := r.sharedHeads(ctx, peer, rc.Collection, rc.ID)
+				if err != nil {
+					return fail(err)
+				}
+				if len(before) == 0 || covers(known, before) {
+					held = mr.HeadsAfter
+				}
+			}
+		}
 		if !crdt.SameHeads(before, d.Heads()) {
 			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
-			echoOf = append(echoOf, peer != "" && !rc.Partial && covers(remoteHeads, d.Heads()))
+			// Sending the record back would be an echo when the peer holds
+			// every one of its heads.
+			echoOf = append(echoOf, peer != "" && len(held) > 0 && covers(held, d.Heads()))
 		}
-		if peer != "" && !rc.Partial {
-			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, remoteHeads, d.Heads())
+		if peer != "" && len(held) > 0 {
+			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, held, d.Heads())
 			if err != nil {
 				return fail(err)
 			}
