@@ -13,6 +13,7 @@ import (
 	"filippo.io/age"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
 	"github.com/ferrysync/ferry/transport/relay"
 )
 
@@ -325,6 +326,11 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 			return protoErr("relay bundle holds message type %d", msg.T)
 		}
 		st.BundlesPulled++
+		for i := range msg.Batch.Records {
+			// Pieces of a large change are kept per sender: two members'
+			// bundles may interleave.
+			msg.Batch.Records[i].from = transport.Fingerprint(m.Sender)
+		}
 		return apply(msg.Batch.Records)
 	})
 	st.BundlesPulled = n

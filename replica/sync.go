@@ -402,6 +402,23 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 			continue // an answer to a Need the peer could not serve
 		}
 		key := recordKey(rc.Collection, rc.ID)
+		changes := rc.Changes
+		if rc.Partial || rc.Off > 0 {
+			// Part of a record sent in several frames: a change larger than
+			// a frame arrives in pieces, kept until it is whole.
+			cs, sw, ok, err := r.assemble(ctx, peer, &rc)
+			if err != nil {
+				return fail(err)
+			}
+			batch.Slots = append(batch.Slots, sw...)
+			if !ok && !rc.Partial {
+				needs = append(needs, needMsg{Collection: rc.Collection, ID: rc.ID})
+			}
+			if !ok || len(cs) == 0 && rc.Partial {
+				continue
+			}
+			changes = cs
+		}
 		d, existed, err := r.loadDoc(ctx, rc.Collection, rc.ID)
 		if err != nil {
 			return fail(err)
@@ -412,7 +429,7 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		if rc.Partial {
 			remoteHeads = nil
 		}
-		mr, err := d.MergeChanges(rc.Changes, remoteHeads)
+		mr, err := d.MergeChanges(changes, remoteHeads)
 		switch {
 		case errors.Is(err, crdt.ErrMissingDeps), errors.Is(err, crdt.ErrBadDocument) && !existed:
 			// A delta whose dependencies this replica lacks (for a record it
