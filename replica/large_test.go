@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"path/filepath"
@@ -173,4 +174,46 @@ func crdtPlainDoc(t *testing.T, fields map[string]any) []byte {
 		t.Fatal(err)
 	}
 	return d.Save()
+}
+
+// TestReceiverEchoesNothing (issue 11 part 3): a replica that receives a
+// record of a few MB (sent in several frames) sends none of it back, and
+// its first small edit afterwards, made after a reload, sends only that
+// edit.
+func TestReceiverEchoesNothing(t *testing.T) {
+	e := newEnv(t)
+	a, b := diskReplica(e, "a"), diskReplica(e, "b")
+	pairAll(t, []*Replica{a, b}, "notes")
+	// Four changes of 400 KiB of random text each (about 3.7 MB of
+	// changes, 2.8 MB on the wire): more than one frame.
+	for i := range 4 {
+		mustPut(t, a, "notes", "r", map[string]any{"part" + string(rune('0'+i)): randomText(t, 400<<10)})
+	}
+	sa, sb := e.sync(a, b)
+	t.Logf("receiving: a sent %d bytes, b sent back %d", sa.BytesSent, sb.BytesSent)
+	if sa.BytesSent < 2<<20 {
+		t.Fatalf("a sent only %d bytes", sa.BytesSent)
+	}
+	if sb.BytesSent > 1024 {
+		t.Fatalf("b echoed %d bytes of the record it received", sb.BytesSent)
+	}
+	b.cache.clear()
+	mustPut(t, b, "notes", "r", map[string]any{"edit": "0123456789"})
+	sa, sb = e.sync(a, b)
+	t.Logf("10-byte edit: b sent %d bytes, a sent %d", sb.BytesSent, sa.BytesSent)
+	if sb.BytesSent > 2048 || sa.BytesSent > 1024 {
+		t.Fatalf("a 10-byte edit moved %d bytes from b and %d from a", sb.BytesSent, sa.BytesSent)
+	}
+	if got := mustGet(t, a, "notes", "r"); got["edit"] != "0123456789" || len(got) != 5 {
+		t.Fatalf("a holds %d fields, edit %v", len(got), got["edit"])
+	}
+}
+
+func randomText(t *testing.T, n int) string {
+	t.Helper()
+	raw := make([]byte, n*3/4)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	return base64.StdEncoding.EncodeToString(raw)
 }
