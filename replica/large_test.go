@@ -13,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/amjs"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // diskReplica opens a replica on disk: an in-memory Badger store keeps no
@@ -216,4 +217,40 @@ func randomText(t *testing.T, n int) string {
 		t.Fatal(err)
 	}
 	return base64.StdEncoding.EncodeToString(raw)
+}
+
+// TestRelayCarriesChangeLargerThanABundle: a change larger than a relay
+// bundle goes through the relay in pieces, and the receiver's next small
+// edit pushes only itself.
+func TestRelayCarriesChangeLargerThanABundle(t *testing.T) {
+	tr := startRelay(t, relay.ServerOptions{})
+	e := newEnv(t)
+	a, b := diskReplica(e, "a"), diskReplica(e, "b")
+	space := joinAll(t, tr.url(), "notes", a, b)
+	ctx := context.Background()
+	raw, _ := bigChanges(t, 4<<20+256<<10) // 4.25 MiB of random bytes in one change
+	plain, err := automerge.Load(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ImportDoc(ctx, "notes", "blob", plain.Save()); err != nil {
+		t.Fatal(err)
+	}
+	if st := relaySync(t, a, space); st.RecordsPushed != 1 {
+		t.Fatalf("a pushed %+v", st)
+	}
+	relaySync(t, b, space)
+	got := mustGet(t, b, "notes", "blob")
+	if blob, _ := got["blob"].([]byte); len(blob) != 4<<20+256<<10 || got["title"] != "small" {
+		t.Fatalf("b: %d blob bytes, title %v", len(blob), got["title"])
+	}
+	b.cache.clear()
+	mustPut(t, b, "notes", "blob", map[string]any{"title": "edited"})
+	if st := relaySync(t, b, space); st.BytesPushed > 2048 {
+		t.Fatalf("b pushed %d bytes for a small edit", st.BytesPushed)
+	}
+	relaySync(t, a, space)
+	if got := mustGet(t, a, "notes", "blob"); got["title"] != "edited" {
+		t.Fatalf("a: title %v", got["title"])
+	}
 }
