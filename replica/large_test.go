@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -253,4 +254,79 @@ func TestRelayCarriesChangeLargerThanABundle(t *testing.T) {
 	if got := mustGet(t, a, "notes", "blob"); got["title"] != "edited" {
 		t.Fatalf("a: title %v", got["title"])
 	}
+}
+
+// TestMeasureChangeLimits finds the largest string a Put accepts and the
+// largest string a plain Automerge document may hold in one change to be
+// imported, and checks both boundaries on a replica. It takes a minute,
+// so it runs only with FERRY_MEASURE_LIMITS=1:
+//
+//	FERRY_MEASURE_LIMITS=1 go test ./replica -run TestMeasureChangeLimits -v
+func TestMeasureChangeLimits(t *testing.T) {
+	if os.Getenv("FERRY_MEASURE_LIMITS") == "" {
+		t.Skip("set FERRY_MEASURE_LIMITS=1 to measure the change limits")
+	}
+	largest := func(fits func(n int) bool) int {
+		lo, hi := 1, maxChangeBytes
+		for lo < hi {
+			m := (lo + hi + 1) / 2
+			if fits(m) {
+				lo = m
+			} else {
+				hi = m - 1
+			}
+		}
+		return lo
+	}
+	e := newEnv(t)
+	a := diskReplica(e, "a")
+	ctx := context.Background()
+	put := largest(func(n int) bool {
+		d, err := crdt.New(a.actor())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Put(map[string]any{"s": strings.Repeat("a", n)}); err != nil {
+			t.Fatal(err)
+		}
+		big, err := largestChange(d.SaveIncremental())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return big <= maxChangeBytes
+	})
+	if err := a.Put(ctx, "notes", "at", map[string]any{"s": strings.Repeat("a", put)}); err != nil {
+		t.Fatalf("put of %d bytes: %v", put, err)
+	}
+	if err := a.Put(ctx, "notes", "over", map[string]any{"s": strings.Repeat("a", put+1)}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("put of %d bytes: %v", put+1, err)
+	}
+	imp := largest(func(n int) bool {
+		big, err := largestChange(crdtPlainChanges(t, map[string]any{"s": strings.Repeat("a", n)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return big <= maxChangeBytes
+	})
+	if _, err := a.ImportDoc(ctx, "notes", "imp-at", crdtPlainDoc(t, map[string]any{"s": strings.Repeat("a", imp)})); err != nil {
+		t.Fatalf("import of %d bytes: %v", imp, err)
+	}
+	if _, err := a.ImportDoc(ctx, "notes", "imp-over", crdtPlainDoc(t, map[string]any{"s": strings.Repeat("a", imp+1)})); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("import of %d bytes: %v", imp+1, err)
+	}
+	t.Logf("largest string value: %d bytes by Put, %d bytes in one imported change (limit %d bytes per change)", put, imp, maxChangeBytes)
+}
+
+// crdtPlainChanges returns the changes of crdtPlainDoc(fields).
+func crdtPlainChanges(t *testing.T, fields map[string]any) []byte {
+	t.Helper()
+	d, err := automerge.Load(crdtPlainDoc(t, fields))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chs, err := d.Changes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return automerge.SaveChanges(chs)
 }
