@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"testing"
 
@@ -174,4 +175,57 @@ func TestPiecesAssembleAndRecover(t *testing.T) {
 	if !errors.Is(err, ErrProtocol) {
 		t.Fatalf("a piece of a 32 GiB change: %v", err)
 	}
+}
+
+// FuzzApplyPieces feeds arbitrary parts (bytes, offset, partial flag) of
+// one record to a replica: applying them never panics and fails, if at
+// all, with ErrProtocol.
+func FuzzApplyPieces(f *testing.F) {
+	raw, heads := bigChanges(f, 3000)
+	groups, err := splitBatch([]recordChanges{{Collection: "notes", ID: "r", Changes: raw, Heads: heads}}, 1024)
+	if err != nil {
+		f.Fatal(err)
+	}
+	var seed []byte
+	for _, g := range groups {
+		rc := g[0]
+		flags := byte(0)
+		if rc.Partial {
+			flags = 1
+		}
+		seed = append(seed, flags)
+		seed = binary.AppendUvarint(seed, rc.Off)
+		seed = binary.AppendUvarint(seed, uint64(len(rc.Changes)))
+		seed = append(seed, rc.Changes...)
+	}
+	f.Add(seed)
+	f.Add(seed[:len(seed)/2])
+	e := newEnv(f)
+	a, b := e.replica("a"), e.replica("b")
+	ctx := context.Background()
+	f.Fuzz(func(t *testing.T, in []byte) {
+		for len(in) > 0 {
+			flags := in[0]
+			off, w := binary.Uvarint(in[1:])
+			if w <= 0 {
+				return
+			}
+			in = in[1+w:]
+			n, w := binary.Uvarint(in)
+			if w <= 0 || n > uint64(len(in)-w) {
+				return
+			}
+			rc := recordChanges{Collection: "notes", ID: "r", Changes: in[w : w+int(n)], Partial: flags&1 == 1, Off: off}
+			in = in[w+int(n):]
+			if !rc.Partial {
+				rc.Heads = heads
+			}
+			if rc.validate() != nil {
+				continue // the wire decoder refuses it before any apply
+			}
+			if _, _, _, err := b.applyRecords(ctx, a.ID(), []recordChanges{rc}, 0); err != nil && !errors.Is(err, ErrProtocol) {
+				t.Fatalf("apply: %v", err)
+			}
+		}
+	})
 }
