@@ -410,8 +410,8 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 		if err != nil {
 			return fmt.Errorf("replica: write %s/%s: %w", collection, id, err)
 		}
-		return fmt.Errorf("%w: the change to %s/%s is %d bytes, over the %d-byte limit of one change (a string or bytes value of more than about %d MB); nothing was written: write the value in smaller pieces",
-			ErrInvalid, collection, id, big, maxChangeBytes, maxChangeBytes*10/23/1_000_000)
+		return fmt.Errorf("%w: the change to %s/%s is %d bytes, over the %d-byte limit of one change (a string or bytes value takes about 2.3 times its size); nothing was written: write the value in smaller pieces",
+			ErrInvalid, collection, id, big, maxChangeBytes)
 	}
 	metas, err := r.store.Write(ctx, storage.Batch{Records: []storage.RecordWrite{w}})
 	if err != nil {

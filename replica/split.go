@@ -11,19 +11,18 @@ import (
 // Size limits that keep every sync frame and relay bundle under the
 // transport's 4 MiB frame limit.
 const (
-	// maxChangeBytes bounds one Automerge change, however it arrives: a
-	// local write that makes a larger one is refused (ErrInvalid), and so
-	// are an imported document and a peer's record holding one. It is
-	// also the most a receiver buffers for one change sent in pieces.
-	maxChangeBytes = 16 << 20
-	// maxReceivedChange is the bound the wire decoder applies to a piece's
-	// offset (the same limit, named for the receiving side).
-	maxReceivedChange = maxChangeBytes
 	// frameBudget bounds the change bytes of one frame; a record with more
 	// is sent in parts (Partial entries), split between changes, and a
 	// change larger than the budget in pieces of its own (Off > 0).
 	frameBudget = 3 << 20
 )
+
+// maxChangeBytes bounds one Automerge change, however it arrives: a local
+// write that makes a larger one is refused (ErrInvalid), and so are an
+// imported document and a peer's record holding one (a protocol error). It
+// is also the most a receiver keeps of one change sent in pieces. 16 MiB;
+// a variable only so that tests can lower it.
+var maxChangeBytes = 16 << 20
 
 // automergeMagic starts every Automerge chunk.
 var automergeMagic = [4]byte{0x85, 0x6f, 0x4a, 0x83}
@@ -187,7 +186,7 @@ func decodePiecesIndex(b []byte) (*piecesIndex, bool) {
 		x.offs = append(x.offs, o)
 		b = b[w:]
 	}
-	return x, x.total <= maxReceivedChange && x.next < x.total
+	return x, x.total <= uint64(maxChangeBytes) && x.next < x.total
 }
 
 func pieceKey(rk string, off uint64) string { return fmt.Sprintf("%s\x00%016x", rk, off) }
@@ -222,6 +221,20 @@ func (r *Replica) assemble(ctx context.Context, peer string, rc *recordChanges) 
 		writes = append(writes, storage.SlotWrite{Namespace: ns, Key: rk + "\x00", Delete: true})
 	}
 	buf := rc.Changes
+	if rc.Off > 0 && held != nil && rc.Off < held.next {
+		// A piece delivered again (a relay redelivers a bundle whose apply
+		// was not acknowledged): it replaces the one held at its offset
+		// and everything after it.
+		for i, o := range held.offs {
+			if o == rc.Off {
+				for _, later := range held.offs[i+1:] {
+					writes = append(writes, storage.SlotWrite{Namespace: ns, Key: pieceKey(rk, later), Delete: true})
+				}
+				held.offs, held.next = held.offs[:i], rc.Off
+				break
+			}
+		}
+	}
 	if rc.Off > 0 {
 		if held == nil || held.next != rc.Off {
 			drop()

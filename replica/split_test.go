@@ -111,8 +111,8 @@ func TestPropertySplitBatchPieces(t *testing.T) {
 // TestPiecesAssembleAndRecover: a change sent in pieces is applied once
 // the last piece arrives, and nothing is held afterwards; pieces whose
 // start was lost are ignored and the record is asked for in full; a
-// fresh start replaces an abandoned transfer; a piece announcing a change
-// over the limit is a protocol error.
+// fresh start replaces an abandoned transfer; a piece delivered twice is
+// harmless; a piece announcing a change over the limit is a protocol error.
 func TestPiecesAssembleAndRecover(t *testing.T) {
 	e := newEnv(t)
 	a, b := e.replica("a"), e.replica("b")
@@ -165,6 +165,22 @@ func TestPiecesAssembleAndRecover(t *testing.T) {
 	got := mustGet(t, b, "notes", "big")
 	if got["title"] != "small" || len(got["blob"].([]byte)) != 200<<10 {
 		t.Fatalf("b: title %v, %d blob bytes", got["title"], len(got["blob"].([]byte)))
+	}
+
+	// A piece delivered twice (a relay redelivers a bundle whose apply was
+	// not acknowledged) does not break the change.
+	again, err := splitBatch([]recordChanges{{Collection: "notes", ID: "again", Changes: raw, Heads: heads}}, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if needs := apply(append(append(again[:3:3], again[1:3]...), again[3:]...)); len(needs) != 0 {
+		t.Fatalf("needs %v after a redelivered piece", needs)
+	}
+	if got := mustGet(t, b, "notes", "again"); len(got["blob"].([]byte)) != 200<<10 {
+		t.Fatalf("b: %d blob bytes", len(got["blob"].([]byte)))
+	}
+	if n := held(); n != 0 {
+		t.Fatalf("%d slots still held", n)
 	}
 
 	// A piece that announces a change over the limit.

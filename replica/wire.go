@@ -324,7 +324,7 @@ func (rc *recordChanges) validate() error {
 	if !rc.Partial && len(rc.Heads) == 0 && len(rc.Changes) > 0 {
 		return protoErr("complete entry without heads")
 	}
-	if rc.Off > maxReceivedChange || rc.Off > 0 && len(rc.Changes) == 0 {
+	if rc.Off > uint64(maxChangeBytes) || rc.Off > 0 && len(rc.Changes) == 0 {
 		return protoErr("piece at offset %d of %d bytes", rc.Off, len(rc.Changes))
 	}
 	return nil
