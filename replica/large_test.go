@@ -196,17 +196,21 @@ func crdtPlainDoc(t *testing.T, fields map[string]any) []byte {
 // its first small edit afterwards, made after a reload, sends only that
 // edit.
 func TestReceiverEchoesNothing(t *testing.T) {
+	// Frames of 64 KiB of changes keep the test fast; the record takes
+	// several, as a multi-MB record takes several 3 MiB frames.
+	defer func(old int) { frameBudget = old }(frameBudget)
+	frameBudget = 64 << 10
 	e := newEnv(t)
 	a, b := diskReplica(e, "a"), diskReplica(e, "b")
 	pairAll(t, []*Replica{a, b}, "notes")
-	// Four changes of 400 KiB of random text each (about 3.7 MB of
-	// changes, 2.8 MB on the wire): more than one frame.
+	// Four changes of 30 KiB of random text each (about 280 KB of
+	// changes, 210 KB on the wire): several frames.
 	for i := range 4 {
-		mustPut(t, a, "notes", "r", map[string]any{"part" + string(rune('0'+i)): randomText(t, 400<<10)})
+		mustPut(t, a, "notes", "r", map[string]any{"part" + string(rune('0'+i)): randomText(t, 30<<10)})
 	}
 	sa, sb := e.sync(a, b)
 	t.Logf("receiving: a sent %d bytes, b sent back %d", sa.BytesSent, sb.BytesSent)
-	if sa.BytesSent < 2<<20 {
+	if sa.BytesSent < 150<<10 || sa.FramesSent < 6 {
 		t.Fatalf("a sent only %d bytes", sa.BytesSent)
 	}
 	if sb.BytesSent > 1024 {
@@ -233,16 +237,20 @@ func randomText(t *testing.T, n int) string {
 	return base64.StdEncoding.EncodeToString(raw)
 }
 
-// TestRelayCarriesChangeLargerThanABundle: a change larger than a relay
-// bundle goes through the relay in pieces, and the receiver's next small
-// edit pushes only itself.
-func TestRelayCarriesChangeLargerThanABundle(t *testing.T) {
+// TestRelayCarriesChangeInPieces: a change larger than a bundle's budget
+// goes through the relay in pieces, and the receiver's next small edit
+// pushes only itself. The budget is lowered to 64 KiB to keep the test
+// fast (TestLargeForeignChangeStaysEditable sends a change larger than the
+// real 4 MiB frame limit through a session).
+func TestRelayCarriesChangeInPieces(t *testing.T) {
+	defer func(old int) { frameBudget = old }(frameBudget)
+	frameBudget = 64 << 10
 	tr := startRelay(t, relay.ServerOptions{})
 	e := newEnv(t)
 	a, b := diskReplica(e, "a"), diskReplica(e, "b")
 	space := joinAll(t, tr.url(), "notes", a, b)
 	ctx := context.Background()
-	raw, _ := bigChanges(t, 4<<20+256<<10) // 4.25 MiB of random bytes in one change
+	raw, _ := bigChanges(t, 200<<10) // 200 KiB of random bytes in one change
 	plain, err := automerge.Load(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -250,12 +258,12 @@ func TestRelayCarriesChangeLargerThanABundle(t *testing.T) {
 	if _, err := a.ImportDoc(ctx, "notes", "blob", plain.Save()); err != nil {
 		t.Fatal(err)
 	}
-	if st := relaySync(t, a, space); st.RecordsPushed != 1 {
+	if st := relaySync(t, a, space); st.RecordsPushed != 1 || st.BundlesPushed < 4 {
 		t.Fatalf("a pushed %+v", st)
 	}
 	relaySync(t, b, space)
 	got := mustGet(t, b, "notes", "blob")
-	if blob, _ := got["blob"].([]byte); len(blob) != 4<<20+256<<10 || got["title"] != "small" {
+	if blob, _ := got["blob"].([]byte); len(blob) != 200<<10 || got["title"] != "small" {
 		t.Fatalf("b: %d blob bytes, title %v", len(blob), got["title"])
 	}
 	b.cache.clear()

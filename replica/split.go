@@ -9,20 +9,20 @@ import (
 )
 
 // Size limits that keep every sync frame and relay bundle under the
-// transport's 4 MiB frame limit.
-const (
+// transport's 4 MiB frame limit. They are variables only so that tests can
+// lower them (large data is slow under the race detector).
+var (
 	// frameBudget bounds the change bytes of one frame; a record with more
 	// is sent in parts (Partial entries), split between changes, and a
-	// change larger than the budget in pieces of its own (Off > 0).
+	// change larger than the budget in pieces of its own (Off > 0). 3 MiB.
 	frameBudget = 3 << 20
+	// maxChangeBytes bounds one Automerge change, however it arrives: a
+	// local write that makes a larger one is refused (ErrInvalid), and so
+	// are an imported document and a peer's record holding one (a protocol
+	// error). It is also the most a receiver keeps of one change sent in
+	// pieces. 16 MiB.
+	maxChangeBytes = 16 << 20
 )
-
-// maxChangeBytes bounds one Automerge change, however it arrives: a local
-// write that makes a larger one is refused (ErrInvalid), and so are an
-// imported document and a peer's record holding one (a protocol error). It
-// is also the most a receiver keeps of one change sent in pieces. 16 MiB;
-// a variable only so that tests can lower it.
-var maxChangeBytes = 16 << 20
 
 // automergeMagic starts every Automerge chunk.
 var automergeMagic = [4]byte{0x85, 0x6f, 0x4a, 0x83}
