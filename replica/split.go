@@ -127,8 +127,8 @@ func splitBatch(recs []recordChanges, budget int) ([][]recordChanges, error) {
 
 // nsPieces + peer (+ "/" + relay sender) holds, per record, the pieces
 // received so far of a change sent in pieces: an index under
-// recordKey+"\x00" (the change's length, then each piece's offset) and
-// each piece under recordKey+"\x00"+offset (16 hex digits).
+// "i"+recordKey (the change's length, the next offset, each piece's
+// offset) and each piece under "p"+offset (16 hex digits)+recordKey.
 const nsPieces = "pieces/"
 
 func piecesNS(peer, from string) string {
@@ -189,7 +189,9 @@ func decodePiecesIndex(b []byte) (*piecesIndex, bool) {
 	return x, x.total <= uint64(maxChangeBytes) && x.next < x.total
 }
 
-func pieceKey(rk string, off uint64) string { return fmt.Sprintf("%s\x00%016x", rk, off) }
+func pieceKey(rk string, off uint64) string { return fmt.Sprintf("p%016x%s", off, rk) }
+
+func piecesIndexKey(rk string) string { return "i" + rk }
 
 // assemble turns one received entry into the whole changes it completes.
 // Pieces of a change larger than a frame are kept in slots (written with
@@ -204,7 +206,7 @@ func (r *Replica) assemble(ctx context.Context, peer string, rc *recordChanges) 
 	slots := r.store.Slots(ns)
 	rk := recordKey(rc.Collection, rc.ID)
 	var held *piecesIndex
-	if b, found, err := slots.Get(ctx, rk+"\x00"); err != nil {
+	if b, found, err := slots.Get(ctx, piecesIndexKey(rk)); err != nil {
 		return nil, nil, false, fmt.Errorf("replica: pieces: %w", err)
 	} else if found {
 		if held, ok = decodePiecesIndex(b); !ok {
@@ -218,7 +220,7 @@ func (r *Replica) assemble(ctx context.Context, peer string, rc *recordChanges) 
 		for _, o := range held.offs {
 			writes = append(writes, storage.SlotWrite{Namespace: ns, Key: pieceKey(rk, o), Delete: true})
 		}
-		writes = append(writes, storage.SlotWrite{Namespace: ns, Key: rk + "\x00", Delete: true})
+		writes = append(writes, storage.SlotWrite{Namespace: ns, Key: piecesIndexKey(rk), Delete: true})
 	}
 	buf := rc.Changes
 	if rc.Off > 0 && held != nil && rc.Off < held.next {
@@ -249,7 +251,7 @@ func (r *Replica) assemble(ctx context.Context, peer string, rc *recordChanges) 
 			held.next = end
 			writes = append(writes,
 				storage.SlotWrite{Namespace: ns, Key: pieceKey(rk, rc.Off), Value: rc.Changes},
-				storage.SlotWrite{Namespace: ns, Key: rk + "\x00", Value: held.encode()})
+				storage.SlotWrite{Namespace: ns, Key: piecesIndexKey(rk), Value: held.encode()})
 			return nil, writes, true, nil
 		}
 		whole := make([]byte, 0, held.total+uint64(len(rc.Changes)))
@@ -291,6 +293,6 @@ func (r *Replica) assemble(ctx context.Context, peer string, rc *recordChanges) 
 	x := &piecesIndex{total: n, offs: []uint64{0}, next: uint64(len(tail))}
 	writes = append(writes,
 		storage.SlotWrite{Namespace: ns, Key: pieceKey(rk, 0), Value: tail},
-		storage.SlotWrite{Namespace: ns, Key: rk + "\x00", Value: x.encode()})
+		storage.SlotWrite{Namespace: ns, Key: piecesIndexKey(rk), Value: x.encode()})
 	return buf[:pos], writes, true, nil
 }
