@@ -48,6 +48,11 @@ type Doc struct {
 	actor Actor
 	clock *Clock
 	cache *changeCache
+	// saved are the heads at the last Load, Save or SaveIncremental:
+	// SaveIncremental returns the changes since them. automerge-go's own
+	// SaveIncremental cannot serve: right after Load it returns the whole
+	// history, so a write after a load would look like the whole record.
+	saved []automerge.ChangeHash
 }
 
 // New returns an empty document written by actor.
@@ -71,11 +76,17 @@ func Load(b []byte, actor Actor) (*Doc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: load: %w", ErrBadDocument, err)
 	}
-	return wrap(am, actor)
+	d, err := wrap(am, actor)
+	if err != nil {
+		return nil, err
+	}
+	d.saved = am.Heads() // everything loaded is saved already
+	return d, nil
 }
 
 // FromAutomerge wraps an existing Automerge document (for example one made
-// by a plain Automerge client). The Doc takes ownership of am.
+// by a plain Automerge client). The Doc takes ownership of am. Nothing of
+// am counts as saved: the first SaveIncremental returns all its changes.
 func FromAutomerge(am *automerge.Doc, actor Actor) (*Doc, error) { return wrap(am, actor) }
 
 func wrap(am *automerge.Doc, actor Actor) (*Doc, error) {
@@ -114,20 +125,39 @@ func (d *Doc) Clock() *Clock { return d.clock }
 // no ferry metadata and are treated like a plain Automerge client's.
 func (d *Doc) Automerge() *automerge.Doc { return d.am }
 
-// Save returns the whole document in Automerge's compressed format.
+// Save returns the whole document in Automerge's compressed format. It
+// moves SaveIncremental's starting point to the current heads.
 func (d *Doc) Save() []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.am.Save()
+	b := d.am.Save()
+	d.saved = d.am.Heads()
+	return b
 }
 
-// SaveIncremental returns the changes since the last Save or
-// SaveIncremental, appendable to the saved bytes (Load accepts the
-// concatenation).
+// SaveIncremental returns the changes made or merged since the last Load,
+// Save or SaveIncremental (concatenated change chunks, empty when there
+// are none), appendable to the saved bytes: Load accepts the
+// concatenation. Right after Load it returns nothing, whatever the
+// document's history (unlike automerge-go's SaveIncremental, which then
+// returns every change). It costs O(changes returned), not O(history).
 func (d *Doc) SaveIncremental() []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.am.SaveIncremental()
+	chs, err := d.changesSince(d.saved)
+	if err != nil {
+		// The saved heads are always this document's own: only a failure
+		// inside automerge-go gets here. automerge-go's own incremental
+		// save returns a superset (duplicates are harmless to Load).
+		var b []byte
+		if gerr := guard(func() error { b = d.am.SaveIncremental(); return nil }); gerr != nil {
+			b = d.am.Save()
+		}
+		d.saved = d.am.Heads()
+		return b
+	}
+	d.saved = d.am.Heads()
+	return automerge.SaveChanges(chs)
 }
 
 // Heads returns the current heads.

@@ -15,6 +15,7 @@ import (
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
 	"github.com/ferrysync/ferry/transport/relay"
 )
 
@@ -351,6 +352,11 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 			return protoErr("relay bundle holds message type %d", msg.T)
 		}
 		st.BundlesPulled++
+		for i := range msg.Batch.Records {
+			// Pieces of a large change are kept per sender: two members'
+			// bundles may interleave.
+			msg.Batch.Records[i].from = transport.Fingerprint(m.Sender)
+		}
 		return apply(msg.Batch.Records)
 	})
 	st.BundlesPulled = n

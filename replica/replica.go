@@ -436,8 +436,8 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 		if err != nil {
 			return fmt.Errorf("replica: write %s/%s: %w", collection, id, err)
 		}
-		return fmt.Errorf("%w: one change of %d bytes to %s/%s is over the %d-byte limit of a sync frame; write the value in smaller pieces",
-			ErrInvalid, big, collection, id, maxChangeBytes)
+		return fmt.Errorf("%w: the change to %s/%s is %d bytes, over the %d-byte limit of one change (a string or bytes value takes about 2.3 times its size); nothing was written: write the value in smaller pieces",
+			ErrInvalid, collection, id, big, maxChangeBytes)
 	}
 	metas, err := r.store.Write(ctx, storage.Batch{Records: []storage.RecordWrite{w}})
 	if err != nil {
@@ -533,6 +533,13 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	}
 	if len(changes) == 0 {
 		return 0, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", collection, id, ErrInvalid)
+	}
+	// A change ferry could not sync is refused here, not stored.
+	if big, err := largestChange(changes); err != nil {
+		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+	} else if big > maxChangeBytes {
+		return 0, fmt.Errorf("%w: import %s/%s: the document holds a change of %d bytes, over the %d-byte limit of one change; nothing was written",
+			ErrInvalid, collection, id, big, maxChangeBytes)
 	}
 	recs := []recordChanges{{Collection: collection, ID: id, Heads: headBytes(other.Heads()), Changes: changes}}
 	_, conflicts, _, err := r.applyRecords(ctx, "", recs, 0)

@@ -503,6 +503,23 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 			continue // an answer to a Need the peer could not serve
 		}
 		key := recordKey(rc.Collection, rc.ID)
+		changes := rc.Changes
+		if rc.Partial || rc.Off > 0 {
+			// Part of a record sent in several frames: a change larger than
+			// a frame arrives in pieces, kept until it is whole.
+			cs, sw, ok, err := r.assemble(ctx, peer, &rc)
+			if err != nil {
+				return fail(err)
+			}
+			batch.Slots = append(batch.Slots, sw...)
+			if !ok && !rc.Partial {
+				needs = append(needs, needMsg{Collection: rc.Collection, ID: rc.ID})
+			}
+			if !ok || len(cs) == 0 && rc.Partial {
+				continue
+			}
+			changes = cs
+		}
 		d, existed, err := r.loadDoc(ctx, rc.Collection, rc.ID)
 		if err != nil {
 			return fail(err)
@@ -513,7 +530,7 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		if rc.Partial {
 			remoteHeads = nil
 		}
-		mr, err := d.MergeChanges(rc.Changes, remoteHeads)
+		mr, err := d.MergeChanges(changes, remoteHeads)
 		switch {
 		case errors.Is(err, crdt.ErrMissingDeps), errors.Is(err, crdt.ErrBadDocument) && !existed:
 			// A delta whose dependencies this replica lacks (for a record it
@@ -546,13 +563,32 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		for _, id := range out.Closed {
 			queued = append(queued, Event{Kind: EventConflict, Collection: rc.Collection, ID: id, Peer: peer, Reason: string(out.ClosedBy[id])})
 		}
+		// held are heads the peer is known to hold now: those it sent with a
+		// complete entry, or, for a part of a record sent in several, the
+		// heads right after the merge when the peer held everything this
+		// replica had before (then every change here is one it holds).
+		held := remoteHeads
+		if peer != "" && rc.Partial {
+			held = nil
+			if mr.Repaired == 0 {
+				known, err := r.sharedHeads(ctx, peer, rc.Collection, rc.ID)
+				if err != nil {
+					return fail(err)
+				}
+				if len(before) == 0 || covers(known, before) {
+					held = mr.HeadsAfter
+				}
+			}
+		}
 		if !crdt.SameHeads(before, d.Heads()) {
 			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
-			echoOf = append(echoOf, peer != "" && !rc.Partial && covers(remoteHeads, d.Heads()))
+			// Sending the record back would be an echo when the peer holds
+			// every one of its heads.
+			echoOf = append(echoOf, peer != "" && len(held) > 0 && covers(held, d.Heads()))
 		}
-		if peer != "" && !rc.Partial {
-			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, remoteHeads, d.Heads())
+		if peer != "" && len(held) > 0 {
+			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, held, d.Heads())
 			if err != nil {
 				return fail(err)
 			}

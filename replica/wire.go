@@ -81,6 +81,15 @@ type recordChanges struct {
 	Changes []byte `cbor:"4,keyasint,omitempty"`
 	// Partial marks an entry whose record continues in the next entry.
 	Partial bool `cbor:"5,keyasint,omitempty"`
+	// Off is how many bytes of the first change in Changes earlier parts
+	// of this record carried: a change larger than a frame travels in
+	// pieces, each a part of its own (see splitBatch). 0: Changes begins
+	// with a whole change.
+	Off uint64 `cbor:"6,keyasint,omitempty"`
+
+	// from names the sender within a relay space (not on the wire): the
+	// pieces of a change are kept per sender.
+	from string
 }
 
 // batchMsg carries changed records from the sender's feed.
@@ -315,6 +324,9 @@ func (rc *recordChanges) validate() error {
 	}
 	if !rc.Partial && len(rc.Heads) == 0 && len(rc.Changes) > 0 {
 		return protoErr("complete entry without heads")
+	}
+	if rc.Off > uint64(maxChangeBytes) || rc.Off > 0 && len(rc.Changes) == 0 {
+		return protoErr("piece at offset %d of %d bytes", rc.Off, len(rc.Changes))
 	}
 	return nil
 }

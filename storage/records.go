@@ -41,6 +41,9 @@ type RecordWrite struct {
 	Collection, ID string
 	// Changes are Automerge incremental bytes to append (doc.SaveIncremental()
 	// or automerge.SaveChanges output); may be empty for a meta-only write.
+	// They should hold only changes not stored yet: automerge-go's
+	// SaveIncremental right after Load returns the whole history
+	// (crdt.Doc.SaveIncremental does not).
 	Changes []byte
 	// Snapshot returns the full doc.Save() including Changes. Storage calls it
 	// when there is no snapshot yet or when it compacts (the incrementals
