@@ -168,8 +168,14 @@ func init() {
 				}
 				defer l.Close()
 				fmt.Fprintf(e.stdout, "serving %s on %s (replica %s)\n", e.dir, l.Addr(), r.ID())
-				events := r.Watch(ctx)
+				// The watch outlives Serve, which returns only once every
+				// session has ended and published its status, so each
+				// session's line is printed before serve exits.
+				watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+				events := r.Watch(watchCtx)
+				printed := make(chan struct{})
 				go func() {
+					defer close(printed)
 					for ev := range events {
 						if ev.Kind == replica.EventStatus && ev.Status.State != replica.Syncing {
 							s := ev.Status
@@ -178,7 +184,10 @@ func init() {
 						}
 					}
 				}()
-				return r.Serve(ctx, l)
+				err = r.Serve(ctx, l)
+				stopWatch()
+				<-printed
+				return err
 			})
 		}})
 
