@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -28,9 +29,30 @@ func isTerminal(f any) bool {
 	return false
 }
 
+// isNetErr reports a network failure: an error of the net package or the
+// HTTP client (*net.OpError, *net.DNSError, *url.Error, timeouts). A bare
+// syscall.Errno also implements net.Error, so a file system error (a
+// *fs.PathError around EISDIR, ENOTDIR, EACCES...) would pass for one;
+// an errno counts only when it is a network errno.
 func isNetErr(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne)
+	if !errors.As(err, &ne) {
+		return false
+	}
+	if errno, ok := ne.(syscall.Errno); ok {
+		return isNetErrno(errno)
+	}
+	return true
+}
+
+// isNetErrno reports the errnos of a failed connection.
+func isNetErrno(errno syscall.Errno) bool {
+	switch errno {
+	case syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.ETIMEDOUT,
+		syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENETDOWN, syscall.ENETRESET:
+		return true
+	}
+	return false
 }
 
 func policyPath(dir string) string { return filepath.Join(dir, "ferry-policy.json") }

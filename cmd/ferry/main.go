@@ -91,13 +91,14 @@ func exitCode(err error) int {
 	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp), errors.Is(err, replica.ErrInvalid),
 		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid),
 		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
-		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose):
+		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose),
+		errors.Is(err, syscall.EISDIR): // a directory named where a file is wanted
 		return exitUsage
 	case errors.Is(err, storage.ErrWrongKey), isNoIdentityMatch(err):
 		return exitWrongKey
 	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
 		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),
-		errors.Is(err, replica.ErrUnknownSpace):
+		errors.Is(err, replica.ErrUnknownSpace), errors.Is(err, syscall.ENOTDIR):
 		return exitNotFound
 	case errors.Is(err, storage.ErrCorrupt), errors.Is(err, storage.ErrBadBackup), errors.Is(err, consent.ErrTampered),
 		errors.Is(err, crdt.ErrBadDocument), errors.Is(err, relay.ErrTampered), errors.Is(err, relay.ErrMissing), errors.Is(err, relay.ErrInvitation):
