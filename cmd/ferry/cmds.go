@@ -232,6 +232,27 @@ func (e *env) printValue(v any) error {
 	return err
 }
 
+// multiFlag is a repeatable string flag; each value is taken verbatim.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// collectionFlags registers --collections (comma-separated, each name
+// trimmed: the short form for plain names) and --collection (repeatable,
+// one name verbatim: for names with a comma or leading or trailing
+// spaces, which are valid collection names).
+func collectionFlags(fs *flag.FlagSet, what string) {
+	fs.String("collections", "", "comma-separated collections "+what)
+	fs.Var(&multiFlag{}, "collection", "one collection "+what+", taken verbatim (repeatable; for names with ',' or edge spaces)")
+}
+
+// collectionsOf returns the collections named by collectionFlags' flags.
+func collectionsOf(fs *flag.FlagSet) []string {
+	out := splitList(fs.Lookup("collections").Value.String())
+	return append(out, *fs.Lookup("collection").Value.(*multiFlag)...)
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -419,7 +440,7 @@ func init() {
 		summary: "pair a peer: grant it device-sync of the named collections",
 		example: "ferry trust $(FERRY_DIR=../phone ferry id) --collections notes,todo",
 		flags: func(fs *flag.FlagSet) {
-			fs.String("collections", "", "comma-separated collections the peer may sync")
+			collectionFlags(fs, "the peer may sync")
 			fs.String("purpose", consent.PurposeDeviceSync, "the purpose (only device-sync pairs a peer)")
 			fs.Duration("expires", 0, "the grant lapses after this long (default: until revoked)")
 		},
@@ -427,9 +448,9 @@ func init() {
 			if err := needArgs(args, 1); err != nil {
 				return err
 			}
-			colls := splitList(fs.Lookup("collections").Value.String())
+			colls := collectionsOf(fs)
 			if len(colls) == 0 {
-				return usagef("--collections is required")
+				return usagef("--collections (or --collection) is required")
 			}
 			if p := fs.Lookup("purpose").Value.String(); p != consent.PurposeDeviceSync {
 				return usagef("trust pairs for device-sync; use 'ferry consent grant' for purpose %q", p)

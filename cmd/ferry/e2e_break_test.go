@@ -4,9 +4,11 @@ package main
 // inputs of the same kinds as issues 11 and 12's examples.
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -52,4 +54,38 @@ func TestIsNetErrFileSystem(t *testing.T) {
 	if !isNetErr(&os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}) {
 		t.Error("ECONNREFUSED is a network failure")
 	}
+}
+
+// TestE2ETrustVerbatimCollections: collection names with a comma or with
+// leading and trailing spaces are valid, so they must be grantable. The
+// comma-separated --collections trims and splits (" notes " granted
+// "notes", another collection, without a word); --collection takes one
+// name verbatim, and a record in such a collection syncs.
+func TestE2ETrustVerbatimCollections(t *testing.T) {
+	a, b := newStore(t, "a", "pass-a"), newStore(t, "b", "pass-b")
+	aid, bid := a.id(), b.id()
+	names := []string{" notes ", "a,b", "notes"}
+	for i, c := range names {
+		a.must("put", c, "r", fmt.Sprintf(`{"n":%d}`, i))
+	}
+	for _, s := range []struct {
+		st   *store
+		peer string
+	}{{a, bid}, {b, aid}} {
+		out := s.st.must("trust", s.peer, "--collection", " notes ", "--collection", "a,b")
+		for _, want := range []string{": " + " notes " + " to ", ": a,b to "} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("trust output %q lacks %q", out, want)
+			}
+		}
+	}
+	syncTo(t, b, a)
+	for i, c := range names[:2] {
+		if got := b.get(c, "r"); fmt.Sprint(got["n"]) != fmt.Sprint(i) {
+			t.Fatalf("b: %q/r = %v, want n=%d", c, got, i)
+		}
+	}
+	// "notes" was never granted: it must not have synced.
+	_, errOut, code := b.ferry("get", "notes", "r")
+	assertOneLine(t, errOut, code, exitNotFound, "not found")
 }
