@@ -89,3 +89,27 @@ func TestE2ETrustVerbatimCollections(t *testing.T) {
 	_, errOut, code := b.ferry("get", "notes", "r")
 	assertOneLine(t, errOut, code, exitNotFound, "not found")
 }
+
+// TestE2ECommandLineErrorsOneLine: every command-line error is one line on
+// stderr with exit 2: a global flag whose name holds a newline (it was
+// printed raw, two lines), and help for a command that does not exist (it
+// printed the overview and exited 0, as if the command had been found).
+func TestE2ECommandLineErrorsOneLine(t *testing.T) {
+	env := baseEnv(t)
+	for _, c := range []struct {
+		name     string
+		args     []string
+		contains string
+	}{
+		{"global flag with a newline", []string{"--bo\ngus", "get", "c", "r"}, "flag provided but not defined"},
+		{"help for an unknown command", []string{"help", "frobnicate"}, `unknown command "frobnicate"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, errOut, code := runFerry(t, env, c.args...)
+			assertOneLine(t, errOut, code, exitUsage, c.contains)
+			if out != "" {
+				t.Fatalf("stdout %q, want nothing", out)
+			}
+		})
+	}
+}

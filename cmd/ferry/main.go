@@ -170,7 +170,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			printUsage(stdout)
 			return exitOK
 		}
-		fmt.Fprintf(stderr, "ferry: %v (see 'ferry help')\n", err)
+		fmt.Fprintf(stderr, "ferry: %s (see 'ferry help')\n", oneLine(err))
 		return exitUsage
 	}
 	if e.dir == "" {
@@ -186,6 +186,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				printCommandHelp(stdout, c, newFlagSet(c))
 				return exitOK
 			}
+			fmt.Fprintf(stderr, "ferry: unknown command %q (see 'ferry help')\n", rest[1])
+			return exitUsage
 		}
 		if len(rest) == 0 {
 			// No command: the overview on stderr, as a usage error.
