@@ -113,3 +113,33 @@ func TestE2ECommandLineErrorsOneLine(t *testing.T) {
 		})
 	}
 }
+
+// TestE2EShareRulesErrorsOneLine: a share rules file that is bad, or names
+// no rules for the collection, is bad input found in a file, not a bad
+// command line: one line naming the file, exit 2, no synopsis (as for
+// ferry-policy.json). An invalid collection name is reported as such, not
+// as a rules file lacking rules for it.
+func TestE2EShareRulesErrorsOneLine(t *testing.T) {
+	a := newStore(t, "a", "pass-a")
+	rules := filepath.Join(t.TempDir(), "rules.json")
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	for f, body := range map[string]string{rules: "[]", bad: "{"} {
+		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		args     []string
+		contains string
+	}{
+		{"no rules for the collection", []string{"share", "usage", "--to", "http://127.0.0.1:1/", "--rules", rules}, "share rules " + rules + " name no rules"},
+		{"rules not JSON", []string{"share", "usage", "--to", "http://127.0.0.1:1/", "--rules", bad}, "share rules " + bad},
+		{"invalid collection", []string{"share", "a\tb", "--to", "http://127.0.0.1:1/", "--rules", rules}, "control character U+0009"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, errOut, code := a.ferry(c.args...)
+			assertOneLine(t, errOut, code, exitUsage, c.contains)
+		})
+	}
+}
