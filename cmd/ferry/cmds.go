@@ -232,25 +232,19 @@ func (e *env) printValue(v any) error {
 	return err
 }
 
-// multiFlag is a repeatable string flag; each value is taken verbatim.
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
-
 // collectionFlags registers --collections (comma-separated, each name
 // trimmed: the short form for plain names) and --collection (repeatable,
 // one name verbatim: for names with a comma or leading or trailing
 // spaces, which are valid collection names).
 func collectionFlags(fs *flag.FlagSet, what string) {
 	fs.String("collections", "", "comma-separated collections "+what)
-	fs.Var(&multiFlag{}, "collection", "one collection "+what+", taken verbatim (repeatable; for names with ',' or edge spaces)")
+	fs.Var(&listFlag{}, "collection", "one collection "+what+", taken verbatim (repeatable; for names with ',' or edge spaces)")
 }
 
 // collectionsOf returns the collections named by collectionFlags' flags.
 func collectionsOf(fs *flag.FlagSet) []string {
 	out := splitList(fs.Lookup("collections").Value.String())
-	return append(out, *fs.Lookup("collection").Value.(*multiFlag)...)
+	return append(out, *fs.Lookup("collection").Value.(*listFlag)...)
 }
 
 func splitList(s string) []string {
