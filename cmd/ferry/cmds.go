@@ -45,6 +45,16 @@ func isNetErr(err error) bool {
 	return true
 }
 
+// isBadAddress reports a malformed network address ("host" without a
+// port, port 99999, "ftp://host:1" as a TLS address): the user's input,
+// not a network failure, though the net package's *net.AddrError is a
+// net.Error.
+func isBadAddress(err error) bool {
+	var ae *net.AddrError
+	var un net.UnknownNetworkError
+	return errors.As(err, &ae) || errors.As(err, &un)
+}
+
 // isNetErrno reports the errnos of a failed connection.
 func isNetErrno(errno syscall.Errno) bool {
 	switch errno {

@@ -143,3 +143,27 @@ func TestE2EShareRulesErrorsOneLine(t *testing.T) {
 		})
 	}
 }
+
+// TestE2EMalformedAddressIsInput: a malformed address (no port, a port
+// out of range, a URL scheme ferry does not speak) is invalid input, exit
+// 2; it used to exit 6 because *net.AddrError is a net.Error. An address
+// that is well formed but unreachable stays a network failure.
+func TestE2EMalformedAddressIsInput(t *testing.T) {
+	a := newStore(t, "a", "pass-a")
+	for _, c := range []struct {
+		args     []string
+		contains string
+	}{
+		{[]string{"sync", "127.0.0.1"}, "missing port"},
+		{[]string{"sync", "127.0.0.1:99999"}, "invalid port"},
+		{[]string{"sync", "ftp://127.0.0.1:1"}, "too many colons"},
+		{[]string{"serve", "--listen", "nope"}, "missing port"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			_, errOut, code := a.ferry(c.args...)
+			assertOneLine(t, errOut, code, exitUsage, c.contains)
+		})
+	}
+	_, errOut, code := runFerry(t, baseEnv(t), "relay", "--listen", "nope", "--dir", t.TempDir())
+	assertOneLine(t, errOut, code, exitUsage, "missing port")
+}

@@ -92,7 +92,8 @@ func exitCode(err error) int {
 		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid),
 		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
 		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose),
-		errors.Is(err, syscall.EISDIR): // a directory named where a file is wanted
+		errors.Is(err, syscall.EISDIR), // a directory named where a file is wanted
+		isBadAddress(err):
 		return exitUsage
 	case errors.Is(err, storage.ErrWrongKey), isNoIdentityMatch(err):
 		return exitWrongKey
