@@ -27,7 +27,8 @@ func (r *Replica) Conflicts(ctx context.Context) ([]policy.Entry, error) {
 
 // ResolvePick decides an open conflict for candidate n (0-based, in the
 // order Conflicts lists them). The decision is written as a change that
-// supersedes every candidate and syncs like any other.
+// supersedes every candidate and syncs like any other. ErrNoConflict when
+// no such conflict is open; ErrInvalid when n names no candidate.
 func (r *Replica) ResolvePick(ctx context.Context, id string, n int) error {
 	p, err := r.queue.ResolvePick(ctx, id, n)
 	if err != nil {
@@ -69,6 +70,9 @@ func (r *Replica) SweepConflicts(ctx context.Context) (int, error) {
 func (r *Replica) noConflict(id string, err error) error {
 	if errors.Is(err, policy.ErrNoEntry) {
 		return fmt.Errorf("%w: %s", ErrNoConflict, id)
+	}
+	if errors.Is(err, policy.ErrNoCandidate) {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return fmt.Errorf("replica: conflict %s: %w", id, err)
 }

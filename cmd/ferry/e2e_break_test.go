@@ -167,3 +167,31 @@ func TestE2EMalformedAddressIsInput(t *testing.T) {
 	_, errOut, code := runFerry(t, baseEnv(t), "relay", "--listen", "nope", "--dir", t.TempDir())
 	assertOneLine(t, errOut, code, exitUsage, "missing port")
 }
+
+// TestE2EResolveBadPick: a candidate index out of range, or a --value
+// ferry cannot store, is invalid input (exit 2, one line), and the
+// conflict stays open.
+func TestE2EResolveBadPick(t *testing.T) {
+	a, _, _ := conflictPair(t, `{"version":1,"default":{"policy":"user","deadline":"24h"}}`, nil, nil)
+	cs := a.conflicts()
+	if len(cs) != 1 {
+		t.Fatalf("%d conflicts, want 1", len(cs))
+	}
+	id := cs[0].ID
+	for _, c := range []struct {
+		args     []string
+		contains string
+	}{
+		{[]string{"resolve", id, "--pick", "2"}, "candidates"},
+		{[]string{"resolve", id, "--pick", "99999999999999999999"}, "pick"},
+		{[]string{"resolve", id, "--value", `{"$float":"NaN"}`}, "non-finite"},
+	} {
+		t.Run(strings.Join(c.args[2:], " "), func(t *testing.T) {
+			_, errOut, code := a.ferry(c.args...)
+			assertFailure(t, errOut, code, exitUsage, c.contains)
+		})
+	}
+	if n := len(a.conflicts()); n != 1 {
+		t.Fatalf("%d conflicts open after refused decisions, want 1", n)
+	}
+}
