@@ -1,11 +1,14 @@
 package replica
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestUnreachableFileSystemError: a local file system error during a
@@ -21,5 +24,20 @@ func TestUnreachableFileSystemError(t *testing.T) {
 	netErr := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 	if !unreachable(fmt.Errorf("dial: %w", netErr)) {
 		t.Error("a refused dial is unreachable")
+	}
+}
+
+// TestPairNegativeExpiry: Pair with a negative duration is ErrInvalid and
+// records no grant (it used to record a grant until revoked).
+func TestPairNegativeExpiry(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	a, b := e.replica("a"), e.replica("b")
+	before := len(a.Consent().Live())
+	if _, err := a.Pair(ctx, b.ID(), []string{"new-collection"}, -time.Hour); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Pair(-1h) = %v, want ErrInvalid", err)
+	}
+	if after := len(a.Consent().Live()); after != before {
+		t.Fatalf("%d live grants after a refused Pair, %d before", after, before)
 	}
 }

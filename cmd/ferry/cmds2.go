@@ -120,6 +120,8 @@ func init() {
 						Fields: splitList(flagStr(fs, "fields"))}
 					if d, _ := time.ParseDuration(flagStr(fs, "expires")); d > 0 {
 						g.Expires = time.Now().Add(d)
+					} else if d < 0 {
+						return usagef("--expires %v is negative: give how long the grant lasts (e.g. 720h)", d)
 					}
 					g, err := l.Grant(ctx, g)
 					if err != nil {

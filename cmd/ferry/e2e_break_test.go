@@ -195,3 +195,25 @@ func TestE2EResolveBadPick(t *testing.T) {
 		t.Fatalf("%d conflicts open after refused decisions, want 1", n)
 	}
 }
+
+// TestE2ENegativeExpiryRefused: a grant asked to lapse after a negative
+// duration (a typo, "-1h") was recorded as a grant until revoked: more
+// consent than the user gave. It is invalid input, and nothing is granted.
+func TestE2ENegativeExpiryRefused(t *testing.T) {
+	a, b := newStore(t, "a", "pass-a"), newStore(t, "b", "pass-b")
+	for _, c := range []struct {
+		args     []string
+		contains string
+	}{
+		{[]string{"trust", b.id(), "--collections", "notes", "--expires", "-5m"}, "negative"},
+		{[]string{"consent", "grant", "usage", "--to", "http://127.0.0.1:1/", "--purpose", "improve-model-quality", "--expires", "-1h"}, "negative"},
+	} {
+		t.Run(c.args[0], func(t *testing.T) {
+			_, errOut, code := a.ferry(c.args...)
+			assertFailure(t, errOut, code, exitUsage, c.contains)
+		})
+	}
+	if out := a.must("consent", "list", "--json"); strings.TrimSpace(out) != "[]" && strings.TrimSpace(out) != "null" {
+		t.Fatalf("grants recorded after refused requests: %s", out)
+	}
+}
