@@ -217,3 +217,22 @@ func TestE2ENegativeExpiryRefused(t *testing.T) {
 		t.Fatalf("grants recorded after refused requests: %s", out)
 	}
 }
+
+// TestE2ENonPositiveDurations: sync --timeout 0 failed at once as a
+// network failure (exit 6) without trying, and serve --relay --interval 0
+// synced in a loop without pause, hammering the relay. Both are invalid
+// input.
+func TestE2ENonPositiveDurations(t *testing.T) {
+	a := newStore(t, "a", "pass-a")
+	for _, args := range [][]string{
+		{"sync", "127.0.0.1:1", "--timeout", "0s"},
+		{"sync", "127.0.0.1:1", "--timeout", "-1s"},
+		{"serve", "--relay", "http://127.0.0.1:1", "--interval", "0s"},
+		{"serve", "--relay", "http://127.0.0.1:1", "--interval", "-1m"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			_, errOut, code := a.ferry(args...)
+			assertFailure(t, errOut, code, exitUsage, "positive duration")
+		})
+	}
+}
