@@ -11,7 +11,8 @@ import (
 
 // Pair trusts a peer for device sync: it records a device-sync grant for
 // each collection (until revoked when expires is zero). A peer learns of
-// no record in a collection it was not granted.
+// no record in a collection it was not granted. A negative expires is
+// ErrInvalid (it is not "until revoked").
 func (r *Replica) Pair(ctx context.Context, peer string, collections []string, expires time.Duration) ([]consent.Grant, error) {
 	fp, err := transport.ParseFingerprint(peer)
 	if err != nil {
@@ -19,6 +20,9 @@ func (r *Replica) Pair(ctx context.Context, peer string, collections []string, e
 	}
 	if len(collections) == 0 {
 		return nil, fmt.Errorf("%w: name the collections to share", ErrInvalid)
+	}
+	if expires < 0 {
+		return nil, fmt.Errorf("%w: grant duration %v is negative", ErrInvalid, expires)
 	}
 	for _, c := range collections {
 		if err := checkCollection(c); err != nil {

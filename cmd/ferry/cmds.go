@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -28,9 +29,40 @@ func isTerminal(f any) bool {
 	return false
 }
 
+// isNetErr reports a network failure: an error of the net package or the
+// HTTP client (*net.OpError, *net.DNSError, *url.Error, timeouts). A bare
+// syscall.Errno also implements net.Error, so a file system error (a
+// *fs.PathError around EISDIR, ENOTDIR, EACCES...) would pass for one;
+// an errno counts only when it is a network errno.
 func isNetErr(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne)
+	if !errors.As(err, &ne) {
+		return false
+	}
+	if errno, ok := ne.(syscall.Errno); ok {
+		return isNetErrno(errno)
+	}
+	return true
+}
+
+// isBadAddress reports a malformed network address ("host" without a
+// port, port 99999, "ftp://host:1" as a TLS address): the user's input,
+// not a network failure, though the net package's *net.AddrError is a
+// net.Error.
+func isBadAddress(err error) bool {
+	var ae *net.AddrError
+	var un net.UnknownNetworkError
+	return errors.As(err, &ae) || errors.As(err, &un)
+}
+
+// isNetErrno reports the errnos of a failed connection.
+func isNetErrno(errno syscall.Errno) bool {
+	switch errno {
+	case syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.ETIMEDOUT,
+		syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENETDOWN, syscall.ENETRESET:
+		return true
+	}
+	return false
 }
 
 func policyPath(dir string) string { return filepath.Join(dir, "ferry-policy.json") }
@@ -217,6 +249,21 @@ func (e *env) printValue(v any) error {
 	out.WriteByte('\n')
 	_, err = e.stdout.Write(out.Bytes())
 	return err
+}
+
+// collectionFlags registers --collections (comma-separated, each name
+// trimmed: the short form for plain names) and --collection (repeatable,
+// one name verbatim: for names with a comma or leading or trailing
+// spaces, which are valid collection names).
+func collectionFlags(fs *flag.FlagSet, what string) {
+	fs.String("collections", "", "comma-separated collections "+what)
+	fs.Var(&listFlag{}, "collection", "one collection "+what+", taken verbatim (repeatable; for names with ',' or edge spaces)")
+}
+
+// collectionsOf returns the collections named by collectionFlags' flags.
+func collectionsOf(fs *flag.FlagSet) []string {
+	out := splitList(fs.Lookup("collections").Value.String())
+	return append(out, *fs.Lookup("collection").Value.(*listFlag)...)
 }
 
 func splitList(s string) []string {
@@ -406,7 +453,7 @@ func init() {
 		summary: "pair a peer: grant it device-sync of the named collections",
 		example: "ferry trust $(FERRY_DIR=../phone ferry id) --collections notes,todo",
 		flags: func(fs *flag.FlagSet) {
-			fs.String("collections", "", "comma-separated collections the peer may sync")
+			collectionFlags(fs, "the peer may sync")
 			fs.String("purpose", consent.PurposeDeviceSync, "the purpose (only device-sync pairs a peer)")
 			fs.Duration("expires", 0, "the grant lapses after this long (default: until revoked)")
 		},
@@ -414,9 +461,9 @@ func init() {
 			if err := needArgs(args, 1); err != nil {
 				return err
 			}
-			colls := splitList(fs.Lookup("collections").Value.String())
+			colls := collectionsOf(fs)
 			if len(colls) == 0 {
-				return usagef("--collections is required")
+				return usagef("--collections (or --collection) is required")
 			}
 			if p := fs.Lookup("purpose").Value.String(); p != consent.PurposeDeviceSync {
 				return usagef("trust pairs for device-sync; use 'ferry consent grant' for purpose %q", p)

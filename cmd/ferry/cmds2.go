@@ -120,6 +120,8 @@ func init() {
 						Fields: splitList(flagStr(fs, "fields"))}
 					if d, _ := time.ParseDuration(flagStr(fs, "expires")); d > 0 {
 						g.Expires = time.Now().Add(d)
+					} else if d < 0 {
+						return usagef("--expires %v is negative: give how long the grant lasts (e.g. 720h)", d)
 					}
 					g, err := l.Grant(ctx, g)
 					if err != nil {
@@ -143,9 +145,12 @@ func init() {
 			if err := needArgs(args, 0); err != nil {
 				return err
 			}
+			every, _ := time.ParseDuration(flagStr(fs, "interval"))
+			if every <= 0 {
+				return usagef("--interval %v: want a positive duration (e.g. 30s)", every)
+			}
 			return e.withReplica(ctx, func(r *replica.Replica) error {
 				if url := flagStr(fs, "relay"); url != "" {
-					every, _ := time.ParseDuration(flagStr(fs, "interval"))
 					fmt.Fprintf(e.stdout, "syncing %s through %s every %s\n", e.dir, url, every)
 					for {
 						if err := syncRelayOnce(ctx, e, r, url, false); err != nil {
@@ -202,6 +207,9 @@ func init() {
 				return err
 			}
 			d, _ := time.ParseDuration(flagStr(fs, "timeout"))
+			if d <= 0 {
+				return usagef("--timeout %v: want a positive duration (e.g. 2m)", d)
+			}
 			ctx, cancel := context.WithTimeout(ctx, d)
 			defer cancel()
 			return e.withReplica(ctx, func(r *replica.Replica) error {

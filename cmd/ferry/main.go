@@ -91,13 +91,15 @@ func exitCode(err error) int {
 	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp), errors.Is(err, replica.ErrInvalid),
 		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid),
 		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
-		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose):
+		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose),
+		errors.Is(err, syscall.EISDIR), // a directory named where a file is wanted
+		isBadAddress(err):
 		return exitUsage
 	case errors.Is(err, storage.ErrWrongKey), isNoIdentityMatch(err):
 		return exitWrongKey
 	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
 		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),
-		errors.Is(err, replica.ErrUnknownSpace):
+		errors.Is(err, replica.ErrUnknownSpace), errors.Is(err, syscall.ENOTDIR):
 		return exitNotFound
 	case errors.Is(err, storage.ErrCorrupt), errors.Is(err, storage.ErrBadBackup), errors.Is(err, consent.ErrTampered),
 		errors.Is(err, crdt.ErrBadDocument), errors.Is(err, relay.ErrTampered), errors.Is(err, relay.ErrMissing), errors.Is(err, relay.ErrInvitation):
@@ -170,7 +172,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			printUsage(stdout)
 			return exitOK
 		}
-		fmt.Fprintf(stderr, "ferry: %v (see 'ferry help')\n", err)
+		fmt.Fprintf(stderr, "ferry: %s (see 'ferry help')\n", oneLine(err))
 		return exitUsage
 	}
 	if e.dir == "" {
@@ -186,6 +188,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				printCommandHelp(stdout, c, newFlagSet(c))
 				return exitOK
 			}
+			fmt.Fprintf(stderr, "ferry: unknown command %q (see 'ferry help')\n", rest[1])
+			return exitUsage
 		}
 		if len(rest) == 0 {
 			// No command: the overview on stderr, as a usage error.

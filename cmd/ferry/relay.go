@@ -100,7 +100,7 @@ ferry space invite SPACE-ID 'ferry-join1:...' --out invite.age     # first devic
 ferry space join invite.age --collections notes                  # new device
 ferry sync http://127.0.0.1:7443                                 # any device, any time`,
 		flags: func(fs *flag.FlagSet) {
-			fs.String("collections", "", "comma-separated collections the space syncs")
+			collectionFlags(fs, "the space syncs")
 			fs.String("out", "", "invite: write the sealed invitation here")
 			fs.Bool("json", false, "list: print JSON")
 		},
@@ -114,7 +114,7 @@ ferry sync http://127.0.0.1:7443                                 # any device, a
 					if len(args) != 2 || !isRelayURL(args[1]) {
 						return usagef("want create RELAY-URL (http:// or https://)")
 					}
-					sp, err := r.CreateSpace(ctx, args[1], splitList(flagStr(fs, "collections")))
+					sp, err := r.CreateSpace(ctx, args[1], collectionsOf(fs))
 					if err != nil {
 						return err
 					}
@@ -145,7 +145,7 @@ ferry sync http://127.0.0.1:7443                                 # any device, a
 					if err != nil {
 						return err
 					}
-					sp, err := r.JoinSpace(ctx, b, splitList(flagStr(fs, "collections")))
+					sp, err := r.JoinSpace(ctx, b, collectionsOf(fs))
 					if err != nil {
 						return err
 					}

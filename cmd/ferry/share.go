@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/policy/anon"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/replica"
@@ -26,18 +27,18 @@ func loadShareRules(path, collection, purpose string) (anon.Rules, error) {
 	}
 	var raw []json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
-		return anon.Rules{}, usagef("share rules %s: want a JSON array of rules: %v", path, err)
+		return anon.Rules{}, inputf("share rules %s: want a JSON array of rules: %v", path, err)
 	}
 	for _, m := range raw {
 		r, err := anon.ParseRules(m)
 		if err != nil {
-			return anon.Rules{}, usagef("share rules %s: %v", path, err)
+			return anon.Rules{}, inputf("share rules %s: %v", path, err)
 		}
 		if r.Collection == collection && r.Purpose == purpose {
 			return r, nil
 		}
 	}
-	return anon.Rules{}, usagef("share rules %s name no rules for %q and purpose %q", path, collection, purpose)
+	return anon.Rules{}, inputf("share rules %s name no rules for %q and purpose %q", path, collection, purpose)
 }
 
 func init() {
@@ -62,6 +63,11 @@ ferry share usage --to http://127.0.0.1:8080/ --purpose improve-model-quality`,
 			rulesFile := flagStr(fs, "rules")
 			if rulesFile == "" {
 				rulesFile = shareRulesPath(e.dir)
+			}
+			// The name first: an invalid one is the error, not a rules
+			// file without rules for it.
+			if err := names.Check("collection", args[0]); err != nil {
+				return fmt.Errorf("%w: %w", replica.ErrInvalid, err)
 			}
 			rules, err := loadShareRules(rulesFile, args[0], purpose)
 			if err != nil {
