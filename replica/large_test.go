@@ -14,7 +14,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/amjs"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/transport/relay"
+	"github.com/ferrysync/ferry/relay"
 )
 
 // largeDiskReplica opens a replica on disk: an in-memory Badger store keeps no

@@ -16,11 +16,11 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 	"pgregory.net/rapid"
 )
 

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // reviewReplica opens an in-memory replica that is paired with nobody.

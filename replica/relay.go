@@ -13,10 +13,10 @@ import (
 
 	"filippo.io/age"
 	"github.com/ferrysync/ferry/internal/names"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // Sync through a relay: devices of one user that are rarely online

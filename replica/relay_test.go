@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrysync/ferry/transport/relay"
+	"github.com/ferrysync/ferry/relay"
 )
 
 // testRelay is an in-process relay on loopback that can be restarted on

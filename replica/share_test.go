@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
-	"github.com/ferrysync/ferry/transport/collector"
+	"github.com/ferrysync/ferry/collector"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
 )
 
 var usageRules = anon.Rules{Collection: "usage", Purpose: consent.PurposeImprove,

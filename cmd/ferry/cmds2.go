@@ -15,7 +15,7 @@ import (
 	"filippo.io/age"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
