@@ -327,9 +327,6 @@ func (r *Replica) ID() string { return r.fp }
 // Name returns the replica's human-readable name.
 func (r *Replica) Name() string { return r.opts.Name }
 
-// Store returns the underlying encrypted store (backups, key changes).
-func (r *Replica) Store() *storage.Store { return r.store }
-
 // Policies returns the replica's conflict policy set.
 func (r *Replica) Policies() *policy.Set { return r.opts.Policies }
 

@@ -234,7 +234,7 @@ func init() {
 			return e.withReplica(ctx, func(r *replica.Replica) error {
 				all, peers := r.Status(ctx)
 				counts := map[string]int{}
-				colls, err := r.Store().Collections(ctx)
+				colls, err := r.Collections(ctx)
 				if err != nil {
 					return err
 				}
@@ -506,11 +506,11 @@ ferry policy`,
 						return err
 					}
 				}
-				opts := storage.Options{Passphrase: next}
+				secret := replica.Secret{Passphrase: next}
 				if e.fastKDF() {
-					opts.KDF = storage.TestKDF()
+					secret.KDF = storage.TestKDF()
 				}
-				if err := r.Store().ChangePassphrase(ctx, opts); err != nil {
+				if err := r.ChangePassphrase(ctx, secret); err != nil {
 					return err
 				}
 				fmt.Fprintln(e.stdout, "passphrase changed")
@@ -525,7 +525,7 @@ ferry policy`,
 				return err
 			}
 			return e.withReplica(ctx, func(r *replica.Replica) error {
-				if err := r.Store().RotateKey(ctx, e.progressPrinter("re-encrypted")); err != nil {
+				if err := r.RotateKey(ctx, e.progressPrinter("re-encrypted")); err != nil {
 					return err
 				}
 				fmt.Fprintln(e.stdout, "master key rotated")
