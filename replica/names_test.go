@@ -307,10 +307,9 @@ func TestPeerRecordWithInvalidNameRefused(t *testing.T) {
 // is not pushed.
 func TestRelayRecordWithInvalidNameRefused(t *testing.T) {
 	e := newEnv(t)
-	tr := startRelay(t, relay.ServerOptions{})
 	a, b := e.replica("a"), e.replica("b")
 	ctx := context.Background()
-	space := joinAll(t, tr.url(), "notes", a, b)
+	space := joinAll(t, memRelayURL, "notes", a, b)
 	mustPut(t, a, "notes", "seed", map[string]any{"v": 1})
 	doc, err := a.ExportDoc(ctx, "notes", "seed")
 	if err != nil {
