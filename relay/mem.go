@@ -25,7 +25,8 @@ type MemRelay struct {
 	// Fail, if set, is called before every operation with its name
 	// ("create", "members", "update", "push", "pull", "ack", "status");
 	// a non-nil error is returned instead of performing it (fault
-	// injection: ErrQuota, ErrUnavailable...).
+	// injection: ErrQuota, ErrUnavailable...). Set or change it only
+	// while no operation is running.
 	Fail func(op string) error
 }
 
