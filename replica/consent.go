@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/transport"
 )
 

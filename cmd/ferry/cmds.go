@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"golang.org/x/term"

@@ -15,7 +15,7 @@ import (
 	"filippo.io/age"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
@@ -251,7 +251,7 @@ func init() {
 			return e.withReplica(ctx, func(r *replica.Replica) error {
 				all, peers := r.Status(ctx)
 				counts := map[string]int{}
-				colls, err := r.Store().Collections(ctx)
+				colls, err := r.Collections(ctx)
 				if err != nil {
 					return err
 				}
@@ -523,11 +523,11 @@ ferry policy`,
 						return err
 					}
 				}
-				opts := storage.Options{Passphrase: next}
+				secret := replica.Secret{Passphrase: next}
 				if e.fastKDF() {
-					opts.KDF = storage.TestKDF()
+					secret.KDF = storage.TestKDF()
 				}
-				if err := r.Store().ChangePassphrase(ctx, opts); err != nil {
+				if err := r.ChangePassphrase(ctx, secret); err != nil {
 					return err
 				}
 				fmt.Fprintln(e.stdout, "passphrase changed")
@@ -542,7 +542,7 @@ ferry policy`,
 				return err
 			}
 			return e.withReplica(ctx, func(r *replica.Replica) error {
-				if err := r.Store().RotateKey(ctx, e.progressPrinter("re-encrypted")); err != nil {
+				if err := r.RotateKey(ctx, e.progressPrinter("re-encrypted")); err != nil {
 					return err
 				}
 				fmt.Fprintln(e.stdout, "master key rotated")

@@ -22,11 +22,11 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // Exit codes, one per error class, so scripts can tell them apart. The

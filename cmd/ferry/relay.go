@@ -9,8 +9,8 @@ import (
 	"os"
 	"strings"
 
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/replica"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 func isRelayURL(s string) bool {

@@ -9,11 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ferrysync/ferry/collector"
 	"github.com/ferrysync/ferry/internal/names"
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/replica"
-	"github.com/ferrysync/ferry/transport/collector"
 )
 
 func shareRulesPath(dir string) string { return filepath.Join(dir, "ferry-share-rules.json") }
