@@ -123,6 +123,9 @@ func (a *Audit) Append(ctx context.Context, r Record) (uint64, error) {
 type Filter struct {
 	Collection string
 	RecordID   string
+	// ConflictID matches the conflict id (crdt.Conflict.ID, shared by
+	// records holding the same history) or the queue entry id (Entry.ID,
+	// one record's).
 	ConflictID string
 	Since      time.Time // At >= Since
 	Until      time.Time // At < Until
@@ -131,7 +134,8 @@ type Filter struct {
 func (f Filter) match(r *Record) bool {
 	return (f.Collection == "" || r.Collection == f.Collection) &&
 		(f.RecordID == "" || r.RecordID == f.RecordID) &&
-		(f.ConflictID == "" || r.Conflict.ID == f.ConflictID) &&
+		(f.ConflictID == "" || r.Conflict.ID == f.ConflictID ||
+			EntryID(r.Collection, r.RecordID, r.Conflict.ID) == f.ConflictID) &&
 		(f.Since.IsZero() || !r.At.Before(f.Since)) &&
 		(f.Until.IsZero() || r.At.Before(f.Until))
 }

@@ -347,12 +347,18 @@ func queueKey(t tb, r *replica) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := ""
+	// Deadlines run from when each replica detected the conflict (its
+	// clock), so they may differ; everything else, and the fallback's
+	// decision, must not.
+	// List orders by deadline, so the entries are sorted by id here.
+	var ks []string
 	for _, e := range es {
+		e.Deadline, e.Detected = time.Time{}, time.Time{}
 		b, _ := encodeEntry(e)
-		s += fmt.Sprintf("%s/%s/%x;", e.ID(), e.Deadline, b)
+		ks = append(ks, fmt.Sprintf("%s/%d/%x;", e.ID(), FallbackFor(e).Resolution.Winner, b))
 	}
-	return s
+	sortStrings(ks)
+	return strings.Join(ks, "")
 }
 
 func TestPropertyConvergenceAndQuiescence(t *testing.T) {

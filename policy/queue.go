@@ -2,9 +2,12 @@ package policy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/ferrysync/ferry/internal/kv"
+	"github.com/ferrysync/ferry/internal/names"
 	"sort"
 	"strings"
 	"sync"
@@ -39,15 +42,32 @@ type Entry struct {
 	Conflict   crdt.Conflict
 	// Provisional is the index of the candidate written for now.
 	Provisional int
-	// Deadline is the newest candidate's HLC time plus the rule's deadline.
+	// Deadline is the rule's deadline after the later of the newest
+	// candidate's HLC time and Detected.
 	Deadline time.Time
+	// Detected is when this replica queued the conflict, by its clock
+	// (Resolver.Now); zero for entries queued before it was recorded.
+	Detected time.Time
 	// Fallback decides at the deadline.
 	Fallback              Kind
 	FallbackPriorityField string
 }
 
-// ID returns the conflict id.
-func (e *Entry) ID() string { return e.Conflict.ID }
+// ID returns the entry's id: EntryID of its collection, record and
+// conflict id. It is what the queue is keyed by, what Conflicts lists and
+// what ResolvePick takes. The conflict id (Conflict.ID, written into
+// documents) is only unique within one record; this one is unique per
+// store.
+func (e *Entry) ID() string { return EntryID(e.Collection, e.RecordID, e.Conflict.ID) }
+
+// EntryID returns the queue id of conflict conflictID of one record: 32 hex
+// digits, the first 128 bits of SHA-256 over the length-prefixed
+// (names.Key) collection, record id and conflict id. Two records holding
+// the same history meet the same conflict id, never the same entry id.
+func EntryID(collection, recordID, conflictID string) string {
+	sum := sha256.Sum256([]byte("ferry-queue-entry/1" + names.Key(collection, recordID, conflictID)))
+	return hex.EncodeToString(sum[:16])
+}
 
 type entryWire struct {
 	_                     struct{} `cbor:",toarray"`
@@ -60,26 +80,64 @@ type entryWire struct {
 	FallbackPriorityField string
 }
 
+// entryWire2 is entryWire with the detection time (version 2).
+type entryWire2 struct {
+	_                     struct{} `cbor:",toarray"`
+	V                     int
+	Collection, RecordID  string
+	Conflict              []byte
+	Provisional           int
+	DeadlineMillis        int64
+	Fallback              Kind
+	FallbackPriorityField string
+	DetectedMillis        int64
+}
+
 func encodeEntry(e Entry) ([]byte, error) {
 	cb, err := e.Conflict.MarshalBinary()
 	if err != nil {
 		return nil, err
 	}
-	return cborEnc.Marshal(entryWire{V: 1, Collection: e.Collection, RecordID: e.RecordID, Conflict: cb,
+	var det int64
+	if !e.Detected.IsZero() {
+		det = e.Detected.UnixMilli()
+	}
+	return cborEnc.Marshal(entryWire2{V: 2, Collection: e.Collection, RecordID: e.RecordID, Conflict: cb,
 		Provisional: e.Provisional, DeadlineMillis: e.Deadline.UnixMilli(), Fallback: e.Fallback,
-		FallbackPriorityField: e.FallbackPriorityField})
+		FallbackPriorityField: e.FallbackPriorityField, DetectedMillis: det})
 }
 
 func decodeEntry(b []byte) (Entry, error) {
-	var w entryWire
-	if err := cborDec.Unmarshal(b, &w); err != nil {
-		return Entry{}, fmt.Errorf("policy: queue entry: %w", err)
+	var w entryWire2
+	var head []cbor.RawMessage
+	if err := cborDec.Unmarshal(b, &head); err != nil || len(head) == 0 {
+		return Entry{}, fmt.Errorf("policy: queue entry: not a versioned array: %v", err)
 	}
-	if w.V != 1 {
-		return Entry{}, fmt.Errorf("policy: queue entry version %d", w.V)
+	var v int
+	if err := cborDec.Unmarshal(head[0], &v); err != nil {
+		return Entry{}, fmt.Errorf("policy: queue entry version: %w", err)
+	}
+	switch v {
+	case 1:
+		var w1 entryWire
+		if err := cborDec.Unmarshal(b, &w1); err != nil {
+			return Entry{}, fmt.Errorf("policy: queue entry: %w", err)
+		}
+		w = entryWire2{V: 1, Collection: w1.Collection, RecordID: w1.RecordID, Conflict: w1.Conflict,
+			Provisional: w1.Provisional, DeadlineMillis: w1.DeadlineMillis, Fallback: w1.Fallback,
+			FallbackPriorityField: w1.FallbackPriorityField}
+	case 2:
+		if err := cborDec.Unmarshal(b, &w); err != nil {
+			return Entry{}, fmt.Errorf("policy: queue entry: %w", err)
+		}
+	default:
+		return Entry{}, fmt.Errorf("policy: queue entry version %d", v)
 	}
 	e := Entry{Collection: w.Collection, RecordID: w.RecordID, Provisional: w.Provisional,
 		Deadline: time.UnixMilli(w.DeadlineMillis).UTC(), Fallback: w.Fallback, FallbackPriorityField: w.FallbackPriorityField}
+	if w.DetectedMillis != 0 {
+		e.Detected = time.UnixMilli(w.DetectedMillis).UTC()
+	}
 	if err := e.Conflict.UnmarshalBinary(w.Conflict); err != nil {
 		return Entry{}, err
 	}
@@ -102,16 +160,27 @@ func init() {
 }
 
 const (
-	openPrefix   = "policy/queue/open/"
-	closedPrefix = "policy/queue/closed/"
+	// Entries and tombstones are keyed by entry id (EntryID: collection,
+	// record and conflict id).
+	openPrefix   = "policy/queue/open2/"
+	closedPrefix = "policy/queue/closed2/"
+	// Before, they were keyed by the conflict id alone, which two records
+	// holding the same history share. Open entries under these keys are
+	// moved under the new ones when the queue is first used (they hold
+	// their record); closed tombstones hold no record, so they stay and
+	// are read as closing that conflict id in every record.
+	legacyOpenPrefix   = "policy/queue/open/"
+	legacyClosedPrefix = "policy/queue/closed/"
 )
 
-// Queue is the persisted user-choice queue. Closed conflict ids are kept as
+// Queue is the persisted user-choice queue. Closed entry ids are kept as
 // tombstones (holding who closed them) so that a late-arriving provisional
 // resolution does not reopen a conflict already decided.
 type Queue struct {
 	kv KV
 	mu sync.Mutex
+	// migrated: entries under legacy keys were moved (see legacyOpenPrefix).
+	migrated bool
 	// byRecord indexes the open entries by record (loaded on first use),
 	// so a write to a record without open conflicts costs no store read.
 	byRecord map[recordRef]map[string]bool
@@ -122,13 +191,82 @@ type recordRef struct{ collection, id string }
 // NewQueue returns a queue over kv.
 func NewQueue(kv KV) *Queue { return &Queue{kv: kv} }
 
-// Add queues e unless an entry with its id is open or was closed. It
-// reports whether it added.
+// migrateLocked moves open entries stored under the conflict id alone
+// (legacyOpenPrefix) under their entry id, once per Queue; q.mu is held.
+// An entry whose new key is open or closed already is dropped.
+func (q *Queue) migrateLocked(ctx context.Context) error {
+	if q.migrated {
+		return nil
+	}
+	type legacy struct {
+		key string
+		e   Entry
+	}
+	var old []legacy
+	err := q.kv.Range(ctx, func(key string, value []byte) error {
+		if !strings.HasPrefix(key, legacyOpenPrefix) {
+			return nil
+		}
+		e, err := decodeEntry(value)
+		if err != nil {
+			return fmt.Errorf("policy: queue entry %s: %w", key, err)
+		}
+		old = append(old, legacy{key, e})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, l := range old {
+		id := l.e.ID()
+		_, closed, err := q.kv.Get(ctx, closedPrefix+id)
+		if err != nil {
+			return err
+		}
+		if !closed {
+			b, err := encodeEntry(l.e)
+			if err != nil {
+				return err
+			}
+			if err := q.kv.Put(ctx, openPrefix+id, b); err != nil {
+				return err
+			}
+		}
+		if err := q.kv.Delete(ctx, l.key); err != nil {
+			return err
+		}
+	}
+	q.migrated = true
+	return nil
+}
+
+func (q *Queue) migrate(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.migrateLocked(ctx)
+}
+
+// closedLocked reports whether e's entry was closed: under its entry id,
+// or under its conflict id alone by a tombstone from before entries were
+// keyed by record (legacyClosedPrefix).
+func (q *Queue) closedLocked(ctx context.Context, e Entry) (bool, error) {
+	if _, ok, err := q.kv.Get(ctx, closedPrefix+e.ID()); err != nil || ok {
+		return ok, err
+	}
+	_, ok, err := q.kv.Get(ctx, legacyClosedPrefix+e.Conflict.ID)
+	return ok, err
+}
+
+// Add queues e unless an entry with its id (Entry.ID) is open or was
+// closed. It reports whether it added.
 func (q *Queue) Add(ctx context.Context, e Entry) (bool, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	id := e.Conflict.ID
-	if _, ok, err := q.kv.Get(ctx, closedPrefix+id); err != nil || ok {
+	if err := q.migrateLocked(ctx); err != nil {
+		return false, err
+	}
+	id := e.ID()
+	if closed, err := q.closedLocked(ctx, e); err != nil || closed {
 		return false, err
 	}
 	if _, ok, err := q.kv.Get(ctx, openPrefix+id); err != nil || ok {
@@ -151,8 +289,8 @@ func (q *Queue) Add(ctx context.Context, e Entry) (bool, error) {
 	return true, nil
 }
 
-// Close removes the entry (if open) and records the id as closed. It
-// returns the entry that was open, if any.
+// Close removes the entry with that entry id (Entry.ID, EntryID) if open
+// and records the id as closed. It returns the entry that was open, if any.
 func (q *Queue) Close(ctx context.Context, id string) (*Entry, error) {
 	return q.CloseAs(ctx, id, "")
 }
@@ -162,6 +300,9 @@ func (q *Queue) Close(ctx context.Context, id string) (*Entry, error) {
 func (q *Queue) CloseAs(ctx context.Context, id string, by Decider) (*Entry, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if err := q.migrateLocked(ctx); err != nil {
+		return nil, err
+	}
 	var open *Entry
 	b, ok, err := q.kv.Get(ctx, openPrefix+id)
 	if err != nil {
@@ -200,15 +341,21 @@ func (q *Queue) CloseAs(ctx context.Context, id string, by Decider) (*Entry, err
 	return open, nil
 }
 
-// IsClosed reports whether the conflict id was closed here.
+// IsClosed reports whether the entry id was closed here.
 func (q *Queue) IsClosed(ctx context.Context, id string) (bool, error) {
+	if err := q.migrate(ctx); err != nil {
+		return false, err
+	}
 	_, ok, err := q.kv.Get(ctx, closedPrefix+id)
 	return ok, err
 }
 
-// ClosedBy reports whether the conflict id was closed here and, if the
+// ClosedBy reports whether the entry id was closed here and, if the
 // reason was recorded, who closed it (empty when unknown).
 func (q *Queue) ClosedBy(ctx context.Context, id string) (Decider, bool, error) {
+	if err := q.migrate(ctx); err != nil {
+		return "", false, err
+	}
 	b, ok, err := q.kv.Get(ctx, closedPrefix+id)
 	if err != nil || !ok {
 		return "", false, err
@@ -224,6 +371,10 @@ func (q *Queue) ClosedBy(ctx context.Context, id string) (Decider, bool, error) 
 // calls for a record without open entries read nothing.
 func (q *Queue) ForRecord(ctx context.Context, collection, id string) ([]Entry, error) {
 	q.mu.Lock()
+	if err := q.migrateLocked(ctx); err != nil {
+		q.mu.Unlock()
+		return nil, err
+	}
 	if q.byRecord == nil {
 		idx := map[recordRef]map[string]bool{}
 		err := q.kv.Range(ctx, func(key string, value []byte) error {
@@ -238,7 +389,7 @@ func (q *Queue) ForRecord(ctx context.Context, collection, id string) ([]Entry, 
 			if idx[ref] == nil {
 				idx[ref] = map[string]bool{}
 			}
-			idx[ref][e.Conflict.ID] = true
+			idx[ref][e.ID()] = true
 			return nil
 		})
 		if err != nil {
@@ -272,12 +423,16 @@ func sortEntries(out []Entry) {
 		if !out[i].Deadline.Equal(out[j].Deadline) {
 			return out[i].Deadline.Before(out[j].Deadline)
 		}
-		return out[i].Conflict.ID < out[j].Conflict.ID
+		return out[i].ID() < out[j].ID()
 	})
 }
 
-// Get returns the open entry for id.
+// Get returns the open entry with entry id id (Entry.ID): ErrNoEntry when
+// none is open.
 func (q *Queue) Get(ctx context.Context, id string) (Entry, error) {
+	if err := q.migrate(ctx); err != nil {
+		return Entry{}, err
+	}
 	b, ok, err := q.kv.Get(ctx, openPrefix+id)
 	if err != nil {
 		return Entry{}, err
@@ -288,8 +443,11 @@ func (q *Queue) Get(ctx context.Context, id string) (Entry, error) {
 	return decodeEntry(b)
 }
 
-// List returns the open entries ordered by deadline, then id.
+// List returns the open entries ordered by deadline, then entry id.
 func (q *Queue) List(ctx context.Context) ([]Entry, error) {
+	if err := q.migrate(ctx); err != nil {
+		return nil, err
+	}
 	var out []Entry
 	err := q.kv.Range(ctx, func(key string, value []byte) error {
 		if !strings.HasPrefix(key, openPrefix) {

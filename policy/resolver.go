@@ -29,7 +29,7 @@ type Outcome struct {
 	// Queued are the entries added to the user queue (local detections and
 	// provisional resolutions received from other replicas).
 	Queued []Entry
-	// Closed are the conflict ids whose queued entry was closed, by a
+	// Closed are the entry ids (Entry.ID) whose queued entry was closed, by a
 	// remote resolution, because a newer conflict superseded them, or
 	// because a newer write to the field did (ClosedBy says which).
 	Closed   []string
@@ -84,16 +84,16 @@ func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *
 				continue
 			}
 			if !rr.Provisional {
-				closing[rr.ConflictID] = ByRemote
+				closing[EntryID(collection, recordID, rr.ConflictID)] = ByRemote
 			}
 			for _, id := range rr.Supersedes {
-				closing[id] = BySuperseded
+				closing[EntryID(collection, recordID, id)] = BySuperseded
 			}
 		}
 		for _, c := range mr.Conflicts {
 			for _, cd := range c.Candidates {
 				if cd.Resolves != "" && isUser(c.Path) {
-					closing[cd.Resolves] = BySuperseded
+					closing[EntryID(collection, recordID, cd.Resolves)] = BySuperseded
 				}
 			}
 		}
@@ -112,20 +112,21 @@ func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *
 			}
 		}
 		var adds []Entry
+		detected := r.now().UTC()
 		for _, dec := range out.Decisions {
 			if dec.Provisional {
-				adds = append(adds, r.entry(collection, recordID, dec.Conflict))
+				adds = append(adds, r.entry(collection, recordID, dec.Conflict, detected))
 			}
 		}
 		for _, rr := range mr.Resolutions {
 			if rr.Provisional && rr.Conflict != nil && r.Policies.RuleFor(collection, rr.Conflict.Path).Policy == User {
-				adds = append(adds, r.entry(collection, recordID, *rr.Conflict))
+				adds = append(adds, r.entry(collection, recordID, *rr.Conflict, detected))
 			}
 		}
 		for _, e := range adds {
 			// A conflict that reaches this replica already superseded by a
 			// newer write (both arrived in one batch) is closed, not shown.
-			if _, stale, err := d.Superseded(e.Conflict.Path, e.ID(), candidateChanges(e.Conflict)); err != nil {
+			if _, stale, err := d.Superseded(e.Conflict.Path, e.Conflict.ID, candidateChanges(e.Conflict)); err != nil {
 				return out, fmt.Errorf("policy: superseded: %w", err)
 			} else if stale {
 				if _, err := r.Queue.CloseAs(ctx, e.ID(), ByNewerWrite); err != nil {
@@ -162,9 +163,15 @@ func (r *Resolver) Resolve(ctx context.Context, collection, recordID string, d *
 	return out, nil
 }
 
-// entry builds the queue entry for a user-policy conflict. Everything in it
-// derives from the conflict and the policy set.
-func (r *Resolver) entry(collection, recordID string, c crdt.Conflict) Entry {
+// entry builds the queue entry for a user-policy conflict detected (or
+// received) at detected, by this replica's clock. Everything in it but
+// Detected and Deadline derives from the conflict and the policy set. The
+// deadline runs from the later of the newest candidate's time and
+// detected: a conflict between old changes (imported from a foreign
+// document, or synced after a long time apart) still gives the user the
+// rule's whole window. Which candidate the fallback picks does not depend
+// on when it runs.
+func (r *Resolver) entry(collection, recordID string, c crdt.Conflict, detected time.Time) Entry {
 	rule := r.Policies.RuleFor(collection, c.Path)
 	var newest crdt.Timestamp
 	for _, cd := range c.Candidates {
@@ -176,8 +183,12 @@ func (r *Resolver) entry(collection, recordID string, c crdt.Conflict) Entry {
 	if deadline <= 0 {
 		deadline = DefaultDeadline
 	}
-	return Entry{Collection: collection, RecordID: recordID, Conflict: c,
-		Provisional: Pick(Timestamp, "", c), Deadline: newest.Time().Add(deadline),
+	start := newest.Time()
+	if detected.After(start) {
+		start = detected
+	}
+	return Entry{Collection: collection, RecordID: recordID, Conflict: c, Detected: detected,
+		Provisional: Pick(Timestamp, "", c), Deadline: start.Add(deadline),
 		Fallback: rule.Fallback, FallbackPriorityField: rule.FallbackPriorityField}
 }
 
@@ -197,7 +208,7 @@ func (r *Resolver) Supersede(ctx context.Context, collection, recordID string, d
 	}
 	var closed []string
 	for _, e := range entries {
-		_, stale, err := d.Superseded(e.Conflict.Path, e.ID(), candidateChanges(e.Conflict))
+		_, stale, err := d.Superseded(e.Conflict.Path, e.Conflict.ID, candidateChanges(e.Conflict))
 		if err != nil {
 			return closed, fmt.Errorf("policy: superseded %s: %w", e.ID(), err)
 		}
@@ -226,7 +237,7 @@ func (r *Resolver) SupersedeLocal(ctx context.Context, collection, recordID stri
 	}
 	var closed []string
 	for _, e := range entries {
-		stale, err := d.SupersededLocally(e.Conflict.Path, e.ID(), candidateChanges(e.Conflict), before)
+		stale, err := d.SupersededLocally(e.Conflict.Path, e.Conflict.ID, candidateChanges(e.Conflict), before)
 		if err != nil {
 			return closed, fmt.Errorf("policy: superseded %s: %w", e.ID(), err)
 		}
@@ -260,7 +271,8 @@ func candidateChanges(c crdt.Conflict) []automerge.ChangeHash {
 
 // EffectiveDeadline is the entry's deadline with candidate times bounded
 // by cl: a candidate stamped in the future (a device whose clock runs
-// ahead) does not push the deadline out further than its clamp.
+// ahead) does not push the deadline out further than its clamp. It never
+// starts before e.Detected.
 func EffectiveDeadline(e Entry, cl Clamps) time.Time {
 	var raw, eff crdt.Timestamp
 	for _, cd := range e.Conflict.Candidates {
@@ -271,7 +283,14 @@ func EffectiveDeadline(e Entry, cl Clamps) time.Time {
 			eff = t
 		}
 	}
-	return e.Deadline.Add(-raw.Time().Sub(eff.Time()))
+	start, effStart := raw.Time(), eff.Time()
+	if e.Detected.After(start) {
+		start = e.Detected
+	}
+	if e.Detected.After(effStart) {
+		effStart = e.Detected
+	}
+	return e.Deadline.Add(-start.Sub(effStart))
 }
 
 // Commit writes a user or fallback decision into the record's document,
@@ -280,7 +299,7 @@ func EffectiveDeadline(e Entry, cl Clamps) time.Time {
 // returns ErrStale: deciding it would overwrite that write. A fallback
 // decision is taken again here with the document's clock notes.
 func (r *Resolver) Commit(ctx context.Context, d *crdt.Doc, p Pending) error {
-	if _, stale, err := d.Superseded(p.Entry.Conflict.Path, p.Entry.ID(), candidateChanges(p.Entry.Conflict)); err != nil {
+	if _, stale, err := d.Superseded(p.Entry.Conflict.Path, p.Entry.Conflict.ID, candidateChanges(p.Entry.Conflict)); err != nil {
 		return fmt.Errorf("policy: superseded %s: %w", p.Entry.ID(), err)
 	} else if stale {
 		if r.Queue != nil {
@@ -312,7 +331,7 @@ func (r *Resolver) Commit(ctx context.Context, d *crdt.Doc, p Pending) error {
 		by = ByFallback
 	}
 	if r.Queue != nil {
-		if _, err := r.Queue.CloseAs(ctx, p.Entry.Conflict.ID, by); err != nil {
+		if _, err := r.Queue.CloseAs(ctx, p.Entry.ID(), by); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -158,7 +158,10 @@ func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc, b
 }
 
 // ResolvePick decides an open conflict for candidate n (0-based, in the
-// order Conflicts lists them). The decision is written as a change that
+// order Conflicts lists them). id is the entry id Conflicts lists
+// (policy.Entry.ID: one record's, 32 hex digits), not the conflict id
+// written into documents (Entry.Conflict.ID), which records holding the
+// same history share. The decision is written as a change that
 // supersedes every candidate and syncs like any other.
 //
 // Errors: ErrNoConflict when no open conflict has that id (or it was

@@ -22,6 +22,7 @@ type propEnv struct {
 	clock    *fakeClock
 	net      *transport.MemNetwork
 	replicas []*Replica
+	copies   int
 }
 
 var propPolicies = []policy.Kind{policy.Timestamp, policy.Priority, policy.Merge, policy.User}
@@ -144,6 +145,30 @@ func (e *propEnv) edit(r *Replica) {
 	}
 }
 
+// copyRecord copies one record of r into a new record (ExportDoc,
+// ImportDoc), so that the two share history: the conflicts copied, queued
+// again for the copy, have the same conflict ids in two records. The copy
+// is a record never written before: merging two records that one replica
+// wrote independently is refused by Automerge (one actor, two changes with
+// the same sequence number).
+func (e *propEnv) copyRecord(r *Replica) {
+	rt := e.rt
+	src := fmt.Sprintf("r%d", rapid.IntRange(0, 3).Draw(rt, "copyFrom"))
+	e.copies++
+	dst := fmt.Sprintf("copy%d", e.copies)
+	ctx := context.Background()
+	doc, err := r.ExportDoc(ctx, "items", src)
+	if errors.Is(err, ErrNotFound) {
+		return
+	}
+	if err != nil {
+		rt.Fatalf("export %s: %v", src, err)
+	}
+	if _, err := r.ImportDoc(ctx, "items", dst, doc); err != nil && !errors.Is(err, ErrInvalid) {
+		rt.Fatalf("import %s into %s: %v", src, dst, err)
+	}
+}
+
 func isMissing(err error) bool { return err != nil && errors.Is(err, crdt.ErrNotFound) }
 
 // isKindErr: an edit that does not fit the field's current type (splice
@@ -180,7 +205,7 @@ func (e *propEnv) state(r *Replica) replicaState {
 		e.rt.Fatal(err)
 	}
 	for _, c := range list {
-		st.Conflicts = append(st.Conflicts, c.Conflict.ID)
+		st.Conflicts = append(st.Conflicts, c.ID()+"/"+c.RecordID+"/"+c.Conflict.ID)
 	}
 	sort.Strings(st.Conflicts)
 	return st
@@ -198,9 +223,11 @@ func TestPropertyReplicasConverge(t *testing.T) {
 		n := len(e.replicas)
 		steps := rapid.IntRange(1, 25).Draw(rt, "steps")
 		for range steps {
-			switch rapid.IntRange(0, 3).Draw(rt, "action") {
+			switch rapid.IntRange(0, 4).Draw(rt, "action") {
 			case 0, 1:
 				e.edit(e.replicas[rapid.IntRange(0, n-1).Draw(rt, "who")])
+			case 4:
+				e.copyRecord(e.replicas[rapid.IntRange(0, n-1).Draw(rt, "who")])
 			case 2:
 				i := rapid.IntRange(0, n-1).Draw(rt, "from")
 				j := (i + 1 + rapid.IntRange(0, n-2).Draw(rt, "to")) % n
@@ -209,7 +236,7 @@ func TestPropertyReplicasConverge(t *testing.T) {
 					cut = rapid.IntRange(1, 8).Draw(rt, "cutAfter")
 				}
 				_ = e.session(i, j, cut)
-			default:
+			case 3:
 				e.clock.Advance(time.Duration(rapid.IntRange(0, 5000).Draw(rt, "ms")) * time.Millisecond)
 			}
 		}
