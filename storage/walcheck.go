@@ -247,6 +247,9 @@ func lastNonZero(b []byte) int {
 // will truncate it to (the end of its last complete transaction), or
 // ErrCorrupt naming the damaged file and the remedy.
 func checkLogs(dir string) (map[string]int64, error) {
+	if err := checkManifest(dir); err != nil {
+		return nil, err
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("check logs: %w", err)
