@@ -22,7 +22,6 @@ import (
 // prefix of the rest matches the CRC exactly.
 const manifestName = "MANIFEST"
 
-
 func checkManifest(dir string) error {
 	b, err := os.ReadFile(filepath.Join(dir, manifestName))
 	if errors.Is(err, fs.ErrNotExist) {
