@@ -7,7 +7,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
@@ -152,7 +151,7 @@ func (r *Replica) supersedeAll(ctx context.Context) error {
 // supersede closes the open conflicts of a record that a write just
 // superseded. It is best effort: the write is stored already, and a
 // conflict it misses is closed when listed or resolved.
-func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc, before []automerge.ChangeHash) {
+func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc, before crdt.Heads) {
 	closed, _ := r.res.SupersedeLocal(ctx, coll, id, d, before)
 	r.publishClosed(coll, "", closed, policy.ByNewerWrite)
 }
@@ -291,7 +290,7 @@ func (r *Replica) commitDue(ctx context.Context, p policy.Pending, now time.Time
 	if p.Policy != policy.User {
 		by = policy.ByFallback
 	}
-	if crdt.SameHeads(before, d.Heads()) {
+	if before.Equal(d.Heads()) {
 		r.publishClosed(coll, "", []string{p.Entry.ID()}, by)
 		return nil
 	}

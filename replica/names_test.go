@@ -177,7 +177,7 @@ func writeLegacy(t *testing.T, r *Replica, coll, id string, doc []byte) {
 		t.Fatal(err)
 	}
 	if _, err := r.Store().Write(context.Background(), storage.Batch{Records: []storage.RecordWrite{{
-		Collection: coll, ID: id, Changes: doc, Heads: d.Heads()}}}); err != nil {
+		Collection: coll, ID: id, Changes: doc, Heads: crdt.Heads(d.Heads()).Bytes()}}}); err != nil {
 		t.Fatal(err)
 	}
 }
