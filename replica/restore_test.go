@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"reflect"
@@ -200,5 +201,40 @@ func TestRestoreRefusesBadDocumentWhole(t *testing.T) {
 	}
 	if evs := drain(watch); len(evs) != 0 {
 		t.Fatalf("a refused restore announced %v", evs)
+	}
+}
+
+// TestRestoreLargeRecords: records whose documents together exceed what one
+// Badger transaction takes (1.2 MiB with the default sizes) restore in
+// several batches.
+func TestRestoreLargeRecords(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a, b := e.replica("a"), e.replica("b")
+	const n = 24
+	for i := range n {
+		big := make([]byte, 60<<10)
+		if _, err := rand.Read(big); err != nil {
+			t.Fatal(err)
+		}
+		mustPut(t, b, "notes", fmt.Sprintf("big%02d", i), map[string]any{"blob": fmt.Sprintf("%x", big)})
+	}
+	key, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup bytes.Buffer
+	if _, err := b.Backup(ctx, &backup, storage.ExportOptions{Recipients: []age.Recipient{key.Recipient()}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.Restore(ctx, &backup, storage.ImportOptions{Identities: []age.Identity{key}})
+	if err != nil || st.Created != n {
+		t.Fatalf("restore of %d large records: %+v %v", n, st, err)
+	}
+	for i := range n {
+		id := fmt.Sprintf("big%02d", i)
+		if !reflect.DeepEqual(mustGet(t, a, "notes", id), mustGet(t, b, "notes", id)) {
+			t.Fatalf("%s differs after the restore", id)
+		}
 	}
 }

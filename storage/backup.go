@@ -481,8 +481,11 @@ func validateBackupRecord(rec *bkRecord) error {
 
 const (
 	importBatchRecords = 128
-	importBatchBytes   = 4 << 20
-	importBatchSlots   = 256
+	// importBatchBytes keeps a batch of documents, which an apply may store
+	// as snapshot and changes, under Badger's cap of one transaction (15% of
+	// the 8 MiB default memtable: 1.2 MiB).
+	importBatchBytes = 256 << 10
+	importBatchSlots = 256
 )
 
 // Import reads and verifies the whole backup (age authentication, trailer
@@ -492,7 +495,7 @@ const (
 // is tried in its NFC form, then (for backups made before normalization) as
 // given and in NFD: a wrong non-ASCII passphrase may cost up to three
 // scrypt runs. It then hands the records to imp.Apply in batches (up to
-// 128 records or 4 MiB of documents each; storage does not merge
+// 128 records or 256 KiB of documents each; storage does not merge
 // documents itself) and writes each slot only if absent. A nil imp is
 // ErrInvalid. An interrupted import leaves some batches applied; running it
 // again is harmless when Apply merges.
