@@ -161,7 +161,7 @@ func (d *Doc) SaveIncremental() []byte {
 }
 
 // Heads returns the current heads.
-func (d *Doc) Heads() []automerge.ChangeHash {
+func (d *Doc) Heads() Heads {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.am.Heads()

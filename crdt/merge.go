@@ -328,22 +328,9 @@ func headsOfMetas(chs []*chMeta) []automerge.ChangeHash {
 	return out
 }
 
-// SameHeads reports whether two head lists hold the same hashes.
-func SameHeads(a, b []automerge.ChangeHash) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	set := make(map[automerge.ChangeHash]bool, len(a))
-	for _, h := range a {
-		set[h] = true
-	}
-	for _, h := range b {
-		if !set[h] {
-			return false
-		}
-	}
-	return true
-}
+// SameHeads reports whether two head lists hold the same hashes
+// (Heads.Equal).
+func SameHeads(a, b []automerge.ChangeHash) bool { return Heads(a).Equal(b) }
 
 // ---- sides -----------------------------------------------------------------
 

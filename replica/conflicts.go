@@ -7,7 +7,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
@@ -120,39 +119,10 @@ func (r *Replica) publishClosed(coll, peer string, ids []string, by policy.Decid
 	}
 }
 
-// supersedeAll closes every open conflict a newer write superseded; the
-// caller holds every record lock.
-func (r *Replica) supersedeAll(ctx context.Context) error {
-	list, err := r.queue.List(ctx)
-	if err != nil {
-		return fmt.Errorf("replica: conflicts: %w", err)
-	}
-	seen := map[string]bool{}
-	for _, e := range list {
-		key := recordKey(e.Collection, e.RecordID)
-		if seen[key] {
-			continue
-		}
-		seen[key] = true
-		d, ok, err := r.loadDoc(ctx, e.Collection, e.RecordID)
-		if err != nil {
-			return err
-		}
-		if ok {
-			closed, err := r.res.Supersede(ctx, e.Collection, e.RecordID, d)
-			r.publishClosed(e.Collection, "", closed, policy.ByNewerWrite)
-			if err != nil {
-				return fmt.Errorf("replica: conflicts: %w", err)
-			}
-		}
-	}
-	return nil
-}
-
 // supersede closes the open conflicts of a record that a write just
 // superseded. It is best effort: the write is stored already, and a
 // conflict it misses is closed when listed or resolved.
-func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc, before []automerge.ChangeHash) {
+func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc, before crdt.Heads) {
 	closed, _ := r.res.SupersedeLocal(ctx, coll, id, d, before)
 	r.publishClosed(coll, "", closed, policy.ByNewerWrite)
 }
@@ -298,7 +268,7 @@ func (r *Replica) commitDue(ctx context.Context, p policy.Pending, now time.Time
 	if p.Policy != policy.User {
 		by = policy.ByFallback
 	}
-	if crdt.SameHeads(before, d.Heads()) {
+	if before.Equal(d.Heads()) {
 		r.publishClosed(coll, "", []string{p.Entry.ID()}, by)
 		return nil
 	}

@@ -158,7 +158,7 @@ func TestRecordKeysNeverCollide(t *testing.T) {
 		}
 		g1, err1 := r.sharedHeads(ctx, peer, c1, i1)
 		g2, err2 := r.sharedHeads(ctx, peer, c2, i2)
-		if err1 != nil || err2 != nil || !reflect.DeepEqual(g1, []automerge.ChangeHash{h1}) || !reflect.DeepEqual(g2, []automerge.ChangeHash{h2}) {
+		if err1 != nil || err2 != nil || !reflect.DeepEqual(g1, crdt.Heads{h1}) || !reflect.DeepEqual(g2, crdt.Heads{h2}) {
 			t.Fatalf("shared heads mixed: %q/%q -> %v %v, %q/%q -> %v %v", c1, i1, g1, err1, c2, i2, g2, err2)
 		}
 	})
@@ -177,7 +177,7 @@ func writeLegacy(t *testing.T, r *Replica, coll, id string, doc []byte) {
 		t.Fatal(err)
 	}
 	if _, err := r.store.Write(context.Background(), storage.Batch{Records: []storage.RecordWrite{{
-		Collection: coll, ID: id, Changes: doc, Heads: d.Heads()}}}); err != nil {
+		Collection: coll, ID: id, Changes: doc, Heads: crdt.Heads(d.Heads()).Bytes()}}}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
@@ -142,7 +143,11 @@ func forgeShared(t *testing.T, a, b *Replica, coll, id string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{headsWrite(b.ID(), coll, id, m.Heads, m.Heads)}}); err != nil {
+	hs, err := crdt.HeadsFromBytes(m.Heads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{headsWrite(b.ID(), coll, id, hs, hs)}}); err != nil {
 		t.Fatal(err)
 	}
 }

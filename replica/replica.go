@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/privacy/consent"
@@ -392,7 +391,7 @@ func (r *Replica) recordWrite(collection, id string, d *crdt.Doc) storage.Record
 		ID:         id,
 		Changes:    d.SaveIncremental(),
 		Snapshot:   func() ([]byte, error) { return d.Save(), nil },
-		Heads:      d.Heads(),
+		Heads:      d.Heads().Bytes(),
 		Deleted:    d.Deleted(),
 		Time:       r.opts.Now(),
 	}
@@ -422,7 +421,7 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 		r.cache.drop(key) // the cached document may hold half of fn's edits
 		return err
 	}
-	if crdt.SameHeads(before, d.Heads()) {
+	if before.Equal(d.Heads()) {
 		return nil
 	}
 	w := r.recordWrite(collection, id, d)
@@ -519,50 +518,46 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	if err := checkName(collection, id); err != nil {
 		return 0, err
 	}
-	if len(doc) == 0 {
-		// automerge.Load takes no bytes as an empty document.
-		return 0, fmt.Errorf("replica: import %s/%s: %w: empty input, not an Automerge document", collection, id, crdt.ErrBadDocument)
-	}
-	other, err := crdt.Load(doc, r.actor())
+	rc, err := r.docChanges(collection, id, doc)
 	if err != nil {
-		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+		return 0, err
 	}
-	changes, err := other.ChangesSince()
-	if err != nil {
-		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
-	}
-	if len(changes) == 0 {
+	if len(rc.Changes) == 0 {
 		return 0, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", collection, id, ErrInvalid)
 	}
-	// A change ferry could not sync is refused here, not stored.
-	if big, err := largestChange(changes); err != nil {
-		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
-	} else if big > maxChangeBytes {
-		return 0, fmt.Errorf("%w: import %s/%s: the document holds a change of %d bytes, over the %d-byte limit of one change; nothing was written",
-			ErrInvalid, collection, id, big, maxChangeBytes)
-	}
-	recs := []recordChanges{{Collection: collection, ID: id, Heads: headBytes(other.Heads()), Changes: changes}}
-	_, conflicts, _, err := r.applyRecords(ctx, "", recs, 0)
+	_, conflicts, _, err := r.applyRecords(ctx, "", []recordChanges{rc}, 0)
 	return conflicts, err
 }
 
-func headBytes(hs []automerge.ChangeHash) [][]byte {
-	out := make([][]byte, len(hs))
-	for i := range hs {
-		h := hs[i]
-		out[i] = h[:]
+// docChanges turns a whole Automerge document (ImportDoc's input, or a
+// backup record) into the entry the apply path takes: every change and the
+// document's heads. Bytes that do not load are crdt.ErrBadDocument; a change
+// over the one-change limit is ErrInvalid. A document without changes gives
+// an entry without changes.
+func (r *Replica) docChanges(collection, id string, doc []byte) (recordChanges, error) {
+	if len(doc) == 0 {
+		// automerge.Load takes no bytes as an empty document.
+		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w: empty input, not an Automerge document", collection, id, crdt.ErrBadDocument)
 	}
-	return out
-}
-
-func headsOf(bs [][]byte) []automerge.ChangeHash {
-	out := make([]automerge.ChangeHash, 0, len(bs))
-	for _, b := range bs {
-		var h automerge.ChangeHash
-		copy(h[:], b)
-		out = append(out, h)
+	other, err := crdt.Load(doc, r.actor())
+	if err != nil {
+		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
 	}
-	return out
+	changes, err := other.ChangesSince()
+	if err != nil {
+		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+	}
+	if len(changes) == 0 {
+		return recordChanges{Collection: collection, ID: id}, nil
+	}
+	// A change ferry could not sync is refused here, not stored.
+	if big, err := largestChange(changes); err != nil {
+		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+	} else if big > maxChangeBytes {
+		return recordChanges{}, fmt.Errorf("%w: import %s/%s: the document holds a change of %d bytes, over the %d-byte limit of one change; nothing was written",
+			ErrInvalid, collection, id, big, maxChangeBytes)
+	}
+	return recordChanges{Collection: collection, ID: id, Heads: other.Heads().Bytes(), Changes: changes}, nil
 }
 
 // logAdapter gives the policy audit trail the store's append-only log.
@@ -607,27 +602,58 @@ func (r *Replica) Backup(ctx context.Context, w io.Writer, opts storage.ExportOp
 	return r.store.Export(ctx, w, opts)
 }
 
-// Restore merges a backup into this replica through Automerge: records the
-// backup lacks or holds older versions of keep their newer data. The
-// whole file is verified before anything is written.
+// Restore merges a backup into this replica. The whole file is verified
+// first (storage checks the age file and its framing, and every record's
+// document must load, with no change over the one-change limit); a bad
+// backup is storage.ErrBadBackup and writes nothing. The records then go
+// through the same apply path as sync and ImportDoc: merged by Automerge,
+// conflicts decided by the policies (queued, resolved and audited), a
+// Watch event for every record that changed (Peer empty). Created, Updated
+// and Deleted follow the merged document, as after a sync; the backup's
+// own meta times are not used.
 func (r *Replica) Restore(ctx context.Context, rd io.Reader, opts storage.ImportOptions) (storage.ImportStats, error) {
 	if r.isClosed() {
 		return storage.ImportStats{}, ErrClosed
 	}
-	// Writers of records wait: the import rewrites documents under them.
-	for i := range r.stripe {
-		r.stripe[i].Lock()
-	}
-	defer func() {
-		for i := range r.stripe {
-			r.stripe[i].Unlock()
+	return r.store.Import(ctx, rd, opts, restorer{r})
+}
+
+// restorer hands a backup's records to the apply path.
+type restorer struct{ r *Replica }
+
+// Check loads the record's document. Names are storage's to check (any
+// name a store can hold): a backup of a store that holds names written
+// before the rule of docs/replica.md restores whole, as they stay readable.
+func (x restorer) Check(rec *storage.BackupRecord) error {
+	_, err := x.r.docChanges(rec.Collection, rec.ID, rec.Doc)
+	return err
+}
+
+func (x restorer) Apply(ctx context.Context, recs []storage.BackupRecord) (storage.ImportStats, error) {
+	var st storage.ImportStats
+	rcs := make([]recordChanges, 0, len(recs))
+	for i := range recs {
+		rc, err := x.r.docChanges(recs[i].Collection, recs[i].ID, recs[i].Doc)
+		if err != nil {
+			return st, fmt.Errorf("replica: restore: %w: %w", storage.ErrBadBackup, err)
 		}
-	}()
-	st, err := r.store.Import(ctx, rd, opts)
-	r.cache.clear()
-	if err == nil {
-		// A restored record may hold writes newer than a queued conflict.
-		err = r.supersedeAll(ctx)
+		if len(rc.Changes) == 0 {
+			st.Unchanged++
+			continue
+		}
+		rcs = append(rcs, rc)
 	}
-	return st, err
+	var as applyStats
+	needs, conflicts, _, err := x.r.apply(ctx, "", rcs, 0, &as)
+	if err != nil {
+		return st, err
+	}
+	if len(needs) > 0 {
+		return st, fmt.Errorf("replica: restore %s/%s: %w: the record's document does not merge", needs[0].Collection, needs[0].ID, storage.ErrBadBackup)
+	}
+	st.Created += as.created
+	st.Merged += as.merged
+	st.Unchanged += len(rcs) - as.created - as.merged
+	st.Conflicts += conflicts
+	return st, nil
 }

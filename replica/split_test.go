@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/crdt"
 	"pgregory.net/rapid"
 )
 
@@ -37,7 +38,7 @@ func bigChanges(t testing.TB, n int) ([]byte, [][]byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return automerge.SaveChanges(chs), headBytes(d.Heads())
+	return automerge.SaveChanges(chs), crdt.Heads(d.Heads()).Bytes()
 }
 
 // TestPropertySplitBatchPieces: whatever the sizes, splitBatch's parts

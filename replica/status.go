@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -369,8 +368,8 @@ const nsSkew = "clock-skew"
 // added (delivered by peer; "" for an import), notes in the document the
 // writes stamped beyond the bound (unless this replica's own clock looks
 // behind), and returns those writes. The caller holds the record's lock.
-func (r *Replica) observeClocks(ctx context.Context, d *crdt.Doc, before []automerge.ChangeHash) ([]crdt.FutureWrite, error) {
-	if crdt.SameHeads(before, d.Heads()) {
+func (r *Replica) observeClocks(ctx context.Context, d *crdt.Doc, before crdt.Heads) ([]crdt.FutureWrite, error) {
+	if before.Equal(d.Heads()) {
 		return nil, nil // the merge added nothing
 	}
 	times, err := d.WriterTimes(before)

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/storage"
@@ -115,7 +114,7 @@ type host struct {
 	echo map[uint64]bool
 	// known holds, for records sent and not yet acknowledged, the heads
 	// the peer held before: the acknowledgement adds what was sent.
-	known map[string][]automerge.ChangeHash
+	known map[string]crdt.Heads
 	// invalid counts records left out for names outside the rule:
 	// refused when received, withheld when they would have been sent.
 	invalid int
@@ -143,11 +142,11 @@ func (h *host) isEcho(seq uint64) bool {
 	return false
 }
 
-func (h *host) remember(collection, id string, known []automerge.ChangeHash) {
+func (h *host) remember(collection, id string, known crdt.Heads) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.known == nil {
-		h.known = map[string][]automerge.ChangeHash{}
+		h.known = map[string]crdt.Heads{}
 	}
 	h.known[recordKey(collection, id)] = known
 }
@@ -378,7 +377,7 @@ func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxReco
 // outgoing prepares the changes of one record that peer lacks, or reports
 // that it holds them all. It also returns the heads the peer was known to
 // hold, so the acknowledgement can record the union without reading again.
-func (r *Replica) outgoing(ctx context.Context, peer, collection, id string, whole bool) (recordChanges, []automerge.ChangeHash, bool, error) {
+func (r *Replica) outgoing(ctx context.Context, peer, collection, id string, whole bool) (recordChanges, crdt.Heads, bool, error) {
 	known, err := r.sharedHeads(ctx, peer, collection, id)
 	if err != nil {
 		return recordChanges{}, nil, false, err
@@ -396,7 +395,11 @@ func (r *Replica) outgoing(ctx context.Context, peer, collection, id string, who
 		if err != nil {
 			return recordChanges{}, nil, false, fmt.Errorf("replica: meta %s/%s: %w", collection, id, err)
 		}
-		if covers(known, meta.Heads) {
+		mine, err := crdt.HeadsFromBytes(meta.Heads)
+		if err != nil {
+			return recordChanges{}, nil, false, fmt.Errorf("replica: meta %s/%s: %w: %w", collection, id, storage.ErrCorrupt, err)
+		}
+		if known.Covers(mine) {
 			return recordChanges{}, nil, false, nil
 		}
 	}
@@ -421,7 +424,7 @@ func (r *Replica) outgoing(ctx context.Context, peer, collection, id string, who
 	if err != nil {
 		return recordChanges{}, nil, false, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
 	}
-	return recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}, known, true, nil
+	return recordChanges{Collection: collection, ID: id, Heads: d.Heads().Bytes(), Changes: changes}, known, true, nil
 }
 
 // full answers a peer's request for a whole record. A record the peer may
@@ -446,7 +449,7 @@ func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordC
 	if err != nil {
 		return nil, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
 	}
-	rc := recordChanges{Collection: collection, ID: id, Heads: headBytes(d.Heads()), Changes: changes}
+	rc := recordChanges{Collection: collection, ID: id, Heads: d.Heads().Bytes(), Changes: changes}
 	h.count(peer, &rc)
 	return []recordChanges{rc}, nil
 }
@@ -473,6 +476,15 @@ func (h *host) apply(ctx context.Context, peer string, recs []recordChanges, upT
 // and the cursor in one transaction. It returns the feed positions it
 // wrote for records the peer now holds entirely (echoes).
 func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordChanges, upTo uint64) ([]needMsg, int, []uint64, error) {
+	return r.apply(ctx, peer, recs, upTo, nil)
+}
+
+// applyStats counts, for Restore, the records an apply created and the
+// existing ones it changed.
+type applyStats struct{ created, merged int }
+
+// apply is applyRecords, counting into st when it is not nil.
+func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, upTo uint64, st *applyStats) ([]needMsg, int, []uint64, error) {
 	keys := make([]string, len(recs))
 	for i, rc := range recs {
 		keys[i] = recordKey(rc.Collection, rc.ID)
@@ -495,7 +507,8 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		}
 		return nil, 0, nil, err
 	}
-	var echoOf []bool // per record write: the peer holds all of it
+	var echoOf []bool  // per record write: the peer holds all of it
+	var written []bool // per record write: the record existed before
 	for _, rc := range recs {
 		// Consent governs what leaves this device; what a paired peer sends
 		// is accepted for any collection (its session passed checkPeer).
@@ -526,7 +539,10 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 		}
 		touched = append(touched, key)
 		before := d.Heads()
-		remoteHeads := headsOf(rc.Heads)
+		remoteHeads, err := crdt.HeadsFromBytes(rc.Heads)
+		if err != nil {
+			return fail(fmt.Errorf("%w: record %s/%s: %w", ErrProtocol, rc.Collection, rc.ID, err))
+		}
 		if rc.Partial {
 			remoteHeads = nil
 		}
@@ -575,17 +591,18 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 				if err != nil {
 					return fail(err)
 				}
-				if len(before) == 0 || covers(known, before) {
+				if len(before) == 0 || known.Covers(before) {
 					held = mr.HeadsAfter
 				}
 			}
 		}
-		if !crdt.SameHeads(before, d.Heads()) {
+		if !before.Equal(d.Heads()) {
 			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
+			written = append(written, existed)
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
 			// Sending the record back would be an echo when the peer holds
 			// every one of its heads.
-			echoOf = append(echoOf, peer != "" && len(held) > 0 && covers(held, d.Heads()))
+			echoOf = append(echoOf, peer != "" && len(held) > 0 && held.Covers(d.Heads()))
 		}
 		if peer != "" && len(held) > 0 {
 			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, held, d.Heads())
@@ -608,6 +625,15 @@ func (r *Replica) applyRecords(ctx context.Context, peer string, recs []recordCh
 	metas, err := r.store.Write(ctx, batch)
 	if err != nil {
 		return fail(fmt.Errorf("replica: apply: %w", err))
+	}
+	if st != nil {
+		for _, existed := range written {
+			if existed {
+				st.merged++
+			} else {
+				st.created++
+			}
+		}
 	}
 	var echoes []uint64
 	for i := range events {
@@ -635,10 +661,12 @@ func (h *host) acked(ctx context.Context, peer string, recs []recordChanges) err
 		known, ok := h.known[key]
 		delete(h.known, key)
 		h.mu.Unlock()
-		sent := headsOf(rc.Heads)
+		sent, err := crdt.HeadsFromBytes(rc.Heads)
+		if err != nil {
+			return fmt.Errorf("replica: record acknowledgement: %w: %w", ErrProtocol, err)
+		}
 		if !ok {
 			// Sent as a resend: read what was known.
-			var err error
 			if known, err = h.r.sharedHeads(ctx, peer, rc.Collection, rc.ID); err != nil {
 				return err
 			}
@@ -680,7 +708,7 @@ func (r *Replica) cursorWrite(peer string, c uint64) storage.SlotWrite {
 }
 
 // sharedHeads returns the heads of a record that peer is known to hold.
-func (r *Replica) sharedHeads(ctx context.Context, peer, collection, id string) ([]automerge.ChangeHash, error) {
+func (r *Replica) sharedHeads(ctx context.Context, peer, collection, id string) (crdt.Heads, error) {
 	b, ok, err := r.store.Slots(nsShared+peer).Get(ctx, recordKey(collection, id))
 	if err != nil {
 		return nil, fmt.Errorf("replica: shared heads: %w", err)
@@ -688,14 +716,11 @@ func (r *Replica) sharedHeads(ctx context.Context, peer, collection, id string) 
 	if !ok {
 		return nil, nil
 	}
-	if len(b)%32 != 0 {
-		return nil, fmt.Errorf("replica: shared heads: %w", storage.ErrCorrupt)
+	hs, err := crdt.DecodeHeads(b)
+	if err != nil {
+		return nil, fmt.Errorf("replica: shared heads: %w: %w", storage.ErrCorrupt, err)
 	}
-	out := make([]automerge.ChangeHash, len(b)/32)
-	for i := range out {
-		copy(out[i][:], b[i*32:])
-	}
-	return out, nil
+	return hs, nil
 }
 
 // maxKnownHeads bounds the head set remembered per peer and record.
@@ -705,59 +730,23 @@ const maxKnownHeads = 32
 // (in addition to what it held before). Once the peer is known to hold
 // every one of mine, the set collapses to mine: a peer's document only
 // grows, so holding each of my heads means holding all of my changes.
-func (r *Replica) learnHeads(ctx context.Context, peer, collection, id string, heads, mine []automerge.ChangeHash) (storage.SlotWrite, error) {
+func (r *Replica) learnHeads(ctx context.Context, peer, collection, id string, heads, mine crdt.Heads) (storage.SlotWrite, error) {
 	known, err := r.sharedHeads(ctx, peer, collection, id)
 	if err != nil {
 		return storage.SlotWrite{}, err
 	}
-	return headsWrite(peer, collection, id, append(append([]automerge.ChangeHash{}, heads...), known...), mine), nil
+	return headsWrite(peer, collection, id, append(append(crdt.Heads{}, heads...), known...), mine), nil
 }
 
 // headsWrite is the slot write recording that peer holds set; once set
 // covers mine, mine alone stands for it.
-func headsWrite(peer, collection, id string, set, mine []automerge.ChangeHash) storage.SlotWrite {
-	if covers(set, mine) {
+func headsWrite(peer, collection, id string, set, mine crdt.Heads) storage.SlotWrite {
+	if set.Covers(mine) {
 		set = mine
 	}
-	set = dedupHeads(set)
+	set = set.Dedup()
 	if len(set) > maxKnownHeads {
 		set = set[:maxKnownHeads] // the newest come first
 	}
-	b := make([]byte, 0, 32*len(set))
-	for _, h := range set {
-		b = append(b, h[:]...)
-	}
-	return storage.SlotWrite{Namespace: nsShared + peer, Key: recordKey(collection, id), Value: b}
-}
-
-// covers reports whether every head in want is in have.
-func covers(have, want []automerge.ChangeHash) bool {
-	if len(want) == 0 {
-		return len(have) > 0
-	}
-	for _, w := range want {
-		found := false
-		for _, h := range have {
-			if h == w {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
-}
-
-func dedupHeads(hs []automerge.ChangeHash) []automerge.ChangeHash {
-	out := hs[:0:0]
-	seen := map[automerge.ChangeHash]bool{}
-	for _, h := range hs {
-		if !seen[h] {
-			seen[h] = true
-			out = append(out, h)
-		}
-	}
-	return out
+	return storage.SlotWrite{Namespace: nsShared + peer, Key: recordKey(collection, id), Value: set.Encode()}
 }

@@ -88,13 +88,21 @@ func TestPropertyWriteStoresOnlyItsChanges(t *testing.T) {
 			if err != nil {
 				rt.Fatalf("%s: the record does not load: %v", what, err)
 			}
-			if !crdt.SameHeads(doc.Heads(), meta.Heads) {
+			metaHeads, err := crdt.HeadsFromBytes(meta.Heads)
+			if err != nil {
+				rt.Fatal(err)
+			}
+			if !doc.Heads().Equal(metaHeads) {
 				rt.Fatalf("%s: stored heads differ from the record's", what)
 			}
 			if !existed {
 				return
 			}
-			want, err := doc.ChangesSince(prevMeta.Heads...)
+			prevHeads, err := crdt.HeadsFromBytes(prevMeta.Heads)
+			if err != nil {
+				rt.Fatal(err)
+			}
+			want, err := doc.ChangesSince(prevHeads...)
 			if err != nil {
 				rt.Fatal(err)
 			}
@@ -152,7 +160,7 @@ func TestPropertyWriteStoresOnlyItsChanges(t *testing.T) {
 					rt.Fatal(err)
 				}
 				check("receive", func() {
-					rc := recordChanges{Collection: "items", ID: id, Heads: headBytes(meta.Heads), Changes: changes}
+					rc := recordChanges{Collection: "items", ID: id, Heads: meta.Heads, Changes: changes}
 					if _, _, _, err := a.applyRecords(ctx, b.ID(), []recordChanges{rc}, 0); err != nil {
 						rt.Fatalf("apply: %v", err)
 					}

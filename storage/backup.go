@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"filippo.io/age"
-	"github.com/automerge/automerge-go"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/fxamacker/cbor/v2"
 )
@@ -21,6 +21,8 @@ import (
 //	{"k":"ferry-backup","v":1,"created":<unix ns>,"records":<n>,"slots":<m>}
 //	{"k":"record","c":<collection>,"id":<id>,"created":<unix ns>,"updated":<unix ns>,
 //	 "deleted":<bool>,"attrs":<bytes>,"doc":<Automerge document bytes>}   x n
+//	   (doc is the record as stored: a saved document, possibly followed by
+//	   incremental chunks; Automerge loads the concatenation)
 //	{"k":"slot","ns":<namespace>,"key":<key>,"value":<bytes>}              x m
 //	{"k":"end","items":<n+m+1>,"sha256":<SHA-256 of every preceding item's bytes>}
 const (
@@ -135,8 +137,33 @@ type ImportStats struct {
 	Created      int // records that did not exist
 	Merged       int // existing records that changed by the merge
 	Unchanged    int // existing records the backup added nothing to
+	Conflicts    int // conflicts the merge found (as the Importer counts them)
 	Slots        int // slots written (absent before)
 	SlotsSkipped int // slots left alone because they existed
+}
+
+// BackupRecord is one record of a verified backup. Doc holds the record's
+// Automerge bytes as they were stored (opaque to storage); the times are
+// the exporting device's.
+type BackupRecord struct {
+	Collection, ID   string
+	Created, Updated time.Time
+	Deleted          bool
+	Attrs            []byte
+	Doc              []byte
+}
+
+// An Importer merges a backup's records into the store: storage verifies
+// the file (age authentication, CBOR framing, the trailer's count and hash,
+// names and sizes) but does not parse documents.
+type Importer interface {
+	// Check is called for every record while the backup is verified,
+	// before anything is written; an error refuses the whole import as
+	// ErrBadBackup.
+	Check(rec *BackupRecord) error
+	// Apply merges a batch of verified records (in backup order) and
+	// reports what it did in Created, Merged, Unchanged and Conflicts.
+	Apply(ctx context.Context, recs []BackupRecord) (ImportStats, error)
 }
 
 type countWriter struct {
@@ -214,11 +241,6 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) (Ex
 			doc, err := readChunks(txn, ek, rid, m, nil)
 			if err != nil {
 				return err
-			}
-			if pieces := len(m.chunks) + min(len(m.inline), 1); pieces > 1 {
-				if doc, err = amResave(doc); err != nil {
-					return corruptf("record document")
-				}
 			}
 			stats.Records++
 			return emit(bkRecord{K: "record", C: m.coll, ID: m.id, Created: m.created, Updated: m.updated,
@@ -326,13 +348,8 @@ func eachSlot(txn *badger.Txn, st *keyState, ns string, fn func(*slotVal) error)
 // staged is a fully verified backup, held in memory.
 type staged struct {
 	hdr     bkHeader
-	records []stagedRecord
+	records []BackupRecord
 	slots   []bkSlot
-}
-
-type stagedRecord struct {
-	bkRecord
-	heads []automerge.ChangeHash
 }
 
 func badBackup(what string) error { return fmt.Errorf("%s: %w", what, ErrBadBackup) }
@@ -342,7 +359,7 @@ func badBackup(what string) error { return fmt.Errorf("%s: %w", what, ErrBadBack
 // ErrWrongKey; every other failure (age authentication, truncation,
 // trailer, item validation, size) is ErrBadBackup. byPassphrase tells
 // whether ids are the passphrase's, for the message.
-func readBackup(r io.Reader, ids []age.Identity, byPassphrase bool, maxBytes int64) (*staged, error) {
+func readBackup(r io.Reader, ids []age.Identity, byPassphrase bool, maxBytes int64, check func(*BackupRecord) error) (*staged, error) {
 	ar, err := age.Decrypt(r, ids...)
 	if err != nil {
 		var nm *age.NoIdentityMatchError
@@ -360,10 +377,10 @@ func readBackup(r io.Reader, ids []age.Identity, byPassphrase bool, maxBytes int
 		}
 		return nil, fmt.Errorf("no identity given opens the backup: %w", ErrWrongKey)
 	}
-	return readBackupStream(ar, maxBytes)
+	return readBackupStream(ar, maxBytes, check)
 }
 
-func readBackupStream(r io.Reader, maxBytes int64) (*staged, error) {
+func readBackupStream(r io.Reader, maxBytes int64, check func(*BackupRecord) error) (*staged, error) {
 	lr := &io.LimitedReader{R: r, N: maxBytes + 1}
 	dec := bkDec.NewDecoder(lr)
 	h := sha256.New()
@@ -399,8 +416,7 @@ func readBackupStream(r io.Reader, maxBytes int64) (*staged, error) {
 			if err := bkDec.Unmarshal(raw, &rec); err != nil {
 				return nil, badBackup("backup record")
 			}
-			heads, err := validateBackupRecord(&rec)
-			if err != nil {
+			if err := validateBackupRecord(&rec); err != nil {
 				return nil, err
 			}
 			k := [2]string{rec.C, rec.ID}
@@ -408,7 +424,14 @@ func readBackupStream(r io.Reader, maxBytes int64) (*staged, error) {
 				return nil, badBackup("backup record")
 			}
 			seenRec[k] = true
-			st.records = append(st.records, stagedRecord{rec, heads})
+			br := BackupRecord{Collection: rec.C, ID: rec.ID, Created: unixNano(rec.Created), Updated: unixNano(rec.Updated),
+				Deleted: rec.Deleted, Attrs: rec.Attrs, Doc: rec.Doc}
+			if check != nil {
+				if err := check(&br); err != nil {
+					return nil, fmt.Errorf("backup record %s/%s: %w: %w", rec.C, rec.ID, ErrBadBackup, err)
+				}
+			}
+			st.records = append(st.records, br)
 		case "slot":
 			var sl bkSlot
 			if err := bkDec.Unmarshal(raw, &sl); err != nil {
@@ -448,45 +471,38 @@ func readBackupStream(r io.Reader, maxBytes int64) (*staged, error) {
 	}
 }
 
-func validateBackupRecord(rec *bkRecord) ([]automerge.ChangeHash, error) {
+func validateBackupRecord(rec *bkRecord) error {
 	if checkName("c", rec.C) != nil || checkName("id", rec.ID) != nil || len(rec.Attrs) > maxAttrsLen ||
 		len(rec.Doc) == 0 || len(rec.Doc) > maxValueLen {
-		return nil, badBackup("backup record")
+		return badBackup("backup record")
 	}
-	heads, err := amGuard(func() ([]automerge.ChangeHash, error) {
-		d, err := automerge.Load(rec.Doc)
-		if err != nil {
-			return nil, err
-		}
-		return d.Heads(), nil
-	})
-	if err != nil {
-		return nil, badBackup("backup record document")
-	}
-	return heads, nil
+	return nil
 }
 
 const (
 	importBatchRecords = 128
-	importBatchBytes   = 4 << 20
-	importBatchSlots   = 256
+	// importBatchBytes keeps a batch of documents, which an apply may store
+	// as snapshot and changes, under Badger's cap of one transaction (15% of
+	// the 8 MiB default memtable: 1.2 MiB).
+	importBatchBytes = 256 << 10
+	importBatchSlots = 256
 )
 
 // Import reads and verifies the whole backup (age authentication, trailer
-// count and hash, every document loadable) before writing anything; a bad
-// backup is ErrBadBackup, a wrong passphrase or identity ErrWrongKey, and
-// either leaves the store unchanged. A passphrase is tried in its NFC form,
-// then (for backups made before normalization) as given and in NFD: a
-// wrong non-ASCII passphrase may cost up to three scrypt runs. It then merges each
-// record through Automerge (an older backup never overwrites newer data;
-// concurrent edits both survive) and writes each slot only if absent.
-//
-// Meta fields: a new record takes the backup's Created, Updated, Deleted and
-// Attrs; for an existing record Deleted and Attrs come from whichever side
-// has the later Updated, and Updated becomes the later of the two. Records
-// are written in batches of one transaction each: an interrupted import
-// leaves some records merged, and running it again is harmless.
-func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (ImportStats, error) {
+// count and hash, names and sizes, and imp.Check on every record) before
+// writing anything; a bad backup is ErrBadBackup, a wrong passphrase or
+// identity ErrWrongKey, and either leaves the store unchanged. A passphrase
+// is tried in its NFC form, then (for backups made before normalization) as
+// given and in NFD: a wrong non-ASCII passphrase may cost up to three
+// scrypt runs. It then hands the records to imp.Apply in batches (up to
+// 128 records or 256 KiB of documents each; storage does not merge
+// documents itself) and writes each slot only if absent. A nil imp is
+// ErrInvalid. An interrupted import leaves some batches applied; running it
+// again is harmless when Apply merges.
+func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions, imp Importer) (ImportStats, error) {
+	if imp == nil {
+		return ImportStats{}, invalidf("import needs an Importer")
+	}
 	ids := append([]age.Identity(nil), opts.Identities...)
 	if len(opts.Passphrase) > 0 {
 		// Backups made before passphrases were normalized used the bytes
@@ -509,7 +525,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (Im
 	if err := s.alive(ctx); err != nil {
 		return ImportStats{}, err
 	}
-	st, err := readBackup(r, ids, len(opts.Passphrase) > 0, maxBytes)
+	st, err := readBackup(r, ids, len(opts.Passphrase) > 0, maxBytes, imp.Check)
 	if err != nil {
 		return ImportStats{}, err
 	}
@@ -520,13 +536,17 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (Im
 			size += len(st.records[j].Doc)
 			j++
 		}
-		bs, err := s.importRecords(ctx, st.records[i:j])
-		if err != nil {
+		if err := s.alive(ctx); err != nil {
 			return stats, err
 		}
+		bs, err := imp.Apply(ctx, st.records[i:j])
 		stats.Created += bs.Created
 		stats.Merged += bs.Merged
 		stats.Unchanged += bs.Unchanged
+		stats.Conflicts += bs.Conflicts
+		if err != nil {
+			return stats, err
+		}
 		i = j
 	}
 	for i := 0; i < len(st.slots); i += importBatchSlots {
@@ -548,102 +568,4 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions) (Im
 		}
 	}
 	return stats, nil
-}
-
-func (s *Store) importRecords(ctx context.Context, recs []stagedRecord) (ImportStats, error) {
-	for attempt := 0; ; attempt++ {
-		var stats ImportStats
-		var b Batch
-		for i := range recs {
-			rec := &recs[i]
-			w, kind, err := s.mergeRecord(ctx, rec)
-			if err != nil {
-				return stats, err
-			}
-			switch kind {
-			case 'c':
-				stats.Created++
-			case 'm':
-				stats.Merged++
-			default:
-				stats.Unchanged++
-			}
-			if w != nil {
-				b.Records = append(b.Records, *w)
-			}
-		}
-		if len(b.Records) == 0 {
-			return stats, nil
-		}
-		_, err := s.Write(ctx, b)
-		if errors.Is(err, errStale) && attempt < maxAttempts {
-			continue // a record changed under us: merge again
-		}
-		return stats, err
-	}
-}
-
-// mergeRecord prepares the write that merges one backup record, or nil.
-func (s *Store) mergeRecord(ctx context.Context, rec *stagedRecord) (*RecordWrite, byte, error) {
-	data, meta, err := s.Load(ctx, rec.C, rec.ID)
-	if errors.Is(err, ErrNotFound) {
-		zero := uint64(0)
-		doc := rec.Doc
-		return &RecordWrite{Collection: rec.C, ID: rec.ID, Snapshot: func() ([]byte, error) { return doc, nil },
-			Heads: rec.heads, Deleted: rec.Deleted, Attrs: rec.Attrs, Time: unixNano(rec.Updated),
-			created: unixNano(rec.Created), ifSeq: &zero}, 'c', nil
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	type merged struct {
-		changes, snap []byte
-		heads         []automerge.ChangeHash
-	}
-	mg, err := amGuard(func() (*merged, error) {
-		local, err := automerge.Load(data)
-		if err != nil {
-			return nil, corruptf("record document")
-		}
-		before := local.Heads()
-		other, err := automerge.Load(rec.Doc)
-		if err != nil {
-			return nil, badBackup("backup record document")
-		}
-		if _, err := local.Merge(other); err != nil {
-			return nil, badBackup("merge backup record")
-		}
-		chs, err := local.Changes(before...)
-		if err != nil {
-			return nil, badBackup("merge backup record")
-		}
-		if len(chs) == 0 {
-			return &merged{heads: before}, nil
-		}
-		return &merged{changes: automerge.SaveChanges(chs), snap: local.Save(), heads: local.Heads()}, nil
-	})
-	if err != nil {
-		if errors.Is(err, errAMPanic) {
-			err = badBackup("merge backup record")
-		}
-		return nil, 0, err
-	}
-	newerMeta := rec.Updated > meta.Updated.UnixNano()
-	if len(mg.changes) == 0 && !newerMeta {
-		return nil, 'u', nil
-	}
-	w := &RecordWrite{Collection: rec.C, ID: rec.ID, Changes: mg.changes, Heads: mg.heads,
-		Deleted: meta.Deleted, Attrs: meta.Attrs, Time: meta.Updated, ifSeq: &meta.Seq}
-	if mg.snap != nil {
-		snap := mg.snap
-		w.Snapshot = func() ([]byte, error) { return snap, nil }
-	}
-	if newerMeta {
-		w.Deleted, w.Attrs, w.Time = rec.Deleted, rec.Attrs, unixNano(rec.Updated)
-	}
-	kind := byte('m')
-	if len(mg.changes) == 0 {
-		kind = 'u' // only the meta was newer
-	}
-	return w, kind, nil
 }

@@ -58,7 +58,7 @@ func TestBackupRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst.Close()
-	st, err := dst.Import(ctx, bytes.NewReader(backup), ImportOptions{Passphrase: []byte("backup pass")})
+	st, err := dst.Import(ctx, bytes.NewReader(backup), ImportOptions{Passphrase: []byte("backup pass")}, amImporter{dst})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestBackupRoundTrip(t *testing.T) {
 		t.Fatal("namespace not requested was exported")
 	}
 	// Importing again changes nothing.
-	st, err = dst.Import(ctx, bytes.NewReader(backup), ImportOptions{Passphrase: []byte("backup pass")})
+	st, err = dst.Import(ctx, bytes.NewReader(backup), ImportOptions{Passphrase: []byte("backup pass")}, amImporter{dst})
 	if err != nil || st.Unchanged != 40 || st.SlotsSkipped != 30 || st.Created+st.Merged+st.Slots != 0 {
 		t.Fatalf("second import %+v %v", st, err)
 	}
@@ -103,7 +103,7 @@ func TestBackupMergeSemantics(t *testing.T) {
 	rw.Attrs = []byte("local")
 	mustWrite(t, a, rw)
 	a.Slots("ns").Put(ctx, "cursor", []byte("new"))
-	st, err := a.Import(ctx, bytes.NewReader(old), ImportOptions{Passphrase: []byte("p")})
+	st, err := a.Import(ctx, bytes.NewReader(old), ImportOptions{Passphrase: []byte("p")}, amImporter{a})
 	if err != nil || st.Unchanged != 1 || st.SlotsSkipped != 1 {
 		t.Fatalf("old backup: %+v %v", st, err)
 	}
@@ -119,7 +119,7 @@ func TestBackupMergeSemantics(t *testing.T) {
 
 	// Concurrent edits on another store that restored the old backup.
 	b := newMemStore(t)
-	if _, err := b.Import(ctx, bytes.NewReader(old), ImportOptions{Passphrase: []byte("p")}); err != nil {
+	if _, err := b.Import(ctx, bytes.NewReader(old), ImportOptions{Passphrase: []byte("p")}, amImporter{b}); err != nil {
 		t.Fatal(err)
 	}
 	data, _, _ := b.Load(ctx, "c", "r")
@@ -129,10 +129,10 @@ func TestBackupMergeSemantics(t *testing.T) {
 	bd.Commit("b")
 	chs, _ := bd.Changes(before...)
 	mustWrite(t, b, RecordWrite{Collection: "c", ID: "r", Changes: automerge.SaveChanges(chs),
-		Snapshot: func() ([]byte, error) { return bd.Save(), nil }, Heads: bd.Heads(), Attrs: []byte("from-b"),
+		Snapshot: func() ([]byte, error) { return bd.Save(), nil }, Heads: amHeads(bd.Heads()), Attrs: []byte("from-b"),
 		Time: time.Now().Add(time.Hour)})
 	fromB := exportPass(t, b, "p")
-	st, err = a.Import(ctx, bytes.NewReader(fromB), ImportOptions{Passphrase: []byte("p")})
+	st, err = a.Import(ctx, bytes.NewReader(fromB), ImportOptions{Passphrase: []byte("p")}, amImporter{a})
 	if err != nil || st.Merged != 1 {
 		t.Fatalf("merge import: %+v %v", st, err)
 	}
@@ -146,7 +146,7 @@ func TestBackupMergeSemantics(t *testing.T) {
 	// Heads in the meta match the merged document.
 	data, m, _ = a.Load(ctx, "c", "r")
 	ad, _ := automerge.Load(data)
-	if !reflect.DeepEqual(ad.Heads(), m.Heads) {
+	if !reflect.DeepEqual(amHeads(ad.Heads()), m.Heads) {
 		t.Fatal("meta heads differ from the merged document")
 	}
 }
@@ -204,7 +204,7 @@ func TestBackupRejected(t *testing.T) {
 	hdr := bkHeader{K: backupKind, V: 1, Records: 1}
 	rec := bkRecord{K: "record", C: "c", ID: "x", Doc: validDoc(t)}
 	okStream := rawStream(t, hdr, rec)
-	if _, err := readBackupStream(bytes.NewReader(okStream), 1<<20); err != nil {
+	if _, err := readBackupStream(bytes.NewReader(okStream), 1<<20, amCheck); err != nil {
 		t.Fatalf("control stream rejected: %v", err)
 	}
 	badHash := append([]byte(nil), okStream...)
@@ -235,20 +235,20 @@ func TestBackupRejected(t *testing.T) {
 		"plain cbor":        okStream,
 	}
 	for name, b := range cases {
-		_, err := s.Import(ctx, bytes.NewReader(b), ImportOptions{Identities: []age.Identity{id}})
+		_, err := s.Import(ctx, bytes.NewReader(b), ImportOptions{Identities: []age.Identity{id}}, amImporter{s})
 		wantErr(t, err, ErrBadBackup, name)
 	}
 	// A wrong passphrase or identity is a wrong key, not a bad backup; so
 	// is a recipient stanza damaged so that it names another kind of
 	// recipient (age cannot tell that from a backup made for someone else).
 	wrongKey := map[string]error{}
-	_, wrongKey["wrong passphrase"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Passphrase: []byte("wrong")})
-	_, wrongKey["wrong non-ASCII passphrase"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Passphrase: []byte("wrönġ")})
+	_, wrongKey["wrong passphrase"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Passphrase: []byte("wrong")}, amImporter{s})
+	_, wrongKey["wrong non-ASCII passphrase"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Passphrase: []byte("wrönġ")}, amImporter{s})
 	other, _ := age.GenerateX25519Identity()
-	_, wrongKey["wrong identity"] = s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{other}})
-	_, wrongKey["passphrase for a recipient backup"] = s.Import(ctx, bytes.NewReader(good), ImportOptions{Passphrase: []byte("right")})
-	_, wrongKey["identity for a passphrase backup"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Identities: []age.Identity{id}})
-	_, wrongKey["stanza type changed"] = s.Import(ctx, bytes.NewReader(flip(good, len("age-encryption.org/v1\n-> X2551"))), ImportOptions{Identities: []age.Identity{id}})
+	_, wrongKey["wrong identity"] = s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{other}}, amImporter{s})
+	_, wrongKey["passphrase for a recipient backup"] = s.Import(ctx, bytes.NewReader(good), ImportOptions{Passphrase: []byte("right")}, amImporter{s})
+	_, wrongKey["identity for a passphrase backup"] = s.Import(ctx, bytes.NewReader(passBackup), ImportOptions{Identities: []age.Identity{id}}, amImporter{s})
+	_, wrongKey["stanza type changed"] = s.Import(ctx, bytes.NewReader(flip(good, len("age-encryption.org/v1\n-> X2551"))), ImportOptions{Identities: []age.Identity{id}}, amImporter{s})
 	for name, err := range wrongKey {
 		wantErr(t, err, ErrWrongKey, name)
 		if errors.Is(err, ErrBadBackup) {
@@ -256,17 +256,17 @@ func TestBackupRejected(t *testing.T) {
 		}
 	}
 	var err error
-	_, err = s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{id}, MaxBytes: 100})
+	_, err = s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{id}, MaxBytes: 100}, amImporter{s})
 	wantErr(t, err, ErrBadBackup, "over MaxBytes")
 	if after := rawDump(t, s); !reflect.DeepEqual(before, after) {
 		t.Fatal("a rejected backup changed the store")
 	}
 	// The good one imports (into the same store: all unchanged).
-	st, err := s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{id}})
+	st, err := s.Import(ctx, bytes.NewReader(good), ImportOptions{Identities: []age.Identity{id}}, amImporter{s})
 	if err != nil || st.Unchanged != 10 {
 		t.Fatalf("good backup: %+v %v", st, err)
 	}
-	_, err = s.Import(ctx, bytes.NewReader(good), ImportOptions{})
+	_, err = s.Import(ctx, bytes.NewReader(good), ImportOptions{}, amImporter{s})
 	wantErr(t, err, ErrInvalid, "no identity")
 	_, err = s.Export(ctx, io.Discard, ExportOptions{Passphrase: []byte("p"), Recipients: []age.Recipient{id.Recipient()}})
 	wantErr(t, err, ErrInvalid, "passphrase and recipients")
@@ -383,7 +383,7 @@ func FuzzImport(f *testing.F) {
 	id := testIdentity(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := fuzzTarget(t)
-		_, err := s.Import(context.Background(), bytes.NewReader(data), ImportOptions{Identities: []age.Identity{id}, MaxBytes: 1 << 20})
+		_, err := s.Import(context.Background(), bytes.NewReader(data), ImportOptions{Identities: []age.Identity{id}, MaxBytes: 1 << 20}, amImporter{s})
 		if err != nil && !errors.Is(err, ErrBadBackup) {
 			t.Fatalf("Import: %v", err)
 		}
@@ -395,7 +395,7 @@ func FuzzBackupStream(f *testing.F) {
 		bkRecord{K: "record", C: "c", ID: "i", Doc: validDoc(f)}, bkSlot{K: "slot", NS: "n", Key: "k", Value: []byte("v")}))
 	f.Add(rawStream(f, bkHeader{K: backupKind, V: 1}))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		st, err := readBackupStream(bytes.NewReader(data), 1<<20)
+		st, err := readBackupStream(bytes.NewReader(data), 1<<20, amCheck)
 		if err != nil {
 			if !errors.Is(err, ErrBadBackup) {
 				t.Fatalf("readBackupStream: %v", err)

@@ -114,7 +114,7 @@ func TestCanary(t *testing.T) {
 	}
 	d := canaryDoc(t)
 	rw := RecordWrite{Collection: "CanaryCollectionQ7Z", ID: "CanaryRecordIdQ7Z", Changes: d.SaveIncremental(),
-		Snapshot: func() ([]byte, error) { return d.Save(), nil }, Heads: d.Heads(), Attrs: []byte("CanaryAttrsQ7Z")}
+		Snapshot: func() ([]byte, error) { return d.Save(), nil }, Heads: amHeads(d.Heads()), Attrs: []byte("CanaryAttrsQ7Z")}
 	_, err = s.Write(ctx, Batch{Records: []RecordWrite{rw},
 		Slots: []SlotWrite{{Namespace: "CanaryNamespaceQ7Z", Key: "CanarySlotKeyQ7Z", Value: []byte("CanarySlotValueQ7Z")}}})
 	if err != nil {
@@ -125,7 +125,7 @@ func TestCanary(t *testing.T) {
 		d.RootMap().Set("CanaryFieldNameQ7Z", "CanaryFieldValueQ7Z"+string(rune('a'+i)))
 		d.Commit("c")
 		mustWrite(t, s, RecordWrite{Collection: "CanaryCollectionQ7Z", ID: "CanaryRecordIdQ7Z", Changes: d.SaveIncremental(),
-			Snapshot: func() ([]byte, error) { return d.Save(), nil }, Heads: d.Heads(), Attrs: []byte("CanaryAttrsQ7Z")})
+			Snapshot: func() ([]byte, error) { return d.Save(), nil }, Heads: amHeads(d.Heads()), Attrs: []byte("CanaryAttrsQ7Z")})
 	}
 	if _, err := s.Append(ctx, "CanaryNamespaceQ7Z", []byte("CanaryLogEntryQ7Z")); err != nil {
 		t.Fatal(err)

@@ -96,9 +96,10 @@ func TestFuzzCorpus(t *testing.T) {
 		},
 		"FuzzEnvelope":     func(b []byte) error { _, _, err := ek.open(nil, kindMeta, fuzzEnvKey, b); return err },
 		"FuzzHeader":       func(b []byte) error { _, err := decodeHeader(b); return err },
-		"FuzzBackupStream": func(b []byte) error { _, err := readBackupStream(bytes.NewReader(b), 1<<20); return err },
+		"FuzzBackupStream": func(b []byte) error { _, err := readBackupStream(bytes.NewReader(b), 1<<20, amCheck); return err },
 		"FuzzImport": func(b []byte) error {
-			_, err := newMemStore(t).Import(context.Background(), bytes.NewReader(b), ImportOptions{Identities: []age.Identity{id}})
+			s := newMemStore(t)
+			_, err := s.Import(context.Background(), bytes.NewReader(b), ImportOptions{Identities: []age.Identity{id}}, amImporter{s})
 			return err
 		},
 	}

@@ -3,7 +3,8 @@
 // kept in Badger with every value sealed (XChaCha20-Poly1305) and every key
 // blinded (HMAC-SHA256), under a master key wrapped by a passphrase
 // (Argon2id) or a raw 32-byte key. It also writes and reads age-encrypted
-// backups that merge through Automerge on import.
+// backups; documents and heads are opaque bytes to it (it does not import
+// automerge-go), so an import hands verified records to an Importer.
 //
 // It knows nothing of policies or peers. docs/storage.md describes the key
 // hierarchy, the on-disk formats, what tampering is detected, rotation and
@@ -22,7 +23,7 @@
 //		Collection: "notes", ID: "n1",
 //		Changes:    doc.SaveIncremental(),
 //		Snapshot:   func() ([]byte, error) { return doc.Save(), nil },
-//		Heads:      doc.Heads(),
+//		Heads:      crdt.Heads(doc.Heads()).Bytes(), // 32-byte change hashes
 //	}}})
 //
 //	data, meta, err := st.Load(ctx, "notes", "n1")

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"testing"
-
-	"github.com/automerge/automerge-go"
 )
 
 func fixedKeys(t testing.TB, epoch uint32) *epochKeys {
@@ -56,7 +54,7 @@ func TestEnvelopeBinding(t *testing.T) {
 func TestMetaCodec(t *testing.T) {
 	m := &metaRec{coll: "c", id: "i", created: 1, updated: 2, deleted: true, seq: 9, attrs: []byte("a"),
 		nextChunk: 3, chunks: []chunkRef{{n: 1, snap: true, size: 10}, {n: 2, size: 4}}}
-	m.heads = make([]automerge.ChangeHash, 2)
+	m.heads = [][]byte{make([]byte, HeadSize), make([]byte, HeadSize)}
 	m.heads[1][0] = 7
 	got, err := decodeMeta(m.encode())
 	if err != nil {

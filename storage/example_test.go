@@ -30,7 +30,6 @@ func ExampleCreate() {
 			Collection: "todos", ID: "t1",
 			Changes:  doc.SaveIncremental(),
 			Snapshot: func() ([]byte, error) { return doc.Save(), nil },
-			Heads:    doc.Heads(),
 		}},
 		// A sync cursor committed atomically with the record.
 		Slots: []storage.SlotWrite{{Namespace: "cursors", Key: "peer-a", Value: []byte("42")}},

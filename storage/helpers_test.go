@@ -87,7 +87,7 @@ func (td *tdoc) set(t testing.TB, kv ...string) RecordWrite {
 func (td *tdoc) write() RecordWrite {
 	d := td.d
 	return RecordWrite{Collection: td.coll, ID: td.id, Changes: d.SaveIncremental(),
-		Snapshot: func() ([]byte, error) { return d.Save(), nil }, Heads: d.Heads()}
+		Snapshot: func() ([]byte, error) { return d.Save(), nil }, Heads: amHeads(d.Heads())}
 }
 
 func mustWrite(t testing.TB, s *Store, rws ...RecordWrite) []RecordMeta {

@@ -332,7 +332,7 @@ func TestBackupPassphraseForms(t *testing.T) {
 	for _, tc := range [][2][]byte{{passNFC, passNFD}, {passNFD, passNFC}, {passMix, passNFD}} {
 		b := exportPass(t, s, string(tc[0]))
 		for _, p := range tc {
-			if _, err := s.Import(ctx, bytes.NewReader(b), ImportOptions{Passphrase: p}); err != nil {
+			if _, err := s.Import(ctx, bytes.NewReader(b), ImportOptions{Passphrase: p}, amImporter{s}); err != nil {
 				t.Fatalf("backup made with %q, import with %q: %v", tc[0], p, err)
 			}
 		}
@@ -348,7 +348,7 @@ func TestBackupPassphraseForms(t *testing.T) {
 		if _, err := s.Export(ctx, &buf, ExportOptions{Recipients: []age.Recipient{r}}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Import(ctx, bytes.NewReader(buf.Bytes()), ImportOptions{Passphrase: raw}); err != nil {
+		if _, err := s.Import(ctx, bytes.NewReader(buf.Bytes()), ImportOptions{Passphrase: raw}, amImporter{s}); err != nil {
 			t.Fatalf("legacy backup with %q: %v", raw, err)
 		}
 	}
@@ -357,13 +357,13 @@ func TestBackupPassphraseForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range [][]byte{passNFD, passNFC} {
-		st, err := s.Import(ctx, bytes.NewReader(fixture), ImportOptions{Passphrase: p})
+		st, err := s.Import(ctx, bytes.NewReader(fixture), ImportOptions{Passphrase: p}, amImporter{s})
 		if err != nil || st.Records != 1 {
 			t.Fatalf("fixture backup with %q: %+v %v", p, st, err)
 		}
 	}
-	_, err = s.Import(ctx, bytes.NewReader(fixture), ImportOptions{Passphrase: []byte("caf\u00e9")})
+	_, err = s.Import(ctx, bytes.NewReader(fixture), ImportOptions{Passphrase: []byte("caf\u00e9")}, amImporter{s})
 	wantErr(t, err, ErrWrongKey, "fixture backup, wrong passphrase")
-	_, err = s.Import(ctx, io.LimitReader(bytes.NewReader(fixture), int64(len(fixture)-5)), ImportOptions{Passphrase: passNFC})
+	_, err = s.Import(ctx, io.LimitReader(bytes.NewReader(fixture), int64(len(fixture)-5)), ImportOptions{Passphrase: passNFC}, amImporter{s})
 	wantErr(t, err, ErrBadBackup, "fixture backup, truncated")
 }

@@ -9,7 +9,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/automerge/automerge-go"
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -30,10 +29,10 @@ type RecordMeta struct {
 	Collection, ID   string
 	Created, Updated time.Time
 	Deleted          bool
-	Seq              uint64 // change-feed position of this record's latest change
-	Heads            []automerge.ChangeHash
-	Size             int    // bytes of stored Automerge data (snapshot + incrementals)
-	Attrs            []byte // opaque small per-record bytes for upper layers (sealed with the meta)
+	Seq              uint64   // change-feed position of this record's latest change
+	Heads            [][]byte // change hashes, HeadSize bytes each (opaque to storage)
+	Size             int      // bytes of stored Automerge data (snapshot + incrementals)
+	Attrs            []byte   // opaque small per-record bytes for upper layers (sealed with the meta)
 }
 
 // RecordWrite is one record change in a Batch.
@@ -48,11 +47,14 @@ type RecordWrite struct {
 	// Snapshot returns the full doc.Save() including Changes. Storage calls it
 	// when there is no snapshot yet or when it compacts (the incrementals
 	// outweigh the snapshot); it may be called more than once if the
-	// transaction is retried. If nil, the first write's Changes must be a
-	// loadable document, and compaction is done by loading the stored chunks.
+	// transaction is retried. If nil, the first write's Changes are stored
+	// as the record's document (storage does not parse them: the caller
+	// vouches they load), and the record is never compacted.
 	Snapshot func() ([]byte, error)
-	// Heads replace the stored heads; nil keeps them.
-	Heads []automerge.ChangeHash
+	// Heads replace the stored heads; nil keeps them. Each is a change
+	// hash of HeadSize bytes (storage does not interpret them); another
+	// length is ErrInvalid.
+	Heads [][]byte
 	// Deleted and Attrs replace the stored values on every write.
 	Deleted bool
 	Attrs   []byte
@@ -105,7 +107,7 @@ type metaRec struct {
 	created, updated int64
 	deleted          bool
 	seq              uint64
-	heads            []automerge.ChangeHash
+	heads            [][]byte
 	attrs            []byte
 	nextChunk        uint32
 	chunks           []chunkRef
@@ -127,7 +129,7 @@ func (m *metaRec) encode() []byte {
 	w.uv(m.seq)
 	w.uv(uint64(len(m.heads)))
 	for _, h := range m.heads {
-		w.fixed(h[:])
+		w.fixed(h)
 	}
 	w.bytes(m.attrs)
 	w.uv(uint64(m.nextChunk))
@@ -166,9 +168,9 @@ func decodeMeta(b []byte) (*metaRec, error) {
 	m.seq = r.uv()
 	nh := r.count(maxHeads, 32)
 	if nh > 0 {
-		m.heads = make([]automerge.ChangeHash, nh)
+		m.heads = make([][]byte, nh)
 		for i := range m.heads {
-			copy(m.heads[i][:], r.fixed(32))
+			m.heads[i] = slices.Clone(r.fixed(HeadSize))
 		}
 	}
 	m.attrs = r.bytes(maxAttrsLen)
@@ -197,9 +199,24 @@ func decodeMeta(b []byte) (*metaRec, error) {
 	return m, nil
 }
 
+// HeadSize is the length of one head (an Automerge change hash) in
+// RecordWrite.Heads and RecordMeta.Heads.
+const HeadSize = 32
+
+func cloneHeads(hs [][]byte) [][]byte {
+	if hs == nil {
+		return nil
+	}
+	out := make([][]byte, len(hs))
+	for i, h := range hs {
+		out[i] = slices.Clone(h)
+	}
+	return out
+}
+
 func (m *metaRec) clone() metaRec {
 	c := *m
-	c.heads = slices.Clone(m.heads)
+	c.heads = cloneHeads(m.heads)
 	c.attrs = slices.Clone(m.attrs)
 	c.chunks = slices.Clone(m.chunks)
 	c.inline = slices.Clone(m.inline)
@@ -210,7 +227,7 @@ func (m *metaRec) toMeta() RecordMeta {
 	rm := RecordMeta{
 		Collection: m.coll, ID: m.id,
 		Created: time.Unix(0, m.created).UTC(), Updated: time.Unix(0, m.updated).UTC(),
-		Deleted: m.deleted, Seq: m.seq, Heads: slices.Clone(m.heads),
+		Deleted: m.deleted, Seq: m.seq, Heads: cloneHeads(m.heads),
 	}
 	if len(m.attrs) > 0 {
 		rm.Attrs = slices.Clone(m.attrs)
@@ -437,6 +454,11 @@ func validateRecordWrite(rw *RecordWrite) error {
 	if len(rw.Heads) > maxHeads {
 		return invalidf("more than %d heads", maxHeads)
 	}
+	for _, h := range rw.Heads {
+		if len(h) != HeadSize {
+			return invalidf("a head of %d bytes, want %d", len(h), HeadSize)
+		}
+	}
 	if len(rw.Changes) > maxValueLen {
 		return invalidf("changes larger than %d bytes", maxValueLen)
 	}
@@ -588,9 +610,6 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 			if len(rw.Changes) == 0 {
 				return invalidf("first write of a record needs Changes or Snapshot")
 			}
-			if _, err := amLoad(rw.Changes); err != nil {
-				return invalidf("first write without Snapshot: Changes are not a loadable document")
-			}
 			snap = rw.Changes
 		}
 		created := t
@@ -618,7 +637,7 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 	rs.m.deleted = rw.Deleted
 	rs.m.attrs = slices.Clone(rw.Attrs)
 	if rw.Heads != nil {
-		rs.m.heads = slices.Clone(rw.Heads)
+		rs.m.heads = cloneHeads(rw.Heads)
 	}
 	if err := w.ensureColl(rw.Collection); err != nil {
 		return err
@@ -651,22 +670,17 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 	return nil
 }
 
-// compact replaces the record's chunks with one snapshot, from the caller's
-// Snapshot func or, failing that, by loading and re-saving the stored chunks.
+// compact replaces the record's chunks with one snapshot from the caller's
+// Snapshot func; without one it leaves them.
 func (w *wtx) compact(rs *recState, snapFn func() ([]byte, error)) error {
 	var snap []byte
 	var err error
 	if snapFn != nil {
 		snap, err = callSnapshot(snapFn)
 	} else {
-		var all []byte
-		all, err = readChunks(w.txn, w.st.write(), rs.rid, &rs.m, nil)
-		if err == nil {
-			snap, err = amResave(all)
-			if err != nil {
-				err = corruptf("compact record")
-			}
-		}
+		// Storage holds documents as opaque bytes: without the caller's
+		// snapshot the chunks stay as they are.
+		return nil
 	}
 	if err != nil {
 		return err
