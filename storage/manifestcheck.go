@@ -53,7 +53,7 @@ func scanManifest(b []byte) error {
 		}
 		// Badger would stop here. A torn append ends the file; a damaged
 		// length has a whole change set behind it.
-		for n := 1; n <= len(rest); n++ {
+		for n := 0; n <= len(rest); n++ {
 			if crc32.Checksum(rest[:n], castagnoli) == sum {
 				return fmt.Errorf("MANIFEST is damaged at offset %d and the tables it names would be dropped; "+
 					"restore from a backup (ferry import BACKUP) or sync from a peer into a new store: %w", off, ErrCorrupt)
