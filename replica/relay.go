@@ -6,12 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"filippo.io/age"
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/policy/consent"
 	"github.com/ferrysync/ferry/storage"
@@ -28,7 +28,7 @@ import (
 const nsSpaces = "spaces" // space id -> spaceRecord
 
 // ErrUnknownSpace: this replica is not a member of that space.
-var ErrUnknownSpace = errors.New("replica: no such space")
+var ErrUnknownSpace = errkind.New("replica: no such space", errkind.NotFound)
 
 // spaceRecord is what a replica keeps about a space it belongs to.
 type spaceRecord struct {

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/ferrysync/ferry/errkind"
 )
 
 // Sentinel errors. Every error returned by this package that has one of these
@@ -16,31 +17,31 @@ var (
 	// the passphrase or identities given to Import do not open the backup.
 	// (age cannot tell a wrong backup passphrase from a damaged passphrase
 	// stanza in the backup's header: that damage is reported as this too.)
-	ErrWrongKey = errors.New("storage: wrong passphrase or key")
+	ErrWrongKey = errkind.New("storage: wrong passphrase or key", errkind.WrongKey)
 	// ErrCorrupt: a stored value or file failed authentication or decoding.
 	// It deliberately says nothing about which byte or which check failed.
-	ErrCorrupt = errors.New("storage: corrupt or tampered data")
+	ErrCorrupt = errkind.New("storage: corrupt or tampered data", errkind.Corrupt)
 	// ErrNotFound: no such record, slot or log.
-	ErrNotFound = errors.New("storage: not found")
+	ErrNotFound = errkind.New("storage: not found", errkind.NotFound)
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("storage: store closed")
 	// ErrLocked: the directory is open in another process (or another Store).
-	ErrLocked = errors.New("storage: store is locked by another process")
+	ErrLocked = errkind.New("storage: store is locked by another process", errkind.Forbidden)
 	// ErrExists: Create found an existing store in the directory.
-	ErrExists = errors.New("storage: store already exists")
+	ErrExists = errkind.New("storage: store already exists", errkind.Forbidden)
 	// ErrNoStore: Open found no store in the directory.
-	ErrNoStore = errors.New("storage: no store in directory")
+	ErrNoStore = errkind.New("storage: no store in directory", errkind.NotFound)
 	// ErrBadBackup: a backup is truncated or tampered with (a wrong
 	// passphrase or identity is ErrWrongKey). Nothing was written to the store.
-	ErrBadBackup = errors.New("storage: bad backup")
+	ErrBadBackup = errkind.New("storage: bad backup", errkind.Corrupt)
 
 	// ErrInvalid: the caller passed invalid arguments (empty or oversized
 	// names, a batch too big for one transaction, inconsistent options).
-	ErrInvalid = errors.New("storage: invalid argument")
+	ErrInvalid = errkind.New("storage: invalid argument", errkind.Invalid)
 	// ErrNoSpace: the file system holding the store has too little free
 	// space for Badger to write safely (see docs/storage.md, "Disk space").
 	// Nothing acknowledged is lost; free space and retry.
-	ErrNoSpace = errors.New("storage: no space left on device")
+	ErrNoSpace = errkind.New("storage: no space left on device", errkind.NoSpace)
 )
 
 // errRetry restarts a transaction whose snapshot predates a key-state change.
