@@ -12,6 +12,8 @@ import (
 
 // Sentinel errors. Every error returned by this package that has one of these
 // causes wraps it, so errors.Is works; the wrapping adds short context only.
+// Each but ErrClosed also belongs to a kind of package errkind
+// (errors.Is(ErrNoStore, errkind.NotFound)).
 var (
 	// ErrWrongKey: the passphrase or raw key does not unlock the store, or
 	// the passphrase or identities given to Import do not open the backup.
