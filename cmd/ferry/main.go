@@ -74,9 +74,10 @@ func inputf(format string, args ...any) error {
 
 // exitKinds maps error kinds to exit codes. Every package's sentinels
 // carry their kind (package errkind), so a new sentinel needs no change
-// here; also names the few outside errors that belong to a class. The
-// rows are tried in order: an error that wraps several kinds (a peer's
-// refusal wraps the refusal's own class) takes the first.
+// here; a row's also names the outside errors (the standard library's, the
+// CLI's own) of its class. The rows are tried in order: an error that wraps
+// several kinds (a peer's refusal wraps the refusal's own class) takes the
+// first.
 var exitKinds = []struct {
 	kind error
 	code int
