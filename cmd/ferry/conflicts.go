@@ -31,10 +31,7 @@ type conflictsCommand struct {
 
 func (c *conflictsCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
-	if err := needArgs(args, 0); err != nil {
-		return err
-	}
-	return e.withReplica(ctx, func(r *replica.Replica) error {
+	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
 		list, err := r.Conflicts(ctx)
 		if err != nil {
 			return err

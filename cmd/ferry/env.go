@@ -161,6 +161,15 @@ func (e *env) withReplica(ctx context.Context, fn func(r *replica.Replica) error
 	return err
 }
 
+// withReplicaArgs checks that there are n positional arguments, then
+// runs fn on the open replica (withReplica).
+func (e *env) withReplicaArgs(ctx context.Context, args []string, n int, fn func(r *replica.Replica) error) error {
+	if err := needArgs(args, n); err != nil {
+		return err
+	}
+	return e.withReplica(ctx, fn)
+}
+
 func needArgs(args []string, n int) error {
 	if len(args) != n {
 		return usagef("want %d argument(s), got %d", n, len(args))

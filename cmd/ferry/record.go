@@ -38,10 +38,7 @@ var getCmd = &command{name: "get", args: "COLLECTION ID", summary: "print a reco
 type getCommand struct{ *env }
 
 func (c *getCommand) Run(ctx context.Context, args []string) error {
-	if err := needArgs(args, 2); err != nil {
-		return err
-	}
-	return c.withReplica(ctx, func(r *replica.Replica) error {
+	return c.withReplicaArgs(ctx, args, 2, func(r *replica.Replica) error {
 		m, err := r.Get(ctx, args[0], args[1])
 		if err != nil {
 			return err
@@ -58,10 +55,7 @@ var delCmd = &command{name: "del", args: "COLLECTION ID", summary: "delete a rec
 type delCommand struct{ *env }
 
 func (c *delCommand) Run(ctx context.Context, args []string) error {
-	if err := needArgs(args, 2); err != nil {
-		return err
-	}
-	return c.withReplica(ctx, func(r *replica.Replica) error { return r.Delete(ctx, args[0], args[1]) })
+	return c.withReplicaArgs(ctx, args, 2, func(r *replica.Replica) error { return r.Delete(ctx, args[0], args[1]) })
 }
 
 var listCmd = &command{name: "list", args: "COLLECTION [--json] [--order id|updated] [--limit N]",

@@ -88,10 +88,7 @@ var idCmd = &command{name: "id", args: "", summary: "print this replica's identi
 type idCommand struct{ *env }
 
 func (c *idCommand) Run(ctx context.Context, args []string) error {
-	if err := needArgs(args, 0); err != nil {
-		return err
-	}
-	return c.withReplica(ctx, func(r *replica.Replica) error {
+	return c.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
 		fmt.Fprintln(c.stdout, r.ID())
 		return nil
 	})
@@ -107,10 +104,7 @@ type passwdCommand struct{ *env }
 
 func (c *passwdCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
-	if err := needArgs(args, 0); err != nil {
-		return err
-	}
-	return e.withReplica(ctx, func(r *replica.Replica) error {
+	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
 		var next []byte
 		if p := e.getenv("FERRY_NEW_PASSPHRASE"); p != "" {
 			next = []byte(p)
@@ -141,10 +135,7 @@ type rotateKeyCommand struct{ *env }
 
 func (c *rotateKeyCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
-	if err := needArgs(args, 0); err != nil {
-		return err
-	}
-	return e.withReplica(ctx, func(r *replica.Replica) error {
+	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
 		if err := r.Store().RotateKey(ctx, e.progressPrinter("re-encrypted")); err != nil {
 			return err
 		}

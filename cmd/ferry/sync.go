@@ -34,10 +34,7 @@ type serveCommand struct {
 
 func (c *serveCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
-	if err := needArgs(args, 0); err != nil {
-		return err
-	}
-	return e.withReplica(ctx, func(r *replica.Replica) error {
+	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
 		if url := c.relay; url != "" {
 			every := c.interval
 			fmt.Fprintf(e.stdout, "syncing %s through %s every %s\n", e.dir, url, every)
@@ -181,10 +178,7 @@ type statusCommand struct {
 
 func (c *statusCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
-	if err := needArgs(args, 0); err != nil {
-		return err
-	}
-	return e.withReplica(ctx, func(r *replica.Replica) error {
+	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
 		all, peers := r.Status(ctx)
 		counts := map[string]int{}
 		colls, err := r.Store().Collections(ctx)

@@ -62,10 +62,7 @@ var untrustCmd = &command{name: "untrust", args: "FINGERPRINT", summary: "revoke
 type untrustCommand struct{ *env }
 
 func (c *untrustCommand) Run(ctx context.Context, args []string) error {
-	if err := needArgs(args, 1); err != nil {
-		return err
-	}
-	return c.withReplica(ctx, func(r *replica.Replica) error {
+	return c.withReplicaArgs(ctx, args, 1, func(r *replica.Replica) error {
 		n, err := r.Unpair(ctx, args[0])
 		if err != nil {
 			return err
