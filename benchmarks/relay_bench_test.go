@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrysync/ferry/transport/relay"
+	"github.com/ferrysync/ferry/relay"
 )
 
 // BenchmarkRelay10k: replica a pushes N small records through an

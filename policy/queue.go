@@ -27,6 +27,9 @@ func NewMemKV() *MemKV { return kv.NewMem() }
 // ErrNoEntry: no open queue entry with that conflict id.
 var ErrNoEntry = errors.New("policy: no such queued conflict")
 
+// ErrNoCandidate: a pick names no candidate of the conflict (out of range).
+var ErrNoCandidate = errors.New("policy: no such candidate")
+
 // Entry is a conflict waiting for the user. Every field derives from the
 // documents and the policy set, so replicas that exchanged everything hold
 // identical entries.
@@ -312,14 +315,16 @@ type Pending struct {
 	By         string // "user" or "fallback:<kind>"
 }
 
-// ResolvePick decides an open conflict for candidate n.
+// ResolvePick decides an open conflict for candidate n (0-based):
+// ErrNoEntry when no such conflict is open, ErrNoCandidate when n is out
+// of range.
 func (q *Queue) ResolvePick(ctx context.Context, id string, n int) (Pending, error) {
 	e, err := q.Get(ctx, id)
 	if err != nil {
 		return Pending{}, err
 	}
 	if n < 0 || n >= len(e.Conflict.Candidates) {
-		return Pending{}, fmt.Errorf("policy: conflict %s has %d candidates, not %d", id, len(e.Conflict.Candidates), n+1)
+		return Pending{}, fmt.Errorf("%w: conflict %s has %d candidates (0 to %d), not %d", ErrNoCandidate, id, len(e.Conflict.Candidates), len(e.Conflict.Candidates)-1, n)
 	}
 	return Pending{Entry: e, Policy: User, By: "user",
 		Resolution: crdt.Resolution{Conflict: e.Conflict, Winner: n, By: "user"}}, nil

@@ -164,7 +164,8 @@ func (r *Replica) supersede(ctx context.Context, coll, id string, d *crdt.Doc, b
 //
 // Errors: ErrNoConflict when no open conflict has that id (or it was
 // decided already); ErrConflictStale when a newer write to the field
-// superseded it (the conflict is closed and nothing is written).
+// superseded it (the conflict is closed and nothing is written);
+// ErrInvalid when n names no candidate.
 func (r *Replica) ResolvePick(ctx context.Context, id string, n int) error {
 	if r.isClosed() {
 		return ErrClosed
@@ -247,6 +248,9 @@ func (r *Replica) noConflict(ctx context.Context, id string, err error) error {
 			return fmt.Errorf("%w: %s was decided already (%s)", ErrNoConflict, id, by)
 		}
 		return fmt.Errorf("%w: %s", ErrNoConflict, id)
+	}
+	if errors.Is(err, policy.ErrNoCandidate) {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return fmt.Errorf("replica: conflict %s: %w", id, err)
 }

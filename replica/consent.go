@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/transport"
 )
 
 // Pair trusts a peer for device sync: it records a device-sync grant for
 // each collection (until revoked when expires is zero). A peer learns of
-// no record in a collection it was not granted.
+// no record in a collection it was not granted. A negative expires is
+// ErrInvalid (it is not "until revoked").
 func (r *Replica) Pair(ctx context.Context, peer string, collections []string, expires time.Duration) ([]consent.Grant, error) {
 	fp, err := transport.ParseFingerprint(peer)
 	if err != nil {
@@ -19,6 +20,9 @@ func (r *Replica) Pair(ctx context.Context, peer string, collections []string, e
 	}
 	if len(collections) == 0 {
 		return nil, fmt.Errorf("%w: name the collections to share", ErrInvalid)
+	}
+	if expires < 0 {
+		return nil, fmt.Errorf("%w: grant duration %v is negative", ErrInvalid, expires)
 	}
 	for _, c := range collections {
 		if err := checkCollection(c); err != nil {

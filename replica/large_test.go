@@ -14,7 +14,6 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/amjs"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // largeDiskReplica opens a replica on disk: an in-memory Badger store keeps no
@@ -22,7 +21,7 @@ import (
 func largeDiskReplica(e *testEnv, name string) *Replica {
 	e.t.Helper()
 	o := diskOptions(name)
-	o.Now, o.NoSync = e.clock.Now, true
+	o.Now, o.NoSync, o.Relay = e.clock.Now, true, e.memRelay
 	o.Policies = policy.NewSet(policy.Rule{Policy: policy.Timestamp})
 	r, err := Open(context.Background(), filepath.Join(e.t.(*testing.T).TempDir(), name), o)
 	if err != nil {
@@ -245,10 +244,9 @@ func randomText(t *testing.T, n int) string {
 func TestRelayCarriesChangeInPieces(t *testing.T) {
 	defer func(old int) { frameBudget = old }(frameBudget)
 	frameBudget = 64 << 10
-	tr := startRelay(t, relay.ServerOptions{})
 	e := newEnv(t)
 	a, b := largeDiskReplica(e, "a"), largeDiskReplica(e, "b")
-	space := joinAll(t, tr.url(), "notes", a, b)
+	space := joinAll(t, memRelayURL, "notes", a, b)
 	ctx := context.Background()
 	raw, _ := bigChanges(t, 200<<10) // 200 KiB of random bytes in one change
 	plain, err := automerge.Load(raw)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/ferrysync/ferry/transport"
@@ -236,8 +237,26 @@ func (p Peer) key() string {
 	return p.Addr
 }
 
+// isNetErr reports a network failure. A bare syscall.Errno also
+// implements net.Error, so a file system error (a *fs.PathError around
+// EIO, EISDIR, EACCES...) would pass for one; an errno counts only when it
+// is a network errno.
 func isNetErr(err error) bool {
-	var ne net.Error
 	var oe *net.OpError
-	return errors.As(err, &ne) || errors.As(err, &oe)
+	if errors.As(err, &oe) {
+		return true
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) {
+		return false
+	}
+	if errno, ok := ne.(syscall.Errno); ok {
+		switch errno {
+		case syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.ETIMEDOUT,
+			syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENETDOWN, syscall.ENETRESET, syscall.EPIPE:
+			return true
+		}
+		return false
+	}
+	return true
 }

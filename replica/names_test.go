@@ -16,11 +16,11 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 	"pgregory.net/rapid"
 )
 
@@ -58,7 +58,7 @@ func TestNULShiftedNamesRefused(t *testing.T) {
 	ctx := context.Background()
 	wantInvalid(t, "put a/b\\x00c", r.Put(ctx, "a", "b\x00c", map[string]any{"v": 1}))
 	wantInvalid(t, "put a\\x00b/c", r.Put(ctx, "a\x00b", "c", map[string]any{"v": 2}))
-	if cols, err := r.Store().Collections(ctx); err != nil || len(cols) != 0 {
+	if cols, err := r.Collections(ctx); err != nil || len(cols) != 0 {
 		t.Fatalf("collections after refused puts: %q %v", cols, err)
 	}
 }
@@ -108,7 +108,7 @@ func TestInvalidNamesRefusedEverywhere(t *testing.T) {
 	if grants != len(testCollections) {
 		t.Fatalf("%d grants to the peer, want %d", grants, len(testCollections))
 	}
-	if cols, _ := r.Store().Collections(ctx); !slices.Equal(cols, []string{"notes"}) {
+	if cols, _ := r.Collections(ctx); !slices.Equal(cols, []string{"notes"}) {
 		t.Fatalf("collections: %q", cols)
 	}
 }
@@ -176,7 +176,7 @@ func writeLegacy(t *testing.T, r *Replica, coll, id string, doc []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Store().Write(context.Background(), storage.Batch{Records: []storage.RecordWrite{{
+	if _, err := r.store.Write(context.Background(), storage.Batch{Records: []storage.RecordWrite{{
 		Collection: coll, ID: id, Changes: doc, Heads: d.Heads()}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -307,10 +307,9 @@ func TestPeerRecordWithInvalidNameRefused(t *testing.T) {
 // is not pushed.
 func TestRelayRecordWithInvalidNameRefused(t *testing.T) {
 	e := newEnv(t)
-	tr := startRelay(t, relay.ServerOptions{})
 	a, b := e.replica("a"), e.replica("b")
 	ctx := context.Background()
-	space := joinAll(t, tr.url(), "notes", a, b)
+	space := joinAll(t, memRelayURL, "notes", a, b)
 	mustPut(t, a, "notes", "seed", map[string]any{"v": 1})
 	doc, err := a.ExportDoc(ctx, "notes", "seed")
 	if err != nil {

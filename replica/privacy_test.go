@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 	"pgregory.net/rapid"

@@ -20,7 +20,6 @@ import (
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // reviewReplica opens an in-memory replica that is paired with nobody.
@@ -356,10 +355,9 @@ func TestReviewRolledBackPeerWritesNeverSent(t *testing.T) {
 // even after a's full push is on the relay.
 func TestReviewRelayInviteeStuck(t *testing.T) {
 	e := newEnv(t)
-	tr := startRelay(t, relay.ServerOptions{})
 	a, c, b := e.replica("a"), e.replica("c"), e.replica("b")
 	coll := "zq-journal"
-	space := joinAll(t, tr.url(), coll, a, c)
+	space := joinAll(t, memRelayURL, coll, a, c)
 	mustPut(t, a, coll, "x", map[string]any{"v": "base"})
 	relaySync(t, a, space)
 	relaySync(t, c, space)

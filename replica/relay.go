@@ -7,16 +7,17 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 
 	"filippo.io/age"
 	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/internal/names"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // Sync through a relay: devices of one user that are rarely online
@@ -61,8 +62,20 @@ type RelayStats struct {
 	ClockSkew []ClockSkew `json:"clock_skew,omitempty"`
 }
 
-func (r *Replica) relayClient(url string) *relay.Client {
-	return &relay.Client{URL: url, Identity: r.id, HTTP: r.opts.RelayHTTP}
+// HTTPRelay returns an Options.Relay that reaches relays over HTTP with
+// client (http.DefaultClient when nil). It is the default.
+func HTTPRelay(client *http.Client) func(url string, identity ed25519.PrivateKey) relay.API {
+	return func(url string, identity ed25519.PrivateKey) relay.API {
+		return &relay.Client{URL: url, Identity: identity, HTTP: client}
+	}
+}
+
+// relayClient is the relay API for the relay at url.
+func (r *Replica) relayClient(url string) relay.API {
+	if r.opts.Relay == nil {
+		return HTTPRelay(nil)(url, r.id)
+	}
+	return r.opts.Relay(url, r.id)
 }
 
 // CreateSpace creates a space on the relay at url, with this replica as

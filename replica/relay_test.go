@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrysync/ferry/transport/relay"
+	"github.com/ferrysync/ferry/relay"
 )
 
 // testRelay is an in-process relay on loopback that can be restarted on
@@ -88,6 +88,9 @@ func (tr *testRelay) restart(opts *relay.ServerOptions) {
 
 func (tr *testRelay) url() string { return tr.run.URL() }
 
+// memRelayURL names the env's in-memory relay (any URL reaches it).
+const memRelayURL = "https://relay.invalid"
+
 // joinAll makes b, c, ... members of a's new space for coll.
 func joinAll(t *testing.T, url, coll string, a *Replica, others ...*Replica) string {
 	t.Helper()
@@ -128,7 +131,9 @@ func relaySync(t *testing.T, r *Replica, space string) RelayStats {
 func TestRelayThreeReplicasNeverOnlineTogether(t *testing.T) {
 	e := newEnv(t)
 	tr := startRelay(t, relay.ServerOptions{})
-	a, b, c := e.replica("zq-laptop-secretname"), e.replica("b"), e.replica("c")
+	// This test drives the real relay server over HTTP, end to end.
+	httpRelay := func(o *Options) { o.Relay = nil }
+	a, b, c := e.replica("zq-laptop-secretname", httpRelay), e.replica("b", httpRelay), e.replica("c", httpRelay)
 	coll := "zq-journal"
 	space := joinAll(t, tr.url(), coll, a, b)
 
@@ -223,10 +228,20 @@ func TestRelayThreeReplicasNeverOnlineTogether(t *testing.T) {
 // the relay has room, the next sync delivers every record.
 func TestRelayQuotaRetries(t *testing.T) {
 	e := newEnv(t)
-	tr := startRelay(t, relay.ServerOptions{MaxSpaceBundles: 1})
+	// The relay holds one bundle at most until full is cleared.
+	full, pushes := true, 0
+	e.relay.Fail = func(op string) error {
+		if op != "push" || !full {
+			return nil
+		}
+		if pushes++; pushes > 1 {
+			return fmt.Errorf("%w: space holds its maximum of 1 bundle", relay.ErrQuota)
+		}
+		return nil
+	}
 	a, b := e.replica("a"), e.replica("b", func(o *Options) { o.Batch = 5 })
 	a.opts.Batch = 5
-	space := joinAll(t, tr.url(), "notes", a, b)
+	space := joinAll(t, memRelayURL, "notes", a, b)
 	for i := range 20 {
 		mustPut(t, a, "notes", fmt.Sprintf("n%02d", i), map[string]any{"i": int64(i)})
 	}
@@ -235,7 +250,7 @@ func TestRelayQuotaRetries(t *testing.T) {
 		t.Fatalf("push over quota: %v", err)
 	}
 	relaySync(t, b, space) // b takes what is there and acknowledges
-	tr.restart(&relay.ServerOptions{})
+	full = false
 	relaySync(t, a, space)
 	relaySync(t, b, space)
 	if n := len(dump(t, b, "notes")); n != 20 {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
-	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -17,7 +16,8 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -87,9 +87,12 @@ type Options struct {
 	CacheSize int
 	// Batch sets how many records go in one sync frame (512 when zero).
 	Batch int
-	// RelayHTTP is the HTTP client for relays (http.DefaultClient when
-	// nil): set it to trust a relay's TLS certificate.
-	RelayHTTP *http.Client
+	// Relay returns the client this replica drives the relay at url with,
+	// acting as identity (its Ed25519 key). Nil means HTTPRelay(nil): a
+	// relay.Client over http.DefaultClient. Pass HTTPRelay with an
+	// *http.Client to trust a relay's TLS certificate, or
+	// relay.MemRelay's Client in tests.
+	Relay func(url string, identity ed25519.PrivateKey) relay.API
 	// Purposes is the vocabulary of sharing purposes the application
 	// declares (consent.PurposeDeviceSync, PurposeBackup and PurposeImprove
 	// when empty).
@@ -327,9 +330,6 @@ func (r *Replica) ID() string { return r.fp }
 
 // Name returns the replica's human-readable name.
 func (r *Replica) Name() string { return r.opts.Name }
-
-// Store returns the underlying encrypted store (backups, key changes).
-func (r *Replica) Store() *storage.Store { return r.store }
 
 // Policies returns the replica's conflict policy set.
 func (r *Replica) Policies() *policy.Set { return r.opts.Policies }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -42,6 +43,7 @@ type testEnv struct {
 	t        testing.TB
 	clock    *fakeClock
 	net      *transport.MemNetwork
+	relay    *relay.MemRelay // the relay env replicas reach at any URL
 	replicas []*Replica
 }
 
@@ -70,7 +72,7 @@ func newEnv(t testing.TB) *testEnv {
 	t.Logf("mem network seed %d", seed)
 	n := transport.NewMemNetwork(seed, func(string) {})
 	t.Cleanup(func() { n.Close() })
-	return &testEnv{t: t, clock: newFakeClock(), net: n}
+	return &testEnv{t: t, clock: newFakeClock(), net: n, relay: relay.NewMemRelay()}
 }
 
 func (e *testEnv) replica(name string, mod ...func(*Options)) *Replica {
@@ -82,6 +84,7 @@ func (e *testEnv) replica(name string, mod ...func(*Options)) *Replica {
 		Name:       name,
 		Now:        e.clock.Now,
 		Policies:   policy.NewSet(policy.Rule{Policy: policy.Timestamp}),
+		Relay:      e.memRelay,
 	}
 	for _, m := range mod {
 		m(&opts)
@@ -96,6 +99,11 @@ func (e *testEnv) replica(name string, mod ...func(*Options)) *Replica {
 	}
 	e.replicas = append(e.replicas, r)
 	return r
+}
+
+// memRelay is the env's Options.Relay: every URL reaches e.relay.
+func (e *testEnv) memRelay(_ string, identity ed25519.PrivateKey) relay.API {
+	return e.relay.Client(identity)
 }
 
 func pub(r *Replica) ed25519.PublicKey { return r.Identity().Public().(ed25519.PublicKey) }

@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/collector"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/collector"
 )
 
 // ShareOptions describe a one-way, anonymized share of a collection with

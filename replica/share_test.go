@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
-	"github.com/ferrysync/ferry/transport/collector"
+	"github.com/ferrysync/ferry/collector"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
 )
 
 var usageRules = anon.Rules{Collection: "usage", Purpose: consent.PurposeImprove,
@@ -145,5 +145,51 @@ func TestShareToPeer(t *testing.T) {
 	// A connection to another peer cannot borrow b's grant.
 	if _, err, _ := share(other, b.ID()); !errors.Is(err, ErrNoConsent) {
 		t.Fatalf("share over a connection to another peer: %v", err)
+	}
+}
+
+// TestShareDestinationFailureRecordsNothing: with an in-memory
+// destination, a refused send returns the destination's error and leaves
+// no share in the ledger; the next share that arrives is recorded once.
+func TestShareDestinationFailureRecordsNothing(t *testing.T) {
+	e := newEnv(t)
+	r := e.replica("a")
+	putUsage(t, r)
+	ctx := context.Background()
+	dest := &collector.MemDestination{Fail: func(collector.Batch) error { return collector.ErrRejected }}
+	opts := ShareOptions{Rules: usageRules, DestinationID: "mem:collector", Destination: dest}
+	if _, err := r.Consent().Grant(ctx, consent.Grant{Collection: "usage", Purpose: consent.PurposeImprove, Destination: "mem:collector",
+		Fields: []string{"user", "minutes", "model"}}); err != nil {
+		t.Fatal(err)
+	}
+	shares := func() int {
+		es, err := r.Consent().Entries(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, en := range es {
+			if en.Kind == consent.KindShare {
+				n++
+			}
+		}
+		return n
+	}
+	if _, err := r.Share(ctx, opts); !errors.Is(err, collector.ErrRejected) {
+		t.Fatalf("share to a refusing destination: %v", err)
+	}
+	if n := shares(); n != 0 || len(dest.Batches()) != 0 {
+		t.Fatalf("after a refused send: %d ledger shares, %d batches", n, len(dest.Batches()))
+	}
+	dest.Fail = nil
+	res, err := r.Share(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dest.Batches(); len(got) != 1 || len(got[0].Records) != res.Records || res.Records != 6 {
+		t.Fatalf("batches %+v, result %+v", got, res)
+	}
+	if n := shares(); n != 1 {
+		t.Fatalf("ledger holds %d shares, want 1", n)
 	}
 }

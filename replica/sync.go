@@ -14,7 +14,7 @@ import (
 
 	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 )

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -92,6 +92,8 @@ func (c *consentCommand) Run(ctx context.Context, args []string) error {
 			g := consent.Grant{Collection: args[1], Destination: c.to, Purpose: c.purpose, Fields: splitList(c.fields)}
 			if c.expires > 0 {
 				g.Expires = time.Now().Add(c.expires)
+			} else if c.expires < 0 {
+				return usagef("--expires %v is negative: give how long the grant lasts (e.g. 720h)", c.expires)
 			}
 			g, err := l.Grant(ctx, g)
 			if err != nil {

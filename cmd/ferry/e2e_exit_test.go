@@ -26,10 +26,10 @@ import (
 
 	"filippo.io/age"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/relay"
 	"github.com/fxamacker/cbor/v2"
 )
 

@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -25,9 +27,40 @@ func isTerminal(f any) bool {
 	return false
 }
 
+// isNetErr reports a network failure: an error of the net package or the
+// HTTP client (*net.OpError, *net.DNSError, *url.Error, timeouts). A bare
+// syscall.Errno also implements net.Error, so a file system error (a
+// *fs.PathError around EISDIR, ENOTDIR, EACCES...) would pass for one;
+// an errno counts only when it is a network errno.
 func isNetErr(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne)
+	if !errors.As(err, &ne) {
+		return false
+	}
+	if errno, ok := ne.(syscall.Errno); ok {
+		return isNetErrno(errno)
+	}
+	return true
+}
+
+// isBadAddress reports a malformed network address ("host" without a
+// port, port 99999, "ftp://host:1" as a TLS address): the user's input,
+// not a network failure, though the net package's *net.AddrError is a
+// net.Error.
+func isBadAddress(err error) bool {
+	var ae *net.AddrError
+	var un net.UnknownNetworkError
+	return errors.As(err, &ae) || errors.As(err, &un)
+}
+
+// isNetErrno reports the errnos of a failed connection.
+func isNetErrno(errno syscall.Errno) bool {
+	switch errno {
+	case syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.ETIMEDOUT,
+		syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENETDOWN, syscall.ENETRESET:
+		return true
+	}
+	return false
 }
 
 func configPath(dir string) string { return filepath.Join(dir, "ferry-replica.json") }
@@ -238,6 +271,26 @@ type listFlag []string
 
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+// collectionFlags holds --collections (comma-separated, each name
+// trimmed: the short form for plain names) and --collection (repeatable,
+// one name verbatim: for names with a comma or leading or trailing
+// spaces, which are valid collection names).
+type collectionFlags struct {
+	list string   // --collections
+	each listFlag // --collection, verbatim
+}
+
+// bind registers the two flags on fs; what completes their help text.
+func (c *collectionFlags) bind(fs *flag.FlagSet, what string) {
+	fs.StringVar(&c.list, "collections", "", "comma-separated collections "+what)
+	fs.Var(&c.each, "collection", "one collection "+what+", taken verbatim (repeatable; for names with ',' or edge spaces)")
+}
+
+// names returns the collections named by both flags.
+func (c *collectionFlags) names() []string {
+	return append(splitList(c.list), c.each...)
+}
 
 // progressPrinter shows a one-line counter on a terminal and nothing
 // otherwise.

@@ -12,16 +12,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ferrysync/ferry/collector"
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
-	"github.com/ferrysync/ferry/transport/collector"
-	"github.com/ferrysync/ferry/transport/relay"
 )
 
 // sentinelCodes is every exported sentinel of every package, keyed
@@ -65,9 +65,10 @@ var sentinelCodes = map[string]struct {
 	"crdt.ErrBadActor":         {crdt.ErrBadActor, exitError},
 	"crdt.ErrMissingDeps":      {crdt.ErrMissingDeps, exitError},
 
-	"policy.ErrBadPolicy": {policy.ErrBadPolicy, exitUsage},
-	"policy.ErrStale":     {policy.ErrStale, exitError},
-	"policy.ErrNoEntry":   {policy.ErrNoEntry, exitError},
+	"policy.ErrBadPolicy":   {policy.ErrBadPolicy, exitUsage},
+	"policy.ErrStale":       {policy.ErrStale, exitError},
+	"policy.ErrNoEntry":     {policy.ErrNoEntry, exitError},
+	"policy.ErrNoCandidate": {policy.ErrNoCandidate, exitError}, // bare: no kind, as on main; replica wraps it in ErrInvalid (exit 2)
 
 	"consent.ErrTampered":       {consent.ErrTampered, exitCorrupt},
 	"consent.ErrUnknownPurpose": {consent.ErrUnknownPurpose, exitUsage},

@@ -86,10 +86,14 @@ var exitKinds = []struct {
 	{errkind.NoSpace, exitNoSpace, nil},
 	{errkind.Invalid, exitUsage, func(err error) bool {
 		var ue usageError
-		return errors.As(err, &ue) || errors.Is(err, flag.ErrHelp)
+		return errors.As(err, &ue) || errors.Is(err, flag.ErrHelp) ||
+			errors.Is(err, syscall.EISDIR) || // a directory named where a file is wanted
+			isBadAddress(err)
 	}},
 	{errkind.WrongKey, exitWrongKey, isNoIdentityMatch},
-	{errkind.NotFound, exitNotFound, func(err error) bool { return errors.Is(err, os.ErrNotExist) }},
+	{errkind.NotFound, exitNotFound, func(err error) bool {
+		return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+	}},
 	{errkind.Corrupt, exitCorrupt, nil},
 	{errkind.Forbidden, exitForbidden, nil},
 	{errkind.Protocol, exitProtocol, nil},
@@ -190,7 +194,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			printUsage(stdout)
 			return exitOK
 		}
-		fmt.Fprintf(stderr, "ferry: %v (see 'ferry help')\n", err)
+		fmt.Fprintf(stderr, "ferry: %s (see 'ferry help')\n", oneLine(err))
 		return exitUsage
 	}
 	if e.dir == "" {
@@ -207,6 +211,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				printCommandHelp(stdout, c, fs)
 				return exitOK
 			}
+			fmt.Fprintf(stderr, "ferry: unknown command %q (see 'ferry help')\n", rest[1])
+			return exitUsage
 		}
 		if len(rest) == 0 {
 			// No command: the overview on stderr, as a usage error.

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/ferrysync/ferry/transport/relay"
+	"github.com/ferrysync/ferry/relay"
 )
 
 var relayCmd = &command{name: "relay", args: "--listen ADDR --dir DIR [--tls-cert FILE --tls-key FILE]",

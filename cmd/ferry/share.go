@@ -9,10 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/ferrysync/ferry/policy/anon"
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/collector"
+	"github.com/ferrysync/ferry/internal/names"
+	"github.com/ferrysync/ferry/privacy/anon"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/replica"
-	"github.com/ferrysync/ferry/transport/collector"
 )
 
 func shareRulesPath(dir string) string { return filepath.Join(dir, "ferry-share-rules.json") }
@@ -26,18 +27,18 @@ func loadShareRules(path, collection, purpose string) (anon.Rules, error) {
 	}
 	var raw []json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
-		return anon.Rules{}, usagef("share rules %s: want a JSON array of rules: %v", path, err)
+		return anon.Rules{}, inputf("share rules %s: want a JSON array of rules: %v", path, err)
 	}
 	for _, m := range raw {
 		r, err := anon.ParseRules(m)
 		if err != nil {
-			return anon.Rules{}, usagef("share rules %s: %v", path, err)
+			return anon.Rules{}, inputf("share rules %s: %v", path, err)
 		}
 		if r.Collection == collection && r.Purpose == purpose {
 			return r, nil
 		}
 	}
-	return anon.Rules{}, usagef("share rules %s name no rules for %q and purpose %q", path, collection, purpose)
+	return anon.Rules{}, inputf("share rules %s name no rules for %q and purpose %q", path, collection, purpose)
 }
 
 var shareCmd = &command{name: "share", args: "COLLECTION --to URL --purpose P [--rules FILE]",
@@ -75,6 +76,11 @@ func (c *shareCommand) Run(ctx context.Context, args []string) error {
 	rulesFile := c.rules
 	if rulesFile == "" {
 		rulesFile = shareRulesPath(e.dir)
+	}
+	// The name first: an invalid one is the error, not a rules
+	// file without rules for it.
+	if err := names.Check("collection", args[0]); err != nil {
+		return fmt.Errorf("%w: %w", replica.ErrInvalid, err)
 	}
 	rules, err := loadShareRules(rulesFile, args[0], purpose)
 	if err != nil {

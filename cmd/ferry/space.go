@@ -18,7 +18,7 @@ ferry space join invite.age --collections notes                  # new device
 ferry sync http://127.0.0.1:7443                                 # any device, any time`,
 	new: func(e *env, fs *flag.FlagSet) runner {
 		c := &spaceCommand{env: e}
-		fs.StringVar(&c.collections, "collections", "", "comma-separated collections the space syncs")
+		c.collections.bind(fs, "the space syncs")
 		fs.StringVar(&c.out, "out", "", "invite: write the sealed invitation here")
 		fs.BoolVar(&c.json, "json", false, "list: print JSON")
 		return c
@@ -27,9 +27,9 @@ ferry sync http://127.0.0.1:7443                                 # any device, a
 // spaceCommand is `ferry space create|code|invite|join|list`.
 type spaceCommand struct {
 	*env
-	collections string // create, join: comma-separated
-	out         string // invite: the invitation file
-	json        bool   // list
+	collections collectionFlags // create, join
+	out         string          // invite: the invitation file
+	json        bool            // list
 }
 
 func (c *spaceCommand) Run(ctx context.Context, args []string) error {
@@ -42,7 +42,7 @@ func (c *spaceCommand) Run(ctx context.Context, args []string) error {
 			if len(args) != 2 || !isRelayURL(args[1]) {
 				return usagef("want create RELAY-URL (http:// or https://)")
 			}
-			sp, err := r.CreateSpace(ctx, args[1], splitList(c.collections))
+			sp, err := r.CreateSpace(ctx, args[1], c.collections.names())
 			if err != nil {
 				return err
 			}
@@ -73,7 +73,7 @@ func (c *spaceCommand) Run(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
-			sp, err := r.JoinSpace(ctx, b, splitList(c.collections))
+			sp, err := r.JoinSpace(ctx, b, c.collections.names())
 			if err != nil {
 				return err
 			}

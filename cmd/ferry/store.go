@@ -114,11 +114,11 @@ func (c *passwdCommand) Run(ctx context.Context, args []string) error {
 				return err
 			}
 		}
-		opts := storage.Options{Passphrase: next}
+		secret := replica.Secret{Passphrase: next}
 		if e.fastKDF() {
-			opts.KDF = storage.TestKDF()
+			secret.KDF = storage.TestKDF()
 		}
-		if err := r.Store().ChangePassphrase(ctx, opts); err != nil {
+		if err := r.ChangePassphrase(ctx, secret); err != nil {
 			return err
 		}
 		fmt.Fprintln(e.stdout, "passphrase changed")
@@ -136,7 +136,7 @@ type rotateKeyCommand struct{ *env }
 func (c *rotateKeyCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
 	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
-		if err := r.Store().RotateKey(ctx, e.progressPrinter("re-encrypted")); err != nil {
+		if err := r.RotateKey(ctx, e.progressPrinter("re-encrypted")); err != nil {
 			return err
 		}
 		fmt.Fprintln(e.stdout, "master key rotated")

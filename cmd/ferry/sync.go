@@ -34,9 +34,15 @@ type serveCommand struct {
 
 func (c *serveCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
-	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
+	if err := needArgs(args, 0); err != nil {
+		return err
+	}
+	every := c.interval
+	if every <= 0 {
+		return usagef("--interval %v: want a positive duration (e.g. 30s)", every)
+	}
+	return e.withReplica(ctx, func(r *replica.Replica) error {
 		if url := c.relay; url != "" {
-			every := c.interval
 			fmt.Fprintf(e.stdout, "syncing %s through %s every %s\n", e.dir, url, every)
 			for {
 				if err := syncRelayOnce(ctx, e, r, url, false); err != nil {
@@ -59,8 +65,14 @@ func (c *serveCommand) Run(ctx context.Context, args []string) error {
 		}
 		defer l.Close()
 		fmt.Fprintf(e.stdout, "serving %s on %s (replica %s)\n", e.dir, l.Addr(), r.ID())
-		events := r.Watch(ctx)
+		// The watch outlives Serve, which returns only once every
+		// session has ended and published its status, so each
+		// session's line is printed before serve exits.
+		watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+		events := r.Watch(watchCtx)
+		printed := make(chan struct{})
 		go func() {
+			defer close(printed)
 			for ev := range events {
 				if ev.Kind == replica.EventStatus && ev.Status.State != replica.Syncing {
 					s := ev.Status
@@ -69,7 +81,10 @@ func (c *serveCommand) Run(ctx context.Context, args []string) error {
 				}
 			}
 		}()
-		return r.Serve(ctx, l)
+		err = r.Serve(ctx, l)
+		stopWatch()
+		<-printed
+		return err
 	})
 }
 
@@ -93,6 +108,9 @@ func (c *syncCommand) Run(ctx context.Context, args []string) error {
 	e := c.env
 	if err := needArgs(args, 1); err != nil {
 		return err
+	}
+	if c.timeout <= 0 {
+		return usagef("--timeout %v: want a positive duration (e.g. 2m)", c.timeout)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -181,7 +199,7 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 	return e.withReplicaArgs(ctx, args, 0, func(r *replica.Replica) error {
 		all, peers := r.Status(ctx)
 		counts := map[string]int{}
-		colls, err := r.Store().Collections(ctx)
+		colls, err := r.Collections(ctx)
 		if err != nil {
 			return err
 		}

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ferrysync/ferry/policy/consent"
+	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -17,7 +17,7 @@ var trustCmd = &command{name: "trust", args: "FINGERPRINT --collections A,B [--e
 	example: "ferry trust $(FERRY_DIR=../phone ferry id) --collections notes,todo",
 	new: func(e *env, fs *flag.FlagSet) runner {
 		c := &trustCommand{env: e}
-		fs.StringVar(&c.collections, "collections", "", "comma-separated collections the peer may sync")
+		c.collections.bind(fs, "the peer may sync")
 		fs.StringVar(&c.purpose, "purpose", consent.PurposeDeviceSync, "the purpose (only device-sync pairs a peer)")
 		fs.DurationVar(&c.expires, "expires", 0, "the grant lapses after this long (default: until revoked)")
 		return c
@@ -26,7 +26,7 @@ var trustCmd = &command{name: "trust", args: "FINGERPRINT --collections A,B [--e
 // trustCommand is `ferry trust FINGERPRINT`.
 type trustCommand struct {
 	*env
-	collections string // comma-separated
+	collections collectionFlags
 	purpose     string
 	expires     time.Duration // 0: until revoked
 }
@@ -35,9 +35,9 @@ func (c *trustCommand) Run(ctx context.Context, args []string) error {
 	if err := needArgs(args, 1); err != nil {
 		return err
 	}
-	colls := splitList(c.collections)
+	colls := c.collections.names()
 	if len(colls) == 0 {
-		return usagef("--collections is required")
+		return usagef("--collections (or --collection) is required")
 	}
 	if c.purpose != consent.PurposeDeviceSync {
 		return usagef("trust pairs for device-sync; use 'ferry consent grant' for purpose %q", c.purpose)

@@ -685,7 +685,7 @@ func (s *soak) check() error {
 	// Quiescence: one more round writes nothing.
 	before := make([]uint64, len(s.slots))
 	for i, sl := range s.slots {
-		before[i] = sl.r.Store().LastSeq()
+		before[i] = sl.r.LastSeq()
 	}
 	for j := 1; j < len(s.slots); j++ {
 		if _, err := s.session(0, j, true); err != nil {
@@ -693,7 +693,7 @@ func (s *soak) check() error {
 		}
 	}
 	for i, sl := range s.slots {
-		if sl.r.Store().LastSeq() != before[i] {
+		if sl.r.LastSeq() != before[i] {
 			problems = append(problems, fmt.Sprintf("NOT QUIESCENT: %s wrote during a round after convergence", sl.name))
 		}
 	}

@@ -21,7 +21,7 @@ import (
 //
 // A Sender is not safe for concurrent use.
 type Sender struct {
-	c     *Client
+	c     API
 	space Space
 	kv    KV
 	key   string
@@ -29,7 +29,7 @@ type Sender struct {
 }
 
 // NewSender loads the sender state of space from kv.
-func NewSender(ctx context.Context, c *Client, space Space, kv KV) (*Sender, error) {
+func NewSender(ctx context.Context, c API, space Space, kv KV) (*Sender, error) {
 	if err := space.check(); err != nil {
 		return nil, err
 	}
@@ -56,7 +56,7 @@ func (s *Sender) Counter() uint64 { return s.last }
 // Position is this device's own position, for Invite: a Verifier skips its
 // own bundles (VerifierOptions.Self), so its Positions lack it.
 func (s *Sender) Position() Position {
-	return Position{Sender: s.c.pub(), Counter: s.last}
+	return Position{Sender: publicOf(s.c.SigningKey()), Counter: s.last}
 }
 
 // Send seals payload with the next counter and pushes it. On ErrQuota or
@@ -64,7 +64,7 @@ func (s *Sender) Position() Position {
 func (s *Sender) Send(ctx context.Context, payload []byte) (seq uint64, err error) {
 	counter := s.last + 1
 	for try := 0; ; try++ {
-		sealed, err := Seal(s.space, s.c.Identity, counter, payload)
+		sealed, err := Seal(s.space, s.c.SigningKey(), counter, payload)
 		if err != nil {
 			return 0, err
 		}

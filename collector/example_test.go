@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/ferrysync/ferry/transport/collector"
+	"github.com/ferrysync/ferry/collector"
 )
 
 func Example() {

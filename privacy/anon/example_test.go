@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ferrysync/ferry/policy/anon"
+	"github.com/ferrysync/ferry/privacy/anon"
 )
 
 func Example() {

@@ -414,7 +414,7 @@ func (v *Verifier) save(ctx context.Context) error {
 // every bundle that failed verification and ErrMissing for gaps the relay
 // did not fill. An error from apply stops it (after Reset) and is returned
 // as is.
-func (v *Verifier) Receive(ctx context.Context, c *Client, wait time.Duration, apply func(Message) error) (int, error) {
+func (v *Verifier) Receive(ctx context.Context, c API, wait time.Duration, apply func(Message) error) (int, error) {
 	n := 0
 	var errs []error
 	settled := false

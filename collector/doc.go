@@ -1,5 +1,5 @@
 // Package collector carries one-way shares (anonymized batches, see
-// policy/anon) to outside destinations, and provides a small collector
+// privacy/anon) to outside destinations, and provides a small collector
 // server that receives them.
 //
 // A Destination takes a Batch: the purpose, the collection and fresh
