@@ -1,6 +1,10 @@
 package crdt
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/ferrysync/ferry/errkind"
+)
 
 // Sentinel errors. Every error returned by this package that falls into one
 // of these classes wraps the sentinel, so callers test with errors.Is.
@@ -10,16 +14,16 @@ var (
 	// that would not read back exactly (NaN, ±Inf, an empty map key,
 	// invalid UTF-8, a sub-millisecond or out-of-range time, a counter
 	// overflow), or JSON text DecodeJSON refuses.
-	ErrUnsupportedValue = errors.New("crdt: unsupported value")
+	ErrUnsupportedValue = errkind.New("crdt: unsupported value", errkind.Invalid)
 	// ErrNotFound: the path does not exist in the document.
 	ErrNotFound = errors.New("crdt: path not found")
 	// ErrBadPath: the path is malformed, empty where a field is needed,
 	// names the reserved metadata namespace, or crosses a value of the
 	// wrong kind (a key into a list, an index into a map, ...).
-	ErrBadPath = errors.New("crdt: bad path")
+	ErrBadPath = errkind.New("crdt: bad path", errkind.Invalid)
 	// ErrBadDocument: bytes from outside (a saved document, changes,
 	// heads) could not be loaded.
-	ErrBadDocument = errors.New("crdt: bad document")
+	ErrBadDocument = errkind.New("crdt: bad document", errkind.Corrupt)
 	// ErrClockSkew: a remote hybrid-logical-clock timestamp is further
 	// ahead of local physical time than Clock.MaxDrift allows.
 	ErrClockSkew = errors.New("crdt: remote clock too far ahead")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/internal/names"
 )
 
@@ -37,7 +38,7 @@ const (
 const DefaultDeadline = 24 * time.Hour
 
 // ErrBadPolicy reports an invalid policy file or rule.
-var ErrBadPolicy = errors.New("policy: bad policy")
+var ErrBadPolicy = errkind.New("policy: bad policy", errkind.Invalid)
 
 // ErrStale: the queued conflict was superseded by a newer write to its
 // field; deciding it now would overwrite that write, so it was closed

@@ -3,6 +3,8 @@ package relay
 import (
 	"errors"
 	"fmt"
+
+	"github.com/ferrysync/ferry/errkind"
 )
 
 // Sentinel errors. Every error the package returns wraps at most one of
@@ -11,37 +13,37 @@ var (
 	// ErrTampered: a bundle failed verification (signature, AEAD, format,
 	// size bucket) or an envelope's sender disagrees with its bundle. The
 	// payload is never yielded. The error names the relay URL.
-	ErrTampered = errors.New("relay: bundle tampered")
+	ErrTampered = errkind.New("relay: bundle tampered", errkind.Corrupt)
 	// ErrMissing: a sender's counters have a gap that the relay did not
 	// fill although it claims to have nothing more (a dropped bundle), or
 	// the reorder buffer overflowed.
-	ErrMissing = errors.New("relay: bundles missing")
+	ErrMissing = errkind.New("relay: bundles missing", errkind.Corrupt)
 	// ErrQuota: the relay refused to store a bundle or space because a
 	// quota is full or the body is too large (HTTP 507 or 413). Nothing was
 	// stored; keep the data and retry after members have acknowledged.
-	ErrQuota = errors.New("relay: quota exceeded")
+	ErrQuota = errkind.New("relay: quota exceeded", errkind.Forbidden)
 	// ErrAuth: the relay refused the request's authentication (HTTP 401:
 	// bad signature, stale timestamp, replayed nonce, malformed headers).
-	ErrAuth = errors.New("relay: authentication refused")
+	ErrAuth = errkind.New("relay: authentication refused", errkind.Forbidden)
 	// ErrNotMember: the key is not a current member of the space, or the
 	// space does not exist (HTTP 403; the relay does not tell them apart).
-	ErrNotMember = errors.New("relay: not a member of the space")
+	ErrNotMember = errkind.New("relay: not a member of the space", errkind.Forbidden)
 	// ErrConflict: the space already exists, a membership update is not
 	// the next version, or a bundle counter is out of order or reused
 	// (HTTP 409). See CounterError.
 	ErrConflict = errors.New("relay: conflict")
 	// ErrProtocol: a malformed request or response (HTTP 400, or a reply
 	// from the relay that does not decode).
-	ErrProtocol = errors.New("relay: protocol error")
+	ErrProtocol = errkind.New("relay: protocol error", errkind.Protocol)
 	// ErrUnavailable: the relay kept failing (network errors or HTTP 5xx)
 	// after every retry.
-	ErrUnavailable = errors.New("relay: unavailable")
+	ErrUnavailable = errkind.New("relay: unavailable", errkind.Unavailable)
 	// ErrInvalid: a bad argument (wrong key size, payload too large, a
 	// Space whose ID does not match its key, a counter of 0).
-	ErrInvalid = errors.New("relay: invalid argument")
+	ErrInvalid = errkind.New("relay: invalid argument", errkind.Invalid)
 	// ErrInvitation: an invitation could not be opened (not for this
 	// identity, corrupted, or not an invitation).
-	ErrInvitation = errors.New("relay: invalid invitation")
+	ErrInvitation = errkind.New("relay: invalid invitation", errkind.Corrupt)
 )
 
 // CounterError is a push refused because of the bundle's counter: the

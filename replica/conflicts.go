@@ -8,18 +8,19 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
 )
 
 // ErrNoConflict: no open conflict has that id (none ever did, or it was
 // decided already).
-var ErrNoConflict = errors.New("replica: no such open conflict")
+var ErrNoConflict = errkind.New("replica: no such open conflict", errkind.NotFound)
 
 // ErrConflictStale: the conflict was closed because a newer write changed
 // its field after it arose; deciding it would overwrite that write, so the
 // decision is refused. The record shows the newer write (Get).
-var ErrConflictStale = errors.New("replica: conflict superseded by a newer write")
+var ErrConflictStale = errkind.New("replica: conflict superseded by a newer write", errkind.Forbidden)
 
 // Conflicts lists the conflicts waiting for the user, with every candidate
 // and its origin, ordered by deadline. Only what stands now is listed: a

@@ -6,13 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"filippo.io/age"
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/relay"
@@ -29,7 +29,7 @@ import (
 const nsSpaces = "spaces" // space id -> spaceRecord
 
 // ErrUnknownSpace: this replica is not a member of that space.
-var ErrUnknownSpace = errors.New("replica: no such space")
+var ErrUnknownSpace = errkind.New("replica: no such space", errkind.NotFound)
 
 // spaceRecord is what a replica keeps about a space it belongs to.
 type spaceRecord struct {

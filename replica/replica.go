@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/relay"
@@ -25,12 +26,12 @@ import (
 // with storage.ErrWrongKey and the others.
 var (
 	// ErrNotFound: no such record (or it was deleted).
-	ErrNotFound = errors.New("replica: not found")
+	ErrNotFound = errkind.New("replica: not found", errkind.NotFound)
 	// ErrClosed: the replica was closed.
 	ErrClosed = errors.New("replica: closed")
 	// ErrInvalid: a bad argument (a collection name or record id outside
 	// the rule of docs/replica.md, bad options).
-	ErrInvalid = errors.New("replica: invalid argument")
+	ErrInvalid = errkind.New("replica: invalid argument", errkind.Invalid)
 )
 
 // Slot namespaces this package keeps in the store.

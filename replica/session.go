@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -14,21 +15,21 @@ import (
 var (
 	// ErrPolicyMismatch: the peers' conflict policy sets differ, so they
 	// would not decide conflicts alike; the session is refused.
-	ErrPolicyMismatch = errors.New("replica: policy sets differ")
+	ErrPolicyMismatch = errkind.New("replica: policy sets differ", errkind.Forbidden)
 	// ErrVersionMismatch: the peer speaks another protocol version.
-	ErrVersionMismatch = errors.New("replica: protocol version differs")
+	ErrVersionMismatch = errkind.New("replica: protocol version differs", errkind.Protocol)
 	// ErrIdentityMismatch: the peer's hello names another identity than the
 	// one its transport authenticated.
-	ErrIdentityMismatch = errors.New("replica: peer identity mismatch")
+	ErrIdentityMismatch = errkind.New("replica: peer identity mismatch", errkind.Protocol)
 	// ErrPeerError: the peer ended the session with an error message.
 	ErrPeerError = errors.New("replica: peer reported an error")
 	// ErrNoConsent: the peer holds no live grant to sync with this replica.
-	ErrNoConsent = errors.New("replica: no consent for this peer")
+	ErrNoConsent = errkind.New("replica: no consent for this peer", errkind.Forbidden)
 	// ErrDisconnected: the connection ended before the session did: the
 	// peer went away (closed or reset the connection, its process died),
 	// the network failed, or the transport timed out. The transport's own
 	// error (io.EOF, a net.Error, transport.ErrCut...) is wrapped too.
-	ErrDisconnected = errors.New("replica: connection to the peer lost")
+	ErrDisconnected = errkind.New("replica: connection to the peer lost", errkind.Unavailable)
 )
 
 // lostConn classifies a transport failure during a session as

@@ -3,11 +3,11 @@ package replica
 import (
 	"bytes"
 	"compress/flate"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
 
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/fxamacker/cbor/v2"
 )
@@ -28,7 +28,7 @@ const (
 
 // ErrProtocol reports a peer message that is malformed, out of bounds, or
 // out of order. The session that received it ends; nothing is applied.
-var ErrProtocol = errors.New("replica: protocol violation")
+var ErrProtocol = errkind.New("replica: protocol violation", errkind.Protocol)
 
 // msgType tags each wire message.
 type msgType uint8

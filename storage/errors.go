@@ -11,37 +11,56 @@ import (
 
 // Sentinel errors. Every error returned by this package that has one of these
 // causes wraps it, so errors.Is works; the wrapping adds short context only.
+// Each but ErrClosed also belongs to a kind of package errkind
+// (errors.Is(ErrNoStore, errkind.NotFound)), by duck typing (kindError):
+// storage imports nothing from the rest of ferry.
 var (
 	// ErrWrongKey: the passphrase or raw key does not unlock the store, or
 	// the passphrase or identities given to Import do not open the backup.
 	// (age cannot tell a wrong backup passphrase from a damaged passphrase
 	// stanza in the backup's header: that damage is reported as this too.)
-	ErrWrongKey = errors.New("storage: wrong passphrase or key")
+	ErrWrongKey = kinded("storage: wrong passphrase or key", "wrong key")
 	// ErrCorrupt: a stored value or file failed authentication or decoding.
 	// It deliberately says nothing about which byte or which check failed.
-	ErrCorrupt = errors.New("storage: corrupt or tampered data")
+	ErrCorrupt = kinded("storage: corrupt or tampered data", "corrupt")
 	// ErrNotFound: no such record, slot or log.
-	ErrNotFound = errors.New("storage: not found")
+	ErrNotFound = kinded("storage: not found", "not found")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("storage: store closed")
 	// ErrLocked: the directory is open in another process (or another Store).
-	ErrLocked = errors.New("storage: store is locked by another process")
+	ErrLocked = kinded("storage: store is locked by another process", "forbidden")
 	// ErrExists: Create found an existing store in the directory.
-	ErrExists = errors.New("storage: store already exists")
+	ErrExists = kinded("storage: store already exists", "forbidden")
 	// ErrNoStore: Open found no store in the directory.
-	ErrNoStore = errors.New("storage: no store in directory")
+	ErrNoStore = kinded("storage: no store in directory", "not found")
 	// ErrBadBackup: a backup is truncated or tampered with (a wrong
 	// passphrase or identity is ErrWrongKey). Nothing was written to the store.
-	ErrBadBackup = errors.New("storage: bad backup")
+	ErrBadBackup = kinded("storage: bad backup", "corrupt")
 
 	// ErrInvalid: the caller passed invalid arguments (empty or oversized
 	// names, a batch too big for one transaction, inconsistent options).
-	ErrInvalid = errors.New("storage: invalid argument")
+	ErrInvalid = kinded("storage: invalid argument", "invalid")
 	// ErrNoSpace: the file system holding the store has too little free
 	// space for Badger to write safely (see docs/storage.md, "Disk space").
 	// Nothing acknowledged is lost; free space and retry.
-	ErrNoSpace = errors.New("storage: no space left on device")
+	ErrNoSpace = kinded("storage: no space left on device", "no space")
 )
+
+// kindError is a sentinel of a kind of package errkind, named by the
+// kind's name (errkind.Kind.KindName) so that storage need not import
+// errkind: errkind.Of reads ErrorKind, and errors.Is(err, errkind.NotFound)
+// holds through Is, which matches kinds only (another sentinel of the same
+// kind is a different error).
+type kindError struct{ msg, kind string }
+
+func kinded(msg, kind string) error { return &kindError{msg: msg, kind: kind} }
+
+func (e *kindError) Error() string     { return e.msg }
+func (e *kindError) ErrorKind() string { return e.kind }
+func (e *kindError) Is(target error) bool {
+	k, ok := target.(interface{ KindName() string })
+	return ok && k.KindName() == e.kind
+}
 
 // errRetry restarts a transaction whose snapshot predates a key-state change.
 var errRetry = errors.New("storage: retry transaction")

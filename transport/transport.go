@@ -3,10 +3,11 @@ package transport
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
+
+	"github.com/ferrysync/ferry/errkind"
 )
 
 // DefaultMaxFrame is the largest frame a connection accepts unless configured
@@ -62,23 +63,23 @@ type Dialer interface {
 var (
 	// ErrFrameTooLarge: a frame, or a length prefix read from the wire,
 	// exceeds the maximum frame size.
-	ErrFrameTooLarge = errors.New("transport: frame too large")
+	ErrFrameTooLarge = errkind.New("transport: frame too large", errkind.Protocol)
 	// ErrClosed: the connection or listener was closed (locally, or by the
 	// peer when returned from Send, or by the peer during Dial's handshake).
-	ErrClosed = errors.New("transport: closed")
+	ErrClosed = errkind.New("transport: closed", errkind.Unavailable)
 	// ErrUnknownPeer: an identity is not pinned. On the dialing side it means
 	// either side refused the other's identity during the handshake.
-	ErrUnknownPeer = errors.New("transport: unknown peer")
+	ErrUnknownPeer = errkind.New("transport: unknown peer", errkind.Forbidden)
 	// ErrRefused: the connection was refused (nothing listens there, a
 	// partition, or an injected refusal).
-	ErrRefused = errors.New("transport: connection refused")
+	ErrRefused = errkind.New("transport: connection refused", errkind.Unavailable)
 	// ErrCut: the in-memory transport cut the connection (fault injection or
 	// a partition).
-	ErrCut = errors.New("transport: connection cut")
+	ErrCut = errkind.New("transport: connection cut", errkind.Unavailable)
 	// ErrNotFerry: the peer does not speak this transport's protocol (not
 	// TLS 1.3, not the ferry ALPN protocol, or no acceptance frame): another
 	// service, or an incompatible ferry.
-	ErrNotFerry = errors.New("transport: the peer does not speak ferry's protocol")
+	ErrNotFerry = errkind.New("transport: the peer does not speak ferry's protocol", errkind.Protocol)
 )
 
 // Stats counts the frames and payload bytes (length prefixes and TLS overhead

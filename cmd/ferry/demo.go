@@ -25,33 +25,43 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
-func init() {
-	register(&command{name: "demo", args: "[--keep]",
-		summary: "run the whole story on temporary stores: offline edits, conflicts, TLS sync, a user decision, backup and restore, an anonymized share",
-		example: "ferry demo",
-		flags:   func(fs *flag.FlagSet) { fs.Bool("keep", false, "keep the temporary directory and print its path") },
-		run: func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
-			if err := needArgs(args, 0); err != nil {
-				return err
-			}
-			dir, err := os.MkdirTemp("", "ferry-demo-")
-			if err != nil {
-				return err
-			}
-			if flagBool(fs, "keep") {
-				fmt.Fprintf(e.stdout, "(keeping %s)\n", dir)
-			} else {
-				defer os.RemoveAll(dir)
-			}
-			d := &demo{e: e, dir: dir}
-			err = d.run(ctx)
-			if err != nil {
-				fmt.Fprintf(e.stdout, "\nFAILED at step %d: %v\n", d.step, err)
-				return fmt.Errorf("demo failed: %w", err)
-			}
-			fmt.Fprintf(e.stdout, "\nAll %d steps did what they said.\n", d.step)
-			return nil
-		}})
+var demoCmd = &command{name: "demo", args: "[--keep]",
+	summary: "run the whole story on temporary stores: offline edits, conflicts, TLS sync, a user decision, backup and restore, an anonymized share",
+	example: "ferry demo",
+	new: func(e *env, fs *flag.FlagSet) runner {
+		c := &demoCommand{env: e}
+		fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory and print its path")
+		return c
+	}}
+
+// demoCommand is `ferry demo`.
+type demoCommand struct {
+	*env
+	keep bool // keep the temporary directory
+}
+
+func (c *demoCommand) Run(ctx context.Context, args []string) error {
+	e := c.env
+	if err := needArgs(args, 0); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "ferry-demo-")
+	if err != nil {
+		return err
+	}
+	if c.keep {
+		fmt.Fprintf(e.stdout, "(keeping %s)\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	d := &demo{e: e, dir: dir}
+	err = d.run(ctx)
+	if err != nil {
+		fmt.Fprintf(e.stdout, "\nFAILED at step %d: %v\n", d.step, err)
+		return fmt.Errorf("demo failed: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "\nAll %d steps did what they said.\n", d.step)
+	return nil
 }
 
 type demo struct {

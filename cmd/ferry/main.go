@@ -20,13 +20,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/privacy/consent"
-	"github.com/ferrysync/ferry/relay"
-	"github.com/ferrysync/ferry/replica"
-	"github.com/ferrysync/ferry/storage"
-	"github.com/ferrysync/ferry/transport"
+	"github.com/ferrysync/ferry/errkind"
 )
 
 // Exit codes, one per error class, so scripts can tell them apart. The
@@ -78,44 +72,46 @@ func inputf(format string, args ...any) error {
 	return usageError{msg: fmt.Sprintf(format, args...), input: true}
 }
 
-// exitCode maps an error to its exit code. The cases are tried in order:
-// an error that wraps several sentinels (a peer's refusal wraps the
-// refusal's own class) takes the first.
+// exitKinds maps error kinds to exit codes. Every package's sentinels
+// carry their kind (package errkind), so a new sentinel needs no change
+// here; a row's also names the outside errors (the standard library's, the
+// CLI's own) of its class. The rows are tried in order: an error that wraps
+// several kinds (a peer's refusal wraps the refusal's own class) takes the
+// first.
+var exitKinds = []struct {
+	kind error
+	code int
+	also func(error) bool // outside errors of the same class
+}{
+	{errkind.NoSpace, exitNoSpace, nil},
+	{errkind.Invalid, exitUsage, func(err error) bool {
+		var ue usageError
+		return errors.As(err, &ue) || errors.Is(err, flag.ErrHelp) ||
+			errors.Is(err, syscall.EISDIR) || // a directory named where a file is wanted
+			isBadAddress(err)
+	}},
+	{errkind.WrongKey, exitWrongKey, isNoIdentityMatch},
+	{errkind.NotFound, exitNotFound, func(err error) bool {
+		return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+	}},
+	{errkind.Corrupt, exitCorrupt, nil},
+	{errkind.Forbidden, exitForbidden, nil},
+	{errkind.Protocol, exitProtocol, nil},
+	{errkind.Unavailable, exitNetwork, func(err error) bool {
+		return errors.Is(err, context.DeadlineExceeded) || isNetErr(err)
+	}},
+}
+
+// exitCode maps an error to its exit code (exitKinds), exitError for an
+// error of no kind.
 func exitCode(err error) int {
-	var ue usageError
-	switch {
-	case err == nil:
+	if err == nil {
 		return exitOK
-	case errors.Is(err, storage.ErrNoSpace):
-		return exitNoSpace
-	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp), errors.Is(err, replica.ErrInvalid),
-		errors.Is(err, storage.ErrInvalid), errors.Is(err, relay.ErrInvalid),
-		errors.Is(err, crdt.ErrBadPath), errors.Is(err, crdt.ErrUnsupportedValue), errors.Is(err, policy.ErrBadPolicy),
-		errors.Is(err, consent.ErrInvalid), errors.Is(err, consent.ErrUnknownPurpose),
-		errors.Is(err, syscall.EISDIR), // a directory named where a file is wanted
-		isBadAddress(err):
-		return exitUsage
-	case errors.Is(err, storage.ErrWrongKey), isNoIdentityMatch(err):
-		return exitWrongKey
-	case errors.Is(err, replica.ErrNotFound), errors.Is(err, storage.ErrNotFound), errors.Is(err, storage.ErrNoStore),
-		errors.Is(err, replica.ErrNoConflict), errors.Is(err, consent.ErrNoGrant), errors.Is(err, os.ErrNotExist),
-		errors.Is(err, replica.ErrUnknownSpace), errors.Is(err, syscall.ENOTDIR):
-		return exitNotFound
-	case errors.Is(err, storage.ErrCorrupt), errors.Is(err, storage.ErrBadBackup), errors.Is(err, consent.ErrTampered),
-		errors.Is(err, crdt.ErrBadDocument), errors.Is(err, relay.ErrTampered), errors.Is(err, relay.ErrMissing), errors.Is(err, relay.ErrInvitation):
-		return exitCorrupt
-	case errors.Is(err, replica.ErrNoConsent), errors.Is(err, replica.ErrPolicyMismatch), errors.Is(err, transport.ErrUnknownPeer),
-		errors.Is(err, storage.ErrLocked), errors.Is(err, storage.ErrExists), errors.Is(err, consent.ErrDeclined),
-		errors.Is(err, relay.ErrAuth), errors.Is(err, relay.ErrNotMember), errors.Is(err, relay.ErrQuota),
-		errors.Is(err, replica.ErrConflictStale):
-		return exitForbidden
-	case errors.Is(err, replica.ErrProtocol), errors.Is(err, replica.ErrVersionMismatch), errors.Is(err, replica.ErrIdentityMismatch),
-		errors.Is(err, relay.ErrProtocol), errors.Is(err, transport.ErrFrameTooLarge), errors.Is(err, transport.ErrNotFerry):
-		return exitProtocol
-	case errors.Is(err, replica.ErrDisconnected), errors.Is(err, transport.ErrRefused), errors.Is(err, transport.ErrCut),
-		errors.Is(err, transport.ErrClosed), errors.Is(err, context.DeadlineExceeded), errors.Is(err, relay.ErrUnavailable),
-		isNetErr(err):
-		return exitNetwork
+	}
+	for _, k := range exitKinds {
+		if errors.Is(err, k.kind) || (k.also != nil && k.also(err)) {
+			return k.code
+		}
 	}
 	return exitError
 }
@@ -133,18 +129,44 @@ type env struct {
 	progress bool
 }
 
+// A command is one `ferry COMMAND`: its help text, and new, which makes the
+// command's typed struct with its flags bound to fs. Each command (or
+// group of subcommands) lives in its own file with its struct and its Run
+// method beside this text.
 type command struct {
 	name    string
 	args    string // synopsis of the arguments
 	summary string
 	example string
-	run     func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error
-	flags   func(fs *flag.FlagSet)
+	new     func(e *env, fs *flag.FlagSet) runner
 }
 
+// runner is a command whose flags are parsed into its fields; Run gets the
+// positional arguments.
+type runner interface {
+	Run(ctx context.Context, args []string) error
+}
+
+// commands is every command by name.
 var commands = map[string]*command{}
 
-func register(c *command) { commands[c.name] = c }
+func init() {
+	for _, c := range []*command{
+		initCmd, idCmd, passwdCmd, rotateKeyCmd, // store.go
+		putCmd, getCmd, delCmd, listCmd, docCmd, // record.go
+		trustCmd, untrustCmd, // trust.go
+		consentCmd,                   // consent.go
+		serveCmd, syncCmd, statusCmd, // sync.go
+		conflictsCmd, resolveCmd, // conflicts.go
+		policyCmd,            // policy.go
+		exportCmd, importCmd, // backup.go
+		relayCmd, spaceCmd, // relay.go, space.go
+		shareCmd, // share.go
+		demoCmd,  // demo.go
+	} {
+		commands[c.name] = c
+	}
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -185,7 +207,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(rest) == 0 || rest[0] == "help" || rest[0] == "--help" || rest[0] == "-h" {
 		if len(rest) > 1 {
 			if c := commands[rest[1]]; c != nil {
-				printCommandHelp(stdout, c, newFlagSet(c))
+				fs, _ := newFlagSet(c, e)
+				printCommandHelp(stdout, c, fs)
 				return exitOK
 			}
 			fmt.Fprintf(stderr, "ferry: unknown command %q (see 'ferry help')\n", rest[1])
@@ -204,14 +227,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "ferry: unknown command %q (see 'ferry help')\n", rest[0])
 		return exitUsage
 	}
-	fs := newFlagSet(c)
+	fs, cmd := newFlagSet(c, e)
 	positional, err := parseInterleaved(fs, rest[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		printCommandHelp(stdout, c, fs)
 		return exitOK
 	}
 	if err == nil {
-		err = c.run(ctx, e, fs, positional)
+		err = cmd.Run(ctx, positional)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry %s: %s\n", c.name, oneLine(err))
@@ -226,13 +249,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return exitOK
 }
 
-func newFlagSet(c *command) *flag.FlagSet {
+// newFlagSet makes c's command struct with its flags bound to a new flag set.
+func newFlagSet(c *command, e *env) (*flag.FlagSet, runner) {
 	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	if c.flags != nil {
-		c.flags(fs)
-	}
-	return fs
+	return fs, c.new(e, fs)
 }
 
 // parseInterleaved parses flags that may come before, between or after
@@ -298,16 +319,4 @@ func printCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
 	if c.example != "" {
 		fmt.Fprintf(w, "\nexample:\n  %s\n", strings.ReplaceAll(c.example, "\n", "\n  "))
 	}
-}
-
-// policySet reads the store's policy file, or the default set.
-func policySet(dir string) (*policy.Set, error) {
-	set, err := policy.LoadFile(policyPath(dir))
-	if errors.Is(err, os.ErrNotExist) {
-		return policy.NewSet(policy.Rule{Policy: policy.Timestamp}), nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", policyPath(dir), err)
-	}
-	return set, nil
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -14,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrysync/ferry/errkind"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/fxamacker/cbor/v2"
 )
@@ -30,15 +30,15 @@ const (
 var (
 	// ErrTampered: the ledger's chain is broken (an entry altered, removed
 	// or reordered, or the tail cut off).
-	ErrTampered = errors.New("consent: ledger tampered")
+	ErrTampered = errkind.New("consent: ledger tampered", errkind.Corrupt)
 	// ErrUnknownPurpose: the purpose is not in the declared vocabulary.
-	ErrUnknownPurpose = errors.New("consent: unknown purpose")
+	ErrUnknownPurpose = errkind.New("consent: unknown purpose", errkind.Invalid)
 	// ErrNoGrant: no live grant covers the share.
-	ErrNoGrant = errors.New("consent: no live grant")
+	ErrNoGrant = errkind.New("consent: no live grant", errkind.NotFound)
 	// ErrInvalid: a malformed grant or request.
-	ErrInvalid = errors.New("consent: invalid")
+	ErrInvalid = errkind.New("consent: invalid", errkind.Invalid)
 	// ErrDeclined: the user said no.
-	ErrDeclined = errors.New("consent: declined")
+	ErrDeclined = errkind.New("consent: declined", errkind.Forbidden)
 )
 
 // Grant is the user's permission to share one collection (all of it, or
