@@ -1,0 +1,343 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// The read side of records: loading a record's metadata and chunks inside a
+// transaction, and Load, Meta, List, Collections and Feed.
+
+// recState is a record's state inside one transaction.
+type recState struct {
+	m        metaRec
+	exists   bool   // a meta exists (committed or pending) in the write epoch
+	feedLive bool   // a feed entry for feedSeq exists in the write epoch
+	feedSeq  uint64 // seq of the live feed entry
+	rid      []byte // blinded id in the write epoch
+	mk       []byte // meta key in the write epoch
+}
+
+// readMeta opens and verifies the meta at mk under ek: the envelope, the
+// names, and the binding to its feed entry (which detects a rolled-back
+// meta). It returns nil, nil if mk is absent.
+func readMeta(txn *badger.Txn, ek *epochKeys, mk []byte, coll, id string) (*metaRec, [nonceSize]byte, error) {
+	var nonce [nonceSize]byte
+	raw, ok, err := getValue(txn, mk)
+	if err != nil || !ok {
+		return nil, nonce, err
+	}
+	m, nonce, err := openMeta(ek, mk, raw)
+	if err != nil {
+		return nil, nonce, err
+	}
+	if m.coll != coll || m.id != id {
+		return nil, nonce, corruptf("record meta")
+	}
+	if err := verifyFeedLink(txn, ek, m, nonce); err != nil {
+		return nil, nonce, err
+	}
+	return m, nonce, nil
+}
+
+func openMeta(ek *epochKeys, mk, raw []byte) (*metaRec, [nonceSize]byte, error) {
+	pt, nonce, err := ek.open(nil, kindMeta, mk, raw)
+	if err != nil {
+		return nil, nonce, corruptf("record meta")
+	}
+	m, err := decodeMeta(pt)
+	if err != nil {
+		return nil, nonce, corruptf("record meta")
+	}
+	return m, nonce, nil
+}
+
+func verifyFeedLink(txn *badger.Txn, ek *epochKeys, m *metaRec, nonce [nonceSize]byte) error {
+	fk := seqKey(ek.epoch, kindFeed, m.seq)
+	raw, ok, err := getValue(txn, fk)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return corruptf("record meta (stale)")
+	}
+	pt, _, err := ek.open(nil, kindFeed, fk, raw)
+	if err != nil {
+		return corruptf("feed entry")
+	}
+	c, id, n, err := decodeFeed(pt)
+	if err != nil || c != m.coll || id != m.id || n != nonce {
+		return corruptf("record meta (stale)")
+	}
+	return nil
+}
+
+// readChunks appends the record's data to dst: the inline snapshot, then
+// the chunks listed in m, each checked against the nonce and size pinned in
+// the meta.
+func readChunks(txn *badger.Txn, ek *epochKeys, rid []byte, m *metaRec, dst []byte) ([]byte, error) {
+	dst = append(dst, m.inline...)
+	for _, c := range m.chunks {
+		ck := chunkKey(ek.epoch, rid, c.n)
+		item, err := txn.Get(ck)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil, corruptf("record chunk (missing)")
+		}
+		if err != nil {
+			return nil, err
+		}
+		start := len(dst)
+		err = item.Value(func(v []byte) error {
+			var n [nonceSize]byte
+			var oerr error
+			dst, n, oerr = ek.open(dst, kindChunk, ck, v)
+			if oerr != nil || n != c.nonce {
+				return corruptf("record chunk")
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(dst)-start != int(c.size) {
+			return nil, corruptf("record chunk")
+		}
+	}
+	return dst, nil
+}
+
+// findRecord locates and verifies a record's meta in the read epochs.
+func findRecord(txn *badger.Txn, st *keyState, coll, id string) (*epochKeys, []byte, *metaRec, error) {
+	for _, ek := range st.reads() {
+		rid := ek.recID(coll, id)
+		m, _, err := readMeta(txn, ek, ek.metaKey(coll, rid), coll, id)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if m != nil {
+			return ek, rid, m, nil
+		}
+	}
+	return nil, nil, nil, ErrNotFound
+}
+
+// Load returns the record's Automerge bytes (the snapshot followed by the
+// incremental chunks; automerge.Load accepts the concatenation) and its meta.
+// A deleted record is returned with Deleted set.
+func (s *Store) Load(ctx context.Context, collection, id string) ([]byte, RecordMeta, error) {
+	if err := checkNames(collection, id); err != nil {
+		return nil, RecordMeta{}, err
+	}
+	var data []byte
+	var meta RecordMeta
+	err := s.view(ctx, "load", func(txn *badger.Txn, st *keyState) error {
+		ek, rid, m, err := findRecord(txn, st, collection, id)
+		if err != nil {
+			return err
+		}
+		total := len(m.inline)
+		for _, c := range m.chunks {
+			total += int(c.size)
+		}
+		data, err = readChunks(txn, ek, rid, m, make([]byte, 0, total))
+		meta = m.toMeta()
+		return err
+	})
+	if err != nil {
+		return nil, RecordMeta{}, err
+	}
+	return data, meta, nil
+}
+
+func checkNames(coll, id string) error {
+	if err := checkName("collection", coll); err != nil {
+		return err
+	}
+	return checkName("id", id)
+}
+
+// Meta returns a record's meta without reading its chunks.
+func (s *Store) Meta(ctx context.Context, collection, id string) (RecordMeta, error) {
+	if err := checkNames(collection, id); err != nil {
+		return RecordMeta{}, err
+	}
+	var meta RecordMeta
+	err := s.view(ctx, "meta", func(txn *badger.Txn, st *keyState) error {
+		_, _, m, err := findRecord(txn, st, collection, id)
+		if err == nil {
+			meta = m.toMeta()
+		}
+		return err
+	})
+	return meta, err
+}
+
+const ctxCheckEvery = 256
+
+// List calls fn for every record of the collection, in unspecified order,
+// from one consistent snapshot. It decrypts only metas. fn returning an error
+// stops the iteration and List returns that error.
+func (s *Store) List(ctx context.Context, collection string, fn func(RecordMeta) error) error {
+	if err := checkName("collection", collection); err != nil {
+		return err
+	}
+	return s.view(ctx, "list", func(txn *badger.Txn, st *keyState) error {
+		n := 0
+		for _, ek := range st.reads() {
+			prefix := ek.metaPrefix(collection)
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+				if n++; n%ctxCheckEvery == 0 {
+					if err := s.alive(ctx); err != nil {
+						it.Close()
+						return err
+					}
+				}
+				item := it.Item()
+				mk := item.KeyCopy(nil)
+				raw, err := item.ValueCopy(nil)
+				if err != nil {
+					it.Close()
+					return err
+				}
+				m, _, err := openMeta(ek, mk, raw)
+				if err != nil || m.coll != collection || !bytes.Equal(mk, ek.metaKey(m.coll, ek.recID(m.coll, m.id))) {
+					it.Close()
+					return corruptf("record meta")
+				}
+				ok, err := exists(txn, seqKey(ek.epoch, kindFeed, m.seq))
+				if err != nil || !ok {
+					it.Close()
+					if err != nil {
+						return err
+					}
+					return corruptf("record meta (stale)")
+				}
+				if err := fn(m.toMeta()); err != nil {
+					it.Close()
+					return userErr{err}
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+}
+
+// userErr carries a callback's error through mapBadgerErr untouched.
+type userErr struct{ err error }
+
+func (u userErr) Error() string { return u.err.Error() }
+func (u userErr) Unwrap() error { return u.err }
+
+// Collections returns the names of all collections that ever held a record,
+// sorted.
+func (s *Store) Collections(ctx context.Context) ([]string, error) {
+	var names []string
+	err := s.view(ctx, "collections", func(txn *badger.Txn, st *keyState) error {
+		seen := map[string]bool{}
+		names = names[:0]
+		for _, ek := range st.reads() {
+			prefix := keyPrefix(nil, ek.epoch, kindColl)
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+				item := it.Item()
+				k := item.KeyCopy(nil)
+				raw, err := item.ValueCopy(nil)
+				if err != nil {
+					it.Close()
+					return err
+				}
+				pt, _, err := ek.open(nil, kindColl, k, raw)
+				var name string
+				if err == nil {
+					name, err = decodeName(pt)
+				}
+				if err != nil || !bytes.Equal(k, ek.collKey(name)) {
+					it.Close()
+					return corruptf("collection entry")
+				}
+				if !seen[name] {
+					seen[name] = true
+					names = append(names, name)
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// FeedEntry is one record's newest change in the change feed.
+type FeedEntry struct {
+	Seq            uint64
+	Collection, ID string
+}
+
+// Feed returns up to limit entries with Seq > afterSeq in ascending order
+// (limit <= 0: no limit). Each record appears once, at its newest change.
+func (s *Store) Feed(ctx context.Context, afterSeq uint64, limit int) ([]FeedEntry, error) {
+	var out []FeedEntry
+	err := s.view(ctx, "feed", func(txn *badger.Txn, st *keyState) error {
+		out = out[:0]
+		for _, ek := range st.reads() {
+			prefix := keyPrefix(nil, ek.epoch, kindFeed)
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+			got := 0
+			for it.Seek(seqKey(ek.epoch, kindFeed, afterSeq+1)); it.ValidForPrefix(prefix); it.Next() {
+				if limit > 0 && got >= limit {
+					break
+				}
+				if got++; got%ctxCheckEvery == 0 {
+					if err := s.alive(ctx); err != nil {
+						it.Close()
+						return err
+					}
+				}
+				item := it.Item()
+				k := item.KeyCopy(nil)
+				raw, err := item.ValueCopy(nil)
+				if err != nil {
+					it.Close()
+					return err
+				}
+				pt, _, err := ek.open(nil, kindFeed, k, raw)
+				var e FeedEntry
+				if err == nil {
+					e.Collection, e.ID, _, err = decodeFeed(pt)
+				}
+				if err != nil || len(k) != prefixLen+8 {
+					it.Close()
+					return corruptf("feed entry")
+				}
+				e.Seq = beU64(k[prefixLen:])
+				out = append(out, e)
+			}
+			it.Close()
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+		if limit > 0 && len(out) > limit {
+			out = out[:limit]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// LastSeq returns the newest change-feed sequence number (0 if none).
+func (s *Store) LastSeq() uint64 { return s.lastFeed.Load() }
+
+func unixNano(n int64) time.Time { return time.Unix(0, n).UTC() }

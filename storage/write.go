@@ -1,0 +1,321 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"slices"
+)
+
+// The write side of records: Write applies a Batch in one transaction
+// (metadata, chunks, feed entry, compaction, epoch moves).
+
+// Write applies the batch in one Badger transaction: every record's chunks,
+// meta and change-feed entry, and every slot write. It returns the new metas
+// in order.
+func (s *Store) Write(ctx context.Context, b Batch) ([]RecordMeta, error) {
+	for i := range b.Records {
+		if err := validateRecordWrite(&b.Records[i]); err != nil {
+			return nil, err
+		}
+	}
+	for i := range b.Slots {
+		if err := validateSlotWrite(&b.Slots[i]); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]RecordMeta, len(b.Records))
+	err := s.update(ctx, "write", func(w *wtx) error {
+		for i := range b.Records {
+			if err := w.writeRecord(&b.Records[i], &out[i]); err != nil {
+				return err
+			}
+		}
+		for i := range b.Slots {
+			if err := w.writeSlot(&b.Slots[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func validateRecordWrite(rw *RecordWrite) error {
+	if err := checkName("collection", rw.Collection); err != nil {
+		return err
+	}
+	if err := checkName("id", rw.ID); err != nil {
+		return err
+	}
+	if len(rw.Attrs) > maxAttrsLen {
+		return invalidf("attrs larger than %d bytes", maxAttrsLen)
+	}
+	if len(rw.Heads) > maxHeads {
+		return invalidf("more than %d heads", maxHeads)
+	}
+	for _, h := range rw.Heads {
+		if len(h) != HeadSize {
+			return invalidf("a head of %d bytes, want %d", len(h), HeadSize)
+		}
+	}
+	if len(rw.Changes) > maxValueLen {
+		return invalidf("changes larger than %d bytes", maxValueLen)
+	}
+	return nil
+}
+
+func (w *wtx) loadRecord(coll, id string) (*recState, error) {
+	we := w.st.write()
+	rid := we.recID(coll, id)
+	mk := we.metaKey(coll, rid)
+	if w.recs == nil {
+		w.recs = make(map[string]*recState)
+	}
+	if rs := w.recs[string(mk)]; rs != nil {
+		return rs, nil
+	}
+	rs := &recState{rid: rid, mk: mk}
+	m, _, err := readMeta(w.txn, we, mk, coll, id)
+	if err != nil {
+		return nil, err
+	}
+	if m != nil {
+		rs.m, rs.exists, rs.feedLive, rs.feedSeq = *m, true, true, m.seq
+	} else if old := w.st.old(); old != nil {
+		// Rotation in progress: move the record into the write epoch.
+		orid := old.recID(coll, id)
+		omk := old.metaKey(coll, orid)
+		om, _, err := readMeta(w.txn, old, omk, coll, id)
+		if err != nil {
+			return nil, err
+		}
+		if om != nil {
+			if err := w.moveRecord(old, orid, omk, om, we, rid); err != nil {
+				return nil, err
+			}
+			rs.m, rs.exists = *om, true
+		}
+	}
+	w.recs[string(mk)] = rs
+	return rs, nil
+}
+
+// moveRecord re-seals m's chunks from epoch `from` into `to` (updating the
+// nonces in m) and deletes the old chunks, meta and feed entry. The caller
+// writes the new meta and feed entry.
+func (w *wtx) moveRecord(from *epochKeys, orid, omk []byte, m *metaRec, to *epochKeys, rid []byte) error {
+	var buf []byte
+	for i := range m.chunks {
+		c := &m.chunks[i]
+		one := metaRec{chunks: []chunkRef{*c}}
+		var err error
+		buf, err = readChunks(w.txn, from, orid, &one, buf[:0])
+		if err != nil {
+			return err
+		}
+		ck := chunkKey(to.epoch, rid, c.n)
+		c.nonce = newNonce()
+		if err := w.set(ck, to.seal(make([]byte, 0, envOverhead+len(buf)), kindChunk, ck, c.nonce, buf)); err != nil {
+			return err
+		}
+		if err := w.del(chunkKey(from.epoch, orid, c.n)); err != nil {
+			return err
+		}
+	}
+	if err := w.del(omk); err != nil {
+		return err
+	}
+	return w.del(seqKey(from.epoch, kindFeed, m.seq))
+}
+
+func (w *wtx) putChunk(rs *recState, data []byte, snap bool) error {
+	if len(data) > maxValueLen {
+		return invalidf("chunk larger than %d bytes", maxValueLen)
+	}
+	if snap && len(data) <= inlineMax && len(rs.m.chunks) == 0 && rs.m.inline == nil {
+		rs.m.inline = slices.Clone(data)
+		return nil
+	}
+	if rs.m.nextChunk == ^uint32(0) || len(rs.m.chunks) >= maxChunks {
+		return invalidf("too many chunks")
+	}
+	we := w.st.write()
+	c := chunkRef{n: rs.m.nextChunk, snap: snap, size: uint32(len(data)), nonce: newNonce()}
+	rs.m.nextChunk++
+	ck := chunkKey(we.epoch, rs.rid, c.n)
+	if err := w.set(ck, we.seal(make([]byte, 0, envOverhead+len(data)), kindChunk, ck, c.nonce, data)); err != nil {
+		return err
+	}
+	rs.m.chunks = append(rs.m.chunks, c)
+	return nil
+}
+
+func (w *wtx) dropChunks(rs *recState) error {
+	we := w.st.write()
+	for _, c := range rs.m.chunks {
+		if err := w.del(chunkKey(we.epoch, rs.rid, c.n)); err != nil {
+			return err
+		}
+	}
+	rs.m.chunks = rs.m.chunks[:0]
+	rs.m.inline = nil
+	return nil
+}
+
+func callSnapshot(f func() ([]byte, error)) (b []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("snapshot callback panicked: %v", r)
+		}
+	}()
+	b, err = f()
+	if err != nil {
+		return nil, userErr{fmt.Errorf("snapshot: %w", err)} // passed through as is
+	}
+	if len(b) == 0 {
+		return nil, invalidf("snapshot returned no bytes")
+	}
+	return b, nil
+}
+
+func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
+	rs, err := w.loadRecord(rw.Collection, rw.ID)
+	if err != nil {
+		return err
+	}
+	if rw.ifSeq != nil {
+		cur := uint64(0)
+		if rs.exists {
+			cur = rs.feedSeq
+			if !rs.feedLive {
+				cur = rs.m.seq
+			}
+		}
+		if cur != *rw.ifSeq {
+			return errStale
+		}
+	}
+	t := rw.Time
+	if t.IsZero() {
+		t = w.s.now()
+	}
+	if !rs.exists {
+		var snap []byte
+		if rw.Snapshot != nil {
+			if snap, err = callSnapshot(rw.Snapshot); err != nil {
+				return err
+			}
+		} else {
+			if len(rw.Changes) == 0 {
+				return invalidf("first write of a record needs Changes or Snapshot")
+			}
+			snap = rw.Changes
+		}
+		created := t
+		if !rw.created.IsZero() {
+			created = rw.created
+		}
+		rs.m = metaRec{coll: rw.Collection, id: rw.ID, created: created.UnixNano()}
+		if err := w.putChunk(rs, snap, true); err != nil {
+			return err
+		}
+		rs.exists = true
+	} else {
+		if len(rw.Changes) > 0 {
+			if err := w.putChunk(rs, rw.Changes, false); err != nil {
+				return err
+			}
+		}
+		if snapSize, inc := rs.m.sizes(); inc > snapSize {
+			if err := w.compact(rs, rw.Snapshot); err != nil {
+				return err
+			}
+		}
+	}
+	rs.m.updated = t.UnixNano()
+	rs.m.deleted = rw.Deleted
+	rs.m.attrs = slices.Clone(rw.Attrs)
+	if rw.Heads != nil {
+		rs.m.heads = cloneHeads(rw.Heads)
+	}
+	if err := w.ensureColl(rw.Collection); err != nil {
+		return err
+	}
+	draft := rs.m.clone()
+	we := w.st.write()
+	w.late = append(w.late, func(alloc func() uint64) error {
+		seq := alloc()
+		if rs.feedLive {
+			if err := w.del(seqKey(we.epoch, kindFeed, rs.feedSeq)); err != nil {
+				return err
+			}
+		}
+		draft.seq = seq
+		nonce := newNonce()
+		pt := draft.encode()
+		if err := w.set(rs.mk, we.seal(make([]byte, 0, envOverhead+len(pt)), kindMeta, rs.mk, nonce, pt)); err != nil {
+			return err
+		}
+		fk := seqKey(we.epoch, kindFeed, seq)
+		fv, _ := we.sealNew(kindFeed, fk, encodeFeed(draft.coll, draft.id, nonce))
+		if err := w.set(fk, fv); err != nil {
+			return err
+		}
+		rs.feedLive, rs.feedSeq = true, seq
+		w.maxFeed = seq
+		*out = draft.toMeta()
+		return nil
+	})
+	return nil
+}
+
+// compact replaces the record's chunks with one snapshot from the caller's
+// Snapshot func; without one it leaves them.
+func (w *wtx) compact(rs *recState, snapFn func() ([]byte, error)) error {
+	var snap []byte
+	var err error
+	if snapFn != nil {
+		snap, err = callSnapshot(snapFn)
+	} else {
+		// Storage holds documents as opaque bytes: without the caller's
+		// snapshot the chunks stay as they are.
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := w.dropChunks(rs); err != nil {
+		return err
+	}
+	return w.putChunk(rs, snap, true)
+}
+
+func (w *wtx) ensureColl(coll string) error {
+	we := w.st.write()
+	ck := we.collKey(coll)
+	if _, ok := w.s.knownColl.Load(string(ck)); ok {
+		return nil
+	}
+	if w.colls == nil {
+		w.colls = make(map[string]bool)
+	}
+	if w.colls[string(ck)] {
+		return nil
+	}
+	w.colls[string(ck)] = true
+	ok, err := exists(w.txn, ck)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		v, _ := we.sealNew(kindColl, ck, encodeName(coll))
+		if err := w.set(ck, v); err != nil {
+			return err
+		}
+	}
+	w.onCommit = append(w.onCommit, func() { w.s.knownColl.Store(string(ck), struct{}{}) })
+	return nil
+}
