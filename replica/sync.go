@@ -262,6 +262,8 @@ func GrantExpiredMessage(g consent.Grant) string {
 
 func (h *host) lastSeq() uint64 { return h.r.store.LastSeq() }
 
+func (h *host) feedNotify() <-chan struct{} { return h.r.store.FeedNotify() }
+
 // startFor says where to start reading this replica's feed for peer,
 // given the peer's cursor. It rescans from the start when the peer's live
 // grants differ from those of the last completed session (a newly granted
