@@ -457,6 +457,14 @@ func (b *reconBuilder) cur(add int) *reconMsg {
 }
 
 func (b *reconBuilder) addRange(r reconRange) {
+	if n := len(b.msgs); n > 0 && r.Mode == rangeEmpty {
+		// Adjacent empty ranges merge into one.
+		m := b.msgs[n-1]
+		if k := len(m.Ranges); k > 0 && m.Ranges[k-1].Mode == rangeEmpty && m.Ranges[k-1].Hi == r.Lo {
+			m.Ranges[k-1].Hi = r.Hi
+			return
+		}
+	}
 	m := b.cur(16 + len(r.FP) + len(r.Items))
 	m.Ranges = append(m.Ranges, r)
 }
