@@ -146,4 +146,3 @@ func TestPropertyReconRevealsNothingUngranted(t *testing.T) {
 		}
 	})
 }
-
