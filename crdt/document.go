@@ -610,30 +610,12 @@ func (t *tx) mkMap(m *automerge.Map, key string, field []string, meta *WriteMeta
 
 // putNew writes n as a brand-new value at m[key] (creating objects).
 func putNew(m *automerge.Map, key string, n *node) error {
-	switch n.k {
-	case KindMap:
-		nm := automerge.NewMap()
-		if err := m.Set(key, nm); err != nil {
-			return err
-		}
-		for _, k := range sortedKeys(n.m) {
-			if err := putNew(nm, k, n.m[k]); err != nil {
-				return err
-			}
-		}
-		return nil
-	case KindList:
-		nl := automerge.NewList()
-		if err := m.Set(key, nl); err != nil {
-			return err
-		}
-		return appendNodes(nl, n.l)
-	case KindText:
-		return m.Set(key, automerge.NewText(n.s))
-	case KindCounter:
-		return m.Set(key, automerge.NewCounter(n.i))
-	}
-	return m.Set(key, n.amScalar())
+	return placeNew(func(v any) error { return m.Set(key, v) }, n)
+}
+
+// insertNode inserts n before idx in l.
+func insertNode(l *automerge.List, idx int, n *node) error {
+	return placeNew(func(v any) error { return l.Insert(idx, v) }, n)
 }
 
 func appendNodes(l *automerge.List, ns []*node) error {
@@ -645,12 +627,13 @@ func appendNodes(l *automerge.List, ns []*node) error {
 	return nil
 }
 
-// insertNode inserts n before idx in l.
-func insertNode(l *automerge.List, idx int, n *node) error {
+// placeNew writes n as a brand-new value with place (a map key's Set or a
+// list's Insert), then fills the map or list it created.
+func placeNew(place func(v any) error, n *node) error {
 	switch n.k {
 	case KindMap:
 		nm := automerge.NewMap()
-		if err := l.Insert(idx, nm); err != nil {
+		if err := place(nm); err != nil {
 			return err
 		}
 		for _, k := range sortedKeys(n.m) {
@@ -661,16 +644,16 @@ func insertNode(l *automerge.List, idx int, n *node) error {
 		return nil
 	case KindList:
 		nl := automerge.NewList()
-		if err := l.Insert(idx, nl); err != nil {
+		if err := place(nl); err != nil {
 			return err
 		}
 		return appendNodes(nl, n.l)
 	case KindText:
-		return l.Insert(idx, automerge.NewText(n.s))
+		return place(automerge.NewText(n.s))
 	case KindCounter:
-		return l.Insert(idx, automerge.NewCounter(n.i))
+		return place(automerge.NewCounter(n.i))
 	}
-	return l.Insert(idx, n.amScalar())
+	return place(n.amScalar())
 }
 
 // setListElem overwrites l[idx] with n.
