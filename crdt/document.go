@@ -920,15 +920,9 @@ func (d *Doc) Increment(path any, delta int64) error {
 // ListInsert inserts values before index idx of the list at path (idx ==
 // length appends).
 func (d *Doc) ListInsert(path any, idx int, values ...any) error {
-	p, err := writePath(path)
+	p, ns, err := listArgs(path, values)
 	if err != nil {
 		return err
-	}
-	ns := make([]*node, len(values))
-	for i, v := range values {
-		if ns[i], err = fromGo(v); err != nil {
-			return err
-		}
 	}
 	return d.editObject(p, automerge.KindList, func(v *automerge.Value) error {
 		l := v.List()
@@ -946,19 +940,28 @@ func (d *Doc) ListInsert(path any, idx int, values ...any) error {
 
 // ListAppend appends values to the list at path.
 func (d *Doc) ListAppend(path any, values ...any) error {
-	p, err := writePath(path)
+	p, ns, err := listArgs(path, values)
 	if err != nil {
 		return err
-	}
-	ns := make([]*node, len(values))
-	for i, v := range values {
-		if ns[i], err = fromGo(v); err != nil {
-			return err
-		}
 	}
 	return d.editObject(p, automerge.KindList, func(v *automerge.Value) error {
 		return appendNodes(v.List(), ns)
 	})
+}
+
+// listArgs checks a list edit's path and converts its values.
+func listArgs(path any, values []any) (Path, []*node, error) {
+	p, err := writePath(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	ns := make([]*node, len(values))
+	for i, v := range values {
+		if ns[i], err = fromGo(v); err != nil {
+			return nil, nil, err
+		}
+	}
+	return p, ns, nil
 }
 
 // ListDelete deletes n elements starting at idx from the list at path.
