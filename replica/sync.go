@@ -234,6 +234,16 @@ func (h *host) checkPeer(ctx context.Context, peer string, theirs *helloMsg) err
 	h.mu.Lock()
 	h.peerGen = theirs.Gen
 	h.mu.Unlock()
+	mine, err := h.r.slotUint(ctx, nsPeer+peer, "gen")
+	if err != nil {
+		return err
+	}
+	if theirs.Gen < mine {
+		// The peer lost completed sessions (its store went back): what
+		// the shared heads say it holds may be gone. Records of
+		// collections reconciliation does not cover go whole.
+		h.whole = true
+	}
 	if !h.r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
 		if g, ok := h.r.ExpiredGrant(ctx, peer); ok {
 			return fmt.Errorf("%w: %s", ErrNoConsent, GrantExpiredMessage(g))
