@@ -365,6 +365,11 @@ func (h *host) finished(ctx context.Context, peer string, peerApplied uint64) er
 		writes = append(writes, h.r.uintWrite(nsPeer+peer, "recon-at", uint64(h.r.opts.Now().UnixNano())),
 			storage.SlotWrite{Namespace: nsPeer + peer, Key: "recon-pending", Delete: true})
 	}
+	if ran {
+		// A completed reconciliation healed whatever either store lost
+		// (docs/sync.md): the pair is no longer stale.
+		h.r.status.warn(peer, "")
+	}
 	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: writes}); err != nil {
 		return fmt.Errorf("replica: grants: %w", err)
 	}
