@@ -119,9 +119,7 @@ func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error
 		WithBlockCacheSize(z.BlockCacheSize).
 		WithIndexCacheSize(z.IndexCacheSize).
 		WithBaseTableSize(z.BaseTableSize).
-		// Badger requires the threshold to fit in one batch (15% of a
-		// memtable); values at or above it go to the value log.
-		WithValueThreshold(min(1<<20, z.MemTableSize/10))
+		WithValueThreshold(z.ValueThreshold)
 	bo = bo.WithSyncWrites(!o.NoSync).
 		WithLogger(nil).
 		WithChecksumVerificationMode(options.OnBlockRead).
@@ -589,6 +587,8 @@ type wtx struct {
 	recs  map[string]*recState
 	slots map[string]*slotState
 	colls map[string]bool
+	// lastColl: ensureColl's answer for this collection is known.
+	lastColl string
 
 	size int64 // bytes set so far, with per-entry overhead (for checkSpace)
 }
