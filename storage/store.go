@@ -102,13 +102,15 @@ func (st *keyState) old() *epochKeys {
 	return nil
 }
 
-func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error) {
+// openBadger opens Badger in dir after checking its tables (precheckTables;
+// setKey is the verified-table set's key, nil to check every table).
+func openBadger(dir string, o *Options, readOnly bool, setKey []byte) (db *badger.DB, err error) {
 	var bo badger.Options
 	if o.InMemory {
 		bo = badger.DefaultOptions("").WithInMemory(true)
 	} else {
 		bo = badger.DefaultOptions(dir).WithReadOnly(readOnly)
-		if err := precheckTables(dir); err != nil {
+		if err := precheckTables(dir, setKey, !readOnly); err != nil {
 			return nil, err
 		}
 	}
@@ -186,7 +188,7 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	db, err := openBadger(dir, &opts, false)
+	db, err := openBadger(dir, &opts, false, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +283,13 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	db, err := openBadger(dir, &opts, readOnly)
+	setKey, err := tableSetKey(cur, h.curEpoch)
+	if err != nil {
+		wipe(kek)
+		return nil, err
+	}
+	db, err := openBadger(dir, &opts, readOnly, setKey)
+	wipe(setKey)
 	if err != nil {
 		wipe(kek)
 		return nil, err
