@@ -145,15 +145,6 @@ func cloneHeads(hs [][]byte) [][]byte {
 	return out
 }
 
-func (m *metaRec) clone() metaRec {
-	c := *m
-	c.heads = cloneHeads(m.heads)
-	c.attrs = slices.Clone(m.attrs)
-	c.chunks = slices.Clone(m.chunks)
-	c.inline = slices.Clone(m.inline)
-	return c
-}
-
 func (m *metaRec) toMeta() RecordMeta {
 	rm := RecordMeta{
 		Collection: m.coll, ID: m.id,

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -355,5 +356,44 @@ func TestConcurrentWritersFeed(t *testing.T) {
 	}
 	if s.LastSeq() != cursor {
 		t.Fatalf("LastSeq %d, consumer cursor %d", s.LastSeq(), cursor)
+	}
+}
+
+// TestBatchSameRecordDrafts: each write of a record in one batch returns
+// the meta of that write, also when a later write in the batch compacts
+// the record into a new chunk (each write's meta is sealed after the whole
+// batch is built, from a copy that later writes must not change).
+func TestBatchSameRecordDrafts(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore(t)
+	snap0 := bytes.Repeat([]byte{'a'}, 100)
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "r",
+		Snapshot: func() ([]byte, error) { return snap0, nil }}}}); err != nil {
+		t.Fatal(err)
+	}
+	c1 := bytes.Repeat([]byte{'b'}, 50)
+	c2 := bytes.Repeat([]byte{'c'}, 200)              // incrementals now outweigh the snapshot
+	snap2 := bytes.Repeat([]byte{'d'}, inlineMax+500) // compacted into a chunk, not inline
+	c3 := bytes.Repeat([]byte{'e'}, 30)
+	c4 := bytes.Repeat([]byte{'f'}, len(snap2)) // compacts again, into the chunk array's first slot
+	snap4 := bytes.Repeat([]byte{'g'}, inlineMax+700)
+	ms, err := s.Write(ctx, Batch{Records: []RecordWrite{
+		{Collection: "c", ID: "r", Changes: c1, Attrs: []byte("1")},
+		{Collection: "c", ID: "r", Changes: c2, Attrs: []byte("2"), Snapshot: func() ([]byte, error) { return snap2, nil }},
+		{Collection: "c", ID: "r", Changes: c3, Attrs: []byte("3")},
+		{Collection: "c", ID: "r", Changes: c4, Attrs: []byte("4"), Snapshot: func() ([]byte, error) { return snap4, nil }},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int{len(snap0) + len(c1), len(snap2), len(snap2) + len(c3), len(snap4)}
+	for i, m := range ms {
+		if m.Size != want[i] || string(m.Attrs) != strconv.Itoa(i+1) {
+			t.Fatalf("write %d: size %d attrs %q, want %d %q", i, m.Size, m.Attrs, want[i], strconv.Itoa(i+1))
+		}
+	}
+	data, m, err := s.Load(ctx, "c", "r")
+	if err != nil || !bytes.Equal(data, snap4) || m.Seq != ms[3].Seq {
+		t.Fatalf("load: %d bytes, seq %d, %v", len(data), m.Seq, err)
 	}
 }
