@@ -371,29 +371,44 @@ func TestBatchSameRecordDrafts(t *testing.T) {
 		Snapshot: func() ([]byte, error) { return snap0, nil }}}}); err != nil {
 		t.Fatal(err)
 	}
-	c1 := bytes.Repeat([]byte{'b'}, 50)
-	c2 := bytes.Repeat([]byte{'c'}, 200)              // incrementals now outweigh the snapshot
-	snap2 := bytes.Repeat([]byte{'d'}, inlineMax+500) // compacted into a chunk, not inline
-	c3 := bytes.Repeat([]byte{'e'}, 30)
-	c4 := bytes.Repeat([]byte{'f'}, len(snap2)) // compacts again, into the chunk array's first slot
-	snap4 := bytes.Repeat([]byte{'g'}, inlineMax+700)
-	ms, err := s.Write(ctx, Batch{Records: []RecordWrite{
-		{Collection: "c", ID: "r", Changes: c1, Attrs: []byte("1")},
-		{Collection: "c", ID: "r", Changes: c2, Attrs: []byte("2"), Snapshot: func() ([]byte, error) { return snap2, nil }},
-		{Collection: "c", ID: "r", Changes: c3, Attrs: []byte("3")},
-		{Collection: "c", ID: "r", Changes: c4, Attrs: []byte("4"), Snapshot: func() ([]byte, error) { return snap4, nil }},
-	}})
+	// Alternately a small change, and a large one that makes the
+	// incrementals outweigh the snapshot: storage compacts into a new
+	// snapshot chunk (too big to inline) in the chunk array that earlier
+	// writes' metas were built from.
+	var (
+		writes []RecordWrite
+		want   []int
+		last   []byte
+	)
+	snap, inc := len(snap0), 0
+	for i := range 8 {
+		var rw RecordWrite
+		if i%2 == 0 {
+			ch := bytes.Repeat([]byte{byte('b' + i)}, 10+i)
+			rw = RecordWrite{Collection: "c", ID: "r", Changes: ch}
+			inc += len(ch)
+			last = append(last, ch...)
+		} else {
+			ch := bytes.Repeat([]byte{byte('b' + i)}, snap+1)
+			ns := bytes.Repeat([]byte{byte('B' + i)}, inlineMax+100*i)
+			rw = RecordWrite{Collection: "c", ID: "r", Changes: ch, Snapshot: func() ([]byte, error) { return ns, nil }}
+			snap, inc, last = len(ns), 0, slices.Clone(ns)
+		}
+		rw.Attrs = []byte(strconv.Itoa(i))
+		writes = append(writes, rw)
+		want = append(want, snap+inc)
+	}
+	ms, err := s.Write(ctx, Batch{Records: writes})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []int{len(snap0) + len(c1), len(snap2), len(snap2) + len(c3), len(snap4)}
 	for i, m := range ms {
-		if m.Size != want[i] || string(m.Attrs) != strconv.Itoa(i+1) {
-			t.Fatalf("write %d: size %d attrs %q, want %d %q", i, m.Size, m.Attrs, want[i], strconv.Itoa(i+1))
+		if m.Size != want[i] || string(m.Attrs) != strconv.Itoa(i) {
+			t.Fatalf("write %d: size %d attrs %q, want %d %q", i, m.Size, m.Attrs, want[i], strconv.Itoa(i))
 		}
 	}
 	data, m, err := s.Load(ctx, "c", "r")
-	if err != nil || !bytes.Equal(data, snap4) || m.Seq != ms[3].Seq {
+	if err != nil || !bytes.Equal(data, last) || m.Seq != ms[len(ms)-1].Seq {
 		t.Fatalf("load: %d bytes, seq %d, %v", len(data), m.Seq, err)
 	}
 }
