@@ -116,7 +116,6 @@ type testRelay struct {
 func newTestRelay(t testing.TB, opts ServerOptions) *testRelay {
 	t.Helper()
 	opts.NoSync = true
-	opts.smallFiles = true
 	if opts.GCInterval == 0 {
 		opts.GCInterval = -1
 	}

@@ -158,7 +158,7 @@ func putMeta(txn *badger.Txn, space string, m *spaceMeta) error {
 }
 
 // update runs fn in a read-write transaction, retrying on conflicts.
-func (s *Server) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
+func (s *badgerStore) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
 	for i := 0; ; i++ {
 		err := s.db.Update(fn)
 		if !errors.Is(err, badger.ErrConflict) || i >= 64 {
@@ -170,7 +170,7 @@ func (s *Server) update(ctx context.Context, fn func(txn *badger.Txn) error) err
 	}
 }
 
-func (s *Server) createSpace(ctx context.Context, sm SignedMembers, raw []byte, creator ed25519.PublicKey) error {
+func (s *badgerStore) createSpace(ctx context.Context, sm SignedMembers, raw []byte, creator ed25519.PublicKey) error {
 	space := sm.Space
 	return s.update(ctx, func(txn *badger.Txn) error {
 		m, err := getMeta(txn, space)
@@ -211,7 +211,7 @@ func (s *Server) createSpace(ctx context.Context, sm SignedMembers, raw []byte, 
 	})
 }
 
-func (s *Server) updateMembers(ctx context.Context, sm SignedMembers, raw []byte) error {
+func (s *badgerStore) updateMembers(ctx context.Context, sm SignedMembers, raw []byte) error {
 	space := sm.Space
 	return s.update(ctx, func(txn *badger.Txn) error {
 		m, err := getMeta(txn, space)
@@ -261,7 +261,7 @@ type pushResult struct {
 	dup bool
 }
 
-func (s *Server) storeBundle(ctx context.Context, space string, sender ed25519.PublicKey, counter uint64, data []byte) (pushResult, error) {
+func (s *badgerStore) storeBundle(ctx context.Context, space string, sender ed25519.PublicKey, counter uint64, data []byte) (pushResult, error) {
 	var res pushResult
 	sum := sha256.Sum256(data)
 	err := s.update(ctx, func(txn *badger.Txn) error {
@@ -326,7 +326,7 @@ func (s *Server) storeBundle(ctx context.Context, space string, sender ed25519.P
 
 // loadBundles returns the bundles after seq, at most maxN and about
 // maxBytes (at least one bundle if any), with the head and low marks.
-func (s *Server) loadBundles(space string, member ed25519.PublicKey, after uint64, maxN, maxBytes int) (pullResponse, error) {
+func (s *badgerStore) loadBundles(_ context.Context, space string, member ed25519.PublicKey, after uint64, maxN, maxBytes int) (pullResponse, error) {
 	var out []wireEnvelope
 	var head, low uint64
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -366,7 +366,7 @@ func (s *Server) loadBundles(space string, member ed25519.PublicKey, after uint6
 	return pullResponse{Envelopes: out, Head: head, Low: low}, err
 }
 
-func (s *Server) ack(ctx context.Context, space string, member ed25519.PublicKey, seq uint64) error {
+func (s *badgerStore) ack(ctx context.Context, space string, member ed25519.PublicKey, seq uint64) error {
 	err := s.update(ctx, func(txn *badger.Txn) error {
 		m, err := getMeta(txn, space)
 		if err != nil {
@@ -383,17 +383,15 @@ func (s *Server) ack(ctx context.Context, space string, member ed25519.PublicKey
 		p.Cursor = seq
 		return putMeta(txn, space, m)
 	})
-	if err != nil {
-		return err
-	}
-	return s.compact(ctx, space)
+	return err
 }
 
 // compact deletes the bundles every member has acknowledged, in
 // transactions of at most compactBatch bundles.
 const compactBatch = 256
 
-func (s *Server) compact(ctx context.Context, space string) error {
+func (s *badgerStore) compact(ctx context.Context, space string) (int, error) {
+	total := 0
 	for {
 		done, n := false, 0
 		err := s.update(ctx, func(txn *badger.Txn) error {
@@ -458,18 +456,16 @@ func (s *Server) compact(ctx context.Context, space string) error {
 			return putMeta(txn, space, m)
 		})
 		if err != nil {
-			return err
+			return total, err
 		}
-		if n > 0 {
-			s.log.Info("relay compacted", "space", space, "bundles", n)
-		}
+		total += n
 		if done {
-			return nil
+			return total, nil
 		}
 	}
 }
 
-func (s *Server) status(space string, member ed25519.PublicKey) (SpaceStatus, error) {
+func (s *badgerStore) status(_ context.Context, space string, member ed25519.PublicKey) (SpaceStatus, error) {
 	var st SpaceStatus
 	err := s.db.View(func(txn *badger.Txn) error {
 		m, err := getMeta(txn, space)
@@ -491,7 +487,7 @@ func (s *Server) status(space string, member ed25519.PublicKey) (SpaceStatus, er
 	return st, err
 }
 
-func (s *Server) members(space string, member ed25519.PublicKey) ([]byte, error) {
+func (s *badgerStore) members(_ context.Context, space string, member ed25519.PublicKey) ([]byte, error) {
 	var raw []byte
 	err := s.db.View(func(txn *badger.Txn) error {
 		m, err := getMeta(txn, space)
