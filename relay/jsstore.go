@@ -141,6 +141,8 @@ type jsStore struct {
 	sub     *nats.Subscription
 	onPush  func(space string)
 
+	afterClaim func() error // tests: a front-end that dies after storing a bundle
+
 	closeOnce sync.Once
 	closeFn   func() // shuts the embedded server down, if any
 }
@@ -634,6 +636,11 @@ func (s *jsStore) storeBundle(ctx context.Context, space string, sender ed25519.
 			return pushResult{}, fmt.Errorf("relay: store bundle: %w", err)
 		}
 		claimed = seq
+		if s.afterClaim != nil {
+			if err := s.afterClaim(); err != nil {
+				return pushResult{}, err
+			}
+		}
 		if err := j.apply(seq, data); err != nil {
 			return pushResult{}, err
 		}
