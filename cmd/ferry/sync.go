@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -20,6 +21,8 @@ var serveCmd = &command{name: "serve", args: "--listen ADDR | --relay RELAY-URL 
 		fs.StringVar(&c.listen, "listen", "127.0.0.1:7420", "the TCP address to listen on")
 		fs.StringVar(&c.relay, "relay", "", "sync through this relay instead, every --interval")
 		fs.DurationVar(&c.interval, "interval", 30*time.Second, "with --relay: time between syncs")
+		fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://ADDR/metrics (default off)")
+		fs.StringVar(&c.logLevel, "log-level", "warn", "structured log level on stderr: debug, info (a line per session), warn or error")
 		return c
 	}}
 
@@ -30,6 +33,8 @@ type serveCommand struct {
 	listen   string // host:port
 	relay    string // a relay URL, or "" to listen
 	interval time.Duration
+	metrics  string // --metrics ADDR, or "" for none
+	logLevel string
 }
 
 func (c *serveCommand) Run(ctx context.Context, args []string) error {
@@ -41,11 +46,28 @@ func (c *serveCommand) Run(ctx context.Context, args []string) error {
 	if every <= 0 {
 		return usagef("--interval %v: want a positive duration (e.g. 30s)", every)
 	}
+	level, err := parseLevel(c.logLevel)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	reg := newRegistry()
+	met := newSyncMetrics(reg)
+	if c.metrics != "" {
+		url, stop, err := serveMetrics(ctx, c.metrics, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		fmt.Fprintf(e.stderr, "metrics on %s\n", url)
+	}
 	return e.withReplica(ctx, func(r *replica.Replica) error {
 		if url := c.relay; url != "" {
 			fmt.Fprintf(e.stdout, "syncing %s through %s every %s\n", e.dir, url, every)
 			for {
-				if err := syncRelayOnce(ctx, e, r, url, false); err != nil {
+				err := syncRelayOnce(ctx, e, r, url, false, met)
+				log.Debug("relay sync", "relay", url, "ok", err == nil)
+				if err != nil {
 					if ctx.Err() != nil {
 						return nil
 					}
@@ -69,6 +91,12 @@ func (c *serveCommand) Run(ctx context.Context, args []string) error {
 		// session has ended and published its status, so each
 		// session's line is printed before serve exits.
 		watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+		metDone := make(chan struct{})
+		go func() {
+			defer close(metDone)
+			met.watch(watchCtx, r, log)
+		}()
+		defer func() { <-metDone }()
 		events := r.Watch(watchCtx)
 		printed := make(chan struct{})
 		go func() {
@@ -116,7 +144,7 @@ func (c *syncCommand) Run(ctx context.Context, args []string) error {
 	defer cancel()
 	return e.withReplica(ctx, func(r *replica.Replica) error {
 		if isRelayURL(args[0]) {
-			return syncRelayOnce(ctx, e, r, args[0], c.json)
+			return syncRelayOnce(ctx, e, r, args[0], c.json, nil)
 		}
 		pins := watchPins(r, nil)
 		conn, err := transport.DialTLS(ctx, args[0], r.Identity(), pins, transport.TLSOptions{})
@@ -163,12 +191,15 @@ func spaceFor(ctx context.Context, r *replica.Replica, url string) (string, erro
 	return "", fmt.Errorf("%w on %s: create one with 'ferry space create %s --collections ...' or join one with 'ferry space join FILE'", replica.ErrUnknownSpace, url, url)
 }
 
-func syncRelayOnce(ctx context.Context, e *env, r *replica.Replica, url string, asJSON bool) error {
+func syncRelayOnce(ctx context.Context, e *env, r *replica.Replica, url string, asJSON bool, met *syncMetrics) error {
 	id, err := spaceFor(ctx, r, url)
 	if err != nil {
 		return err
 	}
 	st, err := r.SyncRelay(ctx, id)
+	if met != nil {
+		met.relaySync(st, err)
+	}
 	if err != nil {
 		return err
 	}
