@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -215,12 +216,15 @@ func NewServer(dir string, opts ServerOptions) (*Server, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("relay: %w", err)
 		}
-		if err := migrateBadger(ctx, dir, opts); err != nil {
-			return nil, err
-		}
 		js, ns, err := openEmbedded(ctx, dir, opts, cfg, s.notify)
 		if err != nil {
 			return nil, err
+		}
+		if hasBadger(dir) {
+			if err := migrateBadger(ctx, dir, js); err != nil {
+				js.close()
+				return nil, fmt.Errorf("relay: %s holds a relay database of an earlier ferry (Badger) that could not be migrated (%s): move its files away to start empty, clients push their data again", dir, strings.ReplaceAll(err.Error(), "\n", " "))
+			}
 		}
 		s.st, s.ns = js, ns
 	}
