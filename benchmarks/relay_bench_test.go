@@ -14,13 +14,21 @@ import (
 // pull and both; the bytes the relay holds per record, against the
 // records' plaintext JSON size (the relay stores sealed, padded, deflated
 // bundles and nothing else).
+//
+// Sub-benchmarks: jetstream (the relay's store, an embedded NATS server)
+// and badger (the store before it, kept as the baseline).
 func BenchmarkRelay10k(b *testing.B) {
+	b.Run("jetstream", func(b *testing.B) { benchRelay10k(b, relay.ServerOptions{}) })
+	b.Run("badger", func(b *testing.B) { benchRelay10k(b, relay.ServerOptions{LegacyBadger: true}) })
+}
+
+func benchRelay10k(b *testing.B, opts relay.ServerOptions) {
 	n := syncBenchN(b)
 	ctx := context.Background()
 	for range b.N {
 		b.StopTimer()
 		ra, rb := newSyncReplicas(b, n)
-		srv, err := relay.NewServer(b.TempDir(), relay.ServerOptions{})
+		srv, err := relay.NewServer(b.TempDir(), opts)
 		if err != nil {
 			b.Fatal(err)
 		}

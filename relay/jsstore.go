@@ -7,12 +7,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,8 +145,75 @@ type jsStore struct {
 
 	afterClaim func() error // tests: a front-end that dies after storing a bundle
 
+	// The embedded relay is its store's only writer: it keeps each
+	// space's metadata in memory (never across I/O under cmu) and
+	// checkpoints it after checkpointEvery pushes, not after each one
+	// (every read rolls the uncounted bundles forward anyway).
+	cmu   sync.Mutex
+	cache map[string]*cachedMeta
+
 	closeOnce sync.Once
 	closeFn   func() // shuts the embedded server down, if any
+}
+
+// cachedMeta is a space's metadata as last loaded or written: rev is the
+// checkpoint it rolls forward from; dirty counts the pushes since.
+type cachedMeta struct {
+	raw   []byte // encoded jsMeta (a copy per use)
+	rev   uint64
+	head  uint64
+	dirty int
+}
+
+// checkpointEvery is how many pushes may go uncounted in the stored
+// metadata: 1 on a cluster (several writers), 32 embedded.
+func (s *jsStore) checkpointEvery() int {
+	if s.shared {
+		return 1
+	}
+	return 32
+}
+
+func (s *jsStore) cached(space string) (*jsMeta, uint64, int, bool) {
+	if s.shared {
+		return nil, 0, 0, false
+	}
+	s.cmu.Lock()
+	c, ok := s.cache[space]
+	s.cmu.Unlock()
+	if !ok {
+		return nil, 0, 0, false
+	}
+	var m jsMeta
+	if err := wireDec.Unmarshal(c.raw, &m); err != nil {
+		return nil, 0, 0, false
+	}
+	return &m, c.rev, c.dirty, true
+}
+
+// put caches m unless the cache holds a later state: a later checkpoint
+// (rev), or the same one rolled further forward. Metadata revisions grow,
+// so a load that raced with a write never replaces the write's state.
+func (s *jsStore) put(space string, m *jsMeta, rev uint64, dirty int) {
+	if s.shared {
+		return
+	}
+	raw := marshal(m)
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if c, ok := s.cache[space]; ok && (c.rev > rev || c.rev == rev && c.head > m.M.Head) {
+		return
+	}
+	if s.cache == nil {
+		s.cache = map[string]*cachedMeta{}
+	}
+	s.cache[space] = &cachedMeta{raw: raw, rev: rev, dirty: dirty, head: m.M.Head}
+}
+
+func (s *jsStore) forget(space string) {
+	s.cmu.Lock()
+	delete(s.cache, space)
+	s.cmu.Unlock()
 }
 
 // jsConfig is what openJS needs besides the connection.
@@ -373,27 +442,45 @@ func (s *jsStore) publish(ctx context.Context, subject string, data []byte, expe
 // beyond its head. rev is the metadata's stream sequence, for the
 // compare-and-set.
 func (s *jsStore) loadMeta(ctx context.Context, space string, leader bool) (*jsMeta, uint64, error) {
+	m, rev, _, err := s.loadMetaDirty(ctx, space, leader)
+	return m, rev, err
+}
+
+// loadMetaDirty is loadMeta that also returns how many bundles the
+// stored metadata does not count.
+func (s *jsStore) loadMetaDirty(ctx context.Context, space string, leader bool) (*jsMeta, uint64, int, error) {
+	if m, rev, dirty, ok := s.cached(space); ok && !leader {
+		return m, rev, dirty, nil
+	}
+	m, rev, dirty, err := s.loadStored(ctx, space, leader)
+	if err == nil {
+		s.put(space, m, rev, dirty)
+	}
+	return m, rev, dirty, err
+}
+
+func (s *jsStore) loadStored(ctx context.Context, space string, leader bool) (*jsMeta, uint64, int, error) {
 	raw, rev, err := s.getLast(ctx, s.spaces, subjMeta+space)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	if raw == nil {
-		return nil, 0, errNoSpace
+		return nil, 0, 0, errNoSpace
 	}
 	var m jsMeta
 	if err := wireDec.Unmarshal(raw, &m); err != nil {
-		return nil, 0, fmt.Errorf("relay: corrupt space metadata: %w", err)
+		return nil, 0, 0, fmt.Errorf("relay: corrupt space metadata: %w", err)
 	}
-	for {
+	for dirty := 0; ; dirty++ {
 		data, _, err := s.getBundle(ctx, space, m.M.Head+1, leader)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		if data == nil {
-			return &m, rev, nil
+			return &m, rev, dirty, nil
 		}
 		if err := m.apply(m.M.Head+1, data); err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 	}
 }
@@ -401,13 +488,15 @@ func (s *jsStore) loadMeta(ctx context.Context, space string, leader bool) (*jsM
 // saveMeta is the compare-and-set of a space's metadata; ok is false if
 // another writer came first.
 func (s *jsStore) saveMeta(ctx context.Context, space string, m *jsMeta, rev uint64) (bool, error) {
-	_, err := s.publish(ctx, subjMeta+space, marshal(m), rev)
-	if wrongLast(err) {
-		return false, nil
-	}
+	nrev, err := s.publish(ctx, subjMeta+space, marshal(m), rev)
 	if err != nil {
+		s.forget(space)
+		if wrongLast(err) {
+			return false, nil
+		}
 		return false, fmt.Errorf("relay: write space metadata: %w", err)
 	}
+	s.put(space, m, nrev, 0)
 	return true, nil
 }
 
@@ -586,7 +675,7 @@ func (s *jsStore) storeBundle(ctx context.Context, space string, sender ed25519.
 	var claimed uint64 // the slot this call wrote, if any
 	leader := false
 	for range casAttempts {
-		j, rev, err := s.loadMeta(ctx, space, leader)
+		j, rev, dirty, err := s.loadMetaDirty(ctx, space, leader)
 		if err != nil {
 			return pushResult{}, err
 		}
@@ -629,6 +718,7 @@ func (s *jsStore) storeBundle(ctx context.Context, space string, sender ed25519.
 		}
 		seq := m.Head + 1
 		if _, err := s.publish(ctx, bundleSubject(space, seq), data, 0); err != nil {
+			s.forget(space)
 			if wrongLast(err) { // another push took the slot: roll it forward
 				leader = true
 				continue
@@ -643,6 +733,12 @@ func (s *jsStore) storeBundle(ctx context.Context, space string, sender ed25519.
 		}
 		if err := j.apply(seq, data); err != nil {
 			return pushResult{}, err
+		}
+		if dirty+1 < s.checkpointEvery() {
+			// Stored: the bundle itself is the record of the push.
+			s.put(space, j, rev, dirty+1)
+			s.notify(space)
+			return pushResult{seq: seq}, nil
 		}
 		ok, err := s.saveMeta(ctx, space, j, rev)
 		if err != nil {
@@ -675,23 +771,12 @@ func (s *jsStore) loadBundles(ctx context.Context, space string, member ed25519.
 		return pullResponse{}, errNoSpace
 	}
 	resp := pullResponse{Head: m.Head, Low: m.Low}
-	total := 0
-	for seq := max(after, m.Low) + 1; seq <= m.Head && len(resp.Envelopes) < maxN; seq++ {
-		v, _, err := s.getBundle(ctx, space, seq, false)
-		if err == nil && v == nil {
-			v, _, err = s.getBundle(ctx, space, seq, true) // a lagging replica
-		}
-		if err != nil {
-			return pullResponse{}, err
-		}
-		if v == nil || len(v) < hdrLen {
-			return pullResponse{}, fmt.Errorf("relay: bundle %d of a space missing", seq)
-		}
-		if total > 0 && total+len(v) > maxBytes {
-			break
-		}
-		resp.Envelopes = append(resp.Envelopes, wireEnvelope{Seq: seq, Sender: v[1 : 1+ed25519.PublicKeySize], Data: v})
-		total += len(v)
+	bs, err := s.getRange(ctx, space, max(after, m.Low)+1, m.Head, maxN, maxBytes)
+	if err != nil {
+		return pullResponse{}, err
+	}
+	for _, b := range bs {
+		resp.Envelopes = append(resp.Envelopes, wireEnvelope{Seq: b.seq, Sender: b.data[1 : 1+ed25519.PublicKeySize], Data: b.data})
 	}
 	return resp, nil
 }
@@ -727,18 +812,14 @@ func (s *jsStore) compact(ctx context.Context, space string) (int, error) {
 			if low <= m.Low {
 				return false, nil
 			}
-			end := min(low, m.Low+compactBatch)
-			for seq := m.Low + 1; seq <= end; seq++ {
-				v, sseq, err := s.getBundle(ctx, space, seq, false)
-				if err == nil && v == nil {
-					v, sseq, err = s.getBundle(ctx, space, seq, true)
-				}
-				if err != nil {
-					return false, err
-				}
-				if v == nil || len(v) < hdrLen {
-					return false, fmt.Errorf("relay: bundle %d of a space missing during compaction", seq)
-				}
+			bs, err := s.getRange(ctx, space, m.Low+1, min(low, m.Low+compactBatch), compactBatch, 64<<20)
+			if err != nil {
+				return false, err
+			}
+			end := m.Low
+			for _, b := range bs {
+				v, sseq := b.data, b.sseq
+				end = b.seq
 				sender := v[1 : 1+ed25519.PublicKeySize]
 				counter := binary.BigEndian.Uint64(v[1+ed25519.PublicKeySize:])
 				m.Bundles--
@@ -817,4 +898,111 @@ func (s *jsStore) seenNonce(ctx context.Context, key []byte, nonce []byte) (bool
 		return false, fmt.Errorf("relay: record nonce: %w", err)
 	}
 	return ack.Duplicate, nil
+}
+
+// storedBundle is a bundle read from the stream: the space's seq, the
+// stream's sequence and the sealed bytes.
+type storedBundle struct {
+	seq, sseq uint64
+	data      []byte
+}
+
+// getRange reads the bundles from..to of a space (all present), at most
+// maxN and about maxBytes (at least one): the first by subject, the rest
+// in one batched direct get from its stream sequence on (a space's
+// bundles are in the stream in seq order: a slot is claimed only after
+// the one before it is stored). Anything the batch lacks (a lagging
+// replica) is read one by one from the leader.
+func (s *jsStore) getRange(ctx context.Context, space string, from, to uint64, maxN, maxBytes int) ([]storedBundle, error) {
+	if from > to || maxN <= 0 {
+		return nil, nil
+	}
+	one := func(seq uint64) (storedBundle, error) {
+		v, sseq, err := s.getBundle(ctx, space, seq, false)
+		if err == nil && v == nil {
+			v, sseq, err = s.getBundle(ctx, space, seq, true) // a lagging replica
+		}
+		if err != nil {
+			return storedBundle{}, err
+		}
+		if v == nil || len(v) < hdrLen {
+			return storedBundle{}, fmt.Errorf("relay: bundle %d of a space missing", seq)
+		}
+		return storedBundle{seq: seq, sseq: sseq, data: v}, nil
+	}
+	first, err := one(from)
+	if err != nil {
+		return nil, err
+	}
+	out := []storedBundle{first}
+	total := len(first.data)
+	want := min(uint64(maxN), to-from+1)
+	if uint64(len(out)) < want && total < maxBytes {
+		batch, err := s.batchGet(ctx, space, first.sseq+1, int(want)-1, maxBytes-total)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range batch {
+			if b.seq != out[len(out)-1].seq+1 || b.seq > to {
+				break
+			}
+			out = append(out, b)
+			total += len(b.data)
+		}
+	}
+	for uint64(len(out)) < want && total < maxBytes {
+		b, err := one(out[len(out)-1].seq + 1)
+		if err != nil {
+			return nil, err
+		}
+		if total+len(b.data) > maxBytes {
+			break
+		}
+		out = append(out, b)
+		total += len(b.data)
+	}
+	// The batch may overshoot maxBytes by its last bundle.
+	for len(out) > 1 && total > maxBytes {
+		total -= len(out[len(out)-1].data)
+		out = out[:len(out)-1]
+	}
+	return out, nil
+}
+
+// batchGet is one batched direct get: up to n messages of the space from
+// stream sequence sseq on, at most about maxBytes.
+func (s *jsStore) batchGet(ctx context.Context, space string, sseq uint64, n, maxBytes int) ([]storedBundle, error) {
+	req, _ := json.Marshal(map[string]any{"seq": sseq, "next_by_subj": subjBundles + space + ".*", "batch": n, "max_bytes": max(maxBytes, 1)})
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("relay: batch get: %w", err)
+	}
+	defer sub.Unsubscribe()
+	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+streamBundles, inbox, req); err != nil {
+		return nil, fmt.Errorf("relay: batch get: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var out []storedBundle
+	prefix := subjBundles + space + "."
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if len(out) > 0 || transientNATS(err) {
+				return out, nil // what arrived; the caller reads the rest one by one
+			}
+			return nil, fmt.Errorf("relay: batch get: %w", err)
+		}
+		if st := msg.Header.Get("Status"); st != "" {
+			return out, nil // 204 end of batch, 404 nothing (more)
+		}
+		subj := msg.Header.Get(jetstream.SubjectHeader)
+		seq, err1 := strconv.ParseUint(strings.TrimPrefix(subj, prefix), 10, 64)
+		ss, err2 := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+		if !strings.HasPrefix(subj, prefix) || err1 != nil || err2 != nil {
+			return out, nil
+		}
+		out = append(out, storedBundle{seq: seq, sseq: ss, data: msg.Data})
+	}
 }
