@@ -48,8 +48,8 @@ type memSpace struct {
 }
 
 type memPeer struct {
-	key    ed25519.PublicKey
-	member bool
+	key       ed25519.PublicKey
+	member    bool
 	cursor    uint64 // acknowledged seq
 	hw        uint64 // highest counter stored
 	compacted uint64 // highest counter compacted
