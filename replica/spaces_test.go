@@ -13,15 +13,13 @@ import (
 
 	"github.com/ferrysync/ferry/privacy/consent"
 	"github.com/ferrysync/ferry/relay"
-	"github.com/ferrysync/ferry/storage"
-	"github.com/ferrysync/ferry/transport"
 )
 
 // colluding is a relay that cooperates with a removed device: it serves
 // that device whatever it serves a current member (as), and stores what
 // the device pushes as if it were still a member.
 type colluding struct {
-	relay.API            // the removed device's own client
+	relay.API           // the removed device's own client
 	as        relay.API // a member's view, used to read
 }
 
@@ -418,6 +416,3 @@ func TestSpaceHealsRestoredStore(t *testing.T) {
 		t.Fatalf("a reads b's next write: %v", got)
 	}
 }
-
-var _ = storage.Batch{}
-var _ = transport.Fingerprint
