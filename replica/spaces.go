@@ -470,3 +470,10 @@ func (r *Replica) SpaceStatus(ctx context.Context, spaceID string) (SpaceInfo, e
 	slices.SortFunc(info.Members, func(a, b SpaceMember) int { return strings.Compare(a.Fingerprint, b.Fingerprint) })
 	return info, nil
 }
+
+// SpaceRemoved reports whether this device knows it was removed from the
+// space (read locally; false for an unknown space).
+func (r *Replica) SpaceRemoved(ctx context.Context, spaceID string) bool {
+	rec, _, err := r.loadSpace(ctx, spaceID)
+	return err == nil && rec.Gone != ""
+}
