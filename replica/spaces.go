@@ -173,7 +173,7 @@ func (r *Replica) expireMembers(ctx context.Context, s *relaySession) ([]string,
 	if after < 0 {
 		return nil, nil
 	}
-	now := r.opts.Now()
+	now := relayNow(s.rs, r.opts.Now())
 	self := r.id.Public().(ed25519.PublicKey)
 	var dead []ed25519.PublicKey
 	var fps []string
@@ -196,6 +196,15 @@ func (r *Replica) expireMembers(ctx context.Context, s *relaySession) ([]string,
 	r.status.warn(s.peer, fmt.Sprintf("dropped %d member(s) silent for more than %s: %s; the relay compacts again",
 		len(fps), formatDays(after), strings.Join(shorts(fps), ", ")))
 	return fps, nil
+}
+
+// relayNow is the relay's time when it answered, or (a relay that does
+// not say) this device's.
+func relayNow(rs relay.SpaceStatus, local time.Time) time.Time {
+	if rs.Now > 0 {
+		return time.UnixMilli(rs.Now)
+	}
+	return local
 }
 
 func shorts(fps []string) []string {
@@ -394,7 +403,8 @@ type SpaceMember struct {
 	// Cursor is how far it acknowledged the relay's log.
 	Cursor uint64 `json:"cursor"`
 	// DropAt is when the expiry policy drops it if it stays silent (zero
-	// when the policy is off, and for this device).
+	// when the policy is off, and for this device). Like LastAck it is on
+	// the relay's clock.
 	DropAt time.Time `json:"drop_at,omitzero"`
 }
 

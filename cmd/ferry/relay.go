@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/ferrysync/ferry/relay"
 )
@@ -45,7 +46,17 @@ func (c *relayCommand) Run(ctx context.Context, args []string) error {
 		}
 		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	}
-	srv, err := relay.NewServer(c.dataDir, relay.ServerOptions{Logger: slog.New(slog.NewTextHandler(c.stderr, nil))})
+	opts := relay.ServerOptions{Logger: slog.New(slog.NewTextHandler(c.stderr, nil))}
+	if off := c.getenv("FERRY_TEST_CLOCK_OFFSET"); off != "" {
+		// For trying the members' expiry policy: the relay's clock runs
+		// off by the given duration.
+		d, err := time.ParseDuration(off)
+		if err != nil {
+			return usagef("FERRY_TEST_CLOCK_OFFSET: %v", err)
+		}
+		opts.Clock = offsetClock(d)
+	}
+	srv, err := relay.NewServer(c.dataDir, opts)
 	if err != nil {
 		return err
 	}
@@ -58,3 +69,9 @@ func (c *relayCommand) Run(ctx context.Context, args []string) error {
 	<-ctx.Done()
 	return run.Close()
 }
+
+// offsetClock is the system clock moved by a fixed duration.
+type offsetClock time.Duration
+
+func (o offsetClock) Now() time.Time                         { return time.Now().Add(time.Duration(o)) }
+func (o offsetClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
