@@ -30,6 +30,11 @@ type store interface {
 	status(ctx context.Context, space string, member ed25519.PublicKey) (SpaceStatus, error)
 	// members returns the signed member list as accepted.
 	members(ctx context.Context, space string, member ed25519.PublicKey) ([]byte, error)
+	// putEpoch stores the space's next key-epoch record (epoch = newest
+	// + 1; the same record again succeeds), keeping the newest MaxEpochs.
+	putEpoch(ctx context.Context, space string, member ed25519.PublicKey, epoch uint64, raw []byte) error
+	// epochs returns the space's key-epoch records, oldest first.
+	epochs(ctx context.Context, space string, member ed25519.PublicKey) ([][]byte, error)
 	close() error
 }
 

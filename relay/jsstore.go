@@ -36,6 +36,7 @@ import (
 //	                          quotas, the last pushes (for duplicates)
 //	    ferry.s.g          -> number of spaces (u64)
 //	    ferry.s.c.<hex>    -> spaces created by that key (u64)
+//	    ferry.s.e.<space>.<epoch> -> signed key-epoch record (newest MaxEpochs)
 //	    Every update is a compare-and-set on the subject's last sequence
 //	    (Nats-Expected-Last-Subject-Sequence). Reads go to the stream
 //	    leader, so a front-end never acts on a stale copy.
@@ -59,6 +60,7 @@ const (
 	subjMeta      = "ferry.s.m."
 	subjGlobal    = "ferry.s.g"
 	subjCreator   = "ferry.s.c."
+	subjEpoch     = "ferry.s.e."
 	subjNonce     = "ferry.nonce"
 	subjNotify    = "ferry.n."
 
@@ -137,6 +139,7 @@ type jsStore struct {
 	bundles jetstream.Stream
 	spaces  jetstream.Stream
 	lim     storeLimits
+	clock   Clock
 	log     *slog.Logger
 	window  time.Duration
 	shared  bool // a cluster front-end: nonces are shared through FERRY_NONCES
@@ -222,6 +225,7 @@ type jsConfig struct {
 	shared   bool
 	window   time.Duration
 	maxMsg   int32
+	clock    Clock
 }
 
 func openJS(ctx context.Context, nc *nats.Conn, cfg jsConfig, lim storeLimits, log *slog.Logger, onPush func(string)) (*jsStore, error) {
@@ -229,7 +233,7 @@ func openJS(ctx context.Context, nc *nats.Conn, cfg jsConfig, lim storeLimits, l
 	if err != nil {
 		return nil, fmt.Errorf("relay: jetstream: %w", err)
 	}
-	s := &jsStore{nc: nc, js: js, lim: lim, log: log, window: cfg.window, shared: cfg.shared, onPush: onPush}
+	s := &jsStore{nc: nc, js: js, lim: lim, clock: cfg.clock, log: log, window: cfg.window, shared: cfg.shared, onPush: onPush}
 	bundles := jetstream.StreamConfig{
 		Name:              streamBundles,
 		Description:       "ferry relay: sealed bundles, ferry.b.<space>.<seq>",
@@ -609,8 +613,9 @@ func (s *jsStore) createSpace(ctx context.Context, sm SignedMembers, raw []byte,
 		return herr(http.StatusInsufficientStorage, codeQuota, "relay holds its maximum of %d spaces", s.lim.maxSpaces)
 	}
 	m := &jsMeta{M: spaceMeta{Members: raw, Version: sm.Version, Creator: creator}}
+	now := s.clock.Now().UnixMilli()
 	for _, k := range sm.Keys {
-		m.M.Peers = append(m.M.Peers, peerState{Key: k, Member: true})
+		m.M.Peers = append(m.M.Peers, peerState{Key: k, Member: true, LastAck: now})
 	}
 	ok, err = s.saveMeta(ctx, space, m, 0)
 	if err != nil || !ok {
@@ -634,8 +639,8 @@ var errDone = errors.New("done")
 func (s *jsStore) updateMembers(ctx context.Context, sm SignedMembers, raw []byte) error {
 	return s.updateMeta(ctx, sm.Space, func(j *jsMeta) (bool, error) {
 		m := &j.M
-		if m.member(sm.Signer) == nil {
-			return false, herr(http.StatusForbidden, codeNotMember, "membership update signed by a non-member")
+		if _, err := m.memberOr(sm.Signer); err != nil {
+			return false, err
 		}
 		if sm.Version == m.Version && bytes.Equal(m.Members, raw) {
 			return false, nil // a retry of the same update
@@ -645,18 +650,23 @@ func (s *jsStore) updateMembers(ctx context.Context, sm SignedMembers, raw []byt
 			e.expected = m.Version + 1
 			return false, e
 		}
+		// Who stays keeps its cursor; who is (re-)added starts at Low.
+		was := make(map[string]bool, len(m.Peers))
 		for i := range m.Peers {
+			was[string(m.Peers[i].Key)] = m.Peers[i].Member
 			m.Peers[i].Member = false
 		}
+		now := s.clock.Now().UnixMilli()
 		for _, k := range sm.Keys {
 			if p := m.peer(k); p != nil {
-				if !p.Member {
+				if !was[string(k)] {
 					p.Cursor = m.Low // a (re-)added member holds compaction until it acknowledges
+					p.LastAck = now
 				}
 				p.Member = true
 				continue
 			}
-			m.Peers = append(m.Peers, peerState{Key: k, Member: true, Cursor: m.Low})
+			m.Peers = append(m.Peers, peerState{Key: k, Member: true, Cursor: m.Low, LastAck: now})
 		}
 		for len(m.Peers) > maxPeers {
 			i := slices.IndexFunc(m.Peers, func(p peerState) bool { return !p.Member && p.Bundles == 0 })
@@ -680,9 +690,9 @@ func (s *jsStore) storeBundle(ctx context.Context, space string, sender ed25519.
 			return pushResult{}, err
 		}
 		m := &j.M
-		p := m.member(sender)
-		if p == nil {
-			return pushResult{}, errNoSpace
+		p, err := m.memberOr(sender)
+		if err != nil {
+			return pushResult{}, err
 		}
 		if counter <= p.HW {
 			r := j.recent(sender, counter)
@@ -767,8 +777,8 @@ func (s *jsStore) loadBundles(ctx context.Context, space string, member ed25519.
 		return pullResponse{}, err
 	}
 	m := &j.M
-	if m.member(member) == nil {
-		return pullResponse{}, errNoSpace
+	if _, err := m.memberOr(member); err != nil {
+		return pullResponse{}, err
 	}
 	resp := pullResponse{Head: m.Head, Low: m.Low}
 	bs, err := s.getRange(ctx, space, max(after, m.Low)+1, m.Head, maxN, maxBytes)
@@ -784,15 +794,15 @@ func (s *jsStore) loadBundles(ctx context.Context, space string, member ed25519.
 func (s *jsStore) ack(ctx context.Context, space string, member ed25519.PublicKey, seq uint64) error {
 	return s.updateMeta(ctx, space, func(j *jsMeta) (bool, error) {
 		m := &j.M
-		p := m.member(member)
-		if p == nil {
-			return false, errNoSpace
+		p, err := m.memberOr(member)
+		if err != nil {
+			return false, err
 		}
 		seq = min(seq, m.Head)
-		if seq <= p.Cursor {
-			return false, nil
-		}
-		p.Cursor = seq
+		// Every acknowledgement counts as a sign of life (the expiry
+		// policy of members reads it), even one that moves nothing.
+		p.LastAck = s.clock.Now().UnixMilli()
+		p.Cursor = max(p.Cursor, seq)
 		return true, nil
 	})
 }
@@ -857,15 +867,18 @@ func (s *jsStore) status(ctx context.Context, space string, member ed25519.Publi
 		return SpaceStatus{}, err
 	}
 	m := &j.M
-	if m.member(member) == nil {
-		return SpaceStatus{}, errNoSpace
+	if _, err := m.memberOr(member); err != nil {
+		return SpaceStatus{}, err
 	}
-	st := SpaceStatus{Space: space, Version: m.Version, Head: m.Head, Low: m.Low, Bundles: m.Bundles, Bytes: m.Bytes, Cursors: map[string]uint64{}}
+	st := SpaceStatus{Space: space, Version: m.Version, Head: m.Head, Low: m.Low, Bundles: m.Bundles, Bytes: m.Bytes, Cursors: map[string]uint64{},
+		Epoch: m.Epoch, Now: s.clock.Now().UnixMilli()}
 	for _, p := range m.Peers {
 		if p.Member {
 			st.Members++
 			st.Cursors[fingerprint(p.Key)] = p.Cursor
 		}
+		st.Peers = append(st.Peers, PeerStatus{Key: p.Key, Member: p.Member, Cursor: p.Cursor, LastAck: p.LastAck,
+			Counter: p.HW, Compacted: p.Compacted, Bundles: p.Bundles})
 	}
 	return st, nil
 }
@@ -875,10 +888,96 @@ func (s *jsStore) members(ctx context.Context, space string, member ed25519.Publ
 	if err != nil {
 		return nil, err
 	}
-	if j.M.member(member) == nil {
-		return nil, errNoSpace
+	if _, err := j.M.memberOr(member); err != nil {
+		return nil, err
 	}
 	return j.M.Members, nil
+}
+
+func epochSubject(space string, epoch uint64) string {
+	return subjEpoch + space + "." + strconv.FormatUint(epoch, 10)
+}
+
+// putEpoch stores a space's next key-epoch record on its own subject
+// (claimed with an expected last sequence of 0, like a bundle slot), then
+// counts it in the metadata. A record stored by a front-end that died
+// before counting it is counted by the next putEpoch, which then refuses
+// its own record as a conflict: the first record of an epoch wins.
+func (s *jsStore) putEpoch(ctx context.Context, space string, member ed25519.PublicKey, epoch uint64, raw []byte) error {
+	var lost *httpError // another record of this epoch came first
+	err := s.updateMeta(ctx, space, func(j *jsMeta) (bool, error) {
+		lost = nil
+		m := &j.M
+		if _, err := m.memberOr(member); err != nil {
+			return false, err
+		}
+		conflict := func() error {
+			e := herr(http.StatusConflict, codeConflict, "key epoch %d, relay has %d", epoch, m.Epoch)
+			e.expected = m.Epoch + 1
+			return e
+		}
+		if epoch == m.Epoch && epoch > 0 {
+			old, _, err := s.getLast(ctx, s.spaces, epochSubject(space, epoch))
+			if err != nil {
+				return false, err
+			}
+			if bytes.Equal(old, raw) {
+				return false, nil // a retry
+			}
+		}
+		if epoch != m.Epoch+1 {
+			return false, conflict()
+		}
+		_, err := s.publish(ctx, epochSubject(space, epoch), raw, 0)
+		if wrongLast(err) {
+			old, _, gerr := s.getLast(ctx, s.spaces, epochSubject(space, epoch))
+			if gerr != nil {
+				return false, gerr
+			}
+			if !bytes.Equal(old, raw) { // another record came first: count it, refuse ours
+				lost = herr(http.StatusConflict, codeConflict, "key epoch %d taken by another record", epoch)
+				lost.expected = epoch + 1
+			}
+		} else if err != nil {
+			return false, fmt.Errorf("relay: store key epoch: %w", err)
+		}
+		if epoch > MaxEpochs {
+			err := retryNATS(ctx, func() error {
+				return s.spaces.Purge(ctx, jetstream.WithPurgeSubject(epochSubject(space, epoch-MaxEpochs)))
+			})
+			if err != nil {
+				return false, fmt.Errorf("relay: drop old key epoch: %w", err)
+			}
+		}
+		m.Epoch = epoch
+		return true, nil
+	})
+	if err == nil && lost != nil {
+		return lost
+	}
+	return err
+}
+
+func (s *jsStore) epochs(ctx context.Context, space string, member ed25519.PublicKey) ([][]byte, error) {
+	j, _, err := s.loadMeta(ctx, space, false)
+	if err != nil {
+		return nil, err
+	}
+	m := &j.M
+	if _, err := m.memberOr(member); err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for e := max(m.Epoch, MaxEpochs) - MaxEpochs + 1; e <= m.Epoch; e++ {
+		raw, _, err := s.getLast(ctx, s.spaces, epochSubject(space, e))
+		if err != nil {
+			return nil, err
+		}
+		if raw != nil {
+			out = append(out, raw)
+		}
+	}
+	return out, nil
 }
 
 // seenNonce records a request nonce for the cluster; seen is true if some

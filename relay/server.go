@@ -180,7 +180,7 @@ func NewServer(dir string, opts ServerOptions) (*Server, error) {
 	s.met.server = s
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := jsConfig{replicas: 1, window: opts.Window, maxMsg: maxNATSPayload}
+	cfg := jsConfig{replicas: 1, window: opts.Window, maxMsg: maxNATSPayload, clock: opts.Clock}
 	switch {
 	case opts.NATS != nil:
 		nc, err := connectNATS(opts.NATS, s.log)
@@ -328,6 +328,8 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /v1/spaces/{space}/bundles", s.authed(0, s.handlePull))
 	s.mux.Handle("POST /v1/spaces/{space}/ack", s.authed(0, s.handleAck))
 	s.mux.Handle("GET /v1/spaces/{space}/status", s.authed(0, s.handleStatus))
+	s.mux.Handle("GET /v1/spaces/{space}/epochs", s.authed(0, s.handleGetEpochs))
+	s.mux.Handle("POST /v1/spaces/{space}/epochs", s.authed(maxEpochRecord, s.handlePutEpoch))
 }
 
 // ServeHTTP implements http.Handler.
@@ -655,6 +657,33 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, req *reque
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(st)
+}
+
+func (s *Server) handleGetEpochs(w http.ResponseWriter, r *http.Request, req *request) error {
+	recs, err := s.st.epochs(r.Context(), req.space, req.key)
+	if err != nil {
+		return err
+	}
+	writeCBOR(w, http.StatusOK, epochsResponse{Records: recs})
+	return nil
+}
+
+func (s *Server) handlePutEpoch(w http.ResponseWriter, r *http.Request, req *request) error {
+	rec, _, err := DecodeEpochRecord(req.body)
+	if err != nil {
+		return herr(http.StatusBadRequest, codeBadReq, "malformed key-epoch record")
+	}
+	if rec.Space != req.space {
+		return herr(http.StatusBadRequest, codeBadReq, "key-epoch record names another space")
+	}
+	if !rec.Signer.Equal(req.key) {
+		return herr(http.StatusForbidden, codeNotMember, "key-epoch record not signed by the requester")
+	}
+	if err := s.st.putEpoch(r.Context(), req.space, req.key, rec.Epoch, req.body); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // Serving is a Server listening on an address (see Start).

@@ -19,6 +19,7 @@ import (
 //	"m" space                      -> spaceMeta (CBOR)
 //	"b" space seq(8)               -> sealed bundle, exactly as pushed
 //	"x" space sender(32) counter(8) -> seq(8) | SHA-256(bundle)   (live bundles)
+//	"e" space epoch(8)             -> signed key-epoch record, as accepted
 //	"c" creator key(32)            -> spaces created by that key (u64)
 //	"g"                            -> number of spaces (u64)
 //
@@ -35,6 +36,7 @@ type spaceMeta struct {
 	Bytes   int64       `cbor:"6,keyasint"`
 	Peers   []peerState `cbor:"7,keyasint"`
 	Creator []byte      `cbor:"8,keyasint"`
+	Epoch   uint64      `cbor:"9,keyasint,omitempty"` // newest key epoch recorded
 }
 
 // peerState is per key that is or was a member. A former member's entry
@@ -48,6 +50,7 @@ type peerState struct {
 	Compacted uint64 `cbor:"5,keyasint"` // highest counter compacted
 	Bytes     int64  `cbor:"6,keyasint"`
 	Bundles   int64  `cbor:"7,keyasint"`
+	LastAck   int64  `cbor:"8,keyasint,omitempty"` // unix ms of its last ack (or addition)
 }
 
 const maxPeers = 4 * MaxMembers
@@ -66,6 +69,19 @@ func (m *spaceMeta) member(key []byte) *peerState {
 		return p
 	}
 	return nil
+}
+
+// memberOr is the member state of key, or the refusal: errRemoved for a
+// former member, errNoSpace for a key never in the list.
+func (m *spaceMeta) memberOr(key []byte) (*peerState, error) {
+	p := m.peer(key)
+	switch {
+	case p == nil:
+		return nil, errNoSpace
+	case !p.Member:
+		return nil, errRemoved
+	}
+	return p, nil
 }
 
 // lowWater is the highest seq every member has acknowledged.
@@ -90,6 +106,10 @@ func indexKey(space string, sender []byte, counter uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, counter)
 }
 
+func epochKey(space string, epoch uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte("e"), space...), epoch)
+}
+
 func creatorKey(pub []byte) []byte { return append([]byte("c"), pub...) }
 
 var globalKey = []byte("g")
@@ -109,7 +129,10 @@ func herr(status int, code, format string, args ...any) *httpError {
 	return &httpError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
 }
 
-var errNoSpace = herr(http.StatusForbidden, codeNotMember, "not a member of this space")
+var (
+	errNoSpace = herr(http.StatusForbidden, codeNotMember, "not a member of this space")
+	errRemoved = herr(http.StatusForbidden, codeRemoved, "removed from this space")
+)
 
 func getValue(txn *badger.Txn, key []byte) ([]byte, bool, error) {
 	it, err := txn.Get(key)
@@ -198,8 +221,9 @@ func (s *badgerStore) createSpace(ctx context.Context, sm SignedMembers, raw []b
 			return herr(http.StatusInsufficientStorage, codeQuota, "key has created its maximum of %d spaces", s.opts.MaxSpacesPerKey)
 		}
 		m = &spaceMeta{Members: raw, Version: sm.Version, Creator: creator}
+		now := s.opts.Clock.Now().UnixMilli()
 		for _, k := range sm.Keys {
-			m.Peers = append(m.Peers, peerState{Key: k, Member: true})
+			m.Peers = append(m.Peers, peerState{Key: k, Member: true, LastAck: now})
 		}
 		if err := setU64(txn, globalKey, n+1); err != nil {
 			return err
@@ -218,8 +242,8 @@ func (s *badgerStore) updateMembers(ctx context.Context, sm SignedMembers, raw [
 		if err != nil {
 			return err
 		}
-		if m.member(sm.Signer) == nil {
-			return herr(http.StatusForbidden, codeNotMember, "membership update signed by a non-member")
+		if _, err := m.memberOr(sm.Signer); err != nil {
+			return err
 		}
 		if sm.Version == m.Version && bytes.Equal(m.Members, raw) {
 			return nil // a retry of the same update
@@ -229,18 +253,23 @@ func (s *badgerStore) updateMembers(ctx context.Context, sm SignedMembers, raw [
 			e.expected = m.Version + 1
 			return e
 		}
+		// Who stays keeps its cursor; who is (re-)added starts at Low.
+		was := make(map[string]bool, len(m.Peers))
 		for i := range m.Peers {
+			was[string(m.Peers[i].Key)] = m.Peers[i].Member
 			m.Peers[i].Member = false
 		}
+		now := s.opts.Clock.Now().UnixMilli()
 		for _, k := range sm.Keys {
 			if p := m.peer(k); p != nil {
-				if !p.Member {
+				if !was[string(k)] {
 					p.Cursor = m.Low // a (re-)added member holds compaction until it acknowledges
+					p.LastAck = now
 				}
 				p.Member = true
 				continue
 			}
-			m.Peers = append(m.Peers, peerState{Key: k, Member: true, Cursor: m.Low})
+			m.Peers = append(m.Peers, peerState{Key: k, Member: true, Cursor: m.Low, LastAck: now})
 		}
 		// Forget former members without bundles beyond the bound.
 		for len(m.Peers) > maxPeers {
@@ -270,9 +299,9 @@ func (s *badgerStore) storeBundle(ctx context.Context, space string, sender ed25
 		if err != nil {
 			return err
 		}
-		p := m.member(sender)
-		if p == nil {
-			return errNoSpace
+		p, err := m.memberOr(sender)
+		if err != nil {
+			return err
 		}
 		if counter <= p.HW {
 			v, ok, err := getValue(txn, indexKey(space, sender, counter))
@@ -334,8 +363,8 @@ func (s *badgerStore) loadBundles(_ context.Context, space string, member ed2551
 		if err != nil {
 			return err
 		}
-		if m.member(member) == nil {
-			return errNoSpace
+		if _, err := m.memberOr(member); err != nil {
+			return err
 		}
 		head, low = m.Head, m.Low
 		if after >= m.Head {
@@ -372,15 +401,15 @@ func (s *badgerStore) ack(ctx context.Context, space string, member ed25519.Publ
 		if err != nil {
 			return err
 		}
-		p := m.member(member)
-		if p == nil {
-			return errNoSpace
+		p, err := m.memberOr(member)
+		if err != nil {
+			return err
 		}
 		seq = min(seq, m.Head)
-		if seq <= p.Cursor {
-			return nil
-		}
-		p.Cursor = seq
+		// Every acknowledgement counts as a sign of life (the expiry
+		// policy of members reads it), even one that moves nothing.
+		p.LastAck = s.opts.Clock.Now().UnixMilli()
+		p.Cursor = max(p.Cursor, seq)
 		return putMeta(txn, space, m)
 	})
 	return err
@@ -472,15 +501,18 @@ func (s *badgerStore) status(_ context.Context, space string, member ed25519.Pub
 		if err != nil {
 			return err
 		}
-		if m.member(member) == nil {
-			return errNoSpace
+		if _, err := m.memberOr(member); err != nil {
+			return err
 		}
-		st = SpaceStatus{Space: space, Version: m.Version, Head: m.Head, Low: m.Low, Bundles: m.Bundles, Bytes: m.Bytes, Cursors: map[string]uint64{}}
+		st = SpaceStatus{Space: space, Version: m.Version, Head: m.Head, Low: m.Low, Bundles: m.Bundles, Bytes: m.Bytes, Cursors: map[string]uint64{},
+			Epoch: m.Epoch, Now: s.opts.Clock.Now().UnixMilli()}
 		for _, p := range m.Peers {
 			if p.Member {
 				st.Members++
 				st.Cursors[fingerprint(p.Key)] = p.Cursor
 			}
+			st.Peers = append(st.Peers, PeerStatus{Key: p.Key, Member: p.Member, Cursor: p.Cursor, LastAck: p.LastAck,
+				Counter: p.HW, Compacted: p.Compacted, Bundles: p.Bundles})
 		}
 		return nil
 	})
@@ -494,11 +526,77 @@ func (s *badgerStore) members(_ context.Context, space string, member ed25519.Pu
 		if err != nil {
 			return err
 		}
-		if m.member(member) == nil {
-			return errNoSpace
+		if _, err := m.memberOr(member); err != nil {
+			return err
 		}
 		raw = m.Members
 		return nil
 	})
 	return raw, err
+}
+
+// putEpoch stores a space's next key-epoch record (rec.Epoch must be the
+// newest recorded + 1; the same record again is a retry and succeeds),
+// keeping the newest MaxEpochs. The caller checked the record's form,
+// signature and signer.
+func (s *badgerStore) putEpoch(ctx context.Context, space string, member ed25519.PublicKey, epoch uint64, raw []byte) error {
+	return s.update(ctx, func(txn *badger.Txn) error {
+		m, err := getMeta(txn, space)
+		if err != nil {
+			return err
+		}
+		if _, err := m.memberOr(member); err != nil {
+			return err
+		}
+		if epoch == m.Epoch {
+			old, ok, err := getValue(txn, epochKey(space, epoch))
+			if err != nil {
+				return err
+			}
+			if ok && bytes.Equal(old, raw) {
+				return nil
+			}
+		}
+		if epoch != m.Epoch+1 {
+			e := herr(http.StatusConflict, codeConflict, "key epoch %d, relay has %d", epoch, m.Epoch)
+			e.expected = m.Epoch + 1
+			return e
+		}
+		if err := txn.Set(epochKey(space, epoch), raw); err != nil {
+			return err
+		}
+		if epoch > MaxEpochs {
+			if err := txn.Delete(epochKey(space, epoch-MaxEpochs)); err != nil {
+				return err
+			}
+		}
+		m.Epoch = epoch
+		return putMeta(txn, space, m)
+	})
+}
+
+// epochs returns a space's key-epoch records, oldest first.
+func (s *badgerStore) epochs(_ context.Context, space string, member ed25519.PublicKey) ([][]byte, error) {
+	var out [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		m, err := getMeta(txn, space)
+		if err != nil {
+			return err
+		}
+		if _, err := m.memberOr(member); err != nil {
+			return err
+		}
+		prefix := append([]byte("e"), space...)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 8})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			out = append(out, v)
+		}
+		return nil
+	})
+	return out, err
 }

@@ -19,8 +19,8 @@ import (
 	"github.com/ferrysync/ferry/relay"
 )
 
-// relayProc is a `ferry relay` subprocess.
-type relayProc struct {
+// natsRelayProc is a `ferry relay` subprocess.
+type natsRelayProc struct {
 	cmd     *exec.Cmd
 	url     string
 	metrics string
@@ -30,7 +30,7 @@ type relayProc struct {
 var metricsLine = regexp.MustCompile(`metrics on (\S+)`)
 
 // startRelayDir runs `ferry relay` on dir with extra flags.
-func startRelayDir(t *testing.T, dir string, extra ...string) *relayProc {
+func startRelayDir(t *testing.T, dir string, extra ...string) *natsRelayProc {
 	t.Helper()
 	cmd := exec.Command(e2eBin, append([]string{"relay", "--listen", "127.0.0.1:0", "--dir", dir}, extra...)...)
 	cmd.Env = baseEnv(t)
@@ -45,7 +45,7 @@ func startRelayDir(t *testing.T, dir string, extra ...string) *relayProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &relayProc{cmd: cmd, waited: make(chan struct{})}
+	p := &natsRelayProc{cmd: cmd, waited: make(chan struct{})}
 	metrics := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(errp)
@@ -92,7 +92,7 @@ func startRelayDir(t *testing.T, dir string, extra ...string) *relayProc {
 }
 
 // kill sends SIGKILL and waits for the process.
-func (p *relayProc) kill() {
+func (p *natsRelayProc) kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.waited
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/ferrysync/ferry/relay"
 )
@@ -93,6 +94,15 @@ func (c *relayCommand) Run(ctx context.Context, args []string) error {
 		}
 		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	}
+	if off := c.getenv("FERRY_TEST_CLOCK_OFFSET"); off != "" {
+		// For trying the members' expiry policy: the relay's clock runs
+		// off by the given duration.
+		d, err := time.ParseDuration(off)
+		if err != nil {
+			return usagef("FERRY_TEST_CLOCK_OFFSET: %v", err)
+		}
+		opts.Clock = offsetClock(d)
+	}
 	if c.metrics != "" {
 		reg := newRegistry()
 		opts.Metrics = relay.NewMetrics(reg)
@@ -123,3 +133,9 @@ func (c *relayCommand) Run(ctx context.Context, args []string) error {
 	<-ctx.Done()
 	return run.Close()
 }
+
+// offsetClock is the system clock moved by a fixed duration.
+type offsetClock time.Duration
+
+func (o offsetClock) Now() time.Time                         { return time.Now().Add(time.Duration(o)) }
+func (o offsetClock) After(d time.Duration) <-chan time.Time { return time.After(d) }

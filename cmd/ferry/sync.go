@@ -208,6 +208,15 @@ func syncRelayOnce(ctx context.Context, e *env, r *replica.Replica, url string, 
 	}
 	fmt.Fprintf(e.stdout, "synced through %s: pushed %d records in %d bundles, applied %d records from %d bundles, %d conflicts\n",
 		url, st.RecordsPushed, st.BundlesPushed, st.RecordsApplied, st.BundlesPulled, st.Conflicts)
+	if st.Healed {
+		fmt.Fprintln(e.stdout, "this store went back to an older copy: asked the space's members to send everything again")
+	}
+	for _, fp := range st.Dropped {
+		fmt.Fprintf(e.stdout, "dropped member %s: silent for longer than the space's policy (key rotated; the relay compacts again)\n", short(fp))
+	}
+	if st.Refused > 0 {
+		fmt.Fprintf(e.stdout, "refused %d bundles sealed by removed members after their removal\n", st.Refused)
+	}
 	return nil
 }
 
@@ -241,17 +250,34 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 			}
 			counts[coll] = len(p.Items)
 		}
+		spaces, err := localSpaces(ctx, r, peers)
+		if err != nil {
+			return err
+		}
 		if c.json {
 			if peers == nil {
 				peers = []replica.Status{}
 			}
-			return e.printJSON(map[string]any{"replica": r.ID(), "overall": all, "peers": peers, "records": counts})
+			return e.printJSON(map[string]any{"replica": r.ID(), "overall": all, "peers": peers, "spaces": spaces, "records": counts})
 		}
 		fmt.Fprintf(e.stdout, "replica %s: %s, %d open conflicts\n", r.ID(), all.State, all.OpenConflicts)
 		isPeer := map[string]bool{}
+		for _, sp := range spaces {
+			if !sp.Synced {
+				fmt.Fprintf(e.stdout, "  space %s on %s: never synced, key epoch %d%s\n", sp.ID, sp.Relay, sp.Epoch, sp.removedText())
+			}
+		}
 		for _, p := range peers {
 			isPeer[p.Peer] = true
 			line := fmt.Sprintf("  peer %s: %s", short(p.Peer), p.State)
+			if id, ok := strings.CutPrefix(p.Peer, "space:"); ok {
+				line = fmt.Sprintf("  space %s: %s", id, p.State)
+				for _, sp := range spaces {
+					if sp.ID == id {
+						line = fmt.Sprintf("  space %s on %s: %s, key epoch %d%s", id, sp.Relay, p.State, sp.Epoch, sp.removedText())
+					}
+				}
+			}
 			if !p.LastSync.IsZero() {
 				line += ", last sync " + p.LastSync.UTC().Format(time.RFC3339)
 			}
@@ -279,6 +305,46 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 		}
 		return nil
 	})
+}
+
+// spaceLine is a space as `ferry status` shows it, from this device's
+// records alone (no relay is asked).
+type spaceLine struct {
+	ID      string `json:"id"`
+	Relay   string `json:"relay"`
+	Epoch   uint64 `json:"epoch"`
+	Removed bool   `json:"removed,omitempty"`
+	Synced  bool   `json:"synced"` // a status line exists for it among the peers
+}
+
+func (s spaceLine) removedText() string {
+	if s.Removed {
+		return ", this device was removed from it"
+	}
+	return ""
+}
+
+func localSpaces(ctx context.Context, r *replica.Replica, peers []replica.Status) ([]spaceLine, error) {
+	ids, err := r.Spaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []spaceLine{}
+	for _, id := range ids {
+		sp, _, err := r.Space(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		l := spaceLine{ID: id, Relay: sp.RelayURL, Epoch: sp.Epoch()}
+		for _, p := range peers {
+			if p.Peer == "space:"+id {
+				l.Synced = true
+			}
+		}
+		l.Removed = r.SpaceRemoved(ctx, id)
+		out = append(out, l)
+	}
+	return out, nil
 }
 
 // skewText describes a writer whose clock runs ahead.
