@@ -1,12 +1,16 @@
 package relay
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,6 +95,27 @@ func TestClusterTwoFrontEndsNodeLoss(t *testing.T) {
 	st, err := b.c.Status(t.Context(), space)
 	if err != nil || st.Head != total {
 		t.Fatalf("status through the other front-end: %+v, %v", st, err)
+	}
+	// The nodes' store directories hold no payload, but do hold the space
+	// ID (a control that the scan reads what is there).
+	var disk bytes.Buffer
+	for _, dir := range cl.StoreDirs() {
+		filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			disk.Write(data)
+			return err
+		})
+	}
+	for _, p := range want {
+		if bytes.Contains(disk.Bytes(), []byte(p)) {
+			t.Fatalf("a NATS store directory holds %q", p)
+		}
+	}
+	if !bytes.Contains(disk.Bytes(), []byte(space.ID)) {
+		t.Fatal("control: the space ID is not in the NATS store directories")
 	}
 	// A request replayed through the other front-end is refused: the
 	// nonces are shared through the cluster.
