@@ -60,6 +60,8 @@ func copyBadger(ctx context.Context, db *badger.DB, js *jsStore) (int, error) {
 			case len(k) == 1+SpaceIDLen && k[0] == 'm':
 				err = copySpace(ctx, txn, js, string(k[1:]))
 				spaces++
+			case len(k) == 1+SpaceIDLen+8 && k[0] == 'e':
+				err = copyEpoch(ctx, it.Item(), js, string(k[1:1+SpaceIDLen]), binary.BigEndian.Uint64(k[1+SpaceIDLen:]))
 			case len(k) == 1 && k[0] == 'g':
 				err = copyCount(ctx, it.Item(), js, subjGlobal)
 			case len(k) == 1+32 && k[0] == 'c':
@@ -72,6 +74,17 @@ func copyBadger(ctx context.Context, db *badger.DB, js *jsStore) (int, error) {
 		return nil
 	})
 	return spaces, err
+}
+
+func copyEpoch(ctx context.Context, item *badger.Item, js *jsStore, space string, epoch uint64) error {
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := js.publish(ctx, epochSubject(space, epoch), v, 0); err != nil && !wrongLast(err) {
+		return err
+	}
+	return nil
 }
 
 func copyCount(ctx context.Context, item *badger.Item, js *jsStore, subject string) error {
