@@ -38,7 +38,4 @@ type store interface {
 	close() error
 }
 
-var (
-	_ store = (*jsStore)(nil)
-	_ store = (*badgerStore)(nil)
-)
+var _ store = (*jsStore)(nil)

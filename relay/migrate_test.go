@@ -25,48 +25,12 @@ type migrationFixture struct {
 
 const fixtureDir = "testdata/badger-relay-v1"
 
-// TestMakeBadgerFixture writes relay/testdata/badger-relay-v1 with the
-// Badger relay (the store before JetStream). Run once, by hand:
-// FERRY_MAKE_FIXTURE=1 go test -run TestMakeBadgerFixture ./relay/
-func TestMakeBadgerFixture(t *testing.T) {
-	if os.Getenv("FERRY_MAKE_FIXTURE") == "" {
-		t.Skip("FERRY_MAKE_FIXTURE not set")
-	}
-	dir, err := filepath.Abs(fixtureDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.RemoveAll(dir)
-	r := &testRelay{t: t, dir: filepath.Join(dir, "db"), opts: ServerOptions{LegacyBadger: true, GCInterval: -1}}
-	if err := r.opts.validate(); err != nil {
-		t.Fatal(err)
-	}
-	r.open()
-	defer r.close()
-	a, b := newDevice(t, r), newDevice(t, r)
-	space := setupSpace(t, r, a, b)
-	fx := migrationFixture{SpaceKey: space.Key[:], A: a.key.Seed(), B: b.key.Seed(),
-		Acked: []string{"m1", "m2", "m3"}, Pending: []string{"m4", "m5"}}
-	for _, p := range fx.Acked {
-		a.send(t, space, p)
-	}
-	got, err := b.receive(t, space)
-	wantPayloads(t, "b", got, err, fx.Acked...)
-	if got, err := a.receive(t, space); err != nil || len(got) != 0 {
-		t.Fatal(got, err)
-	}
-	for _, p := range fx.Pending {
-		a.send(t, space, p)
-	}
-	st, err := a.c.Status(t.Context(), space)
-	if err != nil || st.Low != 3 || st.Head != 5 || st.Bundles != 2 {
-		t.Fatalf("fixture status %+v %v", st, err)
-	}
-	js, _ := json.MarshalIndent(fx, "", "  ")
-	if err := os.WriteFile(filepath.Join(dir, "fixture.json"), js, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+// The fixture relay/testdata/badger-relay-v1 was written by the Badger
+// relay (commit "relay: migrate a Badger relay directory on first start",
+// TestMakeBadgerFixture, run with ServerOptions.LegacyBadger before the
+// Badger store was removed): space key and device seeds in fixture.json;
+// a creates the space and adds b; a sends m1..m3, b receives them, both
+// acknowledge (compacted: low 3); a sends m4, m5 (pending).
 
 // A relay directory written by the Badger relay is migrated on first
 // start: the space, its members, cursors, counters and pending bundles

@@ -80,12 +80,6 @@ type ServerOptions struct {
 	NATSListen string
 	// Metrics, if set, receives the relay's counters (see NewMetrics).
 	Metrics *Metrics
-	// LegacyBadger stores in a Badger database in dir, the relay's store
-	// before JetStream: the baseline of BenchmarkRelay10k only.
-	LegacyBadger bool
-	// GCInterval is how often the LegacyBadger value log is
-	// garbage-collected. Default 10 minutes; negative disables.
-	GCInterval time.Duration
 }
 
 func (o *ServerOptions) validate() error {
@@ -125,9 +119,6 @@ func (o *ServerOptions) validate() error {
 	defi(&o.MaxNonces, 1<<18)
 	if o.MaxPullBundles > maxWireArray {
 		o.MaxPullBundles = maxWireArray
-	}
-	if o.GCInterval == 0 {
-		o.GCInterval = 10 * time.Minute
 	}
 	return nil
 }
@@ -197,18 +188,6 @@ func NewServer(dir string, opts ServerOptions) (*Server, error) {
 			return nil, err
 		}
 		s.st, s.shared = js, js
-	case opts.LegacyBadger:
-		if dir == "" {
-			return nil, invalidf("empty relay directory")
-		}
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("relay: %w", err)
-		}
-		st, err := openBadger(dir, opts)
-		if err != nil {
-			return nil, err
-		}
-		s.st = st
 	default:
 		if dir == "" {
 			return nil, invalidf("empty relay directory")
