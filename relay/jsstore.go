@@ -1026,7 +1026,7 @@ func (s *jsStore) getRange(ctx context.Context, space string, from, to uint64, m
 		if err != nil {
 			return storedBundle{}, err
 		}
-		if v == nil || len(v) < hdrLen {
+		if len(v) < hdrLen {
 			return storedBundle{}, fmt.Errorf("relay: bundle %d of a space missing", seq)
 		}
 		return storedBundle{seq: seq, sseq: sseq, data: v}, nil
