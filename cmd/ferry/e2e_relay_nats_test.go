@@ -192,3 +192,63 @@ func TestE2ERelayKill9MidPush(t *testing.T) {
 	}
 	t.Logf("%d acknowledged, %d received after kill -9 and restart", len(acked), len(got))
 }
+
+// `ferry serve --relay URL --metrics ADDR` counts its relay syncs and the
+// records they moved on /metrics.
+func TestE2EServeMetrics(t *testing.T) {
+	p := startRelayDir(t, filepath.Join(t.TempDir(), "relay"))
+	a := newStore(t, "a", "pass-a")
+	a.must("space", "create", p.url, "--collections", "zqnotes")
+	a.must("put", "zqnotes", "zq-1", `{"zq-title":"one"}`)
+	cmd := exec.Command(e2eBin, "--dir", a.dir, "serve", "--relay", p.url, "--interval", "1h", "--metrics", "127.0.0.1:0", "--log-level", "debug")
+	cmd.Env = a.env()
+	errp, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	lines := make(chan string, 64)
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(errp)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		cmd.Wait()
+	}()
+	var url string
+	synced := false
+	guard := time.After(commandTimeout) // a guard, not synchronisation
+	for url == "" || !synced {
+		select {
+		case l := <-lines:
+			if m := metricsLine.FindStringSubmatch(l); m != nil {
+				url = m[1]
+			}
+			synced = synced || strings.Contains(l, "relay sync") && strings.Contains(l, "ok=true")
+		case <-guard:
+			t.Fatalf("ferry serve: metrics %q, synced %v", url, synced)
+		}
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`ferry_sync_sessions_total{result="up-to-date"} 1`, "ferry_sync_records_sent_total 1", "ferry_conflicts_total 0"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
