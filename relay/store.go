@@ -64,13 +64,6 @@ func (m *spaceMeta) peer(key []byte) *peerState {
 	return nil
 }
 
-func (m *spaceMeta) member(key []byte) *peerState {
-	if p := m.peer(key); p != nil && p.Member {
-		return p
-	}
-	return nil
-}
-
 // memberOr is the member state of key, or the refusal: errRemoved for a
 // former member, errNoSpace for a key never in the list.
 func (m *spaceMeta) memberOr(key []byte) (*peerState, error) {

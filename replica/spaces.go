@@ -458,8 +458,9 @@ func (r *Replica) SpaceStatus(ctx context.Context, spaceID string) (SpaceInfo, e
 	}
 	rs, err := r.relayClient(space.RelayURL).Status(ctx, space)
 	if errors.Is(err, relay.ErrRemoved) {
-		err = r.markRemoved(context.WithoutCancel(ctx), space.ID, err)
 		info.Removed = "removed by another member"
+		// Best effort: the next sync marks the space again if this fails.
+		_ = r.markRemoved(context.WithoutCancel(ctx), space.ID, err)
 		return info, nil
 	}
 	if err != nil {
