@@ -419,6 +419,9 @@ func (r *Replica) openRelaySession(ctx context.Context, rec spaceRecord, space r
 	if s.rs, err = s.client.Status(ctx, s.space); err != nil {
 		return nil, err
 	}
+	if err := r.readmitted(ctx, s); err != nil {
+		return nil, err
+	}
 	self := r.id.Public().(ed25519.PublicKey)
 	s.v, err = relay.NewVerifier(ctx, s.space, s.kv, relay.VerifierOptions{Start: positions(rec.Start), Self: self, Removed: positions(s.rec.Removed)})
 	if err != nil {
