@@ -396,6 +396,11 @@ func TestSpaceHealsRestoredStore(t *testing.T) {
 	if !st.Healed {
 		t.Fatalf("b did not notice its store went back: %+v", st)
 	}
+	relaySync(t, b, spaceID) // nothing answered yet: still healing
+	_, ps := b.Status(ctx)
+	if i := slices.IndexFunc(ps, func(s Status) bool { return s.Peer == spacePeer(spaceID) }); i < 0 || ps[i].State != Stale {
+		t.Fatalf("b's status while healing: %+v", ps)
+	}
 	relaySync(t, a, spaceID) // answers the resend request
 	relaySync(t, b, spaceID)
 	want := dump(t, a, "notes")
@@ -408,6 +413,10 @@ func TestSpaceHealsRestoredStore(t *testing.T) {
 	// Healed: the next round moves nothing and says nothing more.
 	if st := relaySync(t, b, spaceID); st.Healed || st.RecordsApplied != 0 {
 		t.Fatalf("after healing: %+v", st)
+	}
+	_, ps = b.Status(ctx)
+	if i := slices.IndexFunc(ps, func(s Status) bool { return s.Peer == spacePeer(spaceID) }); i < 0 || ps[i].Warning != "" || ps[i].State != UpToDate {
+		t.Fatalf("b's status after healing: %+v", ps)
 	}
 	mustPut(t, b, "notes", "b-new", map[string]any{"t": "after"})
 	relaySync(t, b, spaceID)
