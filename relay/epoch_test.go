@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"pgregory.net/rapid"
 )
 
 // TestEpochRecipientMatchesIdentity: the X25519 recipient computed from an
@@ -278,4 +281,69 @@ func TestVerifierRefusesRemovedSender(t *testing.T) {
 	if v.Refused() != 2 || v.Done() != 3 {
 		t.Fatalf("refused %d, done %d", v.Refused(), v.Done())
 	}
+}
+
+// TestSpaceEpochsRoundTrip (property): a space with any set of key epochs
+// and any relay URL survives MarshalBinary and an invitation unchanged,
+// seals under its newest epoch, and opens bundles of every epoch it
+// holds; a corrupted encoding never decodes to another space silently.
+func TestSpaceEpochsRoundTrip(t *testing.T) {
+	id, err := DeriveInviteIdentity(fuzzKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rapid.Check(t, func(rt *rapid.T) {
+		var k [SpaceKeySize]byte
+		copy(k[:], rapid.SliceOfN(rapid.Byte(), SpaceKeySize, SpaceKeySize).Draw(rt, "key"))
+		url := rapid.StringMatching(`https://[a-z0-9.\-:]{0,40}(/[ -~]{0,20})?`).Draw(rt, "url")
+		s := SpaceFromKey(k, url)
+		epochs := rapid.SliceOfNDistinct(rapid.Uint64Range(1, 1<<40), 0, MaxEpochs+3, func(e uint64) uint64 { return e }).Draw(rt, "epochs")
+		for _, e := range epochs {
+			var ek [SpaceKeySize]byte
+			copy(ek[:], rapid.SliceOfN(rapid.Byte(), SpaceKeySize, SpaceKeySize).Draw(rt, "ek"))
+			s = s.WithEpoch(EpochKey{Epoch: e, Key: ek})
+		}
+		if len(s.Epochs) > MaxEpochs || !slices.IsSortedFunc(s.Epochs, func(a, b EpochKey) int { return cmp.Compare(a.Epoch, b.Epoch) }) {
+			rt.Fatalf("epochs %d unsorted or over the bound", len(s.Epochs))
+		}
+		bin, err := s.MarshalBinary()
+		if err != nil {
+			rt.Fatal(err)
+		}
+		var back Space
+		if err := back.UnmarshalBinary(bin); err != nil || !spacesEqual(back, s) {
+			rt.Fatalf("binary round trip: %v", err)
+		}
+		if len(bin) > 0 {
+			i := rapid.IntRange(0, len(bin)-1).Draw(rt, "flip")
+			bad := bytes.Clone(bin)
+			bad[i] ^= 1 << rapid.IntRange(0, 7).Draw(rt, "bit")
+			var got Space
+			if err := got.UnmarshalBinary(bad); err == nil && spacesEqual(got, s) {
+				rt.Fatalf("a flipped byte %d decodes to the same space", i)
+			}
+		}
+		inv, err := Invite(s, id.Recipient())
+		if err != nil {
+			rt.Fatal(err)
+		}
+		opened, err := AcceptInvitation(inv, id)
+		if err != nil || !spacesEqual(opened.Space, s) {
+			rt.Fatalf("invitation round trip: %v", err)
+		}
+		b, err := Seal(s, fuzzKey, 1, []byte("p"))
+		if err != nil {
+			rt.Fatal(err)
+		}
+		if e, _ := BundleEpoch(b); e != s.Epoch() {
+			rt.Fatalf("sealed under epoch %d, space is at %d", e, s.Epoch())
+		}
+		if _, err := Open(back, b); err != nil {
+			rt.Fatal(err)
+		}
+	})
+}
+
+func spacesEqual(a, b Space) bool {
+	return a.ID == b.ID && a.Key == b.Key && a.RelayURL == b.RelayURL && slices.Equal(a.Epochs, b.Epochs)
 }

@@ -375,6 +375,7 @@ func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, er
 		return st, fmt.Errorf("%w: space %s holds no live device-sync grant (grant one with ferry consent grant COLLECTION --to %s --purpose device-sync)",
 			ErrNoConsent, short(space.ID), peer)
 	}
+	r.status.unwarn(peer)
 	r.status.begin(peer)
 	r.publishStatus(peer)
 	err = r.syncRelay(ctx, rec, space, peer, &st)
@@ -419,6 +420,9 @@ func (r *Replica) openRelaySession(ctx context.Context, rec spaceRecord, space r
 	if s.rs, err = s.client.Status(ctx, s.space); err != nil {
 		return nil, err
 	}
+	if err := r.readmitted(ctx, s); err != nil {
+		return nil, err
+	}
 	self := r.id.Public().(ed25519.PublicKey)
 	s.v, err = relay.NewVerifier(ctx, s.space, s.kv, relay.VerifierOptions{Start: positions(rec.Start), Self: self, Removed: positions(s.rec.Removed)})
 	if err != nil {
@@ -457,10 +461,14 @@ func (r *Replica) syncRelay(ctx context.Context, rec spaceRecord, space relay.Sp
 	}
 	if s.heal {
 		st.Healed = true
-		if _, err := s.sender.Send(ctx, resendRequest()); err != nil {
+		seq, err := s.sender.Send(ctx, resendRequest())
+		if err != nil {
 			return fmt.Errorf("push: resend request: %w", err)
 		}
 		st.BundlesPushed++
+		if _, err := r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{r.uintWrite(nsPeer+peer, "healing", seq)}}); err != nil {
+			return err
+		}
 	}
 	if err := r.pushRelay(ctx, s, h, st); err != nil {
 		return err
@@ -504,11 +512,19 @@ func (r *Replica) pullRelay(ctx context.Context, s *relaySession, st *RelayStats
 		}
 		return nil
 	}
+	healSeq, err := r.slotUint(ctx, nsPeer+peer, "healing")
+	if err != nil {
+		return err
+	}
+	answered := false
 	n, rerr := s.v.Receive(ctx, s.client, 0, func(m relay.Message) error {
 		if isResendRequest(m.Payload) {
 			s.resend = true
 			return nil
 		}
+		// A member's bundle pushed after this device's resend request
+		// carries its answer: the heal is done once it is applied.
+		answered = answered || (healSeq > 0 && m.Seq > healSeq)
 		msg, err := decodeMsg(m.Payload)
 		if err != nil {
 			return err
@@ -529,7 +545,16 @@ func (r *Replica) pullRelay(ctx context.Context, s *relaySession, st *RelayStats
 	if rerr != nil {
 		return rerr
 	}
-	return r.retryPending(ctx, peer, pending, st)
+	if err := r.retryPending(ctx, peer, pending, st); err != nil {
+		return err
+	}
+	switch {
+	case answered:
+		return r.store.Slots(nsPeer+peer).Delete(ctx, "healing")
+	case healSeq > 0 && !s.heal:
+		r.status.warn(peer, "this store went back to an older copy; waiting for the space's members to send everything again")
+	}
+	return nil
 }
 
 // pushRelay pushes the feed after the push cursor, in bundles. When the

@@ -67,16 +67,16 @@ func (r *Replica) refreshEpochs(ctx context.Context, client relay.API, rec *spac
 	changed := false
 	for _, raw := range raws {
 		er, err := relay.OpenEpochRecord(space, raw, r.id)
-		if errors.Is(err, relay.ErrNoKey) {
+		switch {
+		case errors.Is(err, relay.ErrNoKey) && (hasEpoch(space, er.Epoch) || er.Epoch <= space.Epoch()):
+			// An epoch from before this device joined (its invitation
+			// carried the key, or it reads nothing that old).
+		case errors.Is(err, relay.ErrNoKey):
 			if slices.ContainsFunc(er.Removed, func(p relay.Position) bool { return p.Sender.Equal(self) }) {
 				return space, fmt.Errorf("%w: at key epoch %d, by %s", ErrSpaceRemoved, er.Epoch, short(transport.Fingerprint(er.Signer)))
 			}
-			if er.Epoch <= space.Epoch() {
-				continue // an older epoch this device joined after
-			}
 			return space, fmt.Errorf("%w: key epoch %d", relay.ErrNoKey, er.Epoch)
-		}
-		if err != nil {
+		case err != nil:
 			return space, err
 		}
 		// A key removed at an earlier epoch signs nothing any more.
@@ -85,7 +85,7 @@ func (r *Replica) refreshEpochs(ctx context.Context, client relay.API, rec *spac
 		}) {
 			return space, fmt.Errorf("%w: key epoch %d signed by a removed member", relay.ErrTampered, er.Epoch)
 		}
-		if er.Epoch > space.Epoch() || !hasEpoch(space, er.Epoch) {
+		if er.HasKey && !hasEpoch(space, er.Epoch) {
 			space = space.WithEpoch(relay.EpochKey{Epoch: er.Epoch, Key: er.Key})
 			changed = true
 		}
@@ -102,6 +102,31 @@ func (r *Replica) refreshEpochs(ctx context.Context, client relay.API, rec *spac
 		}
 	}
 	return space, nil
+}
+
+// readmitted forgets the removal of keys that a member invited back: the
+// current member list lists them again, signed by a key never removed.
+// Their new bundles are then accepted again.
+func (r *Replica) readmitted(ctx context.Context, s *relaySession) error {
+	if len(s.rec.Removed) == 0 {
+		return nil
+	}
+	sm, err := s.client.Members(ctx, s.space)
+	if err != nil {
+		return err
+	}
+	isRemoved := func(k []byte) bool {
+		return slices.ContainsFunc(s.rec.Removed, func(p startPosition) bool { return bytes.Equal(p.Sender, k) })
+	}
+	if isRemoved(sm.Signer) {
+		return nil
+	}
+	kept := slices.DeleteFunc(slices.Clone(s.rec.Removed), func(p startPosition) bool { return sm.Has(p.Sender) })
+	if len(kept) == len(s.rec.Removed) {
+		return nil
+	}
+	s.rec.Removed = kept
+	return r.putSpace(ctx, s.rec, s.space)
 }
 
 func hasEpoch(s relay.Space, e uint64) bool {
@@ -458,8 +483,9 @@ func (r *Replica) SpaceStatus(ctx context.Context, spaceID string) (SpaceInfo, e
 	}
 	rs, err := r.relayClient(space.RelayURL).Status(ctx, space)
 	if errors.Is(err, relay.ErrRemoved) {
-		err = r.markRemoved(context.WithoutCancel(ctx), space.ID, err)
 		info.Removed = "removed by another member"
+		// Best effort: the next sync marks the space again if this fails.
+		_ = r.markRemoved(context.WithoutCancel(ctx), space.ID, err)
 		return info, nil
 	}
 	if err != nil {

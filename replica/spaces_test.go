@@ -396,6 +396,11 @@ func TestSpaceHealsRestoredStore(t *testing.T) {
 	if !st.Healed {
 		t.Fatalf("b did not notice its store went back: %+v", st)
 	}
+	relaySync(t, b, spaceID) // nothing answered yet: still healing
+	_, ps := b.Status(ctx)
+	if i := slices.IndexFunc(ps, func(s Status) bool { return s.Peer == spacePeer(spaceID) }); i < 0 || ps[i].State != Stale {
+		t.Fatalf("b's status while healing: %+v", ps)
+	}
 	relaySync(t, a, spaceID) // answers the resend request
 	relaySync(t, b, spaceID)
 	want := dump(t, a, "notes")
@@ -409,10 +414,56 @@ func TestSpaceHealsRestoredStore(t *testing.T) {
 	if st := relaySync(t, b, spaceID); st.Healed || st.RecordsApplied != 0 {
 		t.Fatalf("after healing: %+v", st)
 	}
+	_, ps = b.Status(ctx)
+	if i := slices.IndexFunc(ps, func(s Status) bool { return s.Peer == spacePeer(spaceID) }); i < 0 || ps[i].Warning != "" || ps[i].State != UpToDate {
+		t.Fatalf("b's status after healing: %+v", ps)
+	}
 	mustPut(t, b, "notes", "b-new", map[string]any{"t": "after"})
 	relaySync(t, b, spaceID)
 	relaySync(t, a, spaceID)
 	if got := mustGet(t, a, "notes", "b-new")["t"]; got != "after" {
 		t.Fatalf("a reads b's next write: %v", got)
+	}
+}
+
+// TestSpaceReinvite: a removed device invited back joins again and the
+// others accept its new writes (its removal is forgotten once a member
+// lists it again).
+func TestSpaceReinvite(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.replica("a"), e.replica("b")
+	ctx := context.Background()
+	spaceID := joinAll(t, memRelayURL, "notes", a, b)
+	mustPut(t, b, "notes", "b1", map[string]any{"t": "1"})
+	relaySync(t, b, spaceID)
+	relaySync(t, a, spaceID)
+	if _, err := a.RemoveMember(ctx, spaceID, b.ID()); err != nil {
+		t.Fatal(err)
+	}
+	relaySync(t, a, spaceID)
+	if _, err := b.SyncRelay(ctx, spaceID); !errors.Is(err, ErrSpaceRemoved) {
+		t.Fatalf("b removed: %v", err)
+	}
+	code, err := b.JoinCode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := a.Invite(ctx, spaceID, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.JoinSpace(ctx, inv, []string{"notes"}); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, b, "notes", "b2", map[string]any{"t": "back"})
+	mustPut(t, a, "notes", "a2", map[string]any{"t": "after the rotation"})
+	relaySync(t, a, spaceID)
+	relaySync(t, b, spaceID)
+	st := relaySync(t, a, spaceID)
+	if got := mustGet(t, a, "notes", "b2")["t"]; got != "back" {
+		t.Fatalf("a reads b again: %v (%+v)", got, st)
+	}
+	if got := mustGet(t, b, "notes", "a2")["t"]; got != "after the rotation" {
+		t.Fatalf("b reads the new epoch: %v", got)
 	}
 }
