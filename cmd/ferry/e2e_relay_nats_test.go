@@ -252,3 +252,30 @@ func TestE2EServeMetrics(t *testing.T) {
 		}
 	}
 }
+
+// ferry relay's flags that exclude each other fail as a bad command line
+// (exit 2, with the synopsis); a NATS cluster that is not there fails
+// with one line, a network failure.
+func TestE2ERelayFlagErrors(t *testing.T) {
+	for _, c := range []struct {
+		args     []string
+		code     int
+		contains string
+	}{
+		{[]string{"--dir", t.TempDir(), "--nats", "nats://127.0.0.1:1"}, exitUsage, "exclude each other"},
+		{[]string{"--nats", "nats://127.0.0.1:1", "--nats-listen", "127.0.0.1:0"}, exitUsage, "--nats-listen"},
+		{[]string{"--dir", t.TempDir(), "--nats-creds", "x.creds"}, exitUsage, "go with --nats"},
+		{[]string{"--nats", "nats://127.0.0.1:1", "--nats-replicas", "0"}, exitUsage, "--nats-replicas"},
+		{[]string{"--dir", t.TempDir(), "--log-level", "loud"}, exitUsage, "--log-level"},
+		{[]string{"--nats", "nats://127.0.0.1:1"}, exitNetwork, "nats"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			_, errOut, code := runFerry(t, baseEnv(t), append([]string{"relay", "--listen", "127.0.0.1:0"}, c.args...)...)
+			if c.code == exitUsage {
+				assertFailure(t, errOut, code, c.code, c.contains)
+				return
+			}
+			assertOneLine(t, errOut, code, c.code, c.contains)
+		})
+	}
+}
