@@ -28,7 +28,7 @@ var relayCmd = &command{name: "relay", args: "--listen ADDR (--dir DIR | --nats 
 		fs.StringVar(&c.natsCert, "nats-tls-cert", "", "with --nats: a client certificate (PEM) for the NATS servers")
 		fs.StringVar(&c.natsKey, "nats-tls-key", "", "with --nats: its key (PEM)")
 		fs.IntVar(&c.natsReplicas, "nats-replicas", 3, "with --nats: replicas of the relay's streams when this front-end creates them")
-		fs.StringVar(&c.natsListen, "nats-listen", "", "with --dir: open a NATS client port on the embedded server at this address (default none)")
+		fs.StringVar(&c.natsListen, "nats-listen", "", "with --dir: open a NATS client port on the embedded server at this address, without authentication: bind it to loopback (default none)")
 		fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://ADDR/metrics (default off)")
 		fs.StringVar(&c.logLevel, "log-level", "info", "log level on stderr: debug, info, warn or error")
 		return c
