@@ -64,6 +64,8 @@ func (d *Doc) changesSince(since []automerge.ChangeHash) ([]*automerge.Change, e
 
 // forkAt returns a copy of the document as of heads. d.mu is held.
 func (d *Doc) forkAt(heads []automerge.ChangeHash) (*automerge.Doc, error) {
+	// Every fork is a temporary copy, garbage once its caller is done.
+	noteGarbage(d.size.Load())
 	var out *automerge.Doc
 	err := guard(func() error {
 		var err error

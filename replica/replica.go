@@ -82,8 +82,12 @@ type Options struct {
 	// replica decide alike (docs/policy.md, "Clocks"). Such writers are
 	// reported in SyncStats.ClockSkew, Status and an EventClockSkew.
 	MaxClockDrift time.Duration
-	// CacheSize is the number of documents kept loaded (1024 when zero).
+	// CacheSize is the most documents kept loaded (1024 when zero).
 	CacheSize int
+	// CacheBytes bounds the estimated C memory of the documents kept
+	// loaded, in bytes (DefaultCacheBytes when zero; crdt.Doc.Footprint
+	// is the estimate). A document over a quarter of it is not kept.
+	CacheBytes int64
 	// Batch sets how many records go in one sync frame (512 when zero).
 	Batch int
 	// Relay returns the client this replica drives the relay at url with,
@@ -111,6 +115,9 @@ func (o *Options) validate() error {
 	if o.CacheSize <= 0 {
 		o.CacheSize = 1024
 	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = DefaultCacheBytes
+	}
 	if o.Batch <= 0 {
 		o.Batch = 512
 	}
@@ -119,6 +126,11 @@ func (o *Options) validate() error {
 	}
 	return nil
 }
+
+// DefaultCacheBytes is the default bound on the document cache's
+// estimated C memory: 16 MiB, about a thousand records of a few hundred
+// bytes (each takes ~14 KiB loaded; docs/crdt.md, "Memory").
+const DefaultCacheBytes = 16 << 20
 
 // DefaultMaxClockDrift is the default bound on how far ahead of this
 // replica's clock a remote write's time may be. Devices that keep their
@@ -217,7 +229,7 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 	r := &Replica{
 		opts:   opts,
 		store:  st,
-		cache:  newDocCache(opts.CacheSize),
+		cache:  newDocCache(opts.CacheSize, opts.CacheBytes),
 		seed:   maphash.MakeSeed(),
 		events: newHub(),
 		status: &statusBoard{now: opts.Now, bound: opts.MaxClockDrift, peers: map[string]*Status{}},
