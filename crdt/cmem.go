@@ -14,20 +14,20 @@ import (
 // memory. A process that loads and drops many documents, or reads many
 // values, allocates C memory far faster than Go memory, and the garbage
 // waits, unfreed, until the small Go heap happens to double. Measured
-// (docs/crdt.md, "Memory"): a record of ~750 saved bytes takes ~14 KB of C
-// memory loaded; Load leaves ~2.3 KB of garbage, ToMap ~8 KB, Save ~3.4
-// KB, SaveIncremental ~4.5 KB, Heads ~0.2 KB.
+// (docs/crdt.md, "Memory"; record of 7 fields, ~750 bytes saved): loaded
+// it holds ~14 KB of C memory; writing its 7 fields allocates ~41 KB
+// (live and garbage), ToMap ~18 KB, Load ~16 KB, SaveIncremental ~4.3 KB,
+// Save ~3.7 KB, Heads ~0.1 KB.
 //
 // This file keeps an estimate of that garbage (the bytes of C memory
-// that are unreachable but not yet freed) and runs a Go collection, off
-// the caller's goroutine, whenever it passes a threshold, so the
+// that are unreachable but not yet freed) and runs a Go collection whenever it passes a threshold, so the
 // finalizers free it. The estimates are coarse (calibrated on records of
 // a few hundred bytes); what matters is that the collections follow the
 // C allocations at all.
 
 // DefaultCollectEvery is the estimated C garbage, in bytes, after which
 // a collection runs (SetCollectEvery).
-const DefaultCollectEvery = 16 << 20
+const DefaultCollectEvery = 4 << 20
 
 var cmem struct {
 	pending     atomic.Int64 // estimated C bytes unreachable, not yet collected
@@ -79,12 +79,13 @@ func noteGarbage(n int64) {
 	if cmem.pending.Add(n) < every || !cmem.running.CompareAndSwap(false, true) {
 		return
 	}
+	// On the caller's goroutine: a collection elsewhere may wait for a
+	// busy processor while garbage keeps coming. Callers that cross the
+	// threshold while it runs go on.
+	defer cmem.running.Store(false)
 	cmem.pending.Store(0)
 	cmem.collections.Add(1)
-	go func() {
-		defer cmem.running.Store(false)
-		runtime.GC()
-	}()
+	runtime.GC()
 }
 
 // Collect runs a Go collection now, so the finalizers free the C memory
@@ -117,14 +118,15 @@ const (
 	docBase       = 4 << 10 // an empty document
 	docPerByte    = 16      // per byte of saved or applied changes
 	resultGarbage = 256     // any call's result (heads, a scalar value)
-	valueGarbage  = 1 << 10 // per value read by ToMap
+	valueGarbage  = 2 << 10 // per value read by ToMap
 	perSavedByte  = 4       // Save/SaveIncremental garbage per byte returned
-	commitLive    = 2 << 10 // one committed change
+	opLive        = 1 << 10 // live memory per value or metadata key written
+	opGarbage     = 3 << 10 // garbage per value or metadata key written
 )
 
 // Footprint is an estimate of the C memory the document holds, in bytes:
-// a base plus 16 bytes per byte loaded or merged, plus 2 KiB per local
-// change. It underestimates documents whose saved form compresses very
+// a base plus 16 bytes per byte loaded or merged, plus 1 KiB per value
+// or metadata key written locally. It underestimates documents whose saved form compresses very
 // well (a long text inserted in one change: ~500 bytes of C memory per
 // character in the 2023 core automerge-go ships).
 func (d *Doc) Footprint() int64 { return d.size.Load() }

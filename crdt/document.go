@@ -304,7 +304,7 @@ func (d *Doc) rootNode(doc *automerge.Doc) (*node, error) {
 func (d *Doc) Deleted() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	noteGarbage(resultGarbage)
+	noteGarbage(4 * resultGarbage)
 	m, ok := d.fieldMeta(d.am, "")
 	return ok && m.Deleted
 }
@@ -443,8 +443,9 @@ func (d *Doc) write(fn func(t *tx) error) error {
 	defer d.mu.Unlock()
 	t := d.newTx(WriteMeta{HLC: d.clock.Now(), ReplicaID: d.actor.ReplicaID, Priority: d.actor.Priority})
 	ferr := guard(func() error { return fn(t) })
-	d.size.Add(commitLive)
-	noteGarbage(commitLive)
+	ops := int64(1 + len(t.ws.E) + len(t.order))
+	d.size.Add(opLive * ops)
+	noteGarbage(opGarbage * ops)
 	if err := t.commit(); err != nil {
 		return errors.Join(ferr, err)
 	}

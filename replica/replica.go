@@ -130,7 +130,7 @@ func (o *Options) validate() error {
 // DefaultCacheBytes is the default bound on the document cache's
 // estimated C memory: 16 MiB, about a thousand records of a few hundred
 // bytes (each takes ~14 KiB loaded; docs/crdt.md, "Memory").
-const DefaultCacheBytes = 16 << 20
+const DefaultCacheBytes = 8 << 20
 
 // DefaultMaxClockDrift is the default bound on how far ahead of this
 // replica's clock a remote write's time may be. Devices that keep their
@@ -538,6 +538,12 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	if len(rc.Changes) == 0 {
 		return 0, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", collection, id, ErrInvalid)
 	}
+	if len(doc)+len(rc.Changes) >= importCollectBytes {
+		// The loaded copy is garbage now, but only a collection frees its
+		// C memory: free it before the apply builds the record's own copy,
+		// so a large document is not held twice (docs/crdt.md, "Memory").
+		crdt.Collect(importCollectWait)
+	}
 	_, conflicts, _, err := r.applyRecords(ctx, "", []recordChanges{rc}, 0)
 	return conflicts, err
 }
@@ -556,6 +562,7 @@ func (r *Replica) docChanges(collection, id string, doc []byte) (recordChanges, 
 	if err != nil {
 		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
 	}
+	defer other.Release() // a copy: the apply loads the record's own
 	changes, err := other.ChangesSince()
 	if err != nil {
 		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
@@ -572,6 +579,14 @@ func (r *Replica) docChanges(collection, id string, doc []byte) (recordChanges, 
 	}
 	return recordChanges{Collection: collection, ID: id, Heads: other.Heads().Bytes(), Changes: changes}, nil
 }
+
+// An import of at least importCollectBytes (document plus its changes)
+// frees the loaded copy before applying (crdt.Collect), waiting at most
+// importCollectWait for the finalizers.
+const (
+	importCollectBytes = 256 << 10
+	importCollectWait  = 5 * time.Second
+)
 
 // logAdapter gives the policy audit trail the store's append-only log.
 type logAdapter struct {
