@@ -217,30 +217,29 @@ func memReplicaOpts(name string, noSync bool) replica.Options {
 	return replica.Options{Passphrase: []byte("bench-mem-" + name), KDF: storage.TestKDF(), Name: name, NoSync: noSync}
 }
 
-// scanReplica reads every record of syncColl: List, then Get of each.
+// scanReplica reads every record of syncColl: Scan (streaming), Get of
+// each.
 func scanReplica(ctx context.Context, r *replica.Replica) (int, error) {
 	got := 0
-	after := ""
-	for {
-		page, err := r.List(ctx, syncColl, replica.ListOptions{Limit: 1000, After: after})
+	err := r.Scan(ctx, syncColl, false, func(it replica.RecordInfo) error {
+		m, err := r.Get(ctx, syncColl, it.ID)
 		if err != nil {
-			return got, err
+			return err
 		}
-		for _, it := range page.Items {
-			m, err := r.Get(ctx, syncColl, it.ID)
-			if err != nil {
-				return got, err
-			}
-			if m["name"] == nil {
-				return got, fmt.Errorf("record %s: no name", it.ID)
-			}
-			got++
+		if m["name"] == nil {
+			return fmt.Errorf("record %s: no name", it.ID)
 		}
-		if page.Next == "" {
-			return got, nil
-		}
-		after = page.Next
-	}
+		got++
+		return nil
+	})
+	return got, err
+}
+
+// countRecords counts syncColl's records without holding them.
+func countRecords(ctx context.Context, r *replica.Replica) (int, error) {
+	n := 0
+	err := r.Scan(ctx, syncColl, false, func(replica.RecordInfo) error { n++; return nil })
+	return n, err
 }
 
 // openTunedBadger opens raw Badger with the sizes and settings ferry's
@@ -305,14 +304,14 @@ func memSyncChild(ctx context.Context, mode, dir string) (int, error) {
 		return st.RecordsSent, r.Close()
 	}
 	want, _ := strconv.Atoi(os.Getenv("FERRY_MEM_WANT"))
-	page, err := r.List(ctx, syncColl, replica.ListOptions{})
+	got, err := countRecords(ctx, r)
 	if err != nil {
 		return 0, err
 	}
-	if len(page.Items) != want {
-		return len(page.Items), fmt.Errorf("after sync: %d records, want %d", len(page.Items), want)
+	if got != want {
+		return got, fmt.Errorf("after sync: %d records, want %d", got, want)
 	}
-	return len(page.Items), r.Close()
+	return got, r.Close()
 }
 
 // memRingChild: three replicas in one process (dir/r0..r2), each writing
@@ -356,12 +355,12 @@ func memRingChild(ctx context.Context, dir string, n int) (int, error) {
 		}
 	}
 	for k, r := range rs {
-		page, err := r.List(ctx, syncColl, replica.ListOptions{})
+		got, err := countRecords(ctx, r)
 		if err != nil {
 			return 0, err
 		}
-		if len(page.Items) != 3*n {
-			return 0, fmt.Errorf("r%d holds %d records after the ring, want %d", k, len(page.Items), 3*n)
+		if got != 3*n {
+			return 0, fmt.Errorf("r%d holds %d records after the ring, want %d", k, got, 3*n)
 		}
 	}
 	return 3 * n, nil

@@ -156,4 +156,3 @@ func footprintChild(t *testing.T) {
 	}
 	t.Fatal("no VmHWM")
 }
-
