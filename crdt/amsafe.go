@@ -35,6 +35,7 @@ func (d *Doc) changesSince(since []automerge.ChangeHash) ([]*automerge.Change, e
 			out, err = d.am.Changes()
 			return err
 		})
+		noteGarbage(changeGarbage * int64(len(out)))
 		return out, err
 	}
 	if len(since) <= safeItems {
@@ -44,6 +45,7 @@ func (d *Doc) changesSince(since []automerge.ChangeHash) ([]*automerge.Change, e
 			out, err = d.am.Changes(since...)
 			return err
 		})
+		noteGarbage(changeGarbage * int64(len(out)))
 		return out, err
 	}
 	metas, err := d.localOnly(d.am.Heads(), since)

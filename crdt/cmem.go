@@ -122,6 +122,7 @@ const (
 	perSavedByte  = 4       // Save/SaveIncremental garbage per byte returned
 	opLive        = 1 << 10 // live memory per value or metadata key written
 	opGarbage     = 3 << 10 // garbage per value or metadata key written
+	changeGarbage = 1 << 10 // per change read (its hash, deps, message)
 )
 
 // Footprint is an estimate of the C memory the document holds, in bytes:
