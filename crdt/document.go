@@ -54,6 +54,8 @@ type Doc struct {
 	// SaveIncremental cannot serve: right after Load it returns the whole
 	// history, so a write after a load would look like the whole record.
 	saved []automerge.ChangeHash
+	// wasSaved: loaded, or saved at least once (Saved).
+	wasSaved bool
 	// size is the estimated C memory the document holds (Footprint);
 	// released is set by Release.
 	size     atomic.Int64
@@ -86,6 +88,7 @@ func Load(b []byte, actor Actor) (*Doc, error) {
 		return nil, err
 	}
 	d.saved = am.Heads() // everything loaded is saved already
+	d.wasSaved = true
 	d.size.Add(docPerByte * int64(len(b)))
 	noteGarbage(resultGarbage + int64(len(b))) // Load's and Heads' results
 	return d, nil
@@ -141,6 +144,7 @@ func (d *Doc) Save() []byte {
 	defer d.mu.Unlock()
 	b := d.am.Save()
 	d.saved = d.am.Heads()
+	d.wasSaved = true
 	noteGarbage(2*resultGarbage + perSavedByte*int64(len(b)))
 	return b
 }
@@ -164,12 +168,23 @@ func (d *Doc) SaveIncremental() []byte {
 			b = d.am.Save()
 		}
 		d.saved = d.am.Heads()
+		d.wasSaved = true
 		return b
 	}
 	d.saved = d.am.Heads()
+	d.wasSaved = true
 	b := automerge.SaveChanges(chs)
 	noteGarbage(2*resultGarbage + perSavedByte*int64(len(b)))
 	return b
+}
+
+// Saved reports whether the document was loaded or saved (Save or
+// SaveIncremental) at least once: a new document that was not gives its
+// whole history from SaveIncremental.
+func (d *Doc) Saved() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.wasSaved
 }
 
 // Heads returns the current heads.
