@@ -68,6 +68,9 @@ func memChildInit() {
 		return
 	}
 	n, _ := strconv.Atoi(os.Getenv("FERRY_MEM_N_CHILD"))
+	if f := os.Getenv("FERRY_MEM_PEAKPROF"); f != "" {
+		go peakProfiler(f)
+	}
 	start := time.Now()
 	records, err := memChild(mode, os.Getenv("FERRY_MEM_DIR"), n)
 	if err != nil {
@@ -691,5 +694,25 @@ func memDiag(mode string) {
 				fmt.Fprintf(os.Stderr, "DIAG %s: %s\n", mode, strings.Join(strings.Fields(l), " "))
 			}
 		}
+	}
+}
+
+// peakProfiler (FERRY_MEM_PEAKPROF=file) writes a heap profile to file
+// each time the live Go heap reaches a new high (by 8 MiB), so the
+// profile left is of the peak.
+func peakProfiler(file string) {
+	var best uint64
+	for range time.Tick(20 * time.Millisecond) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapAlloc < best+8<<20 {
+			continue
+		}
+		best = ms.HeapAlloc
+		if w, err := os.Create(file); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(w, 0)
+			w.Close()
+		}
+		fmt.Fprintf(os.Stderr, "PEAK heap alloc %d MiB\n", best>>20)
 	}
 }
