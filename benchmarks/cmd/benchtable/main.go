@@ -163,7 +163,9 @@ func isRatio(unit string) bool { return strings.Contains(unit, "ratio") || unit 
 
 // isMemory tells a peak-memory figure (MiB of resident memory, the
 // memory benchmarks' units end in "-MiB").
-func isMemory(unit string) bool { return strings.HasSuffix(unit, "-MiB") || strings.HasSuffix(unit, "-MB") }
+func isMemory(unit string) bool {
+	return strings.HasSuffix(unit, "-MiB") || strings.HasSuffix(unit, "-MB")
+}
 
 // memTable is the markdown table of the run's memory figures: one row per
 // benchmark that reports any, its figures in MiB and its ratios (the
