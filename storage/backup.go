@@ -358,20 +358,11 @@ type staged struct {
 
 func badBackup(what string) error { return fmt.Errorf("%s: %w", what, ErrBadBackup) }
 
-// readBackup decrypts and verifies a whole backup. When no identity opens
-// it (age's NoIdentityMatchError: a wrong passphrase or key) it is
-// ErrWrongKey; every other failure (age authentication, truncation,
-// trailer, item validation, size) is ErrBadBackup. byPassphrase tells
-// whether ids are the passphrase's, for the message.
-func readBackup(r io.Reader, ids []age.Identity, byPassphrase bool, maxBytes int64, check func(*BackupRecord) error) (*staged, error) {
-	ar, err := openBackup(r, ids, byPassphrase)
-	if err != nil {
-		return nil, err
-	}
-	return readBackupStream(ar, maxBytes, check)
-}
-
-// openBackup is age.Decrypt with readBackup's errors.
+// openBackup decrypts a backup (age). When no identity opens it (age's
+// NoIdentityMatchError: a wrong passphrase or key) it is ErrWrongKey;
+// every other failure is ErrBadBackup (as are those of scanBackup: age
+// authentication, truncation, trailer, item validation, size).
+// byPassphrase tells whether ids are the passphrase's, for the message.
 func openBackup(r io.Reader, ids []age.Identity, byPassphrase bool) (io.Reader, error) {
 	ar, err := age.Decrypt(r, ids...)
 	if err != nil {
