@@ -297,14 +297,12 @@ func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, er
 	}
 	peer := spacePeer(space.ID)
 	st := RelayStats{Space: space.ID}
-	r.status.begin(peer)
-	r.publishStatus(peer)
-	err = r.syncRelay(ctx, space, start, peer, &st)
-	st.ClockSkew = r.status.sessionSkews(peer)
-	r.status.end(peer, SyncStats{Peer: peer, RecordsSent: st.RecordsPushed, RecordsReceived: st.RecordsApplied,
-		BytesSent: st.BytesPushed, Conflicts: st.Conflicts, InvalidNames: st.InvalidNames, ClockSkew: st.ClockSkew}, err, r.openConflicts(ctx))
-	r.saveStatus(context.WithoutCancel(ctx), peer)
-	r.publishStatus(peer)
+	err = r.withStatus(ctx, peer, func() (SyncStats, error) {
+		err := r.syncRelay(ctx, space, start, peer, &st)
+		st.ClockSkew = r.status.sessionSkews(peer)
+		return SyncStats{Peer: peer, RecordsSent: st.RecordsPushed, RecordsReceived: st.RecordsApplied,
+			BytesSent: st.BytesPushed, Conflicts: st.Conflicts, InvalidNames: st.InvalidNames, ClockSkew: st.ClockSkew}, err
+	})
 	if err != nil {
 		return st, fmt.Errorf("replica: relay sync %s: %w", short(space.ID), err)
 	}

@@ -75,6 +75,9 @@ type sessionHost interface {
 	checkPeer(ctx context.Context, peer string, h *helloMsg) error
 	// lastSeq is this side's newest feed position.
 	lastSeq() uint64
+	// feedNotify returns a channel closed by the next committed write to
+	// this side's feed (take it before reading the feed).
+	feedNotify() <-chan struct{}
 	// nextBatch reads this side's feed after `after`, skips records the
 	// peer already holds (or may not see), and returns at most maxRecords
 	// entries and maxBytes of changes, plus the feed position covered.
@@ -96,10 +99,6 @@ type sessionHost interface {
 	// peerApplied is how far the peer has applied this side's feed.
 	finished(ctx context.Context, peer string, peerApplied uint64) error
 }
-
-// feedRecheck is how soon a session looks at its feed again when it holds
-// a position (LastSeq) whose entry is not yet readable.
-const feedRecheck = 5 * time.Millisecond
 
 // sessionConfig bounds one session.
 type sessionConfig struct {
@@ -329,6 +328,9 @@ func (s *session) run(ctx context.Context) error {
 	defer cancel()
 
 	for {
+		// Taken before the feed is read, so a write that commits while
+		// this turn reads it wakes the next wait.
+		grew := s.host.feedNotify()
 		if err := s.sendWork(ctx, p); err != nil {
 			return s.lastWords(ctx, frames, err)
 		}
@@ -338,10 +340,11 @@ func (s *session) run(ctx context.Context) error {
 		// The feed can lag LastSeq for a moment while a concurrent write
 		// (another session's apply, a local edit) finishes committing: then
 		// there is something to send that cannot be read yet, and nothing
-		// from the peer may ever wake this loop. Look again shortly.
-		var recheck <-chan time.Time
+		// from the peer may ever wake this loop. The store wakes it when
+		// the write has committed.
+		var recheck <-chan struct{}
 		if p.wantBatch() {
-			recheck = time.After(feedRecheck)
+			recheck = grew
 		}
 		var f frameOrErr
 		select {

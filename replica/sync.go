@@ -40,31 +40,45 @@ func (r *Replica) SyncWith(ctx context.Context, conn transport.Conn, opts SyncOp
 	}
 	defer done()
 	peer := transport.Fingerprint(conn.RemoteIdentity())
-	r.status.begin(peer)
-	r.publishStatus(peer)
-	h := &host{r: r}
-	stats, err := runSession(ctx, conn, h, sessionConfig{
-		maxRecords: r.opts.Batch,
-		progress: func(s SyncStats) {
-			r.status.progress(peer, s)
-			if opts.Progress != nil {
-				opts.Progress(s)
-			}
-		},
+	var stats SyncStats
+	err = r.withStatus(ctx, peer, func() (SyncStats, error) {
+		h := &host{r: r}
+		var err error
+		stats, err = runSession(ctx, conn, h, sessionConfig{
+			maxRecords: r.opts.Batch,
+			progress: func(s SyncStats) {
+				r.status.progress(peer, s)
+				if opts.Progress != nil {
+					opts.Progress(s)
+				}
+			},
+		})
+		stats.InvalidNames = h.invalidNames()
+		stats.ClockSkew = r.status.sessionSkews(peer)
+		// What was sent was shared, even if the session failed afterwards.
+		if lerr := h.recordShares(context.WithoutCancel(ctx)); lerr != nil && err == nil {
+			err = lerr
+		}
+		return stats, err
 	})
-	stats.InvalidNames = h.invalidNames()
-	stats.ClockSkew = r.status.sessionSkews(peer)
-	// What was sent was shared, even if the session failed afterwards.
-	if lerr := h.recordShares(context.WithoutCancel(ctx)); lerr != nil && err == nil {
-		err = lerr
-	}
-	r.status.end(peer, stats, err, r.openConflicts(ctx))
-	r.saveStatus(context.WithoutCancel(ctx), peer)
-	r.publishStatus(peer)
 	if err != nil {
 		return stats, fmt.Errorf("replica: sync with %s: %w", short(peer), err)
 	}
 	return stats, nil
+}
+
+// withStatus runs one session with peer (direct or through a relay space)
+// between the status's begin and end: the peer shows as syncing while run
+// runs, then its outcome (the stats run returns, its error, the open
+// conflicts) is recorded, persisted and published. It returns run's error.
+func (r *Replica) withStatus(ctx context.Context, peer string, run func() (SyncStats, error)) error {
+	r.status.begin(peer)
+	r.publishStatus(peer)
+	stats, err := run()
+	r.status.end(peer, stats, err, r.openConflicts(ctx))
+	r.saveStatus(context.WithoutCancel(ctx), peer)
+	r.publishStatus(peer)
+	return err
 }
 
 // Serve accepts sync sessions on l until ctx is done or l is closed,
@@ -247,6 +261,8 @@ func GrantExpiredMessage(g consent.Grant) string {
 }
 
 func (h *host) lastSeq() uint64 { return h.r.store.LastSeq() }
+
+func (h *host) feedNotify() <-chan struct{} { return h.r.store.FeedNotify() }
 
 // startFor says where to start reading this replica's feed for peer,
 // given the peer's cursor. It rescans from the start when the peer's live

@@ -293,6 +293,9 @@ func (w *wtx) rotateRecord(from, to *epochKeys, e kv) error {
 	if err := w.set(fk, fv); err != nil {
 		return err
 	}
+	if err := w.index(to, m.coll, m.id, m.heads); err != nil {
+		return err
+	}
 	return w.ensureCollIn(to, m.coll)
 }
 

@@ -48,6 +48,9 @@ type Store struct {
 	nextSeq  uint64 // under commitMu: last sequence number handed out
 	lastFeed atomic.Uint64
 
+	feedMu   sync.Mutex
+	feedWake chan struct{} // under feedMu: closed by the next commit that writes a feed entry
+
 	knownColl sync.Map // collection keys known to exist (never removed)
 
 	lifeMu  sync.Mutex
@@ -677,8 +680,27 @@ func (s *Store) commit(w *wtx) error {
 				break
 			}
 		}
+		s.feedMu.Lock()
+		if s.feedWake != nil {
+			close(s.feedWake)
+			s.feedWake = nil
+		}
+		s.feedMu.Unlock()
 	}
 	return nil
+}
+
+// FeedNotify returns a channel that is closed when the next write that adds
+// change-feed entries has committed (its entries are then readable). Take
+// the channel before reading the feed, then wait on it: a write that
+// commits in between closes it, so no write is missed.
+func (s *Store) FeedNotify() <-chan struct{} {
+	s.feedMu.Lock()
+	defer s.feedMu.Unlock()
+	if s.feedWake == nil {
+		s.feedWake = make(chan struct{})
+	}
+	return s.feedWake
 }
 
 // getValue returns a copy of the value at key, or (nil, false) if absent.

@@ -61,7 +61,21 @@ func readEverything(s *Store) (logical, error) {
 		}
 	}
 	l.Colls, err = s.Collections(ctx)
-	return l, err
+	if err != nil {
+		return l, err
+	}
+	for _, c := range testColls {
+		sums, err := s.ReconSums(ctx, c)
+		if err != nil {
+			return l, err
+		}
+		for _, b := range sums {
+			if _, err := s.ReconItems(ctx, c, b.Bucket); err != nil {
+				return l, err
+			}
+		}
+	}
+	return l, nil
 }
 
 // TestTamperValues flips bytes in every stored value (every part of the

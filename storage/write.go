@@ -128,6 +128,9 @@ func (w *wtx) moveRecord(from *epochKeys, orid, omk []byte, m *metaRec, to *epoc
 	if err := w.del(omk); err != nil {
 		return err
 	}
+	if err := w.unindex(from, m.coll, m.id); err != nil {
+		return err
+	}
 	return w.del(seqKey(from.epoch, kindFeed, m.seq))
 }
 
@@ -242,6 +245,9 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 		rs.m.heads = cloneHeads(rw.Heads)
 	}
 	if err := w.ensureColl(rw.Collection); err != nil {
+		return err
+	}
+	if err := w.index(w.st.write(), rw.Collection, rw.ID, rs.m.heads); err != nil {
 		return err
 	}
 	draft := rs.m.clone()
