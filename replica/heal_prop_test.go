@@ -345,7 +345,7 @@ func (e *healEnv) compare() {
 
 // healChecks is the number of rapid cases of TestPropertyHealRestoredStores:
 // -rapid.checks when given on the command line, else FERRY_HEAL_CHECKS,
-// else 12 (a few seconds), 3 under -short.
+// else 8 (a few seconds), 3 under -short.
 func healChecks(t *testing.T) int {
 	explicit := false
 	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "rapid.checks" })
@@ -363,7 +363,7 @@ func healChecks(t *testing.T) int {
 	if testing.Short() {
 		return 3 * 5 // rapid divides by 5 under -short
 	}
-	return 12
+	return 8
 }
 
 // withRapidChecks runs fn with rapid's check count set to n.
