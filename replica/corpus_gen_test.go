@@ -20,7 +20,12 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		}
 		seeds["valid-"+name] = b
 	}
-	add("hello", &wireMsg{T: msgHello, Hello: &helloMsg{Replica: "r", Name: "n", Policy: "p", Cursor: 9}})
+	add("hello", &wireMsg{T: msgHello, Hello: &helloMsg{Replica: "r", Name: "n", Policy: "p", Cursor: 9,
+		Colls: []string{"a", "b"}, Nonce: make([]byte, reconNonceLen), Recon: true, Gen: 3, Seq: 12}})
+	add("recon", &wireMsg{T: msgRecon, Recon: &reconMsg{Reply: true,
+		Ranges: []reconRange{{Lo: 0, Hi: 64, FP: make([]byte, reconFPLen)}, {Lo: 64, Hi: 65, Mode: rangeItems, Items: make([]byte, 2*reconItemLen)},
+			{Lo: 65, Hi: 1024, Mode: rangeEmpty}},
+		Heads: []reconHeads{{Tag: make([]byte, reconTagLen), Heads: [][]byte{head(1)}, Round: 1}, {Tag: make([]byte, reconTagLen), Lack: true}}}})
 	add("ack", &wireMsg{T: msgAck, Ack: &ackMsg{Applied: 3, Asked: 1, Need: []needMsg{{Collection: "c", ID: "i"}}}})
 	add("idle", &wireMsg{T: msgIdle, Idle: &idleMsg{Seq: 4, Applied: 2}})
 	add("error", &wireMsg{T: msgError, Err: &errMsg{Code: errCodePolicy, Text: "no"}})

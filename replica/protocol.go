@@ -27,6 +27,9 @@ type protocol struct {
 	myNeeds   int // records I asked for and have not yet received
 	toServe   int // records the peer asked for that I have not yet sent
 
+	reconBusy   bool // a reconciliation is under way on this side
+	reconQueued int  // records reconciliation found the peer lacks, not yet sent
+
 	peerIdle *idleMsg
 	idleSent *idleMsg
 	done     bool
@@ -106,6 +109,13 @@ func (p *protocol) needMet(n int) {
 	p.checkDone()
 }
 
+// setRecon records the state of this side's reconciliation: whether it
+// still awaits the peer, and how many records it has yet to send.
+func (p *protocol) setRecon(busy bool, queued int) {
+	p.reconBusy, p.reconQueued = busy, queued
+	p.checkDone()
+}
+
 // needQueued records that the peer asked for a record in full, and
 // needServed that it went out.
 func (p *protocol) needQueued() { p.toServe++ }
@@ -164,7 +174,8 @@ func (p *protocol) onIdle(m idleMsg) (bool, error) {
 func (p *protocol) idleToSend() *idleMsg {
 	// An idle promises the peer this side has nothing more to do: not
 	// while a record it asked for is still on its way.
-	if p.done || p.sentUpTo < p.lastSeq || len(p.inflight) > 0 || p.toServe > 0 || p.myNeeds > 0 {
+	if p.done || p.sentUpTo < p.lastSeq || len(p.inflight) > 0 || p.toServe > 0 || p.myNeeds > 0 ||
+		p.reconBusy || p.reconQueued > 0 {
 		return nil
 	}
 	m := idleMsg{Seq: p.sentUpTo, Applied: p.applied, Got: p.gotBatches}
@@ -190,6 +201,7 @@ func (p *protocol) checkDone() {
 		p.sentUpTo == p.lastSeq &&
 		len(p.inflight) == 0 &&
 		p.peerNeeds == 0 && p.myNeeds == 0 && p.toServe == 0 &&
+		!p.reconBusy && p.reconQueued == 0 &&
 		p.peerIdle.Seq == p.applied &&
 		p.peerIdle.Applied == p.sentUpTo
 }

@@ -86,6 +86,12 @@ type Options struct {
 	CacheSize int
 	// Batch sets how many records go in one sync frame (512 when zero).
 	Batch int
+	// AntiEntropy is how often a pair of replicas that otherwise trusts
+	// its cursors reconciles its whole shared set anyway, as a periodic
+	// check (DefaultAntiEntropy when zero; never when negative). Pairs
+	// reconcile regardless at their first session, after the peer's
+	// grants changed, and when either side's store went back in time.
+	AntiEntropy time.Duration
 	// Relay returns the client this replica drives the relay at url with,
 	// acting as identity (its Ed25519 key). Nil means HTTPRelay(nil): a
 	// relay.Client over http.DefaultClient. Pass HTTPRelay with an

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -98,6 +99,18 @@ type sessionHost interface {
 	// finished is called once a session has exchanged everything;
 	// peerApplied is how far the peer has applied this side's feed.
 	finished(ctx context.Context, peer string, peerApplied uint64) error
+
+	// reconData reads this side's set for a reconciliation.
+	reconData
+	// reconBegin starts a reconciliation over colls and returns the feed
+	// position up to which it covers them.
+	reconBegin(ctx context.Context, peer string, colls []string) (uint64, error)
+	// coversAll reports whether the reconciliation covers every
+	// collection the peer may see.
+	coversAll(peer string) bool
+	// reconBatch prepares records the reconciliation found the peer
+	// lacks, within the batch bounds, and says how many sends it used.
+	reconBatch(ctx context.Context, peer string, sends []reconSend, maxRecords, maxBytes int) ([]recordChanges, int, error)
 }
 
 // sessionConfig bounds one session.
@@ -132,6 +145,9 @@ type session struct {
 	pending [][]recordChanges // sent batches awaiting ack, oldest first
 	needs   []needMsg         // records the peer asked for in full
 	asked   map[needMsg]bool  // records I asked the peer for, not yet received
+
+	recon      *reconEngine // nil when the session does not reconcile
+	reconSends []reconSend  // records reconciliation found the peer lacks, not yet sent
 }
 
 // settleNeeds updates the records asked for after a batch was applied:
@@ -276,6 +292,8 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	mine.Nonce = make([]byte, reconNonceLen)
+	rand.Read(mine.Nonce) // never fails (Go >= 1.24)
 	if err := s.send(ctx, &wireMsg{T: msgHello, Hello: &mine}); err != nil {
 		return err
 	}
@@ -305,7 +323,42 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p := newProtocol(s.cfg.window, s.host.lastSeq(), start, mine.Cursor)
+	// Reconcile the collections both sides share with each other when
+	// either asks, or when one side's store lost sessions (its generation
+	// is behind): then no cursor or shared heads can be trusted.
+	colls := intersect(mine.Colls, theirs.Colls)
+	if len(colls) > 0 && (mine.Recon || theirs.Recon || mine.Gen != theirs.Gen) {
+		upTo, err := s.host.reconBegin(ctx, s.peer, colls)
+		if err != nil {
+			return err
+		}
+		if s.host.coversAll(s.peer) && start < upTo {
+			start = upTo
+		}
+		s.recon = newReconEngine(reconKey(mine.Replica, theirs.Replica, mine.Nonce, theirs.Nonce), mine.Replica < theirs.Replica)
+	}
+	myCursor := mine.Cursor
+	if myCursor > theirs.Seq {
+		// The peer's feed is shorter than what this side applied of it:
+		// its store went back, and its positions will be reused. The peer
+		// rescans (or reconciles) for this side, which starts from 0.
+		myCursor = 0
+	}
+	p := newProtocol(s.cfg.window, s.host.lastSeq(), start, myCursor)
+	if s.recon != nil {
+		if !s.recon.pending {
+			msgs, err := s.recon.start(ctx, s.host)
+			if err != nil {
+				return err
+			}
+			for _, m := range msgs {
+				if err := s.send(ctx, &wireMsg{T: msgRecon, Recon: m}); err != nil {
+					return err
+				}
+			}
+		}
+		p.setRecon(s.recon.busy(), 0)
+	}
 
 	frames := make(chan frameOrErr, 4*s.cfg.window+16)
 	var wg sync.WaitGroup
@@ -404,6 +457,20 @@ func (s *session) sendWork(ctx context.Context, p *protocol) error {
 			return err
 		}
 		p.needServed()
+		if len(recs) == 0 {
+			continue
+		}
+		if err := s.sendBatch(ctx, p, recs, p.sentUpTo); err != nil {
+			return err
+		}
+	}
+	for len(s.reconSends) > 0 && len(p.inflight) < p.window {
+		recs, used, err := s.host.reconBatch(ctx, s.peer, s.reconSends, s.cfg.maxRecords, s.cfg.maxBytes)
+		if err != nil {
+			return err
+		}
+		s.reconSends = s.reconSends[used:]
+		p.setRecon(s.recon.busy(), len(s.reconSends))
 		if len(recs) == 0 {
 			continue
 		}
@@ -531,6 +598,21 @@ func (s *session) handle(ctx context.Context, p *protocol, m *wireMsg) error {
 				return err
 			}
 		}
+	case msgRecon:
+		if s.recon == nil {
+			return protoErr("reconciliation frame in a session without one")
+		}
+		msgs, sends, err := s.recon.step(ctx, s.host, m.Recon)
+		if err != nil {
+			return err
+		}
+		for _, r := range msgs {
+			if err := s.send(ctx, &wireMsg{T: msgRecon, Recon: r}); err != nil {
+				return err
+			}
+		}
+		s.reconSends = append(s.reconSends, sends...)
+		p.setRecon(s.recon.busy(), len(s.reconSends))
 	case msgHello:
 		return protoErr("second hello")
 	default:

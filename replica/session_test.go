@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 	"pgregory.net/rapid"
 )
@@ -141,10 +142,24 @@ func (h *modelHost) snapshot() string {
 func (h *modelHost) hello(_ context.Context, peer string) (helloMsg, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return helloMsg{Replica: h.name, Policy: h.policy, Cursor: h.cursor[peer]}, nil
+	return helloMsg{Replica: h.name, Policy: h.policy, Cursor: h.cursor[peer], Seq: h.seq}, nil
 }
 
 func (h *modelHost) checkPeer(context.Context, string, *helloMsg) error { return nil }
+
+// The model reconciles nothing: its hellos name no collections.
+func (h *modelHost) reconSums(context.Context) ([]storage.ReconSum, error) { return nil, nil }
+func (h *modelHost) reconItems(context.Context, uint16, uint16) ([]reconItem, error) {
+	return nil, nil
+}
+func (h *modelHost) reconHeads(context.Context, string, string, [][]byte, uint8) (*reconSend, [][]byte, bool, error) {
+	return nil, nil, false, nil
+}
+func (h *modelHost) reconBegin(context.Context, string, []string) (uint64, error) { return 0, nil }
+func (h *modelHost) coversAll(string) bool                                        { return false }
+func (h *modelHost) reconBatch(context.Context, string, []reconSend, int, int) ([]recordChanges, int, error) {
+	return nil, 0, nil
+}
 
 // feedNotify: while a commit is in flight (lag) it completes at once, as a
 // store wakes its waiters when the write has committed; otherwise no

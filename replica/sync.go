@@ -132,6 +132,17 @@ type host struct {
 	// invalid counts records left out for names outside the rule:
 	// refused when received, withheld when they would have been sent.
 	invalid int
+
+	// Reconciliation (reconhost.go): the peer, the collections it covers,
+	// the feed position it covers them up to, which buckets hold records
+	// per collection, whether it ran, and the peer's session count.
+	peer       string
+	reconColls map[string]bool
+	reconList  []string
+	reconUpTo  uint64
+	reconHas   map[string]map[uint16]bool
+	reconRan   bool
+	peerGen    uint64
 }
 
 func (h *host) addInvalid(n int) {
@@ -205,12 +216,24 @@ func (h *host) hello(ctx context.Context, peer string) (helloMsg, error) {
 	if err != nil {
 		return helloMsg{}, err
 	}
-	return helloMsg{Replica: h.r.fp, Name: h.r.opts.Name, Policy: h.r.opts.Policies.Fingerprint(), Cursor: c}, nil
+	want, err := h.wantRecon(ctx, peer)
+	if err != nil {
+		return helloMsg{}, err
+	}
+	gen, err := h.r.slotUint(ctx, nsPeer+peer, "gen")
+	if err != nil {
+		return helloMsg{}, err
+	}
+	return helloMsg{Replica: h.r.fp, Name: h.r.opts.Name, Policy: h.r.opts.Policies.Fingerprint(), Cursor: c,
+		Colls: h.r.sharedColls(peer), Recon: want, Gen: gen, Seq: h.r.store.LastSeq()}, nil
 }
 
 // checkPeer refuses a peer that holds no live device-sync grant: it may
 // learn nothing, not even that a record exists.
-func (h *host) checkPeer(ctx context.Context, peer string, _ *helloMsg) error {
+func (h *host) checkPeer(ctx context.Context, peer string, theirs *helloMsg) error {
+	h.mu.Lock()
+	h.peerGen = theirs.Gen
+	h.mu.Unlock()
 	if !h.r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
 		if g, ok := h.r.ExpiredGrant(ctx, peer); ok {
 			return fmt.Errorf("%w: %s", ErrNoConsent, GrantExpiredMessage(g))
@@ -310,11 +333,29 @@ func (h *host) checkWentBack(ctx context.Context, peer string, cursor uint64) er
 
 // finished records the grants the completed session ran under, and how
 // far the peer has applied this feed (see checkWentBack).
+//
+// It also counts the session in the pair's generation (both sides store
+// one more than the higher of the two they said in their hellos, so they
+// agree again) and, when a reconciliation ran, when it did.
 func (h *host) finished(ctx context.Context, peer string, peerApplied uint64) error {
-	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{
+	gen, err := h.r.slotUint(ctx, nsPeer+peer, "gen")
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	gen = max(gen, h.peerGen) + 1
+	ran := h.reconRan
+	h.mu.Unlock()
+	writes := []storage.SlotWrite{
 		{Namespace: nsPeer + peer, Key: "grants", Value: []byte(h.grants)},
 		h.r.uintWrite(nsPeer+peer, "peer-applied", peerApplied),
-	}}); err != nil {
+		h.r.uintWrite(nsPeer+peer, "gen", gen),
+	}
+	if ran {
+		writes = append(writes, h.r.uintWrite(nsPeer+peer, "recon-at", uint64(h.r.opts.Now().UnixNano())),
+			storage.SlotWrite{Namespace: nsPeer + peer, Key: "recon-pending", Delete: true})
+	}
+	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: writes}); err != nil {
 		return fmt.Errorf("replica: grants: %w", err)
 	}
 	return nil
@@ -370,6 +411,9 @@ func (h *host) nextBatch(ctx context.Context, peer string, after uint64, maxReco
 			}
 			if h.isEcho(e.Seq) {
 				continue // written by applying this peer's own changes
+			}
+			if h.skipFeed(e.Seq, e.Collection) {
+				continue // reconciliation covers it
 			}
 			if !validRecord(e.Collection, e.ID) {
 				h.addInvalid(1) // stored before the naming rule: it stays here

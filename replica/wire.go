@@ -14,7 +14,7 @@ import (
 
 // ProtocolVersion is the sync protocol version this build speaks. A peer
 // that speaks another version is refused in the handshake.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Wire limits. Every count and length in a decoded message is checked
 // against these before anything proportional to it is allocated; byte
@@ -40,6 +40,7 @@ const (
 	msgAck   msgType = 3
 	msgIdle  msgType = 4
 	msgError msgType = 6
+	msgRecon msgType = 7
 )
 
 // wireMsg is the one frame type on a sync connection: a version, a tag and
@@ -53,6 +54,7 @@ type wireMsg struct {
 	Ack   *ackMsg   `cbor:"5,keyasint,omitempty"`
 	Idle  *idleMsg  `cbor:"6,keyasint,omitempty"`
 	Err   *errMsg   `cbor:"8,keyasint,omitempty"`
+	Recon *reconMsg `cbor:"9,keyasint,omitempty"`
 }
 
 // helloMsg opens a session. Each side sends one.
@@ -67,6 +69,24 @@ type helloMsg struct {
 	// Cursor is the position in the receiver's change feed up to which the
 	// sender has applied everything: "send me your feed after Cursor".
 	Cursor uint64 `cbor:"4,keyasint"`
+	// Colls are the collections the sender shares with the receiver (it
+	// holds a live grant for them), sorted: reconciliation covers the
+	// collections both sides share with each other.
+	Colls []string `cbor:"5,keyasint,omitempty"`
+	// Nonce is 16 random bytes; both nonces key the session's
+	// reconciliation fingerprints.
+	Nonce []byte `cbor:"6,keyasint,omitempty"`
+	// Recon asks for a reconciliation (first meeting, grants changed, the
+	// periodic check is due).
+	Recon bool `cbor:"7,keyasint,omitempty"`
+	// Gen counts the sessions this pair completed, as the sender's store
+	// remembers it: a side whose Gen is behind lost state (its store was
+	// restored from an older copy), and the pair reconciles.
+	Gen uint64 `cbor:"8,keyasint,omitempty"`
+	// Seq is the sender's newest feed position. A receiver whose cursor
+	// for the sender is beyond it (the sender's store went back) starts
+	// from 0 again.
+	Seq uint64 `cbor:"9,keyasint,omitempty"`
 }
 
 // recordChanges carries one record's Automerge changes.
@@ -262,7 +282,7 @@ func (m *wireMsg) validate() error {
 		return fmt.Errorf("%w: %w: version %d, want %d", ErrProtocol, ErrVersionMismatch, m.V, ProtocolVersion)
 	}
 	bodies := 0
-	for _, present := range []bool{m.Hello != nil, m.Batch != nil, m.Ack != nil, m.Idle != nil, m.Err != nil} {
+	for _, present := range []bool{m.Hello != nil, m.Batch != nil, m.Ack != nil, m.Idle != nil, m.Err != nil, m.Recon != nil} {
 		if present {
 			bodies++
 		}
@@ -277,6 +297,14 @@ func (m *wireMsg) validate() error {
 		}
 		if len(m.Hello.Replica) == 0 || len(m.Hello.Replica) > maxNameLen || len(m.Hello.Name) > maxNameLen || len(m.Hello.Policy) > maxNameLen {
 			return protoErr("hello fields out of bounds")
+		}
+		if len(m.Hello.Nonce) != 0 && len(m.Hello.Nonce) != reconNonceLen {
+			return protoErr("hello nonce of %d bytes", len(m.Hello.Nonce))
+		}
+		for i, c := range m.Hello.Colls {
+			if !names.Fits(c) || i > 0 && c <= m.Hello.Colls[i-1] {
+				return protoErr("hello collections out of bounds or order")
+			}
 		}
 	case msgBatch:
 		if m.Batch == nil {
@@ -304,6 +332,11 @@ func (m *wireMsg) validate() error {
 		if m.Err == nil || len(m.Err.Text) > maxMessageText {
 			return protoErr("bad error body")
 		}
+	case msgRecon:
+		if m.Recon == nil {
+			return protoErr("recon without body")
+		}
+		return m.Recon.validate()
 	default:
 		return protoErr("unknown message type %d", m.T)
 	}
