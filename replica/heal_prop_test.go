@@ -346,7 +346,7 @@ func (e *healEnv) compare() {
 
 // healChecks is the number of rapid cases of TestPropertyHealRestoredStores:
 // -rapid.checks when given on the command line, else FERRY_HEAL_CHECKS,
-// else 8 (a few seconds), 3 under -short.
+// else 5 (a few seconds), 2 under -short.
 func healChecks(t *testing.T) int {
 	explicit := false
 	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "rapid.checks" })
@@ -362,9 +362,9 @@ func healChecks(t *testing.T) int {
 		return n
 	}
 	if testing.Short() {
-		return 3 * 5 // rapid divides by 5 under -short
+		return 2 * 5 // rapid divides by 5 under -short
 	}
-	return 8
+	return 5
 }
 
 // withRapidChecks runs fn with rapid's check count set to n.

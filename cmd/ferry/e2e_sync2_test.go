@@ -174,20 +174,20 @@ func trustAll(t *testing.T, ss ...*store) {
 	}
 }
 
-// peerUpToDate fails unless s's status shows its peer p up-to-date.
-func peerUpToDate(t *testing.T, s, p *store) {
+// peerUpToDate fails unless the output of `ferry status` on store s
+// shows its peer p up-to-date.
+func peerUpToDate(t *testing.T, s, out string, p *store) {
 	t.Helper()
-	out := s.must("status")
 	want := "peer " + short(p.id()) + ":"
 	for _, line := range strings.Split(out, "\n") {
 		if strings.Contains(line, want) {
 			if !strings.Contains(line, ": up-to-date") {
-				t.Fatalf("%s's status of %s: %q\n%s", s.name, p.name, line, out)
+				t.Fatalf("%s's status of %s: %q\n%s", s, p.name, line, out)
 			}
 			return
 		}
 	}
-	t.Fatalf("%s's status does not list %s:\n%s", s.name, p.name, out)
+	t.Fatalf("%s's status does not list %s:\n%s", s, p.name, out)
 }
 
 // TestE2EThreeDevicesFirstMeeting: A syncs with B, B with C; A and C then
@@ -218,7 +218,7 @@ func TestE2EThreeDevicesFirstMeeting(t *testing.T) {
 	want := holding(t, a)
 	sameHolding(t, "c", holding(t, c), want)
 	sameHolding(t, "b", holding(t, b), want)
-	peerUpToDate(t, a, c)
+	peerUpToDate(t, a.name, a.must("status"), c)
 	if again := syncStats(t, c, a); again.moved() != 0 {
 		t.Fatalf("c->a after their first meeting: %v", again)
 	}
@@ -276,14 +276,15 @@ func TestE2ERestoredStoreHeals(t *testing.T) {
 	if heal.Sent != heal.ServerRecv || heal.Received != heal.ServerSent {
 		t.Fatalf("the two sides count the healing session differently: %v", heal)
 	}
-	peerUpToDate(t, a, b)
-	peerUpToDate(t, b, a)
+	statusA, statusB := a.must("status"), b.must("status") // checked last
 	if again := syncStats(t, b, a); again.moved() != 0 {
 		t.Fatalf("sync after healing moved records: %v", again)
 	}
 	if again := syncStats(t, a, b); again.moved() != 0 {
 		t.Fatalf("second sync after healing moved records: %v", again)
 	}
+	peerUpToDate(t, a.name, statusA, b)
+	peerUpToDate(t, b.name, statusB, a)
 }
 
 // TestE2EDeltaTravelsNoEcho: A, B and C in sync; A changes some records
