@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"slices"
+	"strings"
 
 	"github.com/ferrysync/ferry/storage"
 )
@@ -404,6 +405,14 @@ func (e *reconEngine) step(ctx context.Context, d reconData, m *reconMsg) ([]*re
 			b.addHeads(reconHeads{Tag: h.Tag, Heads: mine, Round: h.Round + 1})
 		}
 	}
+	// Names in order: records sent together compress better when their
+	// names are alike (ids are often sequential).
+	slices.SortFunc(sends, func(x, y reconSend) int {
+		if c := strings.Compare(x.coll, y.coll); c != 0 {
+			return c
+		}
+		return strings.Compare(x.id, y.id)
+	})
 	return e.finish(&b, m.asks()), sends, nil
 }
 
@@ -448,6 +457,14 @@ func (b *reconBuilder) cur(add int) *reconMsg {
 }
 
 func (b *reconBuilder) addRange(r reconRange) {
+	if n := len(b.msgs); n > 0 && r.Mode == rangeEmpty {
+		// Adjacent empty ranges merge into one.
+		m := b.msgs[n-1]
+		if k := len(m.Ranges); k > 0 && m.Ranges[k-1].Mode == rangeEmpty && m.Ranges[k-1].Hi == r.Lo {
+			m.Ranges[k-1].Hi = r.Hi
+			return
+		}
+	}
 	m := b.cur(16 + len(r.FP) + len(r.Items))
 	m.Ranges = append(m.Ranges, r)
 }

@@ -1,0 +1,149 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
+	"pgregory.net/rapid"
+)
+
+// reconShape describes the reconciliation frames in frames (as sent by one
+// side) by everything but their keyed values: ranges with their bounds,
+// modes and item counts, heads entries with their rounds. Fingerprints and
+// tags are HMACs under a per-session key; their shape is what could depend
+// on records outside the reconciled set.
+func reconShape(t interface{ Fatalf(string, ...any) }, frames [][]byte) string {
+	var sb strings.Builder
+	for _, f := range frames {
+		m, err := decodeMsg(f)
+		if err != nil {
+			t.Fatalf("decode a recorded frame: %v", err)
+		}
+		if m.T != msgRecon {
+			continue
+		}
+		fmt.Fprintf(&sb, "frame reply=%v\n", m.Recon.Reply)
+		for _, r := range m.Recon.Ranges {
+			fmt.Fprintf(&sb, " range [%d,%d) mode %d fp %d items %d\n", r.Lo, r.Hi, r.Mode, len(r.FP), len(r.Items)/reconItemLen)
+		}
+		for _, h := range m.Recon.Heads {
+			fmt.Fprintf(&sb, " heads round %d lack %v n %d\n", h.Round, h.Lack, len(h.Heads))
+		}
+	}
+	return sb.String()
+}
+
+// TestPropertyReconRevealsNothingUngranted: a reconciles with b while
+// holding records of a collection b holds no grant for. What a sends in
+// reconciliation frames has the same shape whether or not those records
+// exist (so it reveals nothing about them, not even their number), and no
+// name of theirs crosses in any frame.
+func TestPropertyReconRevealsNothingUngranted(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		nGranted := rapid.IntRange(0, 12).Draw(rt, "granted")
+		nHidden := rapid.IntRange(1, 12).Draw(rt, "hidden")
+		bHolds := rapid.IntRange(0, nGranted).Draw(rt, "b-holds")
+		seed := rapid.Int64().Draw(rt, "seed")
+		world := func(withHidden bool) ([][]byte, error) {
+			ctx := context.Background()
+			clock := newFakeClock()
+			net := transport.NewMemNetwork(seed, func(string) {})
+			defer net.Close()
+			open := func(name string) *Replica {
+				r, err := Open(ctx, "", Options{Passphrase: []byte("pw"), KDF: storage.TestKDF(),
+					InMemory: true, Name: name, Now: clock.Now, Policies: policy.NewSet(policy.Rule{})})
+				if err != nil {
+					rt.Fatal(err)
+				}
+				return r
+			}
+			// a initiates in both worlds (the side with the smaller
+			// identity does): draw identities until it is a.
+			a, b := open("a"), open("b")
+			for a.ID() > b.ID() {
+				b.Close()
+				b = open("b")
+			}
+			defer a.Close()
+			defer b.Close()
+			if _, err := b.Pair(ctx, a.ID(), []string{"shown", "hidden"}, 0); err != nil {
+				rt.Fatal(err)
+			}
+			if _, err := a.Pair(ctx, b.ID(), []string{"shown"}, 0); err != nil {
+				rt.Fatal(err)
+			}
+			put := func(r *Replica, coll, id string, v any) {
+				if err := r.Put(ctx, coll, id, map[string]any{"v": v}); err != nil {
+					rt.Fatal(err)
+				}
+			}
+			for i := range nGranted {
+				put(a, "shown", fmt.Sprintf("s%02d", i), i)
+			}
+			for i := range bHolds {
+				put(b, "shown", fmt.Sprintf("s%02d", i), "b's own")
+			}
+			if withHidden {
+				for i := range nHidden {
+					put(a, "hidden", fmt.Sprintf("secret-id-%02d", i), i)
+				}
+			}
+			l, err := net.Listen(b.ID(), pub(b))
+			if err != nil {
+				rt.Fatal(err)
+			}
+			defer l.Close()
+			sctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				conn, err := l.Accept(sctx)
+				if err != nil {
+					done <- err
+					return
+				}
+				defer conn.Close()
+				_, err = b.Sync(sctx, conn)
+				done <- err
+			}()
+			raw, err := net.Dialer(a.ID(), pub(a)).Dial(sctx, b.ID())
+			if err != nil {
+				rt.Fatal(err)
+			}
+			rec, recorder := transport.Record(raw)
+			_, errA := a.Sync(sctx, rec)
+			rec.Close()
+			if errB := <-done; errA == nil {
+				errA = errB
+			}
+			return recorder.Sent(), errA
+		}
+		with, err := world(true)
+		if err != nil {
+			rt.Fatal(err)
+		}
+		without, err := world(false)
+		if err != nil {
+			rt.Fatal(err)
+		}
+		for _, f := range with {
+			if strings.Contains(string(frameContent(rt, f)), "secret-id-") {
+				rt.Fatal("an ungranted record's id crossed")
+			}
+		}
+		sw, so := reconShape(rt, with), reconShape(rt, without)
+		if sw != so {
+			rt.Fatalf("reconciliation frames differ with ungranted records:\n%s\nwithout:\n%s", sw, so)
+		}
+		if nGranted > 0 && !strings.Contains(sw, "range") {
+			rt.Fatal("no reconciliation ran: the property checks nothing")
+		}
+	})
+}
+
