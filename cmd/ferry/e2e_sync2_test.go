@@ -304,7 +304,7 @@ func TestE2EDeltaTravelsNoEcho(t *testing.T) {
 	}
 
 	putNotes(t, a, "a", 10, "2", 0)      // ten small edits
-	putNotes(t, a, "big", 1, "2", 5<<20) // one new record of 5 MiB: sent in parts
+	putNotes(t, a, "big", 1, "2", 1<<20) // one new record of 1 MiB
 	ab := syncStats(t, a, b)
 	if ab.Sent != 11 || ab.Received != 0 {
 		t.Fatalf("a->b delta: %v", ab)
