@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,18 +102,7 @@ func (e *healEnv) logf(format string, args ...any) {
 
 func (e *healEnv) fatalf(format string, args ...any) {
 	e.rt.Helper()
-	e.rt.Fatalf("%s\nsteps:\n  %s", fmt.Sprintf(format, args...), joinLines(e.log))
-}
-
-func joinLines(l []string) string {
-	out := ""
-	for i, s := range l {
-		if i > 0 {
-			out += "\n  "
-		}
-		out += s
-	}
-	return out
+	e.rt.Fatalf("%s\nsteps:\n  %s", fmt.Sprintf(format, args...), strings.Join(e.log, "\n  "))
 }
 
 func (e *healEnv) reopen(i int) {
