@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ferrysync/ferry/internal/cborx"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -55,22 +56,11 @@ const (
 )
 
 var (
-	encMode cbor.EncMode
-	decMode cbor.DecMode
-)
-
-func init() {
-	var err error
-	if encMode, err = cbor.CoreDetEncOptions().EncMode(); err != nil {
-		panic(err)
-	}
-	decMode, err = cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+	encMode = cborx.Enc
+	decMode = cborx.NewDec(cbor.DecOptions{
 		MaxNestedLevels:   MaxDepth + 4, // batch map, records array, record map; checkValue is exact
 		MaxArrayElements:  maxItems,
 		MaxMapPairs:       maxItems,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
 		IntDec:            cbor.IntDecConvertSignedOrFail,
 		DefaultMapType:    reflect.TypeFor[map[string]any](),
 		UTF8:              cbor.UTF8RejectInvalid,
@@ -78,11 +68,8 @@ func init() {
 		Inf:               cbor.InfDecodeForbidden,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
 		FieldNameMatching: cbor.FieldNameMatchingCaseSensitive,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-}
+	})
+)
 
 // contentType returns the content type of f, or false for an unknown
 // format.

@@ -610,30 +610,12 @@ func (t *tx) mkMap(m *automerge.Map, key string, field []string, meta *WriteMeta
 
 // putNew writes n as a brand-new value at m[key] (creating objects).
 func putNew(m *automerge.Map, key string, n *node) error {
-	switch n.k {
-	case KindMap:
-		nm := automerge.NewMap()
-		if err := m.Set(key, nm); err != nil {
-			return err
-		}
-		for _, k := range sortedKeys(n.m) {
-			if err := putNew(nm, k, n.m[k]); err != nil {
-				return err
-			}
-		}
-		return nil
-	case KindList:
-		nl := automerge.NewList()
-		if err := m.Set(key, nl); err != nil {
-			return err
-		}
-		return appendNodes(nl, n.l)
-	case KindText:
-		return m.Set(key, automerge.NewText(n.s))
-	case KindCounter:
-		return m.Set(key, automerge.NewCounter(n.i))
-	}
-	return m.Set(key, n.amScalar())
+	return placeNew(func(v any) error { return m.Set(key, v) }, n)
+}
+
+// insertNode inserts n before idx in l.
+func insertNode(l *automerge.List, idx int, n *node) error {
+	return placeNew(func(v any) error { return l.Insert(idx, v) }, n)
 }
 
 func appendNodes(l *automerge.List, ns []*node) error {
@@ -645,12 +627,13 @@ func appendNodes(l *automerge.List, ns []*node) error {
 	return nil
 }
 
-// insertNode inserts n before idx in l.
-func insertNode(l *automerge.List, idx int, n *node) error {
+// placeNew writes n as a brand-new value with place (a map key's Set or a
+// list's Insert), then fills the map or list it created.
+func placeNew(place func(v any) error, n *node) error {
 	switch n.k {
 	case KindMap:
 		nm := automerge.NewMap()
-		if err := l.Insert(idx, nm); err != nil {
+		if err := place(nm); err != nil {
 			return err
 		}
 		for _, k := range sortedKeys(n.m) {
@@ -661,16 +644,16 @@ func insertNode(l *automerge.List, idx int, n *node) error {
 		return nil
 	case KindList:
 		nl := automerge.NewList()
-		if err := l.Insert(idx, nl); err != nil {
+		if err := place(nl); err != nil {
 			return err
 		}
 		return appendNodes(nl, n.l)
 	case KindText:
-		return l.Insert(idx, automerge.NewText(n.s))
+		return place(automerge.NewText(n.s))
 	case KindCounter:
-		return l.Insert(idx, automerge.NewCounter(n.i))
+		return place(automerge.NewCounter(n.i))
 	}
-	return l.Insert(idx, n.amScalar())
+	return place(n.amScalar())
 }
 
 // setListElem overwrites l[idx] with n.
@@ -937,15 +920,9 @@ func (d *Doc) Increment(path any, delta int64) error {
 // ListInsert inserts values before index idx of the list at path (idx ==
 // length appends).
 func (d *Doc) ListInsert(path any, idx int, values ...any) error {
-	p, err := writePath(path)
+	p, ns, err := listArgs(path, values)
 	if err != nil {
 		return err
-	}
-	ns := make([]*node, len(values))
-	for i, v := range values {
-		if ns[i], err = fromGo(v); err != nil {
-			return err
-		}
 	}
 	return d.editObject(p, automerge.KindList, func(v *automerge.Value) error {
 		l := v.List()
@@ -963,19 +940,28 @@ func (d *Doc) ListInsert(path any, idx int, values ...any) error {
 
 // ListAppend appends values to the list at path.
 func (d *Doc) ListAppend(path any, values ...any) error {
-	p, err := writePath(path)
+	p, ns, err := listArgs(path, values)
 	if err != nil {
 		return err
-	}
-	ns := make([]*node, len(values))
-	for i, v := range values {
-		if ns[i], err = fromGo(v); err != nil {
-			return err
-		}
 	}
 	return d.editObject(p, automerge.KindList, func(v *automerge.Value) error {
 		return appendNodes(v.List(), ns)
 	})
+}
+
+// listArgs checks a list edit's path and converts its values.
+func listArgs(path any, values []any) (Path, []*node, error) {
+	p, err := writePath(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	ns := make([]*node, len(values))
+	for i, v := range values {
+		if ns[i], err = fromGo(v); err != nil {
+			return nil, nil, err
+		}
+	}
+	return p, ns, nil
 }
 
 // ListDelete deletes n elements starting at idx from the list at path.

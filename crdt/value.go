@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/internal/cborx"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -402,28 +403,15 @@ func (n *node) amScalar() any {
 // for null), encoded with CBOR core deterministic rules, so equal values have
 // equal bytes on every replica.
 var (
-	encMode cbor.EncMode
-	decMode cbor.DecMode
-)
-
-func init() {
-	var err error
-	encMode, err = cbor.CoreDetEncOptions().EncMode()
-	if err != nil {
-		panic(err)
-	}
-	decMode, err = cbor.DecOptions{
+	encMode = cborx.Enc
+	decMode = cborx.NewDec(cbor.DecOptions{
 		MaxNestedLevels:  2*maxDepth + 8,
 		MaxArrayElements: 1 << 20,
 		MaxMapPairs:      1 << 20,
 		DefaultMapType:   reflect.TypeOf(map[string]any{}),
 		IntDec:           cbor.IntDecConvertNone,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-}
+	})
+)
 
 func (n *node) wire() any {
 	if n == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/ferrysync/ferry/internal/cborx"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -83,21 +84,12 @@ func encodeWriteSet(ws *writeSet) string {
 	return wsPrefix + base64.RawURLEncoding.EncodeToString(b)
 }
 
-var wsDecMode cbor.DecMode
-
-func init() {
-	var err error
-	wsDecMode, err = cbor.DecOptions{
-		MaxNestedLevels:   2*maxDepth + 16,
-		MaxArrayElements:  maxWriteSetEntries,
-		MaxMapPairs:       1 << 20,
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-}
+var wsDecMode = cborx.NewDec(cbor.DecOptions{
+	MaxNestedLevels:   2*maxDepth + 16,
+	MaxArrayElements:  maxWriteSetEntries,
+	MaxMapPairs:       1 << 20,
+	ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+})
 
 // decodeWriteSet parses a commit message. ok is false for messages that are
 // not ferry write-sets (plain Automerge clients); err reports a message that

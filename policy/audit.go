@@ -3,47 +3,18 @@ package policy
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/kv"
 )
 
-// AuditLog is an append-only log of opaque records.
-type AuditLog interface {
-	Append(ctx context.Context, value []byte) (uint64, error)
-	// Scan calls fn for every record with sequence number > after, in order.
-	Scan(ctx context.Context, after uint64, fn func(seq uint64, value []byte) error) error
-}
+// AuditLog is the append-only log audit records are kept in (kv.Log: the
+// storage package's sealed log, or MemLog in tests).
+type AuditLog = kv.Log
 
 // MemLog is an in-memory AuditLog for tests.
-type MemLog struct {
-	mu   sync.Mutex
-	recs [][]byte
-}
-
-var _ AuditLog = (*MemLog)(nil)
-
-// Append implements AuditLog; sequence numbers start at 1.
-func (l *MemLog) Append(_ context.Context, value []byte) (uint64, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.recs = append(l.recs, append([]byte(nil), value...))
-	return uint64(len(l.recs)), nil
-}
-
-// Scan implements AuditLog.
-func (l *MemLog) Scan(_ context.Context, after uint64, fn func(seq uint64, value []byte) error) error {
-	l.mu.Lock()
-	recs := l.recs
-	l.mu.Unlock()
-	for i := after; i < uint64(len(recs)); i++ {
-		if err := fn(i+1, recs[i]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+type MemLog = kv.MemLog
 
 // Decider says who decided a conflict.
 type Decider string

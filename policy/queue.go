@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/ferrysync/ferry/internal/kv"
-	"github.com/ferrysync/ferry/internal/names"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ferrysync/ferry/internal/cborx"
+	"github.com/ferrysync/ferry/internal/kv"
+	"github.com/ferrysync/ferry/internal/names"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/fxamacker/cbor/v2"
@@ -145,19 +147,9 @@ func decodeEntry(b []byte) (Entry, error) {
 }
 
 var (
-	cborEnc cbor.EncMode
-	cborDec cbor.DecMode
+	cborEnc = cborx.Enc
+	cborDec = cborx.NewDec(cbor.DecOptions{MaxArrayElements: 1 << 20, MaxMapPairs: 1 << 20})
 )
-
-func init() {
-	var err error
-	if cborEnc, err = cbor.CoreDetEncOptions().EncMode(); err != nil {
-		panic(err)
-	}
-	if cborDec, err = (cbor.DecOptions{MaxArrayElements: 1 << 20, MaxMapPairs: 1 << 20}).DecMode(); err != nil {
-		panic(err)
-	}
-}
 
 const (
 	// Entries and tombstones are keyed by entry id (EntryID: collection,

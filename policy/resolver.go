@@ -199,28 +199,10 @@ func (r *Resolver) entry(collection, recordID string, c crdt.Conflict, detected 
 // calls it itself. Every replica that holds the newer write closes the
 // same entries, so queues stay identical.
 func (r *Resolver) Supersede(ctx context.Context, collection, recordID string, d *crdt.Doc) ([]string, error) {
-	if r.Queue == nil {
-		return nil, nil
-	}
-	entries, err := r.Queue.ForRecord(ctx, collection, recordID)
-	if err != nil {
-		return nil, err
-	}
-	var closed []string
-	for _, e := range entries {
+	return r.closeSuperseded(ctx, collection, recordID, func(e Entry) (bool, error) {
 		_, stale, err := d.Superseded(e.Conflict.Path, e.Conflict.ID, candidateChanges(e.Conflict))
-		if err != nil {
-			return closed, fmt.Errorf("policy: superseded %s: %w", e.ID(), err)
-		}
-		if !stale {
-			continue
-		}
-		if err := r.closeStale(ctx, e); err != nil {
-			return closed, err
-		}
-		closed = append(closed, e.ID())
-	}
-	return closed, nil
+		return stale, err
+	})
 }
 
 // SupersedeLocal is Supersede after a local write: the changes since
@@ -228,6 +210,14 @@ func (r *Resolver) Supersede(ctx context.Context, collection, recordID string, d
 // the record's open conflicts, so only they are read (crdt.Doc.
 // SupersededLocally), whatever the history since the conflicts arose.
 func (r *Resolver) SupersedeLocal(ctx context.Context, collection, recordID string, d *crdt.Doc, before []automerge.ChangeHash) ([]string, error) {
+	return r.closeSuperseded(ctx, collection, recordID, func(e Entry) (bool, error) {
+		return d.SupersededLocally(e.Conflict.Path, e.Conflict.ID, candidateChanges(e.Conflict), before)
+	})
+}
+
+// closeSuperseded closes every open entry of the record that stale says a
+// newer write superseded, and returns their ids.
+func (r *Resolver) closeSuperseded(ctx context.Context, collection, recordID string, stale func(Entry) (bool, error)) ([]string, error) {
 	if r.Queue == nil {
 		return nil, nil
 	}
@@ -237,11 +227,11 @@ func (r *Resolver) SupersedeLocal(ctx context.Context, collection, recordID stri
 	}
 	var closed []string
 	for _, e := range entries {
-		stale, err := d.SupersededLocally(e.Conflict.Path, e.Conflict.ID, candidateChanges(e.Conflict), before)
+		ok, err := stale(e)
 		if err != nil {
 			return closed, fmt.Errorf("policy: superseded %s: %w", e.ID(), err)
 		}
-		if !stale {
+		if !ok {
 			continue
 		}
 		if err := r.closeStale(ctx, e); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/ferrysync/ferry/internal/cborx"
 	"github.com/fxamacker/cbor/v2"
 )
 
@@ -23,29 +24,14 @@ const (
 )
 
 var (
-	wireEnc cbor.EncMode
-	wireDec cbor.DecMode
-)
-
-func init() {
-	var err error
-	wireEnc, err = cbor.CoreDetEncOptions().EncMode()
-	if err != nil {
-		panic(err)
-	}
-	wireDec, err = cbor.DecOptions{
+	wireEnc = cborx.Enc
+	wireDec = cborx.NewDec(cbor.DecOptions{
 		MaxNestedLevels:   6,
 		MaxArrayElements:  maxWireArray,
 		MaxMapPairs:       16,
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-}
+	})
+)
 
 func marshal(v any) []byte {
 	b, err := wireEnc.Marshal(v)

@@ -2,7 +2,9 @@ package replica
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +47,9 @@ func reconShape(t interface{ Fatalf(string, ...any) }, frames [][]byte) string {
 // exist (so it reveals nothing about them, not even their number), and no
 // name of theirs crosses in any frame.
 func TestPropertyReconRevealsNothingUngranted(t *testing.T) {
+	// Each case runs four replicas and two sessions: 10 cases unless
+	// -rapid.checks says otherwise, to keep the suite fast.
+	limitChecks(t, 10)
 	rapid.Check(t, func(rt *rapid.T) {
 		nGranted := rapid.IntRange(0, 12).Draw(rt, "granted")
 		nHidden := rapid.IntRange(1, 12).Draw(rt, "hidden")
@@ -147,3 +152,21 @@ func TestPropertyReconRevealsNothingUngranted(t *testing.T) {
 	})
 }
 
+// limitChecks sets rapid's number of cases to n for this test, unless
+// -rapid.checks was given on the command line.
+func limitChecks(t *testing.T, n int) {
+	f := flag.Lookup("rapid.checks")
+	if f == nil {
+		return
+	}
+	set := false
+	flag.Visit(func(g *flag.Flag) { set = set || g.Name == "rapid.checks" })
+	if set {
+		return
+	}
+	old := f.Value.String()
+	if err := f.Value.Set(strconv.Itoa(n)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Value.Set(old) })
+}

@@ -18,6 +18,7 @@ func TestReconScale(t *testing.T) {
 		t.Skip("set FERRY_RECON_SCALE=N to measure")
 	}
 	e := newEnv(t)
+	e.timeout = time.Hour
 	every := func(o *Options) { o.AntiEntropy = time.Nanosecond }
 	a, b := e.replica("a", every), e.replica("b", every)
 	start := time.Now()

@@ -288,4 +288,3 @@ func (r *Replica) changesFor(ctx context.Context, coll, id string, sinceB [][]by
 	}
 	return recordChanges{Collection: coll, ID: id, Heads: mine.Bytes(), Changes: changes}, known, true, nil
 }
-

@@ -45,6 +45,7 @@ type testEnv struct {
 	net      *transport.MemNetwork
 	relay    *relay.MemRelay // the relay env replicas reach at any URL
 	replicas []*Replica
+	timeout  time.Duration // of one session (2 minutes when zero)
 }
 
 // testCollections are the collections env replicas are paired for.
@@ -119,7 +120,11 @@ func (e *testEnv) sync(a, b *Replica) (SyncStats, SyncStats) {
 }
 
 func (e *testEnv) trySync(a, b *Replica) (SyncStats, SyncStats, error, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	timeout := e.timeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	l, err := e.net.Listen(b.ID(), pub(b))
 	if err != nil {

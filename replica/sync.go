@@ -234,6 +234,16 @@ func (h *host) checkPeer(ctx context.Context, peer string, theirs *helloMsg) err
 	h.mu.Lock()
 	h.peerGen = theirs.Gen
 	h.mu.Unlock()
+	mine, err := h.r.slotUint(ctx, nsPeer+peer, "gen")
+	if err != nil {
+		return err
+	}
+	if theirs.Gen < mine {
+		// The peer lost completed sessions (its store went back): what
+		// the shared heads say it holds may be gone. Records of
+		// collections reconciliation does not cover go whole.
+		h.whole = true
+	}
 	if !h.r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
 		if g, ok := h.r.ExpiredGrant(ctx, peer); ok {
 			return fmt.Errorf("%w: %s", ErrNoConsent, GrantExpiredMessage(g))
@@ -354,6 +364,11 @@ func (h *host) finished(ctx context.Context, peer string, peerApplied uint64) er
 	if ran {
 		writes = append(writes, h.r.uintWrite(nsPeer+peer, "recon-at", uint64(h.r.opts.Now().UnixNano())),
 			storage.SlotWrite{Namespace: nsPeer + peer, Key: "recon-pending", Delete: true})
+	}
+	if ran {
+		// A completed reconciliation healed whatever either store lost
+		// (docs/sync.md): the pair is no longer stale.
+		h.r.status.warn(peer, "")
 	}
 	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: writes}); err != nil {
 		return fmt.Errorf("replica: grants: %w", err)

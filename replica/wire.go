@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/ferrysync/ferry/errkind"
+	"github.com/ferrysync/ferry/internal/cborx"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/fxamacker/cbor/v2"
 )
@@ -166,29 +167,14 @@ const (
 )
 
 var (
-	wireEnc cbor.EncMode
-	wireDec cbor.DecMode
-)
-
-func init() {
-	var err error
-	wireEnc, err = cbor.CoreDetEncOptions().EncMode()
-	if err != nil {
-		panic(err)
-	}
-	wireDec, err = cbor.DecOptions{
+	wireEnc = cborx.Enc
+	wireDec = cborx.NewDec(cbor.DecOptions{
 		MaxNestedLevels:   8,
 		MaxArrayElements:  maxRecordsPerBatch,
 		MaxMapPairs:       16,
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-}
+	})
+)
 
 // Frame encodings: the first byte of every frame says how the CBOR
 // message after it is stored.

@@ -103,7 +103,7 @@ var fakeBehaviours = map[string]func(ctx context.Context, c transport.Conn, fp s
 		if _, err := c.Recv(ctx); err != nil {
 			return err
 		}
-		if err := c.Send(ctx, fakeFrame(fakeMsg{V: 1, T: 1, Hello: &fakeHello{Replica: fp, Policy: defaultPolicyFP()}})); err != nil {
+		if err := c.Send(ctx, fakeFrame(fakeMsg{V: 2, T: 1, Hello: &fakeHello{Replica: fp, Policy: defaultPolicyFP()}})); err != nil {
 			return err
 		}
 		if _, err := c.Recv(ctx); err != nil {
@@ -125,19 +125,19 @@ var fakeBehaviours = map[string]func(ctx context.Context, c transport.Conn, fp s
 		}
 		return c.Send(ctx, []byte("GET / HTTP/1.1\r\n\r\n"))
 	},
-	// A hello of protocol version 2.
-	"version-2": func(ctx context.Context, c transport.Conn, fp string) error {
+	// A hello of another protocol version (this build speaks 2).
+	"version-other": func(ctx context.Context, c transport.Conn, fp string) error {
 		if _, err := c.Recv(ctx); err != nil {
 			return err
 		}
-		return c.Send(ctx, fakeFrame(fakeMsg{V: 2, T: 1, Hello: &fakeHello{Replica: fp, Policy: defaultPolicyFP()}}))
+		return c.Send(ctx, fakeFrame(fakeMsg{V: 1, T: 1, Hello: &fakeHello{Replica: fp, Policy: defaultPolicyFP()}}))
 	},
 	// The peer reports an internal error of its own.
 	"internal-error": func(ctx context.Context, c transport.Conn, fp string) error {
 		if _, err := c.Recv(ctx); err != nil {
 			return err
 		}
-		return c.Send(ctx, fakeFrame(fakeMsg{V: 1, T: 6, Err: &fakeErr{Code: 5, Text: "the peer's disk is on fire"}}))
+		return c.Send(ctx, fakeFrame(fakeMsg{V: 2, T: 6, Err: &fakeErr{Code: 5, Text: "the peer's disk is on fire"}}))
 	},
 }
 
@@ -316,7 +316,7 @@ func TestE2EExitCodes(t *testing.T) {
 			return c.ferry("sync", fakePeer(t, newStore(t, "d", "pass-d"), "silent"))
 		}, exitForbidden, "unknown peer"},
 		{"9 garbage frame", func() (string, string, int) { return a.ferry("sync", fakePeer(t, a, "garbage")) }, exitProtocol, "protocol violation"},
-		{"9 version mismatch", func() (string, string, int) { return a.ferry("sync", fakePeer(t, a, "version-2")) }, exitProtocol, "version"},
+		{"9 version mismatch", func() (string, string, int) { return a.ferry("sync", fakePeer(t, a, "version-other")) }, exitProtocol, "version"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

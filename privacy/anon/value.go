@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
+	"github.com/ferrysync/ferry/internal/cborx"
 )
 
 // Output values are JSON-like and normalized: string, int64, float64
@@ -152,10 +152,4 @@ func canonical(v any) []byte {
 	return b
 }
 
-var canonicalMode = func() cbor.EncMode {
-	em, err := cbor.CoreDetEncOptions().EncMode()
-	if err != nil {
-		panic(err)
-	}
-	return em
-}()
+var canonicalMode = cborx.Enc

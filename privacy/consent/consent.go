@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/errkind"
+	"github.com/ferrysync/ferry/internal/cborx"
+	"github.com/ferrysync/ferry/internal/kv"
 	"github.com/ferrysync/ferry/internal/names"
 	"github.com/fxamacker/cbor/v2"
 )
@@ -106,12 +108,9 @@ type Entry struct {
 	Hash   []byte      `cbor:"9,keyasint" json:"hash"`
 }
 
-// Log is the append-only store under the ledger (the storage package's
-// sealed log; an in-memory one for tests).
-type Log interface {
-	Append(ctx context.Context, value []byte) (uint64, error)
-	Scan(ctx context.Context, after uint64, fn func(seq uint64, value []byte) error) error
-}
+// Log is the append-only store under the ledger (kv.Log: the storage
+// package's sealed log, or kv.MemLog in tests).
+type Log = kv.Log
 
 // Anchor keeps the ledger's last sequence number and hash, so a cut-off
 // tail is detected (the storage package's *Slots has these methods).
@@ -149,20 +148,9 @@ type Ledger struct {
 }
 
 var (
-	encMode cbor.EncMode
-	decMode cbor.DecMode
+	encMode = cborx.Enc
+	decMode = cborx.NewDec(cbor.DecOptions{MaxNestedLevels: 8, MaxArrayElements: 1024, MaxMapPairs: 32})
 )
-
-func init() {
-	var err error
-	if encMode, err = cbor.CoreDetEncOptions().EncMode(); err != nil {
-		panic(err)
-	}
-	if decMode, err = (cbor.DecOptions{MaxNestedLevels: 8, MaxArrayElements: 1024, MaxMapPairs: 32,
-		IndefLength: cbor.IndefLengthForbidden, DupMapKey: cbor.DupMapKeyEnforcedAPF}).DecMode(); err != nil {
-		panic(err)
-	}
-}
 
 // Open reads the whole ledger, checks its chain and anchor, and rebuilds
 // the consent state.

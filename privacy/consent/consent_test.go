@@ -4,54 +4,17 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferrysync/ferry/internal/kv"
 )
 
-// memLog and memAnchor are in-memory stand-ins for the store's sealed log
-// and slots; tests reach into them to tamper.
-type memLog struct {
-	mu      sync.Mutex
-	entries [][]byte
-}
+// memLog is the in-memory log; tests damage it with Rewrite. The anchor
+// is an in-memory KV.
+type memLog = kv.MemLog
 
-func (m *memLog) Append(_ context.Context, v []byte) (uint64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.entries = append(m.entries, append([]byte(nil), v...))
-	return uint64(len(m.entries)), nil
-}
-
-func (m *memLog) Scan(_ context.Context, after uint64, fn func(uint64, []byte) error) error {
-	m.mu.Lock()
-	es := append([][]byte(nil), m.entries...)
-	m.mu.Unlock()
-	for i, e := range es {
-		if uint64(i+1) <= after {
-			continue
-		}
-		if err := fn(uint64(i+1), e); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-type memAnchor struct{ m sync.Map }
-
-func (a *memAnchor) Get(_ context.Context, k string) ([]byte, bool, error) {
-	v, ok := a.m.Load(k)
-	if !ok {
-		return nil, false, nil
-	}
-	return v.([]byte), true, nil
-}
-
-func (a *memAnchor) Put(_ context.Context, k string, v []byte) error {
-	a.m.Store(k, append([]byte(nil), v...))
-	return nil
-}
+type memAnchor = kv.Mem
 
 type clock struct{ t time.Time }
 
@@ -59,7 +22,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func setup(t *testing.T) (*Ledger, *memLog, *memAnchor, *clock) {
 	t.Helper()
-	lg, an, c := &memLog{}, &memAnchor{}, &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	lg, an, c := &memLog{}, kv.NewMem(), &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	l, err := Open(context.Background(), lg, an, Options{Now: c.now})
 	if err != nil {
 		t.Fatal(err)
@@ -166,19 +129,27 @@ func TestLedgerTamperDetected(t *testing.T) {
 	}
 	tamper := map[string]func(*memLog, *memAnchor){
 		"altered entry": func(lg *memLog, _ *memAnchor) {
-			lg.entries[1] = []byte(strings.Replace(string(lg.entries[1]), "b", "z", 1))
+			lg.Rewrite(func(es [][]byte) [][]byte {
+				es[1] = []byte(strings.Replace(string(es[1]), "b", "z", 1))
+				return es
+			})
 		},
 		"removed middle entry": func(lg *memLog, _ *memAnchor) {
-			lg.entries = append(lg.entries[:1:1], lg.entries[2:]...)
+			lg.Rewrite(func(es [][]byte) [][]byte { return append(es[:1:1], es[2:]...) })
 		},
 		"cut-off tail": func(lg *memLog, _ *memAnchor) {
-			lg.entries = lg.entries[:1]
+			lg.Rewrite(func(es [][]byte) [][]byte { return es[:1] })
 		},
 		"reordered": func(lg *memLog, _ *memAnchor) {
-			lg.entries[0], lg.entries[1] = lg.entries[1], lg.entries[0]
+			lg.Rewrite(func(es [][]byte) [][]byte {
+				es[0], es[1] = es[1], es[0]
+				return es
+			})
 		},
 		"anchor removed": func(_ *memLog, an *memAnchor) {
-			an.m.Delete("ledger")
+			if err := an.Delete(ctx, "ledger"); err != nil {
+				t.Fatal(err)
+			}
 		},
 	}
 	for name, fn := range tamper {
