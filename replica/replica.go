@@ -60,8 +60,10 @@ type Options struct {
 	// NoSync trades durability of the last writes for speed.
 	NoSync bool
 	// Sizes are the store's Badger sizes (memtables, value-log files,
-	// caches, tables); zero fields take storage.DefaultSizes. They also
-	// set the free space the store keeps before refusing writes with
+	// caches, tables, value threshold); zero fields take
+	// storage.DefaultSizes (sized for a phone); storage.ServerSizes() is
+	// the preset for throughput over footprint. They also set the free
+	// space the store keeps before refusing writes with
 	// storage.ErrNoSpace (storage.Reserve).
 	Sizes storage.Sizes
 	// Name is a human-readable name sent to peers ("laptop").

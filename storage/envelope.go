@@ -29,8 +29,30 @@ func envAD(dst []byte, epoch uint32, kind byte, key []byte) []byte {
 
 // newNonce returns a fresh random nonce.
 func newNonce() (n [nonceSize]byte) {
-	rand.Read(n[:]) // never fails (Go >= 1.24)
+	randRead(n[:])
 	return n
+}
+
+// randRead fills b with random bytes.
+func randRead(b []byte) { rand.Read(b) } // never fails (Go >= 1.24)
+
+// envelopeFor returns an empty envelope buffer for sealInPlace: the room
+// for the header, and capacity for n bytes of plaintext and the tag.
+func envelopeFor(n int) []byte { return make([]byte, envHeaderLen, envOverhead+n) }
+
+// sealInPlace seals the plaintext that follows the header room of env
+// (from envelopeFor) in place and returns the envelope, as seal would.
+func (k *epochKeys) sealInPlace(env []byte, kind byte, key []byte, nonce [nonceSize]byte) []byte {
+	env[0] = envVersion
+	binary.BigEndian.PutUint32(env[1:5], k.epoch)
+	copy(env[5:envHeaderLen], nonce[:])
+	adp := adPool.Get().(*[]byte)
+	ad := envAD((*adp)[:0], k.epoch, kind, key)
+	// The ciphertext overwrites the plaintext exactly (the AEAD allows it).
+	env = k.aead.Seal(env[:envHeaderLen], nonce[:], env[envHeaderLen:], ad)
+	*adp = ad[:0]
+	adPool.Put(adp)
+	return env
 }
 
 // seal appends the envelope of plaintext, stored under key as a value of the

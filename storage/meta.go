@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"encoding/binary"
 	"slices"
 	"time"
 )
@@ -36,8 +37,16 @@ type metaRec struct {
 	inline           []byte // small snapshot kept in the meta; comes before the chunks
 }
 
-func (m *metaRec) encode() []byte {
-	w := wbuf{b: make([]byte, 0, 64+len(m.coll)+len(m.id)+32*len(m.heads)+len(m.attrs)+32*len(m.chunks)+len(m.inline))}
+func (m *metaRec) encode() []byte { return m.appendEncoded(make([]byte, 0, m.encodedSize())) }
+
+// encodedSize is an upper bound of the length of m's encoding.
+func (m *metaRec) encodedSize() int {
+	return 80 + len(m.coll) + len(m.id) + HeadSize*len(m.heads) + len(m.attrs) + 40*len(m.chunks) + len(m.inline)
+}
+
+// appendEncoded appends m's encoding to dst.
+func (m *metaRec) appendEncoded(dst []byte) []byte {
+	w := wbuf{b: dst}
 	w.u8(1)
 	w.str(m.coll)
 	w.str(m.id)
@@ -136,15 +145,6 @@ func cloneHeads(hs [][]byte) [][]byte {
 	return out
 }
 
-func (m *metaRec) clone() metaRec {
-	c := *m
-	c.heads = cloneHeads(m.heads)
-	c.attrs = slices.Clone(m.attrs)
-	c.chunks = slices.Clone(m.chunks)
-	c.inline = slices.Clone(m.inline)
-	return c
-}
-
 func (m *metaRec) toMeta() RecordMeta {
 	rm := RecordMeta{
 		Collection: m.coll, ID: m.id,
@@ -177,7 +177,16 @@ func (m *metaRec) sizes() (snap, inc int) {
 // Feed entry plaintext: u8 1 | str coll | str id | 24B nonce of the meta it
 // belongs to. The entry doubles as the meta's liveness marker.
 func encodeFeed(coll, id string, metaNonce [nonceSize]byte) []byte {
-	w := wbuf{b: make([]byte, 0, 8+len(coll)+len(id)+nonceSize)}
+	return appendFeed(make([]byte, 0, feedSize(coll, id)), coll, id, metaNonce)
+}
+
+// feedSize is an upper bound of the length of a feed entry's encoding.
+func feedSize(coll, id string) int {
+	return 1 + 2*binary.MaxVarintLen64 + len(coll) + len(id) + nonceSize
+}
+
+func appendFeed(dst []byte, coll, id string, metaNonce [nonceSize]byte) []byte {
+	w := wbuf{b: dst}
 	w.u8(1)
 	w.str(coll)
 	w.str(id)

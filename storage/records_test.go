@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -355,5 +356,59 @@ func TestConcurrentWritersFeed(t *testing.T) {
 	}
 	if s.LastSeq() != cursor {
 		t.Fatalf("LastSeq %d, consumer cursor %d", s.LastSeq(), cursor)
+	}
+}
+
+// TestBatchSameRecordDrafts: each write of a record in one batch returns
+// the meta of that write, also when a later write in the batch compacts
+// the record into a new chunk (each write's meta is sealed after the whole
+// batch is built, from a copy that later writes must not change).
+func TestBatchSameRecordDrafts(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore(t)
+	snap0 := bytes.Repeat([]byte{'a'}, 100)
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "r",
+		Snapshot: func() ([]byte, error) { return snap0, nil }}}}); err != nil {
+		t.Fatal(err)
+	}
+	// Alternately a small change, and a large one that makes the
+	// incrementals outweigh the snapshot: storage compacts into a new
+	// snapshot chunk (too big to inline) in the chunk array that earlier
+	// writes' metas were built from.
+	var (
+		writes []RecordWrite
+		want   []int
+		last   []byte
+	)
+	snap, inc := len(snap0), 0
+	for i := range 8 {
+		var rw RecordWrite
+		if i%2 == 0 {
+			ch := bytes.Repeat([]byte{byte('b' + i)}, 10+i)
+			rw = RecordWrite{Collection: "c", ID: "r", Changes: ch}
+			inc += len(ch)
+			last = append(last, ch...)
+		} else {
+			ch := bytes.Repeat([]byte{byte('b' + i)}, snap+1)
+			ns := bytes.Repeat([]byte{byte('B' + i)}, inlineMax+100*i)
+			rw = RecordWrite{Collection: "c", ID: "r", Changes: ch, Snapshot: func() ([]byte, error) { return ns, nil }}
+			snap, inc, last = len(ns), 0, slices.Clone(ns)
+		}
+		rw.Attrs = []byte(strconv.Itoa(i))
+		writes = append(writes, rw)
+		want = append(want, snap+inc)
+	}
+	ms, err := s.Write(ctx, Batch{Records: writes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range ms {
+		if m.Size != want[i] || string(m.Attrs) != strconv.Itoa(i) {
+			t.Fatalf("write %d: size %d attrs %q, want %d %q", i, m.Size, m.Attrs, want[i], strconv.Itoa(i))
+		}
+	}
+	data, m, err := s.Load(ctx, "c", "r")
+	if err != nil || !bytes.Equal(data, last) || m.Seq != ms[len(ms)-1].Seq {
+		t.Fatalf("load: %d bytes, seq %d, %v", len(data), m.Seq, err)
 	}
 }

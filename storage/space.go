@@ -206,8 +206,13 @@ func (s *Store) reopenBadger() bool {
 	if err := s.db.Close(); err != nil {
 		return false
 	}
+	var setKey []byte
+	if st := s.state.Load(); st != nil {
+		setKey, _ = tableSetKey(st.cur.master, st.cur.epoch) // nil on error: check every table
+		defer wipe(setKey)
+	}
 	if _, err := checkLogs(s.dir); err == nil {
-		if db, err := openBadger(s.dir, &s.bopts, false); err == nil {
+		if db, err := openBadger(s.dir, &s.bopts, false, setKey); err == nil {
 			s.db = db
 			s.readOnly.Store(false)
 			return true
@@ -217,7 +222,7 @@ func (s *Store) reopenBadger() bool {
 	if err != nil || trimTornTails(s.dir, ends) != nil {
 		return false
 	}
-	db, err := openBadger(s.dir, &s.bopts, true)
+	db, err := openBadger(s.dir, &s.bopts, true, setKey)
 	if err != nil {
 		return false
 	}

@@ -105,13 +105,15 @@ func (st *keyState) old() *epochKeys {
 	return nil
 }
 
-func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error) {
+// openBadger opens Badger in dir after checking its tables (precheckTables;
+// setKey is the verified-table set's key, nil to check every table).
+func openBadger(dir string, o *Options, readOnly bool, setKey []byte) (db *badger.DB, err error) {
 	var bo badger.Options
 	if o.InMemory {
 		bo = badger.DefaultOptions("").WithInMemory(true)
 	} else {
 		bo = badger.DefaultOptions(dir).WithReadOnly(readOnly)
-		if err := precheckTables(dir); err != nil {
+		if err := precheckTables(dir, setKey, !readOnly); err != nil {
 			return nil, err
 		}
 	}
@@ -122,9 +124,7 @@ func openBadger(dir string, o *Options, readOnly bool) (db *badger.DB, err error
 		WithBlockCacheSize(z.BlockCacheSize).
 		WithIndexCacheSize(z.IndexCacheSize).
 		WithBaseTableSize(z.BaseTableSize).
-		// Badger requires the threshold to fit in one batch (15% of a
-		// memtable); values at or above it go to the value log.
-		WithValueThreshold(min(1<<20, z.MemTableSize/10))
+		WithValueThreshold(z.ValueThreshold)
 	bo = bo.WithSyncWrites(!o.NoSync).
 		WithLogger(nil).
 		WithChecksumVerificationMode(options.OnBlockRead).
@@ -191,7 +191,7 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	db, err := openBadger(dir, &opts, false)
+	db, err := openBadger(dir, &opts, false, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +286,13 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	db, err := openBadger(dir, &opts, readOnly)
+	setKey, err := tableSetKey(cur, h.curEpoch)
+	if err != nil {
+		wipe(kek)
+		return nil, err
+	}
+	db, err := openBadger(dir, &opts, readOnly, setKey)
+	wipe(setKey)
 	if err != nil {
 		wipe(kek)
 		return nil, err
@@ -592,6 +598,8 @@ type wtx struct {
 	recs  map[string]*recState
 	slots map[string]*slotState
 	colls map[string]bool
+	// lastColl: ensureColl's answer for this collection is known.
+	lastColl string
 
 	size int64 // bytes set so far, with per-entry overhead (for checkSpace)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -350,5 +351,75 @@ func TestClock(t *testing.T) {
 	got, err := s.Meta(ctx, "c", "1")
 	if err != nil || !got.Created.Equal(created) || !got.Updated.Equal(explicit) {
 		t.Fatalf("Meta: %+v %v", got, err)
+	}
+}
+
+// TestSizePresets: both presets are valid as given, their zero fields
+// (none) take nothing from the defaults, the value threshold defaults from
+// the memtable size, and one out of range is ErrInvalid.
+func TestSizePresets(t *testing.T) {
+	for name, z := range map[string]Sizes{"default": DefaultSizes(), "server": ServerSizes()} {
+		o := Options{Sizes: z}
+		if err := o.validateSizes(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := o.sizes(); got != z {
+			t.Fatalf("%s: sizes() = %+v, want %+v", name, got, z)
+		}
+	}
+	if got := (&Options{}).sizes(); got != DefaultSizes() {
+		t.Fatalf("zero sizes: %+v, want DefaultSizes %+v", got, DefaultSizes())
+	}
+	if got := (&Options{Sizes: Sizes{MemTableSize: 2 << 20}}).sizes().ValueThreshold; got != (2<<20)/10 {
+		t.Fatalf("value threshold of a 2 MiB memtable: %d", got)
+	}
+	if got, want := Reserve(Options{Sizes: ServerSizes()}), int64(97<<20); got != want {
+		t.Fatalf("Reserve(ServerSizes) = %d, want %d (documented)", got, want)
+	}
+	if got, want := Reserve(Options{}), int64(15<<20); got != want {
+		t.Fatalf("Reserve(DefaultSizes) = %d, want %d (documented)", got, want)
+	}
+	for _, z := range []Sizes{
+		{ValueThreshold: 1 << 9},
+		{ValueThreshold: 2 << 20},
+		{MemTableSize: 1 << 20, ValueThreshold: 200 << 10}, // over 15% of the memtable
+	} {
+		o := Options{Sizes: z}
+		if err := o.validateSizes(); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("%+v: %v, want ErrInvalid", z, err)
+		}
+	}
+}
+
+// TestServerSizesStore: a store made with ServerSizes writes, closes and
+// reopens with them (and with the defaults: sizes are not stored).
+func TestServerSizesStore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	o := testOpts()
+	o.Sizes = ServerSizes()
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := populate(t, s, 10)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, z := range []Sizes{ServerSizes(), {}} {
+		o.Sizes = z
+		s, err := Open(ctx, dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range want {
+			coll, id, _ := strings.Cut(k, "/")
+			if _, _, err := s.Load(ctx, coll, id); err != nil {
+				t.Fatalf("%+v: %s: %v", z, k, err)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

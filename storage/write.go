@@ -163,7 +163,7 @@ func (w *wtx) dropChunks(rs *recState) error {
 			return err
 		}
 	}
-	rs.m.chunks = rs.m.chunks[:0]
+	rs.m.chunks = nil // not [:0]: a pending draft may share the array
 	rs.m.inline = nil
 	return nil
 }
@@ -250,7 +250,11 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 	if err := w.index(w.st.write(), rw.Collection, rw.ID, rs.m.heads); err != nil {
 		return err
 	}
-	draft := rs.m.clone()
+	// A shallow copy is a snapshot: rs.m's slices are replaced, never
+	// written in place, by later writes of this record in the batch
+	// (dropChunks drops the slice; putChunk only appends past draft's
+	// length).
+	draft := rs.m
 	we := w.st.write()
 	w.late = append(w.late, func(alloc func() uint64) error {
 		seq := alloc()
@@ -260,13 +264,17 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 			}
 		}
 		draft.seq = seq
-		nonce := newNonce()
-		pt := draft.encode()
-		if err := w.set(rs.mk, we.seal(make([]byte, 0, envOverhead+len(pt)), kindMeta, rs.mk, nonce, pt)); err != nil {
+		// Meta and feed entry are encoded straight into their envelopes
+		// and sealed in place: one buffer each.
+		var nonces [2 * nonceSize]byte
+		randRead(nonces[:])
+		nonce, fnonce := [nonceSize]byte(nonces[:nonceSize]), [nonceSize]byte(nonces[nonceSize:])
+		mv := we.sealInPlace(draft.appendEncoded(envelopeFor(draft.encodedSize())), kindMeta, rs.mk, nonce)
+		if err := w.set(rs.mk, mv); err != nil {
 			return err
 		}
 		fk := seqKey(we.epoch, kindFeed, seq)
-		fv, _ := we.sealNew(kindFeed, fk, encodeFeed(draft.coll, draft.id, nonce))
+		fv := we.sealInPlace(appendFeed(envelopeFor(feedSize(draft.coll, draft.id)), draft.coll, draft.id, nonce), kindFeed, fk, fnonce)
 		if err := w.set(fk, fv); err != nil {
 			return err
 		}
@@ -300,9 +308,13 @@ func (w *wtx) compact(rs *recState, snapFn func() ([]byte, error)) error {
 }
 
 func (w *wtx) ensureColl(coll string) error {
+	if w.lastColl == coll {
+		return nil // a batch's records are mostly of one collection
+	}
 	we := w.st.write()
 	ck := we.collKey(coll)
 	if _, ok := w.s.knownColl.Load(string(ck)); ok {
+		w.lastColl = coll
 		return nil
 	}
 	if w.colls == nil {
@@ -323,5 +335,6 @@ func (w *wtx) ensureColl(coll string) error {
 		}
 	}
 	w.onCommit = append(w.onCommit, func() { w.s.knownColl.Store(string(ck), struct{}{}) })
+	w.lastColl = coll
 	return nil
 }
