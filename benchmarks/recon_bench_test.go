@@ -190,13 +190,12 @@ func rawCopies(b *testing.B, n int) (pa, pb *rawPeer) {
 
 // reconFixture is a (holding N records) and b (synced with a), on disk.
 type reconFixture struct {
-	n        int
-	dirA     string
-	dirB     string
-	ra, rb   *replica.Replica
-	changes  int // change rounds made, so every change sets a new value
-	devices  int // c devices made
-	tempRoot string
+	n       int
+	dirA    string
+	dirB    string
+	ra, rb  *replica.Replica
+	changes int // change rounds made, so every change sets a new value
+	devices int // c devices made
 }
 
 // newReconFixture writes n records on a and syncs them to b, both opened
