@@ -110,6 +110,15 @@ func TestReconRestoredStoreHeals(t *testing.T) {
 			t.Fatalf("the restored store did not get everything of %s back", c)
 		}
 	}
+	// Healed: neither side reports the pair stale any more.
+	for _, r := range []*Replica{a, b} {
+		_, peers := r.Status(ctx)
+		for _, p := range peers {
+			if p.State == Stale {
+				t.Fatalf("%s still reports %s stale after healing: %s", r.Name(), p.Peer, p.Warning)
+			}
+		}
+	}
 	sa, sb = e.sync(a, b)
 	sameCounts(t, "after healing", sa, sb)
 	if sa.RecordsSent+sa.RecordsReceived != 0 {

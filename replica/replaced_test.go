@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // diskReplica opens (or creates) an on-disk replica in dir.
@@ -64,9 +65,11 @@ func peerStatus(t *testing.T, r *Replica, peer string) Status {
 }
 
 // TestStatusPeerStoreReplaced: once a peer's store is restored from an
-// older copy of itself, neither side's status says up-to-date any more;
-// each says which store went back. Peers whose stores did not go back stay
-// up-to-date however often they sync.
+// older copy of itself, neither side's status says up-to-date until a
+// session heals the stores; each says which store went back. The healing
+// session (it reconciles, see docs/sync.md) gives the restored store back
+// what it lost and clears the mark. Peers whose stores did not go back
+// stay up-to-date however often they sync.
 func TestStatusPeerStoreReplaced(t *testing.T) {
 	e := newEnv(t)
 	root := t.TempDir()
@@ -105,8 +108,10 @@ func TestStatusPeerStoreReplaced(t *testing.T) {
 		t.Fatal("the restored copy has another identity")
 	}
 
-	_, _, errA, errB := e.trySync(a, b)
-	t.Logf("session after the restore: A %v, B %v", errA, errB)
+	// A session cut after the hellos: the stores are not healed yet.
+	cut := func(c transport.Conn) transport.Conn { return &cutAfterConn{Conn: c, left: 1} }
+	errA, errB := reviewSync(e, a, b, time.Minute, cut, cut)
+	t.Logf("session after the restore (cut): A %v, B %v", errA, errB)
 	sa := peerStatus(t, a, b.ID())
 	if sa.State == UpToDate || sa.State == Conflict || !strings.Contains(sa.Warning, "peer's store was replaced") {
 		t.Fatalf("a's status for b after b's store went back: %+v", sa)
@@ -118,13 +123,41 @@ func TestStatusPeerStoreReplaced(t *testing.T) {
 	if all, _ := a.Status(context.Background()); all.State == UpToDate {
 		t.Fatalf("a's overall status: %+v", all)
 	}
-	// The mark survives a restart and further sessions.
+	// The mark survives a restart.
 	a.Close()
 	a = diskReplica(t, e, "a", aDir)
-	e.trySync(a, b)
 	if s := peerStatus(t, a, b.ID()); s.State == UpToDate || s.Warning == "" {
 		t.Fatalf("a's status for b after a restart: %+v", s)
 	}
+	// A completed session heals both: b holds a's records again, and
+	// neither side is stale.
+	e.sync(a, b)
+	for i := range 10 {
+		if _, err := b.Get(context.Background(), "notes", fmt.Sprintf("r%d", i)); err != nil {
+			t.Fatalf("b lacks r%d after healing: %v", i, err)
+		}
+	}
+	if s := peerStatus(t, a, b.ID()); s.State != UpToDate || s.Warning != "" {
+		t.Fatalf("a's status for b after healing: %+v", s)
+	}
+	if s := peerStatus(t, b, a.ID()); s.State != UpToDate || s.Warning != "" {
+		t.Fatalf("b's status for a after healing: %+v", s)
+	}
+}
+
+// cutAfterConn sends left frames, then cuts the connection.
+type cutAfterConn struct {
+	transport.Conn
+	left int
+}
+
+func (c *cutAfterConn) Send(ctx context.Context, b []byte) error {
+	if c.left <= 0 {
+		c.Conn.Close()
+		return transport.ErrCut
+	}
+	c.left--
+	return c.Conn.Send(ctx, b)
 }
 
 // TestSyncRefusedGrantExpired: a session refused because the peer's grant
