@@ -30,6 +30,10 @@ type API interface {
 	Ack(ctx context.Context, space Space, seq uint64) error
 	// Status returns what the relay holds about the space.
 	Status(ctx context.Context, space Space) (SpaceStatus, error)
+	// Epochs returns the space's signed key-epoch records, oldest first.
+	Epochs(ctx context.Context, space Space) ([][]byte, error)
+	// PutEpoch posts the space's next key-epoch record.
+	PutEpoch(ctx context.Context, space Space, record []byte) error
 	// SigningKey is the device's Ed25519 identity: requests are made as
 	// it and Sender seals bundles with it.
 	SigningKey() ed25519.PrivateKey

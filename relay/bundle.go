@@ -26,10 +26,17 @@ import (
 // "ferry-relay-bundle-sig-v1" | space ID | bytes 0..65+n, so the relay,
 // which knows the space ID but not the key, can check who sent a bundle.
 //
+// Version 2 is the same layout for a space whose key was rotated: bytes
+// 41..49 of the nonce field are the key epoch (u64, >= 1), the rest of the
+// nonce random; the associated data then covers bytes 0..49 (version,
+// sender, counter, epoch). A version 1 bundle is sealed under epoch 0.
+//
 // The whole sealed bundle is exactly one of the size buckets: 1 KiB, 2 KiB,
 // 4 KiB, ... 4 MiB (powers of two). The relay learns at most which bucket.
 const (
 	bundleVersion  = 1
+	bundleVersion2 = 2 // names its key epoch
+	epochLen       = 8
 	hdrLen         = 1 + ed25519.PublicKeySize + 8 // version, sender, counter
 	nonceLen       = chacha20poly1305.NonceSizeX
 	preLen         = hdrLen + nonceLen
@@ -75,9 +82,10 @@ type Bundle struct {
 	Payload []byte
 }
 
-// Seal encrypts payload for the members of space, padded to its size
-// bucket and signed by sender. counter numbers the sender's bundles in this
-// space from 1, each used once (see Sender, which keeps it).
+// Seal encrypts payload for the members of space under its current key
+// epoch, padded to its size bucket and signed by sender. counter numbers
+// the sender's bundles in this space from 1, each used once (see Sender,
+// which keeps it).
 func Seal(space Space, sender ed25519.PrivateKey, counter uint64, payload []byte) ([]byte, error) {
 	if err := space.check(); err != nil {
 		return nil, err
@@ -92,7 +100,8 @@ func Seal(space Space, sender ed25519.PrivateKey, counter uint64, payload []byte
 	if size == 0 {
 		return nil, invalidf("payload of %d bytes exceeds %d", len(payload), MaxPayload)
 	}
-	aead, err := chacha20poly1305.NewX(space.bundleKey())
+	epoch, key := space.current()
+	aead, err := chacha20poly1305.NewX(aeadKey(key))
 	if err != nil {
 		return nil, fmt.Errorf("relay: seal: %w", err)
 	}
@@ -103,12 +112,40 @@ func Seal(space Space, sender ed25519.PrivateKey, counter uint64, payload []byte
 	if _, err := rand.Read(out[hdrLen:preLen]); err != nil {
 		return nil, fmt.Errorf("relay: seal: nonce: %w", err)
 	}
+	if epoch > 0 {
+		out[0] = bundleVersion2
+		binary.BigEndian.PutUint64(out[hdrLen:], epoch)
+	}
 	pt := make([]byte, size-preLen-tagLen-sigLen)
 	binary.BigEndian.PutUint32(pt, uint32(len(payload)))
 	copy(pt[lenPrefix:], payload)
-	out = aead.Seal(out, out[hdrLen:preLen], pt, bundleAAD(space.ID, out[:hdrLen]))
+	out = aead.Seal(out, out[hdrLen:preLen], pt, bundleAAD(space.ID, aadHeader(out)))
 	sig := ed25519.Sign(sender, sigMessage(space.ID, out))
 	return append(out, sig...), nil
+}
+
+// aadHeader is the cleartext header the AEAD binds: version, sender and
+// counter, and for version 2 the epoch.
+func aadHeader(b []byte) []byte {
+	if b[0] == bundleVersion2 {
+		return b[:hdrLen+epochLen]
+	}
+	return b[:hdrLen]
+}
+
+// BundleEpoch returns the key epoch a sealed bundle names (0 for version
+// 1), without verifying anything.
+func BundleEpoch(b []byte) (uint64, bool) {
+	if len(b) < preLen {
+		return 0, false
+	}
+	switch b[0] {
+	case bundleVersion:
+		return 0, true
+	case bundleVersion2:
+		return binary.BigEndian.Uint64(b[hdrLen:]), true
+	}
+	return 0, false
 }
 
 func bundleAAD(spaceID string, hdr []byte) []byte {
@@ -133,8 +170,11 @@ func bundleHeader(spaceID string, b []byte) (ed25519.PublicKey, uint64, error) {
 	if !isBucket(len(b)) {
 		return nil, 0, fmt.Errorf("%w: size %d is not a bucket", ErrTampered, len(b))
 	}
-	if b[0] != bundleVersion {
+	if b[0] != bundleVersion && b[0] != bundleVersion2 {
 		return nil, 0, fmt.Errorf("%w: version %d", ErrTampered, b[0])
+	}
+	if b[0] == bundleVersion2 && binary.BigEndian.Uint64(b[hdrLen:]) == 0 {
+		return nil, 0, fmt.Errorf("%w: version 2 with epoch 0", ErrTampered)
 	}
 	sender := ed25519.PublicKey(b[1 : 1+ed25519.PublicKeySize])
 	counter := binary.BigEndian.Uint64(b[1+ed25519.PublicKeySize : hdrLen])
@@ -148,9 +188,12 @@ func bundleHeader(spaceID string, b []byte) (ed25519.PublicKey, uint64, error) {
 	return sender, counter, nil
 }
 
-// Open verifies and decrypts a sealed bundle of space. Any failure wraps
-// ErrTampered; the payload of a bundle that fails is never returned. Open
-// does not know which counters were already seen: a Verifier does.
+// Open verifies and decrypts a sealed bundle of space. A bundle sealed
+// under a key epoch space does not hold wraps ErrNoKey (a device removed
+// from the space, or one that has not fetched the new key yet); every
+// other failure wraps ErrTampered. The payload of a bundle that fails is
+// never returned. Open does not know which counters were already seen: a
+// Verifier does.
 func Open(space Space, sealed []byte) (Bundle, error) {
 	if err := space.check(); err != nil {
 		return Bundle{}, err
@@ -159,12 +202,17 @@ func Open(space Space, sealed []byte) (Bundle, error) {
 	if err != nil {
 		return Bundle{}, err
 	}
-	aead, err := chacha20poly1305.NewX(space.bundleKey())
+	epoch, _ := BundleEpoch(sealed)
+	key, ok := space.keyFor(epoch)
+	if !ok {
+		return Bundle{}, fmt.Errorf("%w: key epoch %d (this device holds up to %d)", ErrNoKey, epoch, space.Epoch())
+	}
+	aead, err := chacha20poly1305.NewX(aeadKey(key))
 	if err != nil {
 		return Bundle{}, fmt.Errorf("relay: open: %w", err)
 	}
 	ct := sealed[preLen : len(sealed)-sigLen]
-	pt, err := aead.Open(nil, sealed[hdrLen:preLen], ct, bundleAAD(space.ID, sealed[:hdrLen]))
+	pt, err := aead.Open(nil, sealed[hdrLen:preLen], ct, bundleAAD(space.ID, aadHeader(sealed)))
 	if err != nil {
 		return Bundle{}, fmt.Errorf("%w: decryption failed", ErrTampered)
 	}

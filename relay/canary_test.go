@@ -54,7 +54,7 @@ func TestCanaryRelaySeesNothing(t *testing.T) {
 	needles["key base64"] = []byte(base64.StdEncoding.EncodeToString(key[:]))
 	needles["key base64url"] = []byte(base64.RawURLEncoding.EncodeToString(key[:]))
 	needles["key base32"] = []byte(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(key[:]))
-	needles["bundle key"] = space.bundleKey()
+	needles["bundle key"] = aeadKey(space.Key)
 
 	var files int
 	var disk bytes.Buffer

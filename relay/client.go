@@ -184,6 +184,9 @@ func (c *Client) statusError(status int, eb errorBody) error {
 	case http.StatusUnauthorized:
 		sentinel = ErrAuth
 	case http.StatusForbidden:
+		if eb.Code == codeRemoved {
+			return fmt.Errorf("%w: %w: %s (HTTP %d from %s)", ErrRemoved, ErrNotMember, msg, status, c.URL)
+		}
 		sentinel = ErrNotMember
 	case http.StatusConflict:
 		if eb.Code == codeCounter {
@@ -385,4 +388,33 @@ func (c *Client) Status(ctx context.Context, space Space) (SpaceStatus, error) {
 		return SpaceStatus{}, err
 	}
 	return decodeStatus(b)
+}
+
+// Epochs returns the space's signed key-epoch records, oldest first, as
+// the relay holds them (check each with OpenEpochRecord).
+func (c *Client) Epochs(ctx context.Context, space Space) ([][]byte, error) {
+	p, err := spacePath(space, "/epochs")
+	if err != nil {
+		return nil, err
+	}
+	b, err := c.do(ctx, http.MethodGet, p, nil, nil, maxEpochsBody)
+	if err != nil {
+		return nil, err
+	}
+	return decodeEpochs(b)
+}
+
+// PutEpoch posts the space's next key-epoch record (from NewEpochRecord,
+// signed by this device). A record whose epoch is not the next one is
+// ErrConflict; the same record again succeeds.
+func (c *Client) PutEpoch(ctx context.Context, space Space, record []byte) error {
+	p, err := spacePath(space, "/epochs")
+	if err != nil {
+		return err
+	}
+	if len(record) > maxEpochRecord {
+		return invalidf("key-epoch record of %d bytes", len(record))
+	}
+	_, err = c.do(ctx, http.MethodPost, p, nil, record, maxSmallBody)
+	return err
 }

@@ -15,9 +15,11 @@
 //   - Seal and Open: end-to-end bundles, XChaCha20-Poly1305 under a key
 //     derived from the space key, padded to power-of-two size buckets from
 //     1 KiB to 4 MiB, and signed by the sender's Ed25519 identity.
-//   - Server: the relay, an http.Handler over its own Badger database,
-//     with signed requests, membership, long-poll pulls, acknowledgements,
-//     compaction and quotas. Start serves it on an address, with TLS.
+//   - Server: the relay, an http.Handler over NATS JetStream (a NATS
+//     server embedded in the process, or the streams of a NATS cluster
+//     with any number of stateless front-ends), with signed requests,
+//     membership, long-poll pulls, acknowledgements, compaction and
+//     quotas. Start serves it on an address, with TLS.
 //   - Client: signed requests with retries and backoff; Sender pushes a
 //     device's payloads with persisted counters; Verifier opens pulled
 //     bundles and yields each sender's payloads in order, exactly once,

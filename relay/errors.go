@@ -41,6 +41,16 @@ var (
 	// ErrInvalid: a bad argument (wrong key size, payload too large, a
 	// Space whose ID does not match its key, a counter of 0).
 	ErrInvalid = errkind.New("relay: invalid argument", errkind.Invalid)
+	// ErrNoKey: a bundle or key-epoch record is sealed under a key this
+	// device does not hold: the space's key was rotated without it (it was
+	// removed), or it has not fetched the new epoch yet. Nothing is
+	// yielded.
+	ErrNoKey = errkind.New("relay: sealed under a key this device does not hold", errkind.Forbidden)
+	// ErrRemoved: this device was a member of the space and has been
+	// removed (HTTP 403 with code "removed"). It wraps ErrNotMember too.
+	// What it holds stays on the device; it can rejoin only by a new
+	// invitation.
+	ErrRemoved = errkind.New("relay: removed from the space", errkind.Forbidden)
 	// ErrInvitation: an invitation could not be opened (not for this
 	// identity, corrupted, or not an invitation).
 	ErrInvitation = errkind.New("relay: invalid invitation", errkind.Corrupt)

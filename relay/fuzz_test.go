@@ -121,7 +121,7 @@ func FuzzClientResponses(f *testing.F) {
 // fuzzRelay is one relay per fuzzing process with fuzzSpace created by
 // fuzzKey.
 func fuzzRelay(f *testing.F) *Server {
-	srv, err := NewServer(f.TempDir(), ServerOptions{NoSync: true, GCInterval: -1, smallFiles: true, MaxWait: time.Millisecond})
+	srv, err := NewServer(f.TempDir(), ServerOptions{NoSync: true, MaxWait: time.Millisecond})
 	if err != nil {
 		f.Fatal(err)
 	}

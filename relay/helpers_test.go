@@ -116,10 +116,6 @@ type testRelay struct {
 func newTestRelay(t testing.TB, opts ServerOptions) *testRelay {
 	t.Helper()
 	opts.NoSync = true
-	opts.smallFiles = true
-	if opts.GCInterval == 0 {
-		opts.GCInterval = -1
-	}
 	r := &testRelay{t: t, dir: t.TempDir(), opts: opts}
 	r.open()
 	t.Cleanup(r.close)

@@ -12,7 +12,8 @@ import (
 	"filippo.io/age"
 )
 
-// An invitation carries a space (key, ID, relay URL) to a new device,
+// An invitation carries a space (key, ID, relay URL, and the key epochs
+// the inviter holds) to a new device,
 // encrypted with age to the device's X25519 recipient, so it can travel
 // through any channel (QR code, message, the relay itself): only that
 // device can open it. The plaintext is CBOR (wireInvitation).
@@ -33,6 +34,12 @@ type wireInvitation struct {
 	Space    string         `cbor:"3,keyasint"`
 	RelayURL string         `cbor:"4,keyasint"`
 	Start    []wirePosition `cbor:"5,keyasint"`
+	Epochs   []wireEpochKey `cbor:"6,keyasint,omitempty"`
+}
+
+type wireEpochKey struct {
+	Epoch uint64 `cbor:"1,keyasint"`
+	Key   []byte `cbor:"2,keyasint"`
 }
 
 type wirePosition struct {
@@ -60,6 +67,12 @@ func Invite(space Space, to *age.X25519Recipient, start ...Position) ([]byte, er
 		return nil, invalidf("invitation too large")
 	}
 	w := wireInvitation{Version: invitationVersion, Key: space.Key[:], Space: space.ID, RelayURL: space.RelayURL}
+	if len(space.Epochs) > MaxEpochs {
+		return nil, invalidf("%d key epochs", len(space.Epochs))
+	}
+	for _, e := range space.Epochs {
+		w.Epochs = append(w.Epochs, wireEpochKey{Epoch: e.Epoch, Key: e.Key[:]})
+	}
 	for _, p := range start {
 		if len(p.Sender) != ed25519.PublicKeySize {
 			return nil, invalidf("start position with a %d-byte sender", len(p.Sender))
@@ -117,6 +130,17 @@ func decodeInvitation(pt []byte) (Invitation, error) {
 	inv := Invitation{Space: SpaceFromKey(k, w.RelayURL)}
 	if inv.Space.ID != w.Space {
 		return Invitation{}, fmt.Errorf("%w: space ID does not match the key", ErrInvitation)
+	}
+	if len(w.Epochs) > MaxEpochs {
+		return Invitation{}, fmt.Errorf("%w: malformed", ErrInvitation)
+	}
+	for i, e := range w.Epochs {
+		if e.Epoch == 0 || len(e.Key) != SpaceKeySize || (i > 0 && e.Epoch <= w.Epochs[i-1].Epoch) {
+			return Invitation{}, fmt.Errorf("%w: malformed key epoch", ErrInvitation)
+		}
+		ek := EpochKey{Epoch: e.Epoch}
+		copy(ek.Key[:], e.Key)
+		inv.Space.Epochs = append(inv.Space.Epochs, ek)
 	}
 	for _, p := range w.Start {
 		if len(p.Sender) != ed25519.PublicKeySize {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"errors"
+	"reflect"
 	"slices"
 	"testing"
 )
@@ -30,7 +31,7 @@ func TestInvitationRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inv.Space != space || len(inv.Start) != 1 || !inv.Start[0].Sender.Equal(start[0].Sender) || inv.Start[0].Counter != 7 {
+	if !reflect.DeepEqual(inv.Space, space) || len(inv.Start) != 1 || !inv.Start[0].Sender.Equal(start[0].Sender) || inv.Start[0].Counter != 7 {
 		t.Fatalf("opened %#v %+v", inv.Space, inv.Start)
 	}
 

@@ -23,11 +23,15 @@ type MemRelay struct {
 	spaces  map[string]*memSpace
 	changed chan struct{} // closed and replaced on every stored bundle
 	// Fail, if set, is called before every operation with its name
-	// ("create", "members", "update", "push", "pull", "ack", "status");
+	// ("create", "members", "update", "push", "pull", "ack", "status",
+	// "epochs", "epoch");
 	// a non-nil error is returned instead of performing it (fault
 	// injection: ErrQuota, ErrUnavailable...). Set or change it only
 	// while no operation is running.
 	Fail func(op string) error
+	// Now is the relay's clock (members' last acknowledgements); default
+	// time.Now. Set it before the first operation.
+	Now func() time.Time
 }
 
 type memSpace struct {
@@ -39,13 +43,17 @@ type memSpace struct {
 	low      uint64
 	bytes    int64
 	counters map[string]memIndex // sender|counter -> stored bundle
+	epochs   [][]byte            // key-epoch records, oldest first
+	epoch    uint64              // newest epoch recorded
 }
 
 type memPeer struct {
-	key    ed25519.PublicKey
-	member bool
-	cursor uint64 // acknowledged seq
-	hw     uint64 // highest counter stored
+	key       ed25519.PublicKey
+	member    bool
+	cursor    uint64 // acknowledged seq
+	hw        uint64 // highest counter stored
+	compacted uint64 // highest counter compacted
+	lastAck   int64  // unix ms of the last ack, or of its addition
 }
 
 type memIndex struct {
@@ -74,7 +82,17 @@ func (c *MemClient) SigningKey() ed25519.PrivateKey { return c.id }
 
 func (c *MemClient) pub() ed25519.PublicKey { return publicOf(c.id) }
 
-var errMemNotMember = fmt.Errorf("%w (in-memory relay)", ErrNotMember)
+var (
+	errMemNotMember = fmt.Errorf("%w (in-memory relay)", ErrNotMember)
+	errMemRemoved   = fmt.Errorf("%w: %w (in-memory relay)", ErrRemoved, ErrNotMember)
+)
+
+func (m *MemRelay) now() int64 {
+	if m.Now != nil {
+		return m.Now().UnixMilli()
+	}
+	return time.Now().UnixMilli()
+}
 
 // begin checks the space and the fault hook and locks the relay.
 func (c *MemClient) begin(ctx context.Context, op string, space Space) error {
@@ -99,7 +117,10 @@ func (c *MemClient) member(space Space) (*memSpace, *memPeer, error) {
 		return nil, nil, errMemNotMember
 	}
 	for _, p := range s.peers {
-		if p.member && p.key.Equal(c.pub()) {
+		if p.key.Equal(c.pub()) {
+			if !p.member {
+				return nil, nil, errMemRemoved
+			}
 			return s, p, nil
 		}
 	}
@@ -122,7 +143,7 @@ func (c *MemClient) CreateSpace(ctx context.Context, space Space) error {
 		}
 		return fmt.Errorf("%w: space already exists", ErrConflict)
 	}
-	c.relay.spaces[space.ID] = &memSpace{raw: raw, version: 1, peers: []*memPeer{{key: c.pub(), member: true}},
+	c.relay.spaces[space.ID] = &memSpace{raw: raw, version: 1, peers: []*memPeer{{key: c.pub(), member: true, lastAck: c.relay.now()}},
 		counters: map[string]memIndex{}}
 	return nil
 }
@@ -180,22 +201,50 @@ func (c *MemClient) UpdateMembers(ctx context.Context, space Space, add, remove 
 	if sm.Version != s.version+1 {
 		return Members{}, fmt.Errorf("%w: member list version %d, relay has %d", ErrConflict, sm.Version, s.version)
 	}
+	was := make(map[*memPeer]bool, len(s.peers))
 	for _, p := range s.peers {
+		was[p] = p.member
 		p.member = false
 	}
+	now := c.relay.now()
 	for _, k := range sm.Keys {
 		i := slices.IndexFunc(s.peers, func(p *memPeer) bool { return p.key.Equal(k) })
 		if i < 0 {
-			s.peers = append(s.peers, &memPeer{key: k, member: true, cursor: s.low})
+			s.peers = append(s.peers, &memPeer{key: k, member: true, cursor: s.low, lastAck: now})
 			continue
 		}
-		if !s.peers[i].member {
+		if !was[s.peers[i]] {
 			s.peers[i].cursor = s.low
+			s.peers[i].lastAck = now
 		}
 		s.peers[i].member = true
 	}
 	s.raw, s.version = raw, sm.Version
+	s.compact() // a removed member no longer holds compaction back
 	return sm.Members, nil
+}
+
+// compact deletes what every member acknowledged.
+func (s *memSpace) compact() {
+	low, any := uint64(0), false
+	for _, q := range s.peers {
+		if q.member && (!any || q.cursor < low) {
+			low, any = q.cursor, true
+		}
+	}
+	if low = min(low, s.head); low > s.low {
+		i := 0
+		for i < len(s.bundles) && s.bundles[i].Seq <= low {
+			b := s.bundles[i]
+			s.bytes -= int64(len(b.Data))
+			if j := slices.IndexFunc(s.peers, func(p *memPeer) bool { return p.key.Equal(b.Sender) }); j >= 0 {
+				s.peers[j].compacted = max(s.peers[j].compacted, beUint64(b.Data[1+ed25519.PublicKeySize:]))
+			}
+			i++
+		}
+		s.bundles = slices.Delete(s.bundles, 0, i)
+		s.low = low
+	}
 }
 
 // Push implements API.
@@ -300,22 +349,8 @@ func (c *MemClient) Ack(ctx context.Context, space Space, seq uint64) error {
 	if seq = min(seq, s.head); seq > p.cursor {
 		p.cursor = seq
 	}
-	// Compact what every member acknowledged.
-	low, any := uint64(0), false
-	for _, q := range s.peers {
-		if q.member && (!any || q.cursor < low) {
-			low, any = q.cursor, true
-		}
-	}
-	if low = min(low, s.head); low > s.low {
-		i := 0
-		for i < len(s.bundles) && s.bundles[i].Seq <= low {
-			s.bytes -= int64(len(s.bundles[i].Data))
-			i++
-		}
-		s.bundles = slices.Delete(s.bundles, 0, i)
-		s.low = low
-	}
+	p.lastAck = c.relay.now()
+	s.compact()
 	return nil
 }
 
@@ -330,12 +365,68 @@ func (c *MemClient) Status(ctx context.Context, space Space) (SpaceStatus, error
 		return SpaceStatus{}, err
 	}
 	st := SpaceStatus{Space: space.ID, Version: s.version, Head: s.head, Low: s.low,
-		Bundles: int64(len(s.bundles)), Bytes: s.bytes, Cursors: map[string]uint64{}}
+		Bundles: int64(len(s.bundles)), Bytes: s.bytes, Cursors: map[string]uint64{}, Epoch: s.epoch, Now: c.relay.now()}
 	for _, p := range s.peers {
 		if p.member {
 			st.Members++
 			st.Cursors[fingerprint(p.key)] = p.cursor
 		}
+		var held int64
+		for _, b := range s.bundles {
+			if b.Sender.Equal(p.key) {
+				held++
+			}
+		}
+		st.Peers = append(st.Peers, PeerStatus{Key: slices.Clone(p.key), Member: p.member, Cursor: p.cursor, LastAck: p.lastAck,
+			Counter: p.hw, Compacted: p.compacted, Bundles: held})
 	}
 	return st, nil
+}
+
+// Epochs implements API.
+func (c *MemClient) Epochs(ctx context.Context, space Space) ([][]byte, error) {
+	if err := c.begin(ctx, "epochs", space); err != nil {
+		return nil, err
+	}
+	defer c.relay.mu.Unlock()
+	s, _, err := c.member(space)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(s.epochs))
+	for i, r := range s.epochs {
+		out[i] = slices.Clone(r)
+	}
+	return out, nil
+}
+
+// PutEpoch implements API.
+func (c *MemClient) PutEpoch(ctx context.Context, space Space, record []byte) error {
+	rec, _, err := DecodeEpochRecord(record)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	if rec.Space != space.ID || !rec.Signer.Equal(c.pub()) {
+		return fmt.Errorf("%w: key-epoch record for another space or signer", ErrProtocol)
+	}
+	if err := c.begin(ctx, "epoch", space); err != nil {
+		return err
+	}
+	defer c.relay.mu.Unlock()
+	s, _, err := c.member(space)
+	if err != nil {
+		return err
+	}
+	if rec.Epoch == s.epoch && len(s.epochs) > 0 && bytes.Equal(s.epochs[len(s.epochs)-1], record) {
+		return nil
+	}
+	if rec.Epoch != s.epoch+1 {
+		return fmt.Errorf("%w: key epoch %d, relay has %d", ErrConflict, rec.Epoch, s.epoch)
+	}
+	s.epochs = append(s.epochs, slices.Clone(record))
+	if len(s.epochs) > MaxEpochs {
+		s.epochs = s.epochs[len(s.epochs)-MaxEpochs:]
+	}
+	s.epoch = rec.Epoch
+	return nil
 }

@@ -85,3 +85,18 @@ func (s *Sender) Send(ctx context.Context, payload []byte) (seq uint64, err erro
 	}
 	return seq, nil
 }
+
+// Adopt raises the sender's counter to counter if it is below (the
+// relay's count of this device's bundles, read from Status, when this
+// device's store went back to an older copy) and persists it, so the next
+// bundle takes a counter no receiver has seen. It never lowers it.
+func (s *Sender) Adopt(ctx context.Context, counter uint64) error {
+	if counter <= s.last {
+		return nil
+	}
+	s.last = counter
+	if err := s.kv.Put(ctx, s.key, binary.BigEndian.AppendUint64(nil, counter)); err != nil {
+		return fmt.Errorf("relay: save sender state: %w", err)
+	}
+	return nil
+}

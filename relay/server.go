@@ -13,12 +13,13 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-	"github.com/dgraph-io/badger/v4/options"
 	"github.com/ferrysync/ferry/transport"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // Clock is the relay's time source: the authentication window and the
@@ -67,13 +68,18 @@ type ServerOptions struct {
 	// AllowCreate, if set, decides which keys may create spaces.
 	AllowCreate func(ed25519.PublicKey) bool
 	// NoSync skips fsync on writes: an acknowledged push may be lost on
-	// power failure. For tests.
+	// power failure (not on a crash of the process). For tests.
 	NoSync bool
-	// GCInterval is how often Badger's value log is garbage-collected.
-	// Default 10 minutes; negative disables.
-	GCInterval time.Duration
-
-	smallFiles bool // tests: 1 MiB memtables and value-log files
+	// NATS, if set, makes the server a stateless front-end of an external
+	// NATS cluster (dir is then unused and may be ""). Default: an
+	// embedded NATS server with JetStream, its store under dir/nats.
+	NATS *NATSOptions
+	// NATSListen opens a client port ("host:port") on the embedded NATS
+	// server, e.g. for the nats CLI. Default: none; the relay talks to it
+	// in-process.
+	NATSListen string
+	// Metrics, if set, receives the relay's counters (see NewMetrics).
+	Metrics *Metrics
 }
 
 func (o *ServerOptions) validate() error {
@@ -114,21 +120,22 @@ func (o *ServerOptions) validate() error {
 	if o.MaxPullBundles > maxWireArray {
 		o.MaxPullBundles = maxWireArray
 	}
-	if o.GCInterval == 0 {
-		o.GCInterval = 10 * time.Minute
-	}
 	return nil
 }
 
 // Server is a zero-knowledge store-and-forward relay: an http.Handler over
-// a Badger database of its own. It holds sealed bundles per space until
-// every member has acknowledged them, and never sees a space key.
+// NATS JetStream, embedded in the process or an external cluster. It
+// holds sealed bundles per space until every member has acknowledged
+// them, and never sees a space key.
 type Server struct {
-	db      *badger.DB
+	st      store
 	opts    ServerOptions
 	log     *slog.Logger
+	met     *Metrics
 	mux     *http.ServeMux
 	nonces  nonceCache
+	shared  *jsStore // a cluster front-end: nonces shared through the cluster
+	ns      *server.Server
 	started int64 // unix ms
 
 	life   sync.RWMutex // held shared by requests, exclusively by Close
@@ -137,78 +144,110 @@ type Server struct {
 
 	wmu      sync.Mutex
 	watchers map[string]chan struct{}
-
-	gcStop chan struct{}
-	gcDone chan struct{}
 }
 
-// NewServer opens (or creates) the relay database in dir.
+// NewServer opens (or creates) the relay's store: by default an embedded
+// NATS server with JetStream under dir/nats (no port open unless
+// opts.NATSListen); with opts.NATS, the streams of an external cluster.
+// A dir written by the Badger relay of earlier versions is migrated
+// first (see docs/relay.md). Errors: ErrInvalid for bad options,
+// ErrUnavailable if the cluster cannot be reached.
 func NewServer(dir string, opts ServerOptions) (*Server, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	if dir == "" {
-		return nil, invalidf("empty relay directory")
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("relay: %w", err)
-	}
-	bo := badger.DefaultOptions(dir).
-		WithLogger(nil).
-		WithSyncWrites(!opts.NoSync).
-		WithCompression(options.None). // bundles are ciphertext
-		WithMemTableSize(16 << 20).
-		WithNumMemtables(2).
-		WithNumLevelZeroTables(4).
-		WithNumLevelZeroTablesStall(8).
-		WithNumCompactors(2).
-		WithBlockCacheSize(16 << 20).
-		WithValueLogFileSize(256 << 20).
-		WithValueThreshold(64 << 10)
-	if opts.smallFiles {
-		bo = bo.WithMemTableSize(1 << 20).WithValueLogFileSize(1 << 20).WithBlockCacheSize(1 << 20)
-	}
-	db, err := badger.Open(bo)
-	if err != nil {
-		return nil, fmt.Errorf("relay: open database: %w", err)
-	}
 	s := &Server{
-		db:       db,
 		opts:     opts,
 		log:      opts.Logger,
+		met:      opts.Metrics,
 		nonces:   nonceCache{max: opts.MaxNonces},
 		started:  opts.Clock.Now().UnixMilli(),
 		done:     make(chan struct{}),
 		watchers: map[string]chan struct{}{},
-		gcStop:   make(chan struct{}),
-		gcDone:   make(chan struct{}),
+	}
+	if s.met == nil {
+		s.met = discardMetrics()
+	}
+	s.met.server = s
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := jsConfig{replicas: 1, window: opts.Window, maxMsg: maxNATSPayload, clock: opts.Clock}
+	switch {
+	case opts.NATS != nil:
+		nc, err := connectNATS(opts.NATS, s.log)
+		if err != nil {
+			return nil, err
+		}
+		cfg.replicas, cfg.shared = opts.NATS.Replicas, true
+		if cfg.replicas == 0 {
+			cfg.replicas = 3
+		}
+		js, err := openJS(ctx, nc, cfg, limitsOf(opts), s.log, s.notify)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		s.st, s.shared = js, js
+	default:
+		if dir == "" {
+			return nil, invalidf("empty relay directory")
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("relay: %w", err)
+		}
+		js, ns, err := openEmbedded(ctx, dir, opts, cfg, s.notify)
+		if err != nil {
+			return nil, err
+		}
+		if hasBadger(dir) {
+			if err := migrateBadger(ctx, dir, js); err != nil {
+				js.close()
+				return nil, fmt.Errorf("relay: %s holds a relay database of an earlier ferry (Badger) that could not be migrated (%s): move its files away to start empty, clients push their data again", dir, strings.ReplaceAll(err.Error(), "\n", " "))
+			}
+		}
+		s.st, s.ns = js, ns
 	}
 	s.routes()
-	if opts.GCInterval > 0 {
-		go s.gcLoop(opts.GCInterval)
-	} else {
-		close(s.gcDone)
-	}
 	return s, nil
 }
 
-func (s *Server) gcLoop(every time.Duration) {
-	defer close(s.gcDone)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.gcStop:
-			return
-		case <-t.C:
-			for s.db.RunValueLogGC(0.5) == nil {
-			}
-		}
+// openEmbedded starts the embedded NATS server in dir and opens the
+// relay's streams on it.
+func openEmbedded(ctx context.Context, dir string, opts ServerOptions, cfg jsConfig, onPush func(string)) (*jsStore, *server.Server, error) {
+	ns, err := embeddedServer(dir, opts.NATSListen, !opts.NoSync, opts.Logger)
+	if err != nil {
+		return nil, nil, err
 	}
+	stop := func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("ferry-relay"), nats.MaxReconnects(-1))
+	if err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("relay: connect to the embedded nats: %w", err)
+	}
+	js, err := openJS(ctx, nc, cfg, limitsOf(opts), opts.Logger, onPush)
+	if err != nil {
+		nc.Close()
+		stop()
+		return nil, nil, err
+	}
+	js.closeFn = stop
+	return js, ns, nil
 }
 
-// Close wakes pending long-polls, waits for requests in progress, stops the
-// garbage collector and closes the database. Later requests get 503.
+// NATSURL is the client URL of the embedded NATS server if
+// ServerOptions.NATSListen opened one, else "".
+func (s *Server) NATSURL() string {
+	if s.ns == nil || s.opts.NATSListen == "" {
+		return ""
+	}
+	return s.ns.ClientURL()
+}
+
+// Close wakes pending long-polls, waits for requests in progress and
+// closes the store (and the embedded NATS server). Later requests get 503.
 func (s *Server) Close() error {
 	s.wmu.Lock()
 	if s.closed {
@@ -220,12 +259,7 @@ func (s *Server) Close() error {
 	s.wmu.Unlock()
 	s.life.Lock() // waits for requests in progress
 	defer s.life.Unlock()
-	close(s.gcStop)
-	<-s.gcDone
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("relay: close database: %w", err)
-	}
-	return nil
+	return s.st.close()
 }
 
 // watch returns a channel closed at the next push to space.
@@ -249,6 +283,17 @@ func (s *Server) notify(space string) {
 	}
 }
 
+// compact runs the store's compaction of space and logs what it did.
+func (s *Server) compact(ctx context.Context, space string) error {
+	n, err := s.st.compact(ctx, space)
+	if n > 0 {
+		s.log.Info("relay compacted", "space", space, "bundles", n)
+		s.met.compactions.Inc()
+		s.met.compacted.Add(float64(n))
+	}
+	return err
+}
+
 func fingerprint(k []byte) string { return transport.Fingerprint(k) }
 
 // Endpoints. Every request is signed (see auth.go); space routes require a
@@ -262,6 +307,8 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /v1/spaces/{space}/bundles", s.authed(0, s.handlePull))
 	s.mux.Handle("POST /v1/spaces/{space}/ack", s.authed(0, s.handleAck))
 	s.mux.Handle("GET /v1/spaces/{space}/status", s.authed(0, s.handleStatus))
+	s.mux.Handle("GET /v1/spaces/{space}/epochs", s.authed(0, s.handleGetEpochs))
+	s.mux.Handle("POST /v1/spaces/{space}/epochs", s.authed(maxEpochRecord, s.handlePutEpoch))
 }
 
 // ServeHTTP implements http.Handler.
@@ -319,6 +366,7 @@ func (s *Server) authed(limit int64, h func(w http.ResponseWriter, r *http.Reque
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		w := &statusWriter{ResponseWriter: rw}
 		req := &request{space: r.PathValue("space")}
+		start := time.Now()
 		err := s.authenticate(w, r, limit, req)
 		if err == nil {
 			err = h(w, r, req)
@@ -334,7 +382,15 @@ func (s *Server) authed(limit int64, h func(w http.ResponseWriter, r *http.Reque
 				}
 			}
 			writeError(w, he)
+			s.met.errors.WithLabelValues(he.code).Inc()
+			if he.code == codeQuota || he.code == codeTooLarge {
+				s.met.quota.Inc()
+			}
+			if r.Pattern == "POST /v1/spaces/{space}/bundles" {
+				s.met.pushes.WithLabelValues("refused").Inc()
+			}
 		}
+		s.met.requests.WithLabelValues(r.Pattern).Observe(time.Since(start).Seconds())
 		attrs := []any{"method", r.Method, "route", r.Pattern, "space", logSpace(req.space), "status", w.status}
 		if req.key != nil {
 			attrs = append(attrs, "key", fingerprint(req.key))
@@ -391,6 +447,15 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, limit int6
 	if !ok {
 		return herr(http.StatusUnauthorized, codeReplay, "replayed nonce")
 	}
+	if s.shared != nil { // another front-end may have seen it
+		seen, err := s.shared.seenNonce(r.Context(), a.key, []byte(a.nonce))
+		if err != nil {
+			return err
+		}
+		if seen {
+			return herr(http.StatusUnauthorized, codeReplay, "replayed nonce")
+		}
+	}
 	req.key, req.body = a.key, body
 	return nil
 }
@@ -433,7 +498,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request, req *reque
 	if s.opts.AllowCreate != nil && !s.opts.AllowCreate(req.key) {
 		return herr(http.StatusForbidden, codeNotMember, "this key may not create spaces")
 	}
-	if err := s.createSpace(r.Context(), sm, req.body, req.key); err != nil {
+	if err := s.st.createSpace(r.Context(), sm, req.body, req.key); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusCreated)
@@ -441,7 +506,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request, req *reque
 }
 
 func (s *Server) handleGetMembers(w http.ResponseWriter, r *http.Request, req *request) error {
-	raw, err := s.members(req.space, req.key)
+	raw, err := s.st.members(r.Context(), req.space, req.key)
 	if err != nil {
 		return err
 	}
@@ -455,7 +520,7 @@ func (s *Server) handleUpdateMembers(w http.ResponseWriter, r *http.Request, req
 	if err != nil {
 		return err
 	}
-	if err := s.updateMembers(r.Context(), sm, req.body); err != nil {
+	if err := s.st.updateMembers(r.Context(), sm, req.body); err != nil {
 		return err
 	}
 	if err := s.compact(r.Context(), req.space); err != nil {
@@ -473,12 +538,16 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request, req *request
 	if !sender.Equal(req.key) {
 		return herr(http.StatusForbidden, codeNotMember, "bundle not sent by the requester")
 	}
-	res, err := s.storeBundle(r.Context(), req.space, sender, counter, req.body)
+	res, err := s.st.storeBundle(r.Context(), req.space, sender, counter, req.body)
 	if err != nil {
 		return err
 	}
 	if !res.dup {
 		s.notify(req.space)
+		s.met.pushes.WithLabelValues("stored").Inc()
+		s.met.pushedBytes.Add(float64(len(req.body)))
+	} else {
+		s.met.pushes.WithLabelValues("duplicate").Inc()
 	}
 	writeCBOR(w, http.StatusOK, pushResponse{Seq: res.seq, Duplicate: res.dup})
 	return nil
@@ -519,16 +588,19 @@ func (s *Server) handlePull(w http.ResponseWriter, r *http.Request, req *request
 	var timer <-chan time.Time
 	for {
 		ch := s.watch(req.space) // before reading, so no push is missed
-		resp, err := s.loadBundles(req.space, req.key, after, int(maxN), int(maxB))
+		resp, err := s.st.loadBundles(r.Context(), req.space, req.key, after, int(maxN), int(maxB))
 		if err != nil {
 			return err
 		}
 		if len(resp.Envelopes) > 0 || wait <= 0 {
+			s.met.pulls.Inc()
+			s.met.pulled.Add(float64(len(resp.Envelopes)))
 			writeCBOR(w, http.StatusOK, resp)
 			return nil
 		}
 		if timer == nil {
 			timer = s.opts.Clock.After(wait)
+			s.met.waits.Inc()
 		}
 		select {
 		case <-ch:
@@ -547,7 +619,10 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request, req *request)
 	if err != nil {
 		return err
 	}
-	if err := s.ack(r.Context(), req.space, req.key, seq); err != nil {
+	if err := s.st.ack(r.Context(), req.space, req.key, seq); err != nil {
+		return err
+	}
+	if err := s.compact(r.Context(), req.space); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -555,12 +630,39 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request, req *request)
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, req *request) error {
-	st, err := s.status(req.space, req.key)
+	st, err := s.st.status(r.Context(), req.space, req.key)
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(st)
+}
+
+func (s *Server) handleGetEpochs(w http.ResponseWriter, r *http.Request, req *request) error {
+	recs, err := s.st.epochs(r.Context(), req.space, req.key)
+	if err != nil {
+		return err
+	}
+	writeCBOR(w, http.StatusOK, epochsResponse{Records: recs})
+	return nil
+}
+
+func (s *Server) handlePutEpoch(w http.ResponseWriter, r *http.Request, req *request) error {
+	rec, _, err := DecodeEpochRecord(req.body)
+	if err != nil {
+		return herr(http.StatusBadRequest, codeBadReq, "malformed key-epoch record")
+	}
+	if rec.Space != req.space {
+		return herr(http.StatusBadRequest, codeBadReq, "key-epoch record names another space")
+	}
+	if !rec.Signer.Equal(req.key) {
+		return herr(http.StatusForbidden, codeNotMember, "key-epoch record not signed by the requester")
+	}
+	if err := s.st.putEpoch(r.Context(), req.space, req.key, rec.Epoch, req.body); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // Serving is a Server listening on an address (see Start).

@@ -206,7 +206,7 @@ func selfSignedCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
 // returns only when every goroutine is done.
 func TestStartTLS(t *testing.T) {
 	clk := newFakeClock()
-	srv, err := NewServer(t.TempDir(), ServerOptions{Clock: clk, NoSync: true, GCInterval: -1})
+	srv, err := NewServer(t.TempDir(), ServerOptions{Clock: clk, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

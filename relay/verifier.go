@@ -50,6 +50,11 @@ type VerifierOptions struct {
 	// Self is this device's key: its own bundles, which the relay returns
 	// like any other, are verified and skipped, not yielded.
 	Self ed25519.PublicKey
+	// Removed lists keys removed from the space (EpochRecord.Removed),
+	// each with the last counter accepted from it: a later bundle of it
+	// is a forgery by a device that still holds an older key, and is
+	// skipped, never yielded (Refused counts them).
+	Removed []Position
 }
 
 // Verifier is the receiving side of a space: it opens bundles, refuses
@@ -88,6 +93,8 @@ type Verifier struct {
 	bufN     int
 	bufBytes int
 	acked    uint64 // highest cursor acknowledged to the relay this session
+	ackSent  bool   // an acknowledgement was sent this session
+	refused  int    // bundles of removed senders skipped
 }
 
 type senderState struct {
@@ -283,6 +290,11 @@ func (v *Verifier) Add(ctx context.Context, envs ...Envelope) ([]Message, error)
 		if v.opts.Self != nil && b.Sender.Equal(v.opts.Self) {
 			continue // our own
 		}
+		if i := slices.IndexFunc(v.opts.Removed, func(p Position) bool { return p.Sender.Equal(b.Sender) }); i >= 0 &&
+			b.Counter > v.opts.Removed[i].Counter {
+			v.refused++
+			continue // sealed by a removed device after its removal
+		}
 		st := v.sender(b.Sender)
 		switch {
 		case b.Counter <= st.delivered:
@@ -383,6 +395,30 @@ func (v *Verifier) Settle() error {
 	return fmt.Errorf("%w: relay %s has nothing more but %s", ErrMissing, v.space.RelayURL, strings.Join(gaps, "; "))
 }
 
+// Refused is the number of bundles skipped this session because their
+// sender was removed from the space before sealing them.
+func (v *Verifier) Refused() int { return v.refused }
+
+// Rebase starts the space's reading again as a new device would: the
+// cursor goes back to 0 (the next page starts at the relay's low mark)
+// and each sender's applied counter becomes the one in start (for a
+// device whose store went back: the counters the relay has compacted;
+// what they carried must come again from the members, see the replica's
+// resend request). It persists the new state.
+func (v *Verifier) Rebase(ctx context.Context, start []Position) error {
+	v.senders = map[string]*senderState{}
+	for _, p := range start {
+		if len(p.Sender) != ed25519.PublicKeySize {
+			return invalidf("start position with a %d-byte sender", len(p.Sender))
+		}
+		st := v.sender(p.Sender)
+		st.applied = max(st.applied, p.Counter)
+	}
+	v.cursor, v.saved, v.acked = 0, nil, 0
+	v.Reset()
+	return v.save(ctx)
+}
+
 // Flush persists the cursor if it moved (Applied persists already; this
 // covers pulls that held only replays).
 func (v *Verifier) Flush(ctx context.Context) error { return v.save(ctx) }
@@ -454,11 +490,14 @@ func (v *Verifier) Receive(ctx context.Context, c API, wait time.Duration, apply
 	if err := v.save(ctx); err != nil {
 		return n, err
 	}
-	if done := v.Done(); done > v.acked {
+	// Acknowledge at least once per Receive, even if nothing moved: the
+	// relay reads acknowledgements as signs of life (a space's expiry
+	// policy drops members that stopped acknowledging).
+	if done := v.Done(); done > v.acked || !v.ackSent {
 		if err := c.Ack(ctx, v.space, done); err != nil {
 			return n, err
 		}
-		v.acked = done
+		v.acked, v.ackSent = done, true
 	}
 	return n, joinCapped(errs)
 }

@@ -55,6 +55,23 @@ type pullResponse struct {
 	Low       uint64         `cbor:"3,keyasint"`
 }
 
+// epochsResponse answers GET /v1/spaces/{id}/epochs: the signed
+// key-epoch records, oldest first.
+type epochsResponse struct {
+	Records [][]byte `cbor:"1,keyasint"`
+}
+
+func decodeEpochs(b []byte) ([][]byte, error) {
+	var r epochsResponse
+	if err := wireDec.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: key-epoch records: %w", ErrProtocol, err)
+	}
+	if len(r.Records) > MaxEpochs {
+		return nil, fmt.Errorf("%w: %d key-epoch records", ErrProtocol, len(r.Records))
+	}
+	return r.Records, nil
+}
+
 // pushResponse answers POST /v1/spaces/{id}/bundles.
 type pushResponse struct {
 	Seq       uint64 `cbor:"1,keyasint"`
@@ -120,6 +137,7 @@ const (
 	codeStale     = "stale"
 	codeReplay    = "replay"
 	codeNotMember = "not_member"
+	codeRemoved   = "removed"
 	codeConflict  = "conflict"
 	codeCounter   = "counter"
 	codeQuota     = "quota"
@@ -152,6 +170,26 @@ type SpaceStatus struct {
 	Bundles int64             `json:"bundles"` // bundles held
 	Bytes   int64             `json:"bytes"`   // bytes held
 	Cursors map[string]uint64 `json:"cursors"` // member fingerprint -> acknowledged seq
+	// Epoch is the newest key epoch the relay holds a record of.
+	Epoch uint64 `json:"epoch,omitempty"`
+	// Now is the relay's clock when it answered (Unix ms).
+	Now int64 `json:"now,omitempty"`
+	// Peers is every key that is or was a member, with what the relay
+	// keeps about it.
+	Peers []PeerStatus `json:"peers,omitempty"`
+}
+
+// PeerStatus is what the relay keeps about one key of a space.
+type PeerStatus struct {
+	Key    []byte `json:"key"` // Ed25519 public key
+	Member bool   `json:"member"`
+	Cursor uint64 `json:"cursor"` // acknowledged seq
+	// LastAck is when the key last acknowledged (Unix ms, relay clock);
+	// for a member that never did, when it was added.
+	LastAck   int64  `json:"last_ack"`
+	Counter   uint64 `json:"counter"`   // highest counter stored from it
+	Compacted uint64 `json:"compacted"` // highest counter of its compacted
+	Bundles   int64  `json:"bundles"`   // bundles of it held
 }
 
 func decodeStatus(b []byte) (SpaceStatus, error) {
@@ -159,8 +197,13 @@ func decodeStatus(b []byte) (SpaceStatus, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return s, fmt.Errorf("%w: status response: %w", ErrProtocol, err)
 	}
-	if len(s.Cursors) > MaxMembers {
-		return s, fmt.Errorf("%w: status response: %d cursors", ErrProtocol, len(s.Cursors))
+	if len(s.Cursors) > MaxMembers || len(s.Peers) > maxPeers {
+		return s, fmt.Errorf("%w: status response: %d cursors, %d peers", ErrProtocol, len(s.Cursors), len(s.Peers))
+	}
+	for _, p := range s.Peers {
+		if len(p.Key) != ed25519.PublicKeySize {
+			return s, fmt.Errorf("%w: status response: key of %d bytes", ErrProtocol, len(p.Key))
+		}
 	}
 	return s, nil
 }

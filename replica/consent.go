@@ -3,9 +3,11 @@ package replica
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/privacy/consent"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -44,14 +46,48 @@ func (r *Replica) Pair(ctx context.Context, peer string, collections []string, e
 	return out, nil
 }
 
-// Unpair revokes every grant a peer holds; a running session stops
-// sharing at its next record.
+// Unpair revokes every grant a destination holds: a peer (its
+// fingerprint) or a relay space ("space:<id>"); a running session stops
+// sharing at its next record, and a space holding no grant is not synced
+// any more (ErrNoConsent), as a peer is refused. It returns how many
+// grants it revoked.
 func (r *Replica) Unpair(ctx context.Context, peer string) (int, error) {
-	fp, err := transport.ParseFingerprint(peer)
+	dest, err := ParseDestination(peer)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return 0, err
 	}
-	return r.consent.RevokeDestination(ctx, fp, "unpaired")
+	return r.consent.RevokeDestination(ctx, dest, "unpaired")
+}
+
+// ParseDestination accepts a device-sync destination as a user may type
+// it: a peer fingerprint (any case, grouped) or a relay space
+// "space:<id>" (its 26-character id), and returns its canonical form.
+// Anything else is ErrInvalid.
+func ParseDestination(s string) (string, error) {
+	if id, ok := strings.CutPrefix(strings.TrimSpace(s), "space:"); ok {
+		id = strings.ToLower(id)
+		if !validSpaceID(id) {
+			return "", fmt.Errorf("%w: space id %q: want the %d characters `ferry space list` prints", ErrInvalid, id, relay.SpaceIDLen)
+		}
+		return spacePeer(id), nil
+	}
+	fp, err := transport.ParseFingerprint(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w (or space:ID for a relay space)", ErrInvalid, err)
+	}
+	return fp, nil
+}
+
+func validSpaceID(id string) bool {
+	if len(id) != relay.SpaceIDLen {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	return true
 }
 
 // Consent returns the consent ledger: grants, revocations, permission

@@ -6,10 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"filippo.io/age"
 	"github.com/ferrysync/ferry/errkind"
@@ -33,8 +35,16 @@ var ErrUnknownSpace = errkind.New("replica: no such space", errkind.NotFound)
 
 // spaceRecord is what a replica keeps about a space it belongs to.
 type spaceRecord struct {
-	Space []byte          `json:"space"` // relay.Space, binary
+	Space []byte          `json:"space"` // relay.Space, binary (with its key epochs)
 	Start []startPosition `json:"start,omitempty"`
+	// Removed lists the keys removed from the space by key-epoch records,
+	// each with the last counter accepted from it (relay.EpochRecord).
+	Removed []startPosition `json:"removed,omitempty"`
+	// Gone says this device was removed from the space, and why.
+	Gone string `json:"gone,omitempty"`
+	// ExpireAfter is the space's policy for silent members: 0 the
+	// default (DefaultSpaceExpiry), negative never.
+	ExpireAfter time.Duration `json:"expire_after,omitempty"`
 }
 
 type startPosition struct {
@@ -60,6 +70,15 @@ type RelayStats struct {
 	// ClockSkew lists the writers whose writes arrived stamped ahead of
 	// this replica's clock beyond Options.MaxClockDrift (see SyncStats).
 	ClockSkew []ClockSkew `json:"clock_skew,omitempty"`
+	// Refused counts bundles sealed by removed members after their
+	// removal (skipped, never applied).
+	Refused int `json:"refused,omitempty"`
+	// Dropped lists the members (fingerprints) the space's expiry policy
+	// removed during this sync.
+	Dropped []string `json:"dropped,omitempty"`
+	// Healed says this device's store had gone back and it asked the
+	// space's members to send everything again.
+	Healed bool `json:"healed,omitempty"`
 }
 
 // HTTPRelay returns an Options.Relay that reaches relays over HTTP with
@@ -92,6 +111,9 @@ func (r *Replica) CreateSpace(ctx context.Context, url string, collections []str
 		return relay.Space{}, fmt.Errorf("replica: create space: %w", err)
 	}
 	if err := r.saveSpace(ctx, space, nil); err != nil {
+		return relay.Space{}, err
+	}
+	if err := r.recordMembership(ctx, space.ID, r.ID(), consent.MemberCreated, 0, ""); err != nil {
 		return relay.Space{}, err
 	}
 	return space, r.grantSpace(ctx, space, collections)
@@ -142,26 +164,56 @@ func (r *Replica) saveSpace(ctx context.Context, space relay.Space, start []rela
 // Space returns a space this replica belongs to, with where to start
 // reading it.
 func (r *Replica) Space(ctx context.Context, id string) (relay.Space, []relay.Position, error) {
+	rec, space, err := r.loadSpace(ctx, id)
+	if err != nil {
+		return relay.Space{}, nil, err
+	}
+	return space, positions(rec.Start), nil
+}
+
+// loadSpace reads a space's record.
+func (r *Replica) loadSpace(ctx context.Context, id string) (spaceRecord, relay.Space, error) {
 	b, ok, err := r.store.Slots(nsSpaces).Get(ctx, id)
 	if err != nil {
-		return relay.Space{}, nil, fmt.Errorf("replica: space: %w", err)
+		return spaceRecord{}, relay.Space{}, fmt.Errorf("replica: space: %w", err)
 	}
 	if !ok {
-		return relay.Space{}, nil, fmt.Errorf("%w: %s", ErrUnknownSpace, id)
+		return spaceRecord{}, relay.Space{}, fmt.Errorf("%w: %s", ErrUnknownSpace, id)
 	}
 	var rec spaceRecord
 	var space relay.Space
 	if err := json.Unmarshal(b, &rec); err != nil {
-		return relay.Space{}, nil, fmt.Errorf("replica: space: %w: %w", storage.ErrCorrupt, err)
+		return spaceRecord{}, relay.Space{}, fmt.Errorf("replica: space: %w: %w", storage.ErrCorrupt, err)
 	}
 	if err := space.UnmarshalBinary(rec.Space); err != nil {
-		return relay.Space{}, nil, fmt.Errorf("replica: space: %w: %w", storage.ErrCorrupt, err)
+		return spaceRecord{}, relay.Space{}, fmt.Errorf("replica: space: %w: %w", storage.ErrCorrupt, err)
 	}
-	var start []relay.Position
-	for _, p := range rec.Start {
-		start = append(start, relay.Position{Sender: ed25519.PublicKey(p.Sender), Counter: p.Counter})
+	return rec, space, nil
+}
+
+// putSpace writes a space's record with space (its keys) in it.
+func (r *Replica) putSpace(ctx context.Context, rec spaceRecord, space relay.Space) error {
+	sb, err := space.MarshalBinary()
+	if err != nil {
+		return err
 	}
-	return space, start, nil
+	rec.Space = sb
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := r.store.Slots(nsSpaces).Put(ctx, space.ID, b); err != nil {
+		return fmt.Errorf("replica: save space: %w", err)
+	}
+	return nil
+}
+
+func positions(ps []startPosition) []relay.Position {
+	var out []relay.Position
+	for _, p := range ps {
+		out = append(out, relay.Position{Sender: ed25519.PublicKey(p.Sender), Counter: p.Counter})
+	}
+	return out
 }
 
 // Spaces lists the ids of the spaces this replica belongs to.
@@ -234,6 +286,9 @@ func (r *Replica) Invite(ctx context.Context, spaceID, joinCode string) ([]byte,
 	if err := r.forgetSpaceHeads(ctx, space.ID); err != nil {
 		return nil, err
 	}
+	if err := r.recordMembership(ctx, space.ID, transport.Fingerprint(pub), consent.MemberAdded, space.Epoch(), ""); err != nil {
+		return nil, err
+	}
 	return inv, nil
 }
 
@@ -276,29 +331,56 @@ func (r *Replica) JoinSpace(ctx context.Context, invitation []byte, collections 
 	if err := r.saveSpace(ctx, inv.Space, inv.Start); err != nil {
 		return relay.Space{}, err
 	}
+	if err := r.recordMembership(ctx, inv.Space.ID, r.ID(), consent.MemberJoined, inv.Space.Epoch(), ""); err != nil {
+		return relay.Space{}, err
+	}
 	return inv.Space, r.grantSpace(ctx, inv.Space, collections)
 }
 
 // SyncRelay pushes this replica's changes to the space's relay and pulls
 // and applies the other members'. Only collections granted to the space
-// are pushed. An over-quota relay refuses the push with relay.ErrQuota:
-// nothing is lost, the changes stay queued and the next SyncRelay retries.
-// A relay that tampers with, drops or replays bundles is detected
-// (relay.ErrTampered, relay.ErrMissing); a forged change is never applied.
+// are pushed; a space that holds no live device-sync grant is refused
+// (ErrNoConsent), as a peer is. When the space's grants changed since the
+// last push (a collection granted late, or revoked), the push rescans
+// this replica's changes from the start, so a newly granted collection's
+// older records go too. An over-quota relay refuses the push with
+// relay.ErrQuota: nothing is lost, the changes stay queued and the next
+// SyncRelay retries. A relay that tampers with, drops or replays bundles
+// is detected (relay.ErrTampered, relay.ErrMissing); a forged change is
+// never applied.
+//
+// It also keeps the space: it fetches new key epochs (a member removed
+// another), heals this device when its store went back to an older copy
+// (it asks the others to send everything again, and answers such requests
+// from the others), and drops the members that stopped acknowledging for
+// longer than the space's policy (SetSpaceExpiry), rotating the key. A
+// device that was removed gets ErrSpaceRemoved, now and at every later
+// call.
 func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, error) {
 	ctx, done, err := r.session(ctx)
 	if err != nil {
 		return RelayStats{}, err
 	}
 	defer done()
-	space, start, err := r.Space(ctx, spaceID)
+	rec, space, err := r.loadSpace(ctx, spaceID)
 	if err != nil {
 		return RelayStats{}, err
 	}
+	if rec.Gone != "" {
+		return RelayStats{Space: space.ID}, fmt.Errorf("%w: %s: %s", ErrSpaceRemoved, short(space.ID), rec.Gone)
+	}
 	peer := spacePeer(space.ID)
 	st := RelayStats{Space: space.ID}
+	if !r.consent.AnyAllowed(peer, consent.PurposeDeviceSync) {
+		return st, fmt.Errorf("%w: space %s holds no live device-sync grant (grant one with ferry consent grant COLLECTION --to %s --purpose device-sync)",
+			ErrNoConsent, short(space.ID), peer)
+	}
+	r.status.unwarn(peer)
 	err = r.withStatus(ctx, peer, func() (SyncStats, error) {
-		err := r.syncRelay(ctx, space, start, peer, &st)
+		err := r.syncRelay(ctx, rec, space, peer, &st)
+		if errors.Is(err, relay.ErrRemoved) || errors.Is(err, ErrSpaceRemoved) {
+			err = r.markRemoved(context.WithoutCancel(ctx), space.ID, err)
+		}
 		st.ClockSkew = r.status.sessionSkews(peer)
 		return SyncStats{Peer: peer, RecordsSent: st.RecordsPushed, RecordsReceived: st.RecordsApplied,
 			BytesSent: st.BytesPushed, Conflicts: st.Conflicts, InvalidNames: st.InvalidNames, ClockSkew: st.ClockSkew}, err
@@ -309,23 +391,97 @@ func (r *Replica) SyncRelay(ctx context.Context, spaceID string) (RelayStats, er
 	return st, nil
 }
 
-func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []relay.Position, peer string, st *RelayStats) error {
-	client := r.relayClient(space.RelayURL)
-	kv := r.store.Slots("relay/" + space.ID)
+// relaySession is one sync with a space: the relay's view, this device's
+// receiving and sending state.
+type relaySession struct {
+	client relay.API
+	kv     *storage.Slots
+	space  relay.Space
+	rec    spaceRecord
+	peer   string
+	rs     relay.SpaceStatus
+	v      *relay.Verifier
+	sender *relay.Sender
+	heal   bool // this device's store went back: ask the others to resend
+	resend bool // another member asked for everything again
+}
+
+// openRelaySession fetches the key epochs and the relay's status, loads
+// the verifier and sender, and notices a store that went back.
+func (r *Replica) openRelaySession(ctx context.Context, rec spaceRecord, space relay.Space, peer string) (*relaySession, error) {
+	s := &relaySession{client: r.relayClient(space.RelayURL), kv: r.store.Slots("relay/" + space.ID), rec: rec, peer: peer}
+	var err error
+	s.space, err = r.refreshEpochs(ctx, s.client, &s.rec, space)
+	if err != nil {
+		return nil, err
+	}
+	if s.rs, err = s.client.Status(ctx, s.space); err != nil {
+		return nil, err
+	}
+	if err := r.readmitted(ctx, s); err != nil {
+		return nil, err
+	}
+	self := r.id.Public().(ed25519.PublicKey)
+	s.v, err = relay.NewVerifier(ctx, s.space, s.kv, relay.VerifierOptions{Start: positions(rec.Start), Self: self, Removed: positions(s.rec.Removed)})
+	if err != nil {
+		return nil, err
+	}
+	if s.sender, err = relay.NewSender(ctx, s.client, s.space, s.kv); err != nil {
+		return nil, err
+	}
+	if err := r.healIfWentBack(ctx, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (r *Replica) syncRelay(ctx context.Context, rec spaceRecord, space relay.Space, peer string, st *RelayStats) error {
 	h := &host{r: r}
 	defer func() {
 		if err := h.recordShares(context.WithoutCancel(ctx)); err != nil {
 			_ = err // the share happened; a ledger failure is reported by the next write
 		}
 	}()
-
-	// Pull first: what the others pushed makes this replica's own push
-	// smaller (records it now shares need no resend).
-	self := r.id.Public().(ed25519.PublicKey)
-	v, err := relay.NewVerifier(ctx, space, kv, relay.VerifierOptions{Start: start, Self: self})
+	s, err := r.openRelaySession(ctx, rec, space, peer)
 	if err != nil {
 		return err
 	}
+	// Pull first: what the others pushed makes this replica's own push
+	// smaller (records it now shares need no resend).
+	if err := r.pullRelay(ctx, s, st); err != nil {
+		return err
+	}
+	if s.resend {
+		// Another member's store went back: everything goes again, whole.
+		if err := r.forgetSpaceHeads(ctx, s.space.ID); err != nil {
+			return err
+		}
+	}
+	if s.heal {
+		st.Healed = true
+		seq, err := s.sender.Send(ctx, resendRequest())
+		if err != nil {
+			return fmt.Errorf("push: resend request: %w", err)
+		}
+		st.BundlesPushed++
+		if _, err := r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{r.uintWrite(nsPeer+peer, "healing", seq)}}); err != nil {
+			return err
+		}
+	}
+	if err := r.pushRelay(ctx, s, h, st); err != nil {
+		return err
+	}
+	if _, err := r.store.Write(ctx, storage.Batch{Slots: []storage.SlotWrite{{Namespace: nsPeer + peer, Key: "synced", Value: []byte{1}}}}); err != nil {
+		return err
+	}
+	dropped, err := r.expireMembers(ctx, s)
+	st.Dropped = dropped
+	return err
+}
+
+// pullRelay receives and applies the other members' bundles.
+func (r *Replica) pullRelay(ctx context.Context, s *relaySession, st *RelayStats) error {
+	peer, space := s.peer, s.space
 	pending := r.store.Slots("relay-pending/" + space.ID)
 	apply := func(recs []recordChanges) error {
 		recs, bad := dropInvalid(recs)
@@ -354,7 +510,19 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 		}
 		return nil
 	}
-	n, rerr := v.Receive(ctx, client, 0, func(m relay.Message) error {
+	healSeq, err := r.slotUint(ctx, nsPeer+peer, "healing")
+	if err != nil {
+		return err
+	}
+	answered := false
+	n, rerr := s.v.Receive(ctx, s.client, 0, func(m relay.Message) error {
+		if isResendRequest(m.Payload) {
+			s.resend = true
+			return nil
+		}
+		// A member's bundle pushed after this device's resend request
+		// carries its answer: the heal is done once it is applied.
+		answered = answered || (healSeq > 0 && m.Seq > healSeq)
 		msg, err := decodeMsg(m.Payload)
 		if err != nil {
 			return err
@@ -371,21 +539,40 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 		return apply(msg.Batch.Records)
 	})
 	st.BundlesPulled = n
+	st.Refused = s.v.Refused()
 	if rerr != nil {
 		return rerr
 	}
 	if err := r.retryPending(ctx, peer, pending, st); err != nil {
 		return err
 	}
-
-	// Push the feed after the push cursor, in bundles.
-	sender, err := relay.NewSender(ctx, client, space, kv)
-	if err != nil {
-		return err
+	switch {
+	case answered:
+		return r.store.Slots(nsPeer+peer).Delete(ctx, "healing")
+	case healSeq > 0 && !s.heal:
+		r.status.warn(peer, "this store went back to an older copy; waiting for the space's members to send everything again")
 	}
+	return nil
+}
+
+// pushRelay pushes the feed after the push cursor, in bundles. When the
+// space's live grants changed since the last completed push, it starts
+// from the beginning of the feed (records the space holds are skipped by
+// their shared heads), so a collection granted late brings its older
+// records and a revoked one stops at once.
+func (r *Replica) pushRelay(ctx context.Context, s *relaySession, h *host, st *RelayStats) error {
+	peer := s.peer
 	pushed, err := r.slotUint(ctx, nsPeer+peer, "pushed")
 	if err != nil {
 		return err
+	}
+	grants := r.grantsDigest(peer)
+	stored, _, err := r.store.Slots(nsPeer+peer).Get(ctx, "grants")
+	if err != nil {
+		return err
+	}
+	if string(stored) != grants {
+		pushed = 0
 	}
 	// After an invitation, every record goes whole once, whatever the
 	// space is known to hold: the new member holds nothing.
@@ -412,7 +599,7 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 				if err != nil {
 					return err
 				}
-				if _, err := sender.Send(ctx, payload); err != nil {
+				if _, err := s.sender.Send(ctx, payload); err != nil {
 					return fmt.Errorf("push: %w", err) // the cursor stays: these records go again
 				}
 				st.BundlesPushed++
@@ -433,10 +620,12 @@ func (r *Replica) syncRelay(ctx context.Context, space relay.Space, start []rela
 		}
 	}
 	st.InvalidNames += h.invalidNames()
+	b := storage.Batch{Slots: []storage.SlotWrite{{Namespace: nsPeer + peer, Key: "grants", Value: []byte(grants)}}}
 	if full {
-		return r.store.Slots(nsPeer+peer).Delete(ctx, "fullpush")
+		b.Slots = append(b.Slots, storage.SlotWrite{Namespace: nsPeer + peer, Key: "fullpush", Delete: true})
 	}
-	return nil
+	_, err = r.store.Write(ctx, b)
+	return err
 }
 
 func (r *Replica) slotUint(ctx context.Context, ns, key string) (uint64, error) {

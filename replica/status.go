@@ -268,6 +268,14 @@ func (b *statusBoard) warn(peer, why string) {
 	b.get(peer).Warning = why
 }
 
+// unwarn clears peer's Stale mark: a relay space's notices (a member
+// dropped, a heal under way) are set again by each sync they still hold.
+func (b *statusBoard) unwarn(peer string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.get(peer).Warning = ""
+}
+
 func (b *statusBoard) failedDial(peer string, err error, next time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -368,7 +368,7 @@ func (h *host) finished(ctx context.Context, peer string, peerApplied uint64) er
 	if ran {
 		// A completed reconciliation healed whatever either store lost
 		// (docs/sync.md): the pair is no longer stale.
-		h.r.status.warn(peer, "")
+		h.r.status.unwarn(peer)
 	}
 	if _, err := h.r.store.Write(ctx, storage.Batch{Slots: writes}); err != nil {
 		return fmt.Errorf("replica: grants: %w", err)

@@ -11,13 +11,13 @@ import (
 	"github.com/ferrysync/ferry/replica"
 )
 
-var consentCmd = &command{name: "consent", args: "list [--json] | log [--json] | revoke GRANT-ID | grant COLLECTION --to DEST --purpose P [--fields A,B] [--expires D]",
+var consentCmd = &command{name: "consent", args: "list [--json] | log [--json] | revoke GRANT-ID|FINGERPRINT|space:ID | grant COLLECTION --to DEST --purpose P [--fields A,B] [--expires D]",
 	summary: "list, grant and revoke permissions to share, and show the ledger of every share",
 	example: "ferry consent grant usage --to http://127.0.0.1:8080/collect --purpose improve-model-quality --fields minutes,model --expires 720h",
 	new: func(e *env, fs *flag.FlagSet) runner {
 		c := &consentCommand{env: e}
 		fs.BoolVar(&c.json, "json", false, "print JSON (list: an array of grants; log: an array of ledger entries)")
-		fs.StringVar(&c.to, "to", "", "grant: the destination (peer fingerprint or URL)")
+		fs.StringVar(&c.to, "to", "", "grant: the destination (peer fingerprint, space:ID, or URL)")
 		fs.StringVar(&c.purpose, "purpose", "", "grant: the purpose ("+strings.Join([]string{consent.PurposeDeviceSync, consent.PurposeBackup, consent.PurposeImprove}, ", ")+")")
 		fs.StringVar(&c.fields, "fields", "", "grant: only these fields (anonymized shares)")
 		fs.DurationVar(&c.expires, "expires", 0, "grant: lapses after this long (default: until revoked)")
@@ -78,7 +78,20 @@ func (c *consentCommand) Run(ctx context.Context, args []string) error {
 			return nil
 		case "revoke":
 			if len(args) != 2 {
-				return usagef("want revoke GRANT-ID")
+				return usagef("want revoke GRANT-ID, or a destination (FINGERPRINT or space:ID) to revoke all its grants")
+			}
+			// A destination revokes every grant it holds, as ferry
+			// untrust does, for a peer and a space alike.
+			if dest, err := replica.ParseDestination(args[1]); err == nil {
+				n, err := l.RevokeDestination(ctx, dest, "revoked by the user")
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					return fmt.Errorf("%s holds no grant: %w", args[1], consent.ErrNoGrant)
+				}
+				fmt.Fprintf(c.stdout, "revoked %d grant(s) of %s\n", n, dest)
+				return nil
 			}
 			if err := l.Revoke(ctx, args[1], "revoked by the user"); err != nil {
 				return err
@@ -114,6 +127,13 @@ func describeEntry(en consent.Entry) string {
 		return fmt.Sprintf("%s (%s)", en.Revoke.GrantID, en.Revoke.Reason)
 	case en.Share != nil:
 		return fmt.Sprintf("%d records, %d bytes of %s -> %s under %s", en.Share.Records, en.Share.Bytes, en.Share.Collection, en.Share.Destination, en.Share.GrantID)
+	case en.Member != nil:
+		m := en.Member
+		s := fmt.Sprintf("%s %s %s (key epoch %d)", m.Space, m.Change, m.Member, m.Epoch)
+		if m.Reason != "" {
+			s += ": " + m.Reason
+		}
+		return s
 	case en.Answer != nil:
 		return fmt.Sprintf("%s to %s for %s: granted=%v", en.Answer.Request.Collection, en.Answer.Request.Destination, en.Answer.Request.Purpose, en.Answer.Granted)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/automerge/automerge-go"
 )
 
 var relayLine = regexp.MustCompile(`^relay on (\S+) \(data in (.+)\)$`)
@@ -103,17 +105,45 @@ func TestE2ERelay(t *testing.T) {
 	_, errOut, exit := c.ferry("sync", url)
 	assertFailure(t, errOut, exit, exitNotFound, "no such space")
 
-	// Nothing readable on the relay.
+	// Nothing readable on the relay (its NATS JetStream store): no
+	// collection name, record id, field, value, passphrase, nor the hash
+	// of any change, raw or in hex.
+	needles := []string{"zqnotes", "zq-shopping", "zq-todo", "zq-title", "zq-relay-secret", "zq-from-b", "pass-a"}
+	for _, id := range []string{"zq-shopping", "zq-todo"} {
+		file := filepath.Join(t.TempDir(), id+".automerge")
+		a.must("doc", "export", "zqnotes", id, file)
+		saved, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := automerge.Load(saved)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changes, err := doc.Changes()
+		if err != nil || len(changes) == 0 {
+			t.Fatalf("changes of %s: %d, %v", id, len(changes), err)
+		}
+		for _, ch := range changes {
+			h := ch.Hash()
+			needles = append(needles, string(h[:]), h.String())
+		}
+	}
+	files := 0
 	filepath.WalkDir(relayDir, func(p string, de os.DirEntry, err error) error {
 		if err != nil || de.IsDir() {
 			return err
 		}
+		files++
 		data, _ := os.ReadFile(p)
-		for _, s := range []string{"zqnotes", "zq-shopping", "zq-title", "zq-relay-secret", "zq-from-b", "pass-a"} {
+		for _, s := range needles {
 			if strings.Contains(string(data), s) {
 				t.Fatalf("%s holds %q", p, s)
 			}
 		}
 		return nil
 	})
+	if files == 0 {
+		t.Fatal("control: no file in the relay's directory")
+	}
 }

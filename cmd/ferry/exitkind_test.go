@@ -56,6 +56,8 @@ var sentinelCodes = map[string]struct {
 	"replica.ErrNoConsent":        {replica.ErrNoConsent, exitForbidden},
 	"replica.ErrDisconnected":     {replica.ErrDisconnected, exitNetwork},
 	"replica.ErrUnknownSpace":     {replica.ErrUnknownSpace, exitNotFound},
+	"replica.ErrSpaceRemoved":     {replica.ErrSpaceRemoved, exitForbidden},
+	"replica.ErrUnknownMember":    {replica.ErrUnknownMember, exitNotFound},
 
 	"crdt.ErrUnsupportedValue": {crdt.ErrUnsupportedValue, exitUsage},
 	"crdt.ErrNotFound":         {crdt.ErrNotFound, exitError},
@@ -98,6 +100,8 @@ var sentinelCodes = map[string]struct {
 	"relay.ErrUnavailable": {relay.ErrUnavailable, exitNetwork},
 	"relay.ErrInvalid":     {relay.ErrInvalid, exitUsage},
 	"relay.ErrInvitation":  {relay.ErrInvitation, exitCorrupt},
+	"relay.ErrNoKey":       {relay.ErrNoKey, exitForbidden},
+	"relay.ErrRemoved":     {relay.ErrRemoved, exitForbidden},
 
 	"collector.ErrBadBatch":       {collector.ErrBadBatch, exitError},
 	"collector.ErrTooLarge":       {collector.ErrTooLarge, exitError},

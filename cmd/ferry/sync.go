@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -20,6 +21,8 @@ var serveCmd = &command{name: "serve", args: "--listen ADDR | --relay RELAY-URL 
 		fs.StringVar(&c.listen, "listen", "127.0.0.1:7420", "the TCP address to listen on")
 		fs.StringVar(&c.relay, "relay", "", "sync through this relay instead, every --interval")
 		fs.DurationVar(&c.interval, "interval", 30*time.Second, "with --relay: time between syncs")
+		fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on http://ADDR/metrics (default off)")
+		fs.StringVar(&c.logLevel, "log-level", "warn", "structured log level on stderr: debug, info (a line per session), warn or error")
 		return c
 	}}
 
@@ -30,6 +33,8 @@ type serveCommand struct {
 	listen   string // host:port
 	relay    string // a relay URL, or "" to listen
 	interval time.Duration
+	metrics  string // --metrics ADDR, or "" for none
+	logLevel string
 }
 
 func (c *serveCommand) Run(ctx context.Context, args []string) error {
@@ -41,11 +46,28 @@ func (c *serveCommand) Run(ctx context.Context, args []string) error {
 	if every <= 0 {
 		return usagef("--interval %v: want a positive duration (e.g. 30s)", every)
 	}
+	level, err := parseLevel(c.logLevel)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	reg := newRegistry()
+	met := newSyncMetrics(reg)
+	if c.metrics != "" {
+		url, stop, err := serveMetrics(ctx, c.metrics, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		fmt.Fprintf(e.stderr, "metrics on %s\n", url)
+	}
 	return e.withReplica(ctx, func(r *replica.Replica) error {
 		if url := c.relay; url != "" {
 			fmt.Fprintf(e.stdout, "syncing %s through %s every %s\n", e.dir, url, every)
 			for {
-				if err := syncRelayOnce(ctx, e, r, url, false); err != nil {
+				err := syncRelayOnce(ctx, e, r, url, false, met)
+				log.Debug("relay sync", "relay", url, "ok", err == nil)
+				if err != nil {
 					if ctx.Err() != nil {
 						return nil
 					}
@@ -69,6 +91,12 @@ func (c *serveCommand) Run(ctx context.Context, args []string) error {
 		// session has ended and published its status, so each
 		// session's line is printed before serve exits.
 		watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+		metDone := make(chan struct{})
+		go func() {
+			defer close(metDone)
+			met.watch(watchCtx, r, log)
+		}()
+		defer func() { <-metDone }()
 		events := r.Watch(watchCtx)
 		printed := make(chan struct{})
 		go func() {
@@ -116,7 +144,7 @@ func (c *syncCommand) Run(ctx context.Context, args []string) error {
 	defer cancel()
 	return e.withReplica(ctx, func(r *replica.Replica) error {
 		if isRelayURL(args[0]) {
-			return syncRelayOnce(ctx, e, r, args[0], c.json)
+			return syncRelayOnce(ctx, e, r, args[0], c.json, nil)
 		}
 		pins := watchPins(r, nil)
 		conn, err := transport.DialTLS(ctx, args[0], r.Identity(), pins, transport.TLSOptions{})
@@ -163,12 +191,15 @@ func spaceFor(ctx context.Context, r *replica.Replica, url string) (string, erro
 	return "", fmt.Errorf("%w on %s: create one with 'ferry space create %s --collections ...' or join one with 'ferry space join FILE'", replica.ErrUnknownSpace, url, url)
 }
 
-func syncRelayOnce(ctx context.Context, e *env, r *replica.Replica, url string, asJSON bool) error {
+func syncRelayOnce(ctx context.Context, e *env, r *replica.Replica, url string, asJSON bool, met *syncMetrics) error {
 	id, err := spaceFor(ctx, r, url)
 	if err != nil {
 		return err
 	}
 	st, err := r.SyncRelay(ctx, id)
+	if met != nil {
+		met.relaySync(st, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -177,6 +208,15 @@ func syncRelayOnce(ctx context.Context, e *env, r *replica.Replica, url string, 
 	}
 	fmt.Fprintf(e.stdout, "synced through %s: pushed %d records in %d bundles, applied %d records from %d bundles, %d conflicts\n",
 		url, st.RecordsPushed, st.BundlesPushed, st.RecordsApplied, st.BundlesPulled, st.Conflicts)
+	if st.Healed {
+		fmt.Fprintln(e.stdout, "this store went back to an older copy: asked the space's members to send everything again")
+	}
+	for _, fp := range st.Dropped {
+		fmt.Fprintf(e.stdout, "dropped member %s: silent for longer than the space's policy (key rotated; the relay compacts again)\n", short(fp))
+	}
+	if st.Refused > 0 {
+		fmt.Fprintf(e.stdout, "refused %d bundles sealed by removed members after their removal\n", st.Refused)
+	}
 	return nil
 }
 
@@ -210,17 +250,34 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 			}
 			counts[coll] = len(p.Items)
 		}
+		spaces, err := localSpaces(ctx, r, peers)
+		if err != nil {
+			return err
+		}
 		if c.json {
 			if peers == nil {
 				peers = []replica.Status{}
 			}
-			return e.printJSON(map[string]any{"replica": r.ID(), "overall": all, "peers": peers, "records": counts})
+			return e.printJSON(map[string]any{"replica": r.ID(), "overall": all, "peers": peers, "spaces": spaces, "records": counts})
 		}
 		fmt.Fprintf(e.stdout, "replica %s: %s, %d open conflicts\n", r.ID(), all.State, all.OpenConflicts)
 		isPeer := map[string]bool{}
+		for _, sp := range spaces {
+			if !sp.Synced {
+				fmt.Fprintf(e.stdout, "  space %s on %s: never synced, key epoch %d%s\n", sp.ID, sp.Relay, sp.Epoch, sp.removedText())
+			}
+		}
 		for _, p := range peers {
 			isPeer[p.Peer] = true
 			line := fmt.Sprintf("  peer %s: %s", short(p.Peer), p.State)
+			if id, ok := strings.CutPrefix(p.Peer, "space:"); ok {
+				line = fmt.Sprintf("  space %s: %s", id, p.State)
+				for _, sp := range spaces {
+					if sp.ID == id {
+						line = fmt.Sprintf("  space %s on %s: %s, key epoch %d%s", id, sp.Relay, p.State, sp.Epoch, sp.removedText())
+					}
+				}
+			}
 			if !p.LastSync.IsZero() {
 				line += ", last sync " + p.LastSync.UTC().Format(time.RFC3339)
 			}
@@ -248,6 +305,46 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 		}
 		return nil
 	})
+}
+
+// spaceLine is a space as `ferry status` shows it, from this device's
+// records alone (no relay is asked).
+type spaceLine struct {
+	ID      string `json:"id"`
+	Relay   string `json:"relay"`
+	Epoch   uint64 `json:"epoch"`
+	Removed bool   `json:"removed,omitempty"`
+	Synced  bool   `json:"synced"` // a status line exists for it among the peers
+}
+
+func (s spaceLine) removedText() string {
+	if s.Removed {
+		return ", this device was removed from it"
+	}
+	return ""
+}
+
+func localSpaces(ctx context.Context, r *replica.Replica, peers []replica.Status) ([]spaceLine, error) {
+	ids, err := r.Spaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []spaceLine{}
+	for _, id := range ids {
+		sp, _, err := r.Space(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		l := spaceLine{ID: id, Relay: sp.RelayURL, Epoch: sp.Epoch()}
+		for _, p := range peers {
+			if p.Peer == "space:"+id {
+				l.Synced = true
+			}
+		}
+		l.Removed = r.SpaceRemoved(ctx, id)
+		out = append(out, l)
+	}
+	return out, nil
 }
 
 // skewText describes a writer whose clock runs ahead.

@@ -54,11 +54,11 @@ func (c *trustCommand) Run(ctx context.Context, args []string) error {
 	})
 }
 
-var untrustCmd = &command{name: "untrust", args: "FINGERPRINT", summary: "revoke every grant a peer holds",
-	example: "ferry untrust 5ul3naxq...",
+var untrustCmd = &command{name: "untrust", args: "FINGERPRINT | space:ID", summary: "revoke every grant a peer or a relay space holds",
+	example: "ferry untrust 5ul3naxq...\nferry untrust space:ay5hteamc65zjc3igz3wlhqadw",
 	new:     func(e *env, _ *flag.FlagSet) runner { return &untrustCommand{e} }}
 
-// untrustCommand is `ferry untrust FINGERPRINT`.
+// untrustCommand is `ferry untrust FINGERPRINT|space:ID`.
 type untrustCommand struct{ *env }
 
 func (c *untrustCommand) Run(ctx context.Context, args []string) error {

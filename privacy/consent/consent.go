@@ -84,6 +84,33 @@ type Answer struct {
 	GrantID string  `cbor:"3,keyasint,omitempty" json:"grant_id,omitempty"`
 }
 
+// Membership records a change of who belongs to a relay space this
+// device shares with: a space is a destination whose members are the
+// devices (of this user or another) that can read what is shared with it.
+type Membership struct {
+	// Space is the destination, "space:<id>".
+	Space string `cbor:"1,keyasint" json:"space"`
+	// Member is the device's identity fingerprint.
+	Member string `cbor:"2,keyasint" json:"member"`
+	// Change is one of the Member* constants.
+	Change string `cbor:"3,keyasint" json:"change"`
+	// Epoch is the space's key epoch after the change (a removal rotates
+	// the key).
+	Epoch uint64 `cbor:"4,keyasint,omitempty" json:"epoch,omitempty"`
+	// Reason says why, in words (the policy that dropped a member, say).
+	Reason string `cbor:"5,keyasint,omitempty" json:"reason,omitempty"`
+}
+
+// Membership changes.
+const (
+	MemberCreated = "created" // this device created the space
+	MemberJoined  = "joined"  // this device joined by invitation
+	MemberAdded   = "added"   // this device invited Member
+	MemberRemoved = "removed" // this device removed Member (key rotated)
+	MemberExpired = "expired" // the space's policy dropped Member (key rotated)
+	MemberLeft    = "left"    // this device learnt it was removed by another member
+)
+
 // Kind names a ledger entry's kind.
 type Kind string
 
@@ -93,6 +120,7 @@ const (
 	KindRevoke Kind = "revoke"
 	KindShare  Kind = "share"
 	KindAnswer Kind = "answer"
+	KindMember Kind = "member"
 )
 
 // Entry is one ledger entry. Hash chains it to the entry before.
@@ -106,6 +134,7 @@ type Entry struct {
 	Answer *Answer     `cbor:"7,keyasint,omitempty" json:"answer,omitempty"`
 	Prev   []byte      `cbor:"8,keyasint" json:"prev"`
 	Hash   []byte      `cbor:"9,keyasint" json:"hash"`
+	Member *Membership `cbor:"10,keyasint,omitempty" json:"member,omitempty"`
 }
 
 // Log is the append-only store under the ledger (kv.Log: the storage
@@ -412,6 +441,38 @@ func (l *Ledger) Live() []Grant {
 func (l *Ledger) RecordShare(ctx context.Context, s Share) error {
 	_, err := l.append(ctx, Entry{Kind: KindShare, Share: &s})
 	return err
+}
+
+// RecordMembership records a change of a space's members. A change
+// outside the Member* constants, or an empty space or member, is
+// ErrInvalid.
+func (l *Ledger) RecordMembership(ctx context.Context, m Membership) error {
+	switch m.Change {
+	case MemberCreated, MemberJoined, MemberAdded, MemberRemoved, MemberExpired, MemberLeft:
+	default:
+		return fmt.Errorf("%w: membership change %q", ErrInvalid, m.Change)
+	}
+	if m.Space == "" || m.Member == "" {
+		return fmt.Errorf("%w: a membership change names a space and a member", ErrInvalid)
+	}
+	_, err := l.append(ctx, Entry{Kind: KindMember, Member: &m})
+	return err
+}
+
+// Memberships returns the membership changes of space ("space:<id>"),
+// oldest first, from the verified ledger.
+func (l *Ledger) Memberships(ctx context.Context, space string) ([]Membership, error) {
+	es, err := l.Entries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Membership
+	for _, e := range es {
+		if e.Member != nil && e.Member.Space == space {
+			out = append(out, *e.Member)
+		}
+	}
+	return out, nil
 }
 
 // Entries reads and verifies the whole ledger, oldest first.

@@ -202,3 +202,42 @@ func TestAskRecordsTheAnswer(t *testing.T) {
 		t.Fatalf("answers recorded: %v", answers)
 	}
 }
+
+// TestMembershipEntries: membership changes are chained entries like the
+// rest, survive a reopen, are listed per space, and malformed ones are
+// refused without touching the ledger.
+func TestMembershipEntries(t *testing.T) {
+	ctx := context.Background()
+	l, lg, an, c := setup(t)
+	for _, m := range []Membership{
+		{Space: "space:aaaa", Member: "fp-self", Change: MemberCreated},
+		{Space: "space:aaaa", Member: "fp-friend", Change: MemberAdded},
+		{Space: "space:bbbb", Member: "fp-self", Change: MemberJoined},
+		{Space: "space:aaaa", Member: "fp-friend", Change: MemberRemoved, Epoch: 1, Reason: "lost phone"},
+	} {
+		if err := l.RecordMembership(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, bad := range []Membership{
+		{Space: "space:aaaa", Member: "x", Change: "promoted"},
+		{Space: "", Member: "x", Change: MemberAdded},
+		{Space: "space:aaaa", Member: "", Change: MemberAdded},
+	} {
+		if err := l.RecordMembership(ctx, bad); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("%+v: %v, want ErrInvalid", bad, err)
+		}
+	}
+	l2, err := Open(ctx, lg, an, Options{Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := l2.Memberships(ctx, "space:aaaa")
+	if err != nil || len(ms) != 3 || ms[2].Change != MemberRemoved || ms[2].Epoch != 1 || ms[2].Reason != "lost phone" {
+		t.Fatalf("memberships: %+v %v", ms, err)
+	}
+	es, _ := l2.Entries(ctx)
+	if len(es) != 4 || es[3].Kind != KindMember {
+		t.Fatalf("entries: %d", len(es))
+	}
+}
