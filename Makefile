@@ -32,13 +32,25 @@ fmt:
 BENCH      ?= .
 BENCH_N    ?=
 RESULTS    ?= benchmarks/results
+BENCH_TIMEOUT ?= 90m
 BENCH_DATE := $(shell date -u +%Y-%m-%d)
-BENCH_CMD   = $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 90m ./benchmarks/
+BENCH_CMD   = $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout $(BENCH_TIMEOUT) ./benchmarks/
 bench:
 	@mkdir -p $(RESULTS) bin
 	$(GO) build -o bin/benchtable ./benchmarks/cmd/benchtable
 	$(if $(BENCH_N),FERRY_BENCH_N=$(BENCH_N)) $(BENCH_CMD) 2>&1 | \
 	  GO=$(GO) bin/benchtable -o $(RESULTS)/$(BENCH_DATE).md -cmd "$(if $(BENCH_N),FERRY_BENCH_N=$(BENCH_N) )$(BENCH_CMD)"
+
+## bench-mem: the memory benchmarks (peak RSS of child processes, issue
+## 14's targets) at 100,000 records.
+.PHONY: bench-mem bench-large
+bench-mem:
+	$(MAKE) bench BENCH='^BenchmarkMem' BENCH_N=100000
+
+## bench-large: the memory benchmarks at 1,000,000 records, a 100,000-change
+## history and a 5,000,000-character text (hours; not part of make test).
+bench-large:
+	FERRY_MEM_HISTORY=100000 FERRY_MEM_TEXT=5000000 $(MAKE) bench BENCH='^BenchmarkMem' BENCH_N=1000000 BENCH_TIMEOUT=48h
 
 ## bench-compare: ferry's sync and local-write benchmarks and automerge-repo
 ## (Node.js, benchmarks/js) on the same workloads with COMPARE_N records;

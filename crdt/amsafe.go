@@ -35,6 +35,7 @@ func (d *Doc) changesSince(since []automerge.ChangeHash) ([]*automerge.Change, e
 			out, err = d.am.Changes()
 			return err
 		})
+		noteGarbage(changeGarbage * int64(len(out)))
 		return out, err
 	}
 	if len(since) <= safeItems {
@@ -44,6 +45,7 @@ func (d *Doc) changesSince(since []automerge.ChangeHash) ([]*automerge.Change, e
 			out, err = d.am.Changes(since...)
 			return err
 		})
+		noteGarbage(changeGarbage * int64(len(out)))
 		return out, err
 	}
 	metas, err := d.localOnly(d.am.Heads(), since)
@@ -64,6 +66,8 @@ func (d *Doc) changesSince(since []automerge.ChangeHash) ([]*automerge.Change, e
 
 // forkAt returns a copy of the document as of heads. d.mu is held.
 func (d *Doc) forkAt(heads []automerge.ChangeHash) (*automerge.Doc, error) {
+	// Every fork is a temporary copy, garbage once its caller is done.
+	noteGarbage(d.size.Load())
 	var out *automerge.Doc
 	err := guard(func() error {
 		var err error

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/automerge/automerge-go"
@@ -53,6 +54,12 @@ type Doc struct {
 	// SaveIncremental cannot serve: right after Load it returns the whole
 	// history, so a write after a load would look like the whole record.
 	saved []automerge.ChangeHash
+	// wasSaved: loaded, or saved at least once (Saved).
+	wasSaved bool
+	// size is the estimated C memory the document holds (Footprint);
+	// released is set by Release.
+	size     atomic.Int64
+	released atomic.Bool
 }
 
 // New returns an empty document written by actor.
@@ -81,6 +88,9 @@ func Load(b []byte, actor Actor) (*Doc, error) {
 		return nil, err
 	}
 	d.saved = am.Heads() // everything loaded is saved already
+	d.wasSaved = true
+	d.size.Add(docPerByte * int64(len(b)))
+	noteGarbage(resultGarbage + int64(len(b))) // Load's and Heads' results
 	return d, nil
 }
 
@@ -100,7 +110,9 @@ func wrap(am *automerge.Doc, actor Actor) (*Doc, error) {
 	if clock == nil {
 		clock = NewClock(nil, 0)
 	}
-	return &Doc{am: am, actor: actor, clock: clock, cache: newChangeCache()}, nil
+	d := &Doc{am: am, actor: actor, clock: clock, cache: newChangeCache()}
+	d.size.Store(docBase)
+	return d, nil
 }
 
 // guard runs fn, turning a panic inside automerge-go (its internal `must`
@@ -132,6 +144,8 @@ func (d *Doc) Save() []byte {
 	defer d.mu.Unlock()
 	b := d.am.Save()
 	d.saved = d.am.Heads()
+	d.wasSaved = true
+	noteGarbage(2*resultGarbage + perSavedByte*int64(len(b)))
 	return b
 }
 
@@ -154,16 +168,30 @@ func (d *Doc) SaveIncremental() []byte {
 			b = d.am.Save()
 		}
 		d.saved = d.am.Heads()
+		d.wasSaved = true
 		return b
 	}
 	d.saved = d.am.Heads()
-	return automerge.SaveChanges(chs)
+	d.wasSaved = true
+	b := automerge.SaveChanges(chs)
+	noteGarbage(2*resultGarbage + perSavedByte*int64(len(b)))
+	return b
+}
+
+// Saved reports whether the document was loaded or saved (Save or
+// SaveIncremental) at least once: a new document that was not gives its
+// whole history from SaveIncremental.
+func (d *Doc) Saved() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.wasSaved
 }
 
 // Heads returns the current heads.
 func (d *Doc) Heads() Heads {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	noteGarbage(resultGarbage)
 	return d.am.Heads()
 }
 
@@ -262,6 +290,7 @@ func (d *Doc) ToMap() (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	noteGarbage(valueGarbage * n.count())
 	return n.toGo().(map[string]any), nil
 }
 
@@ -290,6 +319,7 @@ func (d *Doc) rootNode(doc *automerge.Doc) (*node, error) {
 func (d *Doc) Deleted() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	noteGarbage(4 * resultGarbage)
 	m, ok := d.fieldMeta(d.am, "")
 	return ok && m.Deleted
 }
@@ -428,6 +458,9 @@ func (d *Doc) write(fn func(t *tx) error) error {
 	defer d.mu.Unlock()
 	t := d.newTx(WriteMeta{HLC: d.clock.Now(), ReplicaID: d.actor.ReplicaID, Priority: d.actor.Priority})
 	ferr := guard(func() error { return fn(t) })
+	ops := int64(1 + len(t.ws.E) + len(t.order))
+	d.size.Add(opLive * ops)
+	noteGarbage(opGarbage * ops)
 	if err := t.commit(); err != nil {
 		return errors.Join(ferr, err)
 	}

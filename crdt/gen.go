@@ -62,6 +62,7 @@ func (d *Doc) metaOf(h automerge.ChangeHash) *chMeta {
 		c, err = d.am.Change(h)
 		return err
 	})
+	noteGarbage(changeGarbage)
 	if c == nil {
 		return nil
 	}
@@ -101,6 +102,7 @@ func (d *Doc) scanGens() {
 		return
 	}
 	d.cache.scanned = true
+	noteGarbage(changeGarbage * int64(len(all)))
 	gens := make(map[automerge.ChangeHash]uint64, len(all))
 	// Changes come in an order where dependencies precede dependents.
 	for _, c := range all {

@@ -68,6 +68,8 @@ func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*Mer
 	if err := guard(func() error { return d.am.LoadIncremental(raw) }); err != nil {
 		return nil, fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
 	}
+	d.size.Add(docPerByte * int64(len(raw)))
+	noteGarbage(resultGarbage * int64(2+len(hashes)))
 	compressed := len(hashes) == 0 && len(raw) > 0
 	var remoteOnly []*chMeta
 	seen := map[automerge.ChangeHash]bool{}

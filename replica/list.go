@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"container/heap"
 	"context"
 	"encoding/base64"
 	"fmt"
@@ -61,22 +62,6 @@ func (r *Replica) List(ctx context.Context, collection string, opts ListOptions)
 	if r.isClosed() {
 		return Page{}, ErrClosed
 	}
-	var all []RecordInfo
-	err := r.store.List(ctx, collection, func(m storage.RecordMeta) error {
-		if m.Deleted && !opts.Deleted {
-			return nil
-		}
-		all = append(all, RecordInfo{ID: m.ID, Created: m.Created, Updated: m.Updated, Deleted: m.Deleted})
-		return nil
-	})
-	if err != nil {
-		return Page{}, fmt.Errorf("replica: list %s: %w", collection, err)
-	}
-	if nameErr != nil && len(all) == 0 {
-		// A collection name outside the rule lists only what a store
-		// written before the rule holds under it.
-		return Page{}, nameErr
-	}
 	less := func(a, b RecordInfo) bool { return a.ID < b.ID }
 	if opts.Order == ByUpdated {
 		less = func(a, b RecordInfo) bool {
@@ -86,16 +71,50 @@ func (r *Replica) List(ctx context.Context, collection string, opts ListOptions)
 			return a.ID < b.ID
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return less(all[i], all[j]) })
-	start := 0
+	var after *RecordInfo
 	if opts.After != "" {
-		after, err := decodeCursor(opts.After)
+		a, err := decodeCursor(opts.After)
 		if err != nil {
 			return Page{}, err
 		}
-		start = sort.Search(len(all), func(i int) bool { return less(after, all[i]) })
+		after = &a
 	}
-	items := all[start:]
+	// With a Limit, only the first Limit+1 records after the cursor are
+	// kept (a bounded max-heap), so a page costs memory for the page, not
+	// the collection.
+	top := &infoHeap{less: less}
+	found := 0
+	err := r.store.List(ctx, collection, func(m storage.RecordMeta) error {
+		if m.Deleted && !opts.Deleted {
+			return nil
+		}
+		found++
+		it := RecordInfo{ID: m.ID, Created: m.Created, Updated: m.Updated, Deleted: m.Deleted}
+		if after != nil && !less(*after, it) {
+			return nil
+		}
+		switch {
+		case opts.Limit <= 0:
+			top.items = append(top.items, it)
+		case top.Len() <= opts.Limit:
+			heap.Push(top, it)
+		case less(it, top.items[0]):
+			top.items[0] = it
+			heap.Fix(top, 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return Page{}, fmt.Errorf("replica: list %s: %w", collection, err)
+	}
+	if nameErr != nil && found == 0 {
+		// A collection name outside the rule lists only what a store
+		// written before the rule holds under it.
+		return Page{}, nameErr
+	}
+	all := top.items
+	sort.Slice(all, func(i, j int) bool { return less(all[i], all[j]) })
+	items := all
 	var next string
 	if opts.Limit > 0 && len(items) > opts.Limit {
 		items = items[:opts.Limit]
@@ -119,4 +138,62 @@ func decodeCursor(s string) (RecordInfo, error) {
 		return RecordInfo{}, fmt.Errorf("%w: bad cursor", ErrInvalid)
 	}
 	return RecordInfo{ID: id, Updated: time.Unix(0, n)}, nil
+}
+
+// infoHeap is a max-heap of records by less: its root is the last of the
+// records kept.
+type infoHeap struct {
+	items []RecordInfo
+	less  func(a, b RecordInfo) bool
+}
+
+func (h *infoHeap) Len() int           { return len(h.items) }
+func (h *infoHeap) Less(i, j int) bool { return h.less(h.items[j], h.items[i]) }
+func (h *infoHeap) Swap(i, j int)      { h.items[i], h.items[j] = h.items[j], h.items[i] }
+func (h *infoHeap) Push(x any)         { h.items = append(h.items, x.(RecordInfo)) }
+func (h *infoHeap) Pop() any {
+	x := h.items[len(h.items)-1]
+	h.items = h.items[:len(h.items)-1]
+	return x
+}
+
+// Scan calls fn with every record of the collection (deleted ones too
+// when deleted is true) in no particular order, reading only sealed
+// metadata and holding none of it: its memory does not grow with the
+// collection, unlike List, which sorts (and, without a Limit, returns)
+// them all. fn may read and write records (Get, Put); an error from fn
+// stops the scan and is returned as is. A record written during the scan
+// may or may not be visited; one visited twice is possible only while a
+// key rotation runs. Names are checked as by List.
+func (r *Replica) Scan(ctx context.Context, collection string, deleted bool, fn func(RecordInfo) error) error {
+	nameErr := checkCollection(collection)
+	if nameErr != nil && !names.Fits(collection) {
+		return nameErr
+	}
+	if r.isClosed() {
+		return ErrClosed
+	}
+	var fnErr error
+	found := 0
+	err := r.store.List(ctx, collection, func(m storage.RecordMeta) error {
+		if m.Deleted && !deleted {
+			return nil
+		}
+		found++
+		if err := fn(RecordInfo{ID: m.ID, Created: m.Created, Updated: m.Updated, Deleted: m.Deleted}); err != nil {
+			fnErr = err
+			return err
+		}
+		return nil
+	})
+	if fnErr != nil {
+		return fnErr
+	}
+	if err != nil {
+		return fmt.Errorf("replica: scan %s: %w", collection, err)
+	}
+	if nameErr != nil && found == 0 {
+		return nameErr
+	}
+	return nil
 }

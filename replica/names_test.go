@@ -140,7 +140,7 @@ func TestRecordKeysNeverCollide(t *testing.T) {
 			t.Fatalf("recordKey(%q,%q) == recordKey(%q,%q)", c1, i1, c2, i2)
 		}
 		// Cache: each key keeps its own document.
-		cache := newDocCache(4)
+		cache := newDocCache(4, DefaultCacheBytes)
 		d1, _ := crdt.New(r.actor())
 		d2, _ := crdt.New(r.actor())
 		cache.put(k1, d1)

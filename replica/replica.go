@@ -84,8 +84,12 @@ type Options struct {
 	// replica decide alike (docs/policy.md, "Clocks"). Such writers are
 	// reported in SyncStats.ClockSkew, Status and an EventClockSkew.
 	MaxClockDrift time.Duration
-	// CacheSize is the number of documents kept loaded (1024 when zero).
+	// CacheSize is the most documents kept loaded (1024 when zero).
 	CacheSize int
+	// CacheBytes bounds the estimated C memory of the documents kept
+	// loaded, in bytes (DefaultCacheBytes when zero; crdt.Doc.Footprint
+	// is the estimate). A document over a quarter of it is not kept.
+	CacheBytes int64
 	// Batch sets how many records go in one sync frame (512 when zero).
 	Batch int
 	// AntiEntropy is how often a pair of replicas that otherwise trusts
@@ -119,6 +123,9 @@ func (o *Options) validate() error {
 	if o.CacheSize <= 0 {
 		o.CacheSize = 1024
 	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = DefaultCacheBytes
+	}
 	if o.Batch <= 0 {
 		o.Batch = 512
 	}
@@ -127,6 +134,11 @@ func (o *Options) validate() error {
 	}
 	return nil
 }
+
+// DefaultCacheBytes is the default bound on the document cache's
+// estimated C memory: 16 MiB, about a thousand records of a few hundred
+// bytes (each takes ~14 KiB loaded; docs/crdt.md, "Memory").
+const DefaultCacheBytes = 8 << 20
 
 // DefaultMaxClockDrift is the default bound on how far ahead of this
 // replica's clock a remote write's time may be. Devices that keep their
@@ -225,7 +237,7 @@ func start(ctx context.Context, st *storage.Store, opts Options) (*Replica, erro
 	r := &Replica{
 		opts:   opts,
 		store:  st,
-		cache:  newDocCache(opts.CacheSize),
+		cache:  newDocCache(opts.CacheSize, opts.CacheBytes),
 		seed:   maphash.MakeSeed(),
 		events: newHub(),
 		status: &statusBoard{now: opts.Now, bound: opts.MaxClockDrift, peers: map[string]*Status{}},
@@ -394,7 +406,30 @@ func (r *Replica) loadDoc(ctx context.Context, collection, id string) (*crdt.Doc
 }
 
 // recordWrite prepares the storage write for a document's new changes.
+// A document never loaded nor saved (a record new to the store, as a sync
+// or an import creates it) is written as one Save: storage keeps a new
+// record's snapshot alone, and SaveIncremental would first make every
+// change of its history a C result at once (measured: 35 MB for a
+// 20,000-change document that takes 60 MB loaded; docs/crdt.md).
 func (r *Replica) recordWrite(collection, id string, d *crdt.Doc) storage.RecordWrite {
+	if !d.Saved() {
+		snap := d.Save()
+		return storage.RecordWrite{
+			Collection: collection,
+			ID:         id,
+			Changes:    snap, // a whole document appends like changes
+			Snapshot:   func() ([]byte, error) { return snap, nil },
+			Heads:      d.Heads().Bytes(),
+			Deleted:    d.Deleted(),
+			Time:       r.opts.Now(),
+		}
+	}
+	return r.changesWrite(collection, id, d)
+}
+
+// changesWrite is recordWrite with the document's new changes as
+// SaveIncremental returns them (change chunks only).
+func (r *Replica) changesWrite(collection, id string, d *crdt.Doc) storage.RecordWrite {
 	return storage.RecordWrite{
 		Collection: collection,
 		ID:         id,
@@ -433,7 +468,7 @@ func (r *Replica) Update(ctx context.Context, collection, id string, fn func(*cr
 	if before.Equal(d.Heads()) {
 		return nil
 	}
-	w := r.recordWrite(collection, id, d)
+	w := r.changesWrite(collection, id, d) // change chunks: largestChange reads them
 	if !existed {
 		// A new record's changes are a loadable document: the first chunk
 		// needs no separate full save (storage checks that they load).
@@ -534,6 +569,12 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	if len(rc.Changes) == 0 {
 		return 0, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", collection, id, ErrInvalid)
 	}
+	if len(doc)+len(rc.Changes) >= importCollectBytes {
+		// The loaded copy is garbage now, but only a collection frees its
+		// C memory: free it before the apply builds the record's own copy,
+		// so a large document is not held twice (docs/crdt.md, "Memory").
+		crdt.Collect(importCollectWait)
+	}
 	_, conflicts, _, err := r.applyRecords(ctx, "", []recordChanges{rc}, 0)
 	return conflicts, err
 }
@@ -548,11 +589,9 @@ func (r *Replica) docChanges(collection, id string, doc []byte) (recordChanges, 
 		// automerge.Load takes no bytes as an empty document.
 		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w: empty input, not an Automerge document", collection, id, crdt.ErrBadDocument)
 	}
-	other, err := crdt.Load(doc, r.actor())
-	if err != nil {
-		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
-	}
-	changes, err := other.ChangesSince()
+	// The document is loaded only to read its history (the apply builds
+	// the record's own copy): DocChanges keeps neither.
+	changes, heads, err := crdt.DocChanges(doc)
 	if err != nil {
 		return recordChanges{}, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
 	}
@@ -566,8 +605,16 @@ func (r *Replica) docChanges(collection, id string, doc []byte) (recordChanges, 
 		return recordChanges{}, fmt.Errorf("%w: import %s/%s: the document holds a change of %d bytes, over the %d-byte limit of one change; nothing was written",
 			ErrInvalid, collection, id, big, maxChangeBytes)
 	}
-	return recordChanges{Collection: collection, ID: id, Heads: other.Heads().Bytes(), Changes: changes}, nil
+	return recordChanges{Collection: collection, ID: id, Heads: heads.Bytes(), Changes: changes}, nil
 }
+
+// An import of at least importCollectBytes (document plus its changes)
+// frees the loaded copy before applying (crdt.Collect), waiting at most
+// importCollectWait for the finalizers.
+const (
+	importCollectBytes = 256 << 10
+	importCollectWait  = 5 * time.Second
+)
 
 // logAdapter gives the policy audit trail the store's append-only log.
 type logAdapter struct {

@@ -1,12 +1,14 @@
 package storage
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"time"
 
@@ -126,8 +128,10 @@ type ExportStats struct {
 type ImportOptions struct {
 	Passphrase []byte
 	Identities []age.Identity
-	// MaxBytes bounds the decrypted backup, which is staged in memory and
-	// verified whole before anything is written; 0 => DefaultMaxImportBytes.
+	// MaxBytes bounds the decrypted backup, which is verified whole before
+	// anything is written (its plaintext spooled, sealed to a key held in
+	// memory, to a file of os.TempDir, not to memory); 0 =>
+	// DefaultMaxImportBytes.
 	MaxBytes int64
 }
 
@@ -354,12 +358,12 @@ type staged struct {
 
 func badBackup(what string) error { return fmt.Errorf("%s: %w", what, ErrBadBackup) }
 
-// readBackup decrypts and verifies a whole backup. When no identity opens
-// it (age's NoIdentityMatchError: a wrong passphrase or key) it is
-// ErrWrongKey; every other failure (age authentication, truncation,
-// trailer, item validation, size) is ErrBadBackup. byPassphrase tells
-// whether ids are the passphrase's, for the message.
-func readBackup(r io.Reader, ids []age.Identity, byPassphrase bool, maxBytes int64, check func(*BackupRecord) error) (*staged, error) {
+// openBackup decrypts a backup (age). When no identity opens it (age's
+// NoIdentityMatchError: a wrong passphrase or key) it is ErrWrongKey;
+// every other failure is ErrBadBackup (as are those of scanBackup: age
+// authentication, truncation, trailer, item validation, size).
+// byPassphrase tells whether ids are the passphrase's, for the message.
+func openBackup(r io.Reader, ids []age.Identity, byPassphrase bool) (io.Reader, error) {
 	ar, err := age.Decrypt(r, ids...)
 	if err != nil {
 		var nm *age.NoIdentityMatchError
@@ -377,14 +381,35 @@ func readBackup(r io.Reader, ids []age.Identity, byPassphrase bool, maxBytes int
 		}
 		return nil, fmt.Errorf("no identity given opens the backup: %w", ErrWrongKey)
 	}
-	return readBackupStream(ar, maxBytes, check)
+	return ar, nil
 }
 
+// readBackupStream verifies a decrypted backup stream and stages it whole.
 func readBackupStream(r io.Reader, maxBytes int64, check func(*BackupRecord) error) (*staged, error) {
+	st := &staged{}
+	hdr, err := scanBackup(r, maxBytes, check,
+		func(br BackupRecord) error { st.records = append(st.records, br); return nil },
+		func(sl bkSlot) error { st.slots = append(st.slots, sl); return nil })
+	if err != nil {
+		return nil, err
+	}
+	st.hdr = hdr
+	return st, nil
+}
+
+// scanBackup decodes and verifies a decrypted backup stream (framing,
+// names and sizes, check on every record, the trailer's count and hash),
+// handing each record and slot to onRecord and onSlot as it is read (nil:
+// dropped), and returns its header. Verification errors are ErrBadBackup;
+// an error from onRecord or onSlot is returned as is. Only the seen names
+// are held, not the items.
+func scanBackup(r io.Reader, maxBytes int64, check func(*BackupRecord) error,
+	onRecord func(BackupRecord) error, onSlot func(bkSlot) error) (bkHeader, error) {
 	lr := &io.LimitedReader{R: r, N: maxBytes + 1}
 	dec := bkDec.NewDecoder(lr)
 	h := sha256.New()
-	st := &staged{}
+	st := &struct{ hdr bkHeader }{}
+	var nrec, nslot uint64
 	items := uint64(0)
 	seenRec := map[[2]string]bool{}
 	seenSlot := map[[2]string]bool{}
@@ -392,79 +417,89 @@ func readBackupStream(r io.Reader, maxBytes int64, check func(*BackupRecord) err
 		var raw cbor.RawMessage
 		if err := dec.Decode(&raw); err != nil {
 			if lr.N <= 0 {
-				return nil, badBackup("backup larger than MaxBytes")
+				return bkHeader{}, badBackup("backup larger than MaxBytes")
 			}
-			return nil, badBackup("read backup")
+			return bkHeader{}, badBackup("read backup")
 		}
 		var peek bkPeek
 		if err := bkDecAny.Unmarshal(raw, &peek); err != nil {
-			return nil, badBackup("backup item")
+			return bkHeader{}, badBackup("backup item")
 		}
 		if items == 0 && peek.K != backupKind {
-			return nil, badBackup("backup header")
+			return bkHeader{}, badBackup("backup header")
 		}
 		switch peek.K {
 		case backupKind:
 			if items != 0 {
-				return nil, badBackup("backup header")
+				return bkHeader{}, badBackup("backup header")
 			}
 			if err := bkDec.Unmarshal(raw, &st.hdr); err != nil || st.hdr.V != backupVersion {
-				return nil, badBackup("backup header")
+				return bkHeader{}, badBackup("backup header")
 			}
 		case "record":
 			var rec bkRecord
 			if err := bkDec.Unmarshal(raw, &rec); err != nil {
-				return nil, badBackup("backup record")
+				return bkHeader{}, badBackup("backup record")
 			}
 			if err := validateBackupRecord(&rec); err != nil {
-				return nil, err
+				return bkHeader{}, err
 			}
 			k := [2]string{rec.C, rec.ID}
-			if seenRec[k] || uint64(len(st.records)) >= st.hdr.Records {
-				return nil, badBackup("backup record")
+			if seenRec[k] || nrec >= st.hdr.Records {
+				return bkHeader{}, badBackup("backup record")
 			}
 			seenRec[k] = true
 			br := BackupRecord{Collection: rec.C, ID: rec.ID, Created: unixNano(rec.Created), Updated: unixNano(rec.Updated),
 				Deleted: rec.Deleted, Attrs: rec.Attrs, Doc: rec.Doc}
 			if check != nil {
 				if err := check(&br); err != nil {
-					return nil, fmt.Errorf("backup record %s/%s: %w: %w", rec.C, rec.ID, ErrBadBackup, err)
+					return bkHeader{}, fmt.Errorf("backup record %s/%s: %w: %w", rec.C, rec.ID, ErrBadBackup, err)
 				}
 			}
-			st.records = append(st.records, br)
+			nrec++
+			if onRecord != nil {
+				if err := onRecord(br); err != nil {
+					return bkHeader{}, err
+				}
+			}
 		case "slot":
 			var sl bkSlot
 			if err := bkDec.Unmarshal(raw, &sl); err != nil {
-				return nil, badBackup("backup slot")
+				return bkHeader{}, badBackup("backup slot")
 			}
 			k := [2]string{sl.NS, sl.Key}
 			if checkName("ns", sl.NS) != nil || checkSlotKey(sl.Key) != nil || len(sl.Value) > maxValueLen ||
-				seenSlot[k] || uint64(len(st.slots)) >= st.hdr.Slots {
-				return nil, badBackup("backup slot")
+				seenSlot[k] || nslot >= st.hdr.Slots {
+				return bkHeader{}, badBackup("backup slot")
 			}
 			seenSlot[k] = true
-			st.slots = append(st.slots, sl)
+			nslot++
+			if onSlot != nil {
+				if err := onSlot(sl); err != nil {
+					return bkHeader{}, err
+				}
+			}
 		case "end":
 			var tr bkTrailer
 			if err := bkDec.Unmarshal(raw, &tr); err != nil {
-				return nil, badBackup("backup trailer")
+				return bkHeader{}, badBackup("backup trailer")
 			}
 			if tr.Items != items || !bytes.Equal(tr.SHA256, h.Sum(nil)) ||
-				uint64(len(st.records)) != st.hdr.Records || uint64(len(st.slots)) != st.hdr.Slots {
-				return nil, badBackup("backup trailer")
+				nrec != st.hdr.Records || nslot != st.hdr.Slots {
+				return bkHeader{}, badBackup("backup trailer")
 			}
 			// Nothing may follow, and reading to EOF lets age authenticate
 			// the final chunk.
 			var extra cbor.RawMessage
 			if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-				return nil, badBackup("data after backup trailer")
+				return bkHeader{}, badBackup("data after backup trailer")
 			}
 			if lr.N <= 0 {
-				return nil, badBackup("backup larger than MaxBytes")
+				return bkHeader{}, badBackup("backup larger than MaxBytes")
 			}
-			return st, nil
+			return st.hdr, nil
 		default:
-			return nil, badBackup("backup item kind")
+			return bkHeader{}, badBackup("backup item kind")
 		}
 		h.Write(raw)
 		items++
@@ -496,7 +531,10 @@ const (
 // given and in NFD: a wrong non-ASCII passphrase may cost up to three
 // scrypt runs. It then hands the records to imp.Apply in batches (up to
 // 128 records or 256 KiB of documents each; storage does not merge
-// documents itself) and writes each slot only if absent. A nil imp is
+// documents itself) and writes each slot only if absent. Memory holds a
+// batch, not the backup: between the two passes the verified plaintext
+// waits in a temporary file of os.TempDir, sealed with age to a key held
+// only in memory (a full file system there is ErrNoSpace). A nil imp is
 // ErrInvalid. An interrupted import leaves some batches applied; running it
 // again is harmless when Apply merges.
 func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions, imp Importer) (ImportStats, error) {
@@ -525,30 +563,66 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions, imp
 	if err := s.alive(ctx); err != nil {
 		return ImportStats{}, err
 	}
-	st, err := readBackup(r, ids, len(opts.Passphrase) > 0, maxBytes, imp.Check)
+	// Pass 1 verifies the whole backup while spooling its plaintext,
+	// sealed to a key that lives only in this call, to a temporary file;
+	// pass 2 reads the spool back and applies it batch by batch. Neither
+	// holds more than a batch of records.
+	ar, err := openBackup(r, ids, len(opts.Passphrase) > 0)
 	if err != nil {
 		return ImportStats{}, err
 	}
-	stats := ImportStats{Records: len(st.records)}
-	for i := 0; i < len(st.records); {
-		j, size := i, 0
-		for j < len(st.records) && j-i < importBatchRecords && size < importBatchBytes {
-			size += len(st.records[j].Doc)
-			j++
+	spool, err := newSpool()
+	if err != nil {
+		return ImportStats{}, spoolErr(err)
+	}
+	defer spool.remove()
+	if _, err := scanBackup(io.TeeReader(ar, spool), maxBytes, imp.Check, nil, nil); err != nil {
+		if spool.err != nil {
+			return ImportStats{}, spoolErr(spool.err) // not the backup's fault
+		}
+		return ImportStats{}, err
+	}
+	pr, err := spool.reader()
+	if err != nil {
+		return ImportStats{}, spoolErr(err)
+	}
+	var (
+		stats ImportStats
+		batch []BackupRecord
+		size  int
+		slots []bkSlot
+	)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
 		}
 		if err := s.alive(ctx); err != nil {
-			return stats, err
+			return err
 		}
-		bs, err := imp.Apply(ctx, st.records[i:j])
+		bs, err := imp.Apply(ctx, batch)
 		stats.Created += bs.Created
 		stats.Merged += bs.Merged
 		stats.Unchanged += bs.Unchanged
 		stats.Conflicts += bs.Conflicts
-		if err != nil {
-			return stats, err
-		}
-		i = j
+		batch, size = nil, 0
+		return err
 	}
+	_, err = scanBackup(pr, maxBytes, nil, func(br BackupRecord) error {
+		stats.Records++
+		batch = append(batch, br)
+		size += len(br.Doc)
+		if len(batch) >= importBatchRecords || size >= importBatchBytes {
+			return flush()
+		}
+		return nil
+	}, func(sl bkSlot) error { slots = append(slots, sl); return nil })
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return stats, err
+	}
+	st := &staged{slots: slots}
 	for i := 0; i < len(st.slots); i += importBatchSlots {
 		part := st.slots[i:min(i+importBatchSlots, len(st.slots))]
 		wrote := make([]bool, len(part))
@@ -568,4 +642,70 @@ func (s *Store) Import(ctx context.Context, r io.Reader, opts ImportOptions, imp
 		}
 	}
 	return stats, nil
+}
+
+// spool is Import's temporary copy of a verified backup's plaintext,
+// sealed with age to an X25519 identity held only in memory, in a file
+// of os.TempDir removed when the import ends.
+type spool struct {
+	f   *os.File
+	bw  *bufio.Writer
+	w   io.WriteCloser // age's writer over bw
+	id  *age.X25519Identity
+	err error // the first write error
+}
+
+// Write writes to the spool, keeping the first error: a full disk must
+// not read as a damaged backup.
+func (sp *spool) Write(p []byte) (int, error) {
+	n, err := sp.w.Write(p)
+	if err != nil && sp.err == nil {
+		sp.err = err
+	}
+	return n, err
+}
+
+// spoolErr classifies a failure of the spool: ErrNoSpace on a full file
+// system.
+func spoolErr(err error) error {
+	if isNoSpace(err) {
+		return fmt.Errorf("import: temporary copy of the backup: %w: %w", ErrNoSpace, err)
+	}
+	return fmt.Errorf("import: temporary copy of the backup: %w", err)
+}
+
+func newSpool() (*spool, error) {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp("", "ferry-restore-*")
+	if err != nil {
+		return nil, err
+	}
+	sp := &spool{f: f, bw: bufio.NewWriterSize(f, 64<<10), id: id}
+	if sp.w, err = age.Encrypt(sp.bw, id.Recipient()); err != nil {
+		sp.remove()
+		return nil, err
+	}
+	return sp, nil
+}
+
+// reader finishes the spool and returns its plaintext from the start.
+func (sp *spool) reader() (io.Reader, error) {
+	if err := sp.w.Close(); err != nil {
+		return nil, err
+	}
+	if err := sp.bw.Flush(); err != nil {
+		return nil, err
+	}
+	if _, err := sp.f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return age.Decrypt(bufio.NewReaderSize(sp.f, 64<<10), sp.id)
+}
+
+func (sp *spool) remove() {
+	sp.f.Close()
+	os.Remove(sp.f.Name())
 }

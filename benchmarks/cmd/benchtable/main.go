@@ -161,6 +161,40 @@ func group(s string) string {
 
 func isRatio(unit string) bool { return strings.Contains(unit, "ratio") || unit == "ferry/raw" }
 
+// isMemory tells a peak-memory figure (MiB of resident memory, the
+// memory benchmarks' units end in "-MiB").
+func isMemory(unit string) bool {
+	return strings.HasSuffix(unit, "-MiB") || strings.HasSuffix(unit, "-MB")
+}
+
+// memTable is the markdown table of the run's memory figures: one row per
+// benchmark that reports any, its figures in MiB and its ratios (the
+// memory benchmarks' ratios are of memory). Empty when no benchmark
+// reports memory.
+func memTable(r *run) string {
+	var b strings.Builder
+	for _, res := range r.results {
+		var figs, ratios []string
+		for _, u := range res.order {
+			v := num(median(res.metrics[u]))
+			switch {
+			case isMemory(u):
+				figs = append(figs, v+" "+strings.TrimSuffix(strings.TrimSuffix(u, "-MiB"), "-MB"))
+			case isRatio(u):
+				ratios = append(ratios, v+" "+u)
+			}
+		}
+		if len(figs) == 0 {
+			continue
+		}
+		if b.Len() == 0 {
+			b.WriteString("| benchmark | peak RSS, MiB | ratios |\n|---|---|---|\n")
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", strings.TrimPrefix(res.name, "Benchmark"), strings.Join(figs, ", "), strings.Join(ratios, ", "))
+	}
+	return b.String()
+}
+
 func duration(ns float64) string {
 	if math.IsNaN(ns) {
 		return "—"
@@ -176,6 +210,9 @@ func table(r *run) string {
 	for _, res := range r.results {
 		var figs, ratios []string
 		for _, u := range res.order {
+			if isMemory(u) {
+				continue // in the memory table
+			}
 			s := num(median(res.metrics[u])) + " " + u
 			if isRatio(u) {
 				ratios = append(ratios, s)
@@ -379,6 +416,11 @@ func main() {
 	fmt.Fprintf(&rep, "## Go benchmarks\n\nMedians over runs; ratios are ferry / baseline unless named otherwise (below 1: ferry faster or smaller).\n\n%s\n", tab)
 	fmt.Println()
 	fmt.Print(tab)
+	if mt := memTable(r); mt != "" {
+		fmt.Fprintf(&rep, "## Memory\n\nPeak resident memory of child processes, one per workload (benchmarks/mem_bench_test.go), MiB.\n\n%s\n", mt)
+		fmt.Println()
+		fmt.Print(mt)
+	}
 	misses := 0
 	if *nodeF != "" {
 		b, err := os.ReadFile(*nodeF)

@@ -1,0 +1,718 @@
+package benchmarks
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/automerge/automerge-go"
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/replica"
+	"github.com/ferrysync/ferry/storage"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// The memory benchmarks (issue 14): peak resident memory of one workload
+// per child process. The child is this test binary re-executed with
+// FERRY_MEM_CHILD set (memChildInit runs it before any test and exits),
+// so nothing of the parent's heap counts. Each child prints one line,
+// "FERRY-MEM-RESULT hwm_kb=... ns=... records=...", where hwm_kb is the
+// child's VmHWM (/proc/self/status) at the end of the workload. Every
+// figure is MiB (2^20 bytes) of peak RSS, whole process: Go heap, C heap
+// (automerge-go), Badger's memory-mapped files and caches.
+//
+// Records are syncFields (about 210 bytes as JSON). Writes use NoSync in
+// ferry and in the raw Badger baseline alike (fsync costs time, not
+// memory), one transaction per record in both.
+
+const memTag = "FERRY-MEM-RESULT"
+
+// memN is the record count of BenchmarkMemReplica: FERRY_MEM_N, else
+// FERRY_BENCH_N, else 20,000 (`make bench-mem`: 100,000; `make
+// bench-large`: 1,000,000).
+func memN(tb testing.TB) int {
+	if os.Getenv("FERRY_MEM_N") != "" {
+		return envInt(tb, "FERRY_MEM_N", 20_000, 10)
+	}
+	return envInt(tb, "FERRY_BENCH_N", 20_000, 10)
+}
+
+// memSmallN is the smaller count of the flatness check: n/10, but at
+// least 10,000 (below that Badger's memtables are not yet full, so the
+// peak still grows with the data by design), and at most n.
+func memSmallN(n int) int { return min(n, max(n/10, 10_000)) }
+
+func init() { memChildInit() }
+
+// memChildInit runs a memory child's workload and exits when
+// FERRY_MEM_CHILD is set; otherwise it returns at once.
+func memChildInit() {
+	mode := os.Getenv("FERRY_MEM_CHILD")
+	if mode == "" {
+		return
+	}
+	n, _ := strconv.Atoi(os.Getenv("FERRY_MEM_N_CHILD"))
+	if f := os.Getenv("FERRY_MEM_PEAKPROF"); f != "" {
+		go peakProfiler(f)
+	}
+	start := time.Now()
+	records, err := memChild(mode, os.Getenv("FERRY_MEM_DIR"), n)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mem child %s: %v\n", mode, err)
+		os.Exit(1)
+	}
+	d := time.Since(start)
+	if os.Getenv("FERRY_MEM_DIAG") == "1" {
+		memDiag(mode)
+	}
+	hwm, err := vmHWM()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("%s hwm_kb=%d ns=%d records=%d\n", memTag, hwm, d.Nanoseconds(), records)
+	os.Exit(0)
+}
+
+// memRun is one child's result.
+type memRun struct {
+	hwmKB   int64
+	dur     time.Duration
+	records int
+}
+
+func (r memRun) mib() float64 { return float64(r.hwmKB) / 1024 }
+
+// memCmd is a child process running mode on dir with n records.
+func memCmd(mode, dir string, n int, env ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "FERRY_MEM_CHILD="+mode, "FERRY_MEM_DIR="+dir, "FERRY_MEM_N_CHILD="+strconv.Itoa(n))
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+func parseMemRun(mode string, out []byte) (memRun, error) {
+	for _, line := range strings.Split(string(out), "\n") {
+		var r memRun
+		var ns int64
+		if _, err := fmt.Sscanf(line, memTag+" hwm_kb=%d ns=%d records=%d", &r.hwmKB, &ns, &r.records); err == nil {
+			r.dur = time.Duration(ns)
+			return r, nil
+		}
+	}
+	return memRun{}, fmt.Errorf("mem child %s: no result line\n%s", mode, out)
+}
+
+func runMem(tb testing.TB, mode, dir string, n int, env ...string) memRun {
+	tb.Helper()
+	out, err := memCmd(mode, dir, n, env...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("mem child %s: %v\n%s", mode, err, out)
+	}
+	r, err := parseMemRun(mode, out)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
+// memChild is a child's workload; it returns the records it handled.
+func memChild(mode, dir string, n int) (int, error) {
+	ctx := context.Background()
+	switch mode {
+	case "ferry-write":
+		r, err := replica.Open(ctx, dir, memReplicaOpts("a", true))
+		if err != nil {
+			return 0, err
+		}
+		for i := range n {
+			if err := r.Put(ctx, syncColl, syncID(i), syncFields(i)); err != nil {
+				r.Close()
+				return i, err
+			}
+		}
+		return n, r.Close()
+	case "ferry-scan":
+		r, err := replica.Open(ctx, dir, memReplicaOpts("a", false))
+		if err != nil {
+			return 0, err
+		}
+		got, err := scanReplica(ctx, r)
+		return got, errors.Join(err, r.Close())
+	case "ferry-serve", "ferry-dial":
+		return memSyncChild(ctx, mode, dir)
+	case "ferry-ring":
+		return memRingChild(ctx, dir, n)
+	case "badger-write":
+		db, err := openTunedBadger(dir)
+		if err != nil {
+			return 0, err
+		}
+		for i := range n {
+			d := plainDoc(nopTB{}, i)
+			v := d.Save()
+			if err := db.Update(func(txn *badger.Txn) error { return txn.Set(rawKey(i), v) }); err != nil {
+				db.Close()
+				return i, err
+			}
+		}
+		return n, db.Close()
+	case "badger-scan":
+		db, err := openTunedBadger(dir)
+		if err != nil {
+			return 0, err
+		}
+		got := 0
+		err = db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.DefaultIteratorOptions)
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				v, err := it.Item().ValueCopy(nil)
+				if err != nil {
+					return err
+				}
+				plainRead(nopTB{}, v)
+				got++
+			}
+			return nil
+		})
+		return got, errors.Join(err, db.Close())
+	case "am-load":
+		b, err := os.ReadFile(filepath.Join(dir, "doc.automerge"))
+		if err != nil {
+			return 0, err
+		}
+		d, err := automerge.Load(b)
+		if err != nil {
+			return 0, err
+		}
+		return len(d.Heads()), nil
+	case "ferry-import":
+		b, err := os.ReadFile(filepath.Join(dir, "doc.automerge"))
+		if err != nil {
+			return 0, err
+		}
+		r, err := replica.Open(ctx, filepath.Join(dir, "ferry"), memReplicaOpts("a", true))
+		if err != nil {
+			return 0, err
+		}
+		if _, err := r.ImportDoc(ctx, "docs", "big", b); err != nil {
+			r.Close()
+			return 0, err
+		}
+		return 1, r.Close()
+	}
+	return 0, fmt.Errorf("unknown mode %q", mode)
+}
+
+func memReplicaOpts(name string, noSync bool) replica.Options {
+	return replica.Options{Passphrase: []byte("bench-mem-" + name), KDF: storage.TestKDF(), Name: name, NoSync: noSync}
+}
+
+// scanReplica reads every record of syncColl: Scan (streaming), Get of
+// each.
+func scanReplica(ctx context.Context, r *replica.Replica) (int, error) {
+	got := 0
+	err := r.Scan(ctx, syncColl, false, func(it replica.RecordInfo) error {
+		m, err := r.Get(ctx, syncColl, it.ID)
+		if err != nil {
+			return err
+		}
+		if m["name"] == nil {
+			return fmt.Errorf("record %s: no name", it.ID)
+		}
+		got++
+		return nil
+	})
+	return got, err
+}
+
+// countRecords counts syncColl's records without holding them.
+func countRecords(ctx context.Context, r *replica.Replica) (int, error) {
+	n := 0
+	err := r.Scan(ctx, syncColl, false, func(replica.RecordInfo) error { n++; return nil })
+	return n, err
+}
+
+// openTunedBadger opens raw Badger with the sizes and settings ferry's
+// store uses (storage.DefaultSizes; storage/store.go openBadger), NoSync.
+func openTunedBadger(dir string) (*badger.DB, error) {
+	z := storage.DefaultSizes()
+	return badger.Open(badger.DefaultOptions(dir).WithLogger(nil).
+		WithMemTableSize(z.MemTableSize).WithNumMemtables(z.NumMemtables).
+		WithValueLogFileSize(z.ValueLogFileSize).WithBlockCacheSize(z.BlockCacheSize).
+		WithIndexCacheSize(z.IndexCacheSize).WithBaseTableSize(z.BaseTableSize).
+		WithValueThreshold(min(1<<20, z.MemTableSize/10)).
+		WithSyncWrites(false).WithChecksumVerificationMode(options.OnBlockRead).
+		WithVerifyValueChecksum(true).WithCompression(options.None).
+		WithNumCompactors(2).WithCompactL0OnClose(false))
+}
+
+// memSyncChild is one side of a sync between two processes: ferry-serve
+// listens (printing "ADDR host:port"), accepts one session and syncs;
+// ferry-dial dials FERRY_MEM_ADDR and syncs, then checks it holds
+// FERRY_MEM_WANT records. The peer's public key is FERRY_MEM_PEER (hex).
+func memSyncChild(ctx context.Context, mode, dir string) (int, error) {
+	pk, err := hex.DecodeString(os.Getenv("FERRY_MEM_PEER"))
+	if err != nil || len(pk) != ed25519.PublicKeySize {
+		return 0, fmt.Errorf("FERRY_MEM_PEER: bad key")
+	}
+	peer := ed25519.PublicKey(pk)
+	name := "a"
+	if mode == "ferry-dial" {
+		name = "b"
+	}
+	r, err := replica.Open(ctx, dir, memReplicaOpts(name, false))
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	var conn transport.Conn
+	if mode == "ferry-serve" {
+		ln, err := transport.ListenTLS(ctx, "127.0.0.1:0", r.Identity(), transport.NewPinSet(peer), transport.TLSOptions{})
+		if err != nil {
+			return 0, err
+		}
+		fmt.Printf("ADDR %s\n", ln.Addr())
+		conn, err = ln.Accept(ctx)
+		ln.Close()
+		if err != nil {
+			return 0, err
+		}
+	} else {
+		conn, err = transport.DialTLS(ctx, os.Getenv("FERRY_MEM_ADDR"), r.Identity(), transport.NewPinSet(peer), transport.TLSOptions{})
+		if err != nil {
+			return 0, err
+		}
+	}
+	defer conn.Close()
+	st, err := r.Sync(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	if mode == "ferry-serve" {
+		return st.RecordsSent, r.Close()
+	}
+	want, _ := strconv.Atoi(os.Getenv("FERRY_MEM_WANT"))
+	got, err := countRecords(ctx, r)
+	if err != nil {
+		return 0, err
+	}
+	if got != want {
+		return got, fmt.Errorf("after sync: %d records, want %d", got, want)
+	}
+	return got, r.Close()
+}
+
+// memRingChild: three replicas in one process (dir/r0..r2), each writing
+// n records of its own, paired in a ring, then sessions r0-r1, r1-r2,
+// r2-r0 and r0-r1 again (over loopback TLS), after which each holds all
+// 3n records.
+func memRingChild(ctx context.Context, dir string, n int) (int, error) {
+	var rs [3]*replica.Replica
+	defer func() {
+		for _, r := range rs {
+			if r != nil {
+				r.Close()
+			}
+		}
+	}()
+	for k := range rs {
+		r, err := replica.Open(ctx, filepath.Join(dir, fmt.Sprintf("r%d", k)), memReplicaOpts(fmt.Sprintf("r%d", k), true))
+		if err != nil {
+			return 0, err
+		}
+		rs[k] = r
+		for i := range n {
+			j := k*n + i
+			if err := r.Put(ctx, syncColl, syncID(j), syncFields(j)); err != nil {
+				return 0, err
+			}
+		}
+	}
+	for k := range rs {
+		a, b := rs[k], rs[(k+1)%3]
+		if _, err := a.Pair(ctx, b.ID(), []string{syncColl}, 0); err != nil {
+			return 0, err
+		}
+		if _, err := b.Pair(ctx, a.ID(), []string{syncColl}, 0); err != nil {
+			return 0, err
+		}
+	}
+	for _, p := range [][2]int{{0, 1}, {1, 2}, {2, 0}, {0, 1}} {
+		if err := memSyncPair(ctx, rs[p[0]], rs[p[1]]); err != nil {
+			return 0, err
+		}
+	}
+	for k, r := range rs {
+		got, err := countRecords(ctx, r)
+		if err != nil {
+			return 0, err
+		}
+		if got != 3*n {
+			return 0, fmt.Errorf("r%d holds %d records after the ring, want %d", k, got, 3*n)
+		}
+	}
+	return 3 * n, nil
+}
+
+// memSyncPair runs one session between a (dialing) and b over loopback TLS.
+func memSyncPair(ctx context.Context, a, b *replica.Replica) error {
+	pa, pb := a.Identity().Public().(ed25519.PublicKey), b.Identity().Public().(ed25519.PublicKey)
+	ln, err := transport.ListenTLS(ctx, "127.0.0.1:0", b.Identity(), transport.NewPinSet(pa), transport.TLSOptions{})
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	var (
+		wg sync.WaitGroup
+		eb error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cb, err := ln.Accept(ctx)
+		if err != nil {
+			eb = err
+			return
+		}
+		defer cb.Close()
+		_, eb = b.Sync(ctx, cb)
+	}()
+	ca, err := transport.DialTLS(ctx, ln.Addr(), a.Identity(), transport.NewPinSet(pb), transport.TLSOptions{})
+	if err != nil {
+		ln.Close()
+		wg.Wait()
+		return errors.Join(err, eb)
+	}
+	_, ea := a.Sync(ctx, ca)
+	ca.Close()
+	wg.Wait()
+	return errors.Join(ea, eb)
+}
+
+// replicaWorkload is the one-replica workload at n records: write, reopen
+// and scan, sync to a peer in another process; the raw Badger baseline
+// writes and scans the same records (as plain Automerge documents).
+type replicaWorkload struct {
+	write, scan, serve, dial memRun
+	rawWrite, rawScan        memRun
+}
+
+// peak is the highest of the ferry processes' peaks.
+func (w replicaWorkload) peak() float64 {
+	return max(w.write.mib(), w.scan.mib(), w.serve.mib(), w.dial.mib())
+}
+
+// rawPeak is the highest of the baseline's peaks.
+func (w replicaWorkload) rawPeak() float64 { return max(w.rawWrite.mib(), w.rawScan.mib()) }
+
+func runReplicaWorkload(tb testing.TB, n int) replicaWorkload {
+	tb.Helper()
+	root := tb.TempDir()
+	dirA, dirB, dirRaw := filepath.Join(root, "a"), filepath.Join(root, "b"), filepath.Join(root, "raw")
+	var w replicaWorkload
+	w.write = runMem(tb, "ferry-write", dirA, n)
+	w.scan = runMem(tb, "ferry-scan", dirA, n)
+	if w.scan.records != n {
+		tb.Fatalf("scan read %d records, want %d", w.scan.records, n)
+	}
+	// Pair the two replicas here (the parent's memory is not measured).
+	ctx := context.Background()
+	ra, err := replica.Open(ctx, dirA, memReplicaOpts("a", false))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rb, err := replica.Open(ctx, dirB, memReplicaOpts("b", false))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	_, e1 := ra.Pair(ctx, rb.ID(), []string{syncColl}, 0)
+	_, e2 := rb.Pair(ctx, ra.ID(), []string{syncColl}, 0)
+	pa := hex.EncodeToString(ra.Identity().Public().(ed25519.PublicKey))
+	pb := hex.EncodeToString(rb.Identity().Public().(ed25519.PublicKey))
+	if err := errors.Join(e1, e2, ra.Close(), rb.Close()); err != nil {
+		tb.Fatal(err)
+	}
+	w.serve, w.dial = runSyncChildren(tb, dirA, dirB, pa, pb, n)
+
+	if err := os.MkdirAll(dirRaw, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	w.rawWrite = runMem(tb, "badger-write", dirRaw, n)
+	w.rawScan = runMem(tb, "badger-scan", dirRaw, n)
+	if w.rawScan.records != n {
+		tb.Fatalf("badger scan read %d records, want %d", w.rawScan.records, n)
+	}
+	return w
+}
+
+// runSyncChildren runs ferry-serve on dirA and ferry-dial on dirB at once.
+func runSyncChildren(tb testing.TB, dirA, dirB, pubA, pubB string, n int) (serve, dial memRun) {
+	tb.Helper()
+	sc := memCmd("ferry-serve", dirA, n, "FERRY_MEM_PEER="+pubB)
+	var serr strings.Builder
+	sc.Stderr = &serr
+	stdout, err := sc.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := sc.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	br := bufio.NewReader(stdout)
+	var addr string
+	for addr == "" {
+		line, err := br.ReadString('\n')
+		if a, ok := strings.CutPrefix(strings.TrimSpace(line), "ADDR "); ok {
+			addr = a
+		}
+		if err != nil {
+			_ = sc.Wait()
+			tb.Fatalf("ferry-serve: no address: %v\n%s", err, serr.String())
+		}
+	}
+	dc := memCmd("ferry-dial", dirB, n, "FERRY_MEM_PEER="+pubA, "FERRY_MEM_ADDR="+addr, "FERRY_MEM_WANT="+strconv.Itoa(n))
+	dout, derr := dc.CombinedOutput()
+	rest, _ := io.ReadAll(br)
+	werr := sc.Wait()
+	if derr != nil || werr != nil {
+		tb.Fatalf("sync children: dial %v, serve %v\ndial:\n%s\nserve:\n%s%s", derr, werr, dout, rest, serr.String())
+	}
+	var e1, e2 error
+	serve, e1 = parseMemRun("ferry-serve", rest)
+	dial, e2 = parseMemRun("ferry-dial", dout)
+	if err := errors.Join(e1, e2); err != nil {
+		tb.Fatal(err)
+	}
+	return serve, dial
+}
+
+func reportReplicaWorkload(b *testing.B, w replicaWorkload, prefix string) {
+	b.ReportMetric(w.write.mib(), prefix+"write-MiB")
+	b.ReportMetric(w.scan.mib(), prefix+"scan-MiB")
+	b.ReportMetric(w.serve.mib(), prefix+"sync-sender-MiB")
+	b.ReportMetric(w.dial.mib(), prefix+"sync-receiver-MiB")
+	b.ReportMetric(w.rawWrite.mib(), prefix+"badger-write-MiB")
+	b.ReportMetric(w.rawScan.mib(), prefix+"badger-scan-MiB")
+}
+
+// BenchmarkMemReplica: one replica at N records (memN) and at N/10
+// (memSmallN) in child processes: write them, reopen and scan them all, sync them to a
+// peer in another process; raw Badger tuned like ferry's store writes
+// and scans the same records. Targets (issue 14): every ferry process at
+// most 150 MiB (peak-MiB) and at most 1.5x the baseline's peak
+// (ratio-vs-badger); peak at N at most 1.2x the peak at N/10
+// (flat-ratio). The baseline parses each document with automerge-go
+// (as ferry does) and so carries automerge-go's C garbage too, unpaced. ns/op is the wall time of all the children.
+func BenchmarkMemReplica(b *testing.B) {
+	if raceEnabled && os.Getenv("FERRY_BENCH_TINY") == "1" {
+		b.Skip("child-process memory runs skipped in the tiny run under -race")
+	}
+	n := memN(b)
+	small := memSmallN(n)
+	var big, sm replicaWorkload
+	for range b.N {
+		big = runReplicaWorkload(b, n)
+		sm = runReplicaWorkload(b, small)
+	}
+	reportReplicaWorkload(b, big, "")
+	b.ReportMetric(big.peak(), "peak-MiB")
+	b.ReportMetric(sm.peak(), "peak-at-n/10-MiB")
+	b.ReportMetric(float64(small), "records-small")
+	b.ReportMetric(big.peak()/big.rawPeak(), "ratio-vs-badger")
+	b.ReportMetric(big.peak()/sm.peak(), "flat-ratio")
+	b.ReportMetric(float64(n), "records")
+	for _, w := range []struct {
+		n int
+		w replicaWorkload
+	}{{n, big}, {small, sm}} {
+		b.Logf("n=%d: MiB (time): write %.0f (%v), scan %.0f (%v), sync sender %.0f, receiver %.0f (%v); badger write %.0f (%v), scan %.0f (%v)",
+			w.n, w.w.write.mib(), w.w.write.dur.Round(time.Millisecond), w.w.scan.mib(), w.w.scan.dur.Round(time.Millisecond),
+			w.w.serve.mib(), w.w.dial.mib(), w.w.dial.dur.Round(time.Millisecond),
+			w.w.rawWrite.mib(), w.w.rawWrite.dur.Round(time.Millisecond), w.w.rawScan.mib(), w.w.rawScan.dur.Round(time.Millisecond))
+	}
+}
+
+// BenchmarkMemRing: three replicas in one process, FERRY_MEM_RING_N
+// records each (10,000 by default), syncing in a ring. Target: at most
+// 250 MiB.
+func BenchmarkMemRing(b *testing.B) {
+	if raceEnabled && os.Getenv("FERRY_BENCH_TINY") == "1" {
+		b.Skip("child-process memory runs skipped in the tiny run under -race")
+	}
+	n := envInt(b, "FERRY_MEM_RING_N", 10_000, 10)
+	if os.Getenv("FERRY_BENCH_TINY") == "1" {
+		n = 10
+	}
+	var r memRun
+	for range b.N {
+		r = runMem(b, "ferry-ring", b.TempDir(), n)
+		if r.records != 3*n {
+			b.Fatalf("ring: %d records, want %d", r.records, 3*n)
+		}
+	}
+	b.ReportMetric(r.mib(), "ring-MiB")
+	b.ReportMetric(float64(n), "records-each")
+}
+
+// BenchmarkMemImport: ImportDoc of a large Automerge document against
+// automerge-go's own Load of the same bytes, each in a child process.
+// Two documents, generated here: "history" (one text edited by
+// FERRY_MEM_HISTORY changes, 20,000 by default, each a small splice:
+// a long history in a small file) and "text" (one change inserting
+// FERRY_MEM_TEXT characters: 500,000 by default, `make bench-large`
+// 5,000,000; automerge-go takes ~1 minute and ~900 MiB to Load
+// 1,000,000). Target: at most 1.2x the Load's peak (…-import-ratio).
+func BenchmarkMemImport(b *testing.B) {
+	if raceEnabled && os.Getenv("FERRY_BENCH_TINY") == "1" {
+		b.Skip("child-process memory runs skipped in the tiny run under -race")
+	}
+	hist := envInt(b, "FERRY_MEM_HISTORY", 20_000, 1)
+	text := envInt(b, "FERRY_MEM_TEXT", 500_000, 1)
+	if os.Getenv("FERRY_BENCH_TINY") == "1" {
+		hist, text = 10, 1000
+	}
+	docs := []struct {
+		name string
+		gen  func() []byte
+	}{
+		{"history", func() []byte { return historyDoc(b, hist) }},
+		{"text", func() []byte { return textDoc(b, text) }},
+	}
+	for _, d := range docs {
+		dir := b.TempDir()
+		raw := d.gen()
+		if err := os.WriteFile(filepath.Join(dir, "doc.automerge"), raw, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		var load, imp memRun
+		for range b.N {
+			load = runMem(b, "am-load", dir, 0)
+			os.RemoveAll(filepath.Join(dir, "ferry"))
+			imp = runMem(b, "ferry-import", dir, 0)
+		}
+		b.ReportMetric(load.mib(), d.name+"-load-MiB")
+		b.ReportMetric(imp.mib(), d.name+"-import-MiB")
+		b.ReportMetric(imp.mib()/load.mib(), d.name+"-import-ratio")
+		b.ReportMetric(float64(len(raw))/(1<<20), d.name+"-file-MiB")
+		b.Logf("%s: %d bytes; Load %.0f MiB in %v, ImportDoc %.0f MiB in %v", d.name, len(raw),
+			load.mib(), load.dur.Round(time.Millisecond), imp.mib(), imp.dur.Round(time.Millisecond))
+	}
+}
+
+// historyDoc is a document with one text field edited by n changes of a
+// few characters each (inserts, with a deletion every tenth), by two
+// actors in turn.
+func historyDoc(tb testing.TB, n int) []byte {
+	tb.Helper()
+	d := automerge.New()
+	if err := d.RootMap().Set("body", automerge.NewText("")); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := d.Commit("init"); err != nil {
+		tb.Fatal(err)
+	}
+	t := d.Path("body").Text()
+	length := 0
+	for i := range n {
+		pos := (i * 7919) % (length + 1)
+		var err error
+		if i%10 == 9 && length > 4 {
+			err = t.Delete(min(pos, length-3), 3)
+			length -= 3
+		} else {
+			s := fmt.Sprintf("w%d ", i%100)
+			err = t.Insert(pos, s)
+			length += len(s)
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := d.Commit(fmt.Sprintf("edit %d", i)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return d.Save()
+}
+
+// textDoc is a document holding one text of n characters, written in
+// one change.
+func textDoc(tb testing.TB, n int) []byte {
+	tb.Helper()
+	d := automerge.New()
+	var sb strings.Builder
+	for sb.Len() < n {
+		sb.WriteString("the quick brown fox jumps over the lazy dog. ")
+	}
+	if err := d.RootMap().Set("body", automerge.NewText(sb.String()[:n])); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := d.Commit("text"); err != nil {
+		tb.Fatal(err)
+	}
+	return d.Save()
+}
+
+// memDiag prints where a child's memory is (FERRY_MEM_DIAG=1): the Go
+// runtime's view, and the kernel's split of resident memory.
+func memDiag(mode string) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "DIAG %s: go sys %d MiB, heap inuse %d MiB, heap sys %d MiB, numGC %d, crdt %+v\n",
+		mode, ms.Sys>>20, ms.HeapInuse>>20, ms.HeapSys>>20, ms.NumGC, crdt.ReadMemStats())
+	if f := os.Getenv("FERRY_MEM_HEAPPROF"); f != "" {
+		if w, err := os.Create(f); err == nil {
+			_ = pprof.WriteHeapProfile(w)
+			w.Close()
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/smaps_rollup"); err == nil {
+		fmt.Fprintf(os.Stderr, "DIAG %s: %s\n", mode, strings.Join(strings.Fields(string(b)), " "))
+	}
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "Vm") || strings.HasPrefix(l, "Rss") {
+				fmt.Fprintf(os.Stderr, "DIAG %s: %s\n", mode, strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
+}
+
+// peakProfiler (FERRY_MEM_PEAKPROF=file) writes a heap profile to file
+// each time the live Go heap reaches a new high (by 8 MiB), so the
+// profile left is of the peak.
+func peakProfiler(file string) {
+	var best uint64
+	for range time.Tick(20 * time.Millisecond) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapAlloc < best+8<<20 {
+			continue
+		}
+		best = ms.HeapAlloc
+		if w, err := os.Create(file); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(w, 0)
+			w.Close()
+		}
+		fmt.Fprintf(os.Stderr, "PEAK heap alloc %d MiB\n", best>>20)
+	}
+}

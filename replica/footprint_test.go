@@ -1,0 +1,158 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/storage"
+)
+
+// The footprint test (issue 14): a child process writes and scans
+// footprintRecords records and its peak resident memory (VmHWM) must stay
+// under a bound derived from the sizes it is configured with, so a change
+// that makes memory follow the data again fails `make test`.
+
+const (
+	footprintRecords = 2000
+	footprintEnv     = "FERRY_FOOTPRINT_CHILD"
+	footprintTag     = "FERRY-FOOTPRINT"
+	// footprintBase is the allowance for what the configured sizes do not
+	// cover: the test binary's mapped code and data (~20 MiB resident),
+	// the Go runtime and heap slack (the collector lets the heap grow to
+	// twice the live data), Badger's other structures (indexes, Bloom
+	// filters, the table builder of a flush) and glibc's retained free
+	// memory. Measured on the development machine: peak 53 MiB against a
+	// bound of 64 (95 MiB with the collection pacer off).
+	footprintBase = 48 << 20
+	// footprintRaceBase replaces footprintBase under -race, whose shadow
+	// memory multiplies the Go heap. Measured: peak 123 MiB against a
+	// bound of 144 (181 MiB with the pacer off).
+	footprintRaceBase = 128 << 20
+)
+
+// footprintSizes are the child's configured sizes: two 2 MiB memtables,
+// a 2 MiB block cache, a 4 MiB document cache, a collection every 2 MiB
+// of C garbage.
+var footprintSizes = storage.Sizes{MemTableSize: 2 << 20, NumMemtables: 2, ValueLogFileSize: 4 << 20,
+	BlockCacheSize: 2 << 20, BaseTableSize: 512 << 10}
+
+const footprintCacheBytes = 4 << 20
+
+var footprintCollectEvery int64 = 2 << 20
+
+// footprintBound is the most the child may peak at, in bytes: every
+// memtable plus one being flushed (Badger's arena is allocated whole),
+// the block cache, the document cache, twice the collection threshold
+// (garbage may build up again while a collection runs), and the base.
+func footprintBound() int64 {
+	z := footprintSizes
+	base := int64(footprintBase)
+	if raceEnabled {
+		base = footprintRaceBase
+	}
+	return z.MemTableSize*int64(z.NumMemtables+1) + z.BlockCacheSize + footprintCacheBytes + 2*footprintCollectEvery + base
+}
+
+func TestFootprintBounded(t *testing.T) {
+	if os.Getenv(footprintEnv) != "" {
+		footprintChild(t)
+		return
+	}
+	if runtime.GOOS != "linux" {
+		t.Skip("peak RSS is read from /proc/self/status (Linux)")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFootprintBounded$", "-test.count=1")
+	cmd.Env = append(os.Environ(), footprintEnv+"="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	var hwmKB, records int64
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, err := fmt.Sscanf(strings.TrimSpace(line), footprintTag+" hwm_kb=%d records=%d", &hwmKB, &records); err == nil {
+			break
+		}
+	}
+	if records != footprintRecords {
+		t.Fatalf("child read %d records, want %d\n%s", records, footprintRecords, out)
+	}
+	peak, bound := hwmKB<<10, footprintBound()
+	t.Logf("peak RSS %.1f MiB for %d records written and scanned; bound %.1f MiB (race %v)",
+		float64(peak)/(1<<20), records, float64(bound)/(1<<20), raceEnabled)
+	if peak > bound {
+		t.Fatalf("peak RSS %.1f MiB over the bound of %.1f MiB derived from the configured sizes", float64(peak)/(1<<20), float64(bound)/(1<<20))
+	}
+}
+
+// footprintChild writes footprintRecords records, reopens the store and
+// reads every one, then prints its peak RSS.
+func footprintChild(t *testing.T) {
+	dir := os.Getenv(footprintEnv)
+	ctx := context.Background()
+	if os.Getenv("FERRY_FOOTPRINT_NOPACE") == "1" {
+		footprintCollectEvery = 1 << 50 // to see the test fail without the pacer
+	}
+	crdt.SetCollectEvery(footprintCollectEvery)
+	opts := Options{Passphrase: []byte("footprint"), KDF: storage.TestKDF(), NoSync: true,
+		Sizes: footprintSizes, CacheBytes: footprintCacheBytes}
+	r, err := Open(ctx, dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range footprintRecords {
+		id := fmt.Sprintf("c-%05d", i)
+		err := r.Put(ctx, "customers", id, map[string]any{
+			"name": "Customer " + id, "email": id + "@example.com", "qty": int64(i % 1000),
+			"price": float64(i%10000) / 100, "active": i%3 != 0, "tags": []any{"retail", "region-" + strconv.Itoa(i%7)},
+			"note": "order " + id + ": deliver before noon, ring twice, leave at side door",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err = Open(ctx, dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	page, err := r.List(ctx, "customers", ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, it := range page.Items {
+		m, err := r.Get(ctx, "customers", it.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m["email"] != it.ID+"@example.com" {
+			t.Fatalf("%s: %v", it.ID, m["email"])
+		}
+		n++
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc/self/status: peak RSS not measurable here")
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Printf("%s hwm_kb=%d records=%d\n", footprintTag, kb, n)
+			return
+		}
+	}
+	t.Fatal("no VmHWM")
+}
