@@ -98,7 +98,7 @@ func mapBadgerErr(op string, err error) error {
 	case errors.Is(err, badger.ErrDBClosed), errors.Is(err, badger.ErrBlockedWrites):
 		return fmt.Errorf("%s: %w", op, ErrClosed)
 	case errors.Is(err, badger.ErrTxnTooBig):
-		return fmt.Errorf("%s: batch too big for one transaction: %w", op, ErrInvalid)
+		return fmt.Errorf("%s: batch too big for one transaction: %w%w", op, ErrInvalid, errTooBig)
 	}
 	return mapByMessage(op, err, corruptMarks)
 }
@@ -139,3 +139,8 @@ func isNoSpace(err error) bool {
 	msg := err.Error()
 	return strings.Contains(msg, syscall.ENOSPC.Error()) || strings.Contains(msg, syscall.EDQUOT.Error())
 }
+
+// errTooBig marks a batch that does not fit in one Badger transaction
+// (about 15% of a memtable in bytes, Options.Sizes); Write splits such a
+// batch.
+var errTooBig = errors.New("storage: transaction too big")

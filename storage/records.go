@@ -70,7 +70,11 @@ type SlotWrite struct {
 	_        [0]func() // not comparable
 }
 
-// Batch is applied atomically, in one Badger transaction.
+// Batch is applied in one Badger transaction, atomically, when it fits in
+// one (about 15% of Sizes.MemTableSize in bytes). A larger batch is
+// applied in several, records first and in order, every slot with the
+// last record: each record is whole, and a crash in between leaves a
+// prefix of the records written and no slot ahead of them (Write).
 type Batch struct {
 	Records []RecordWrite
 	Slots   []SlotWrite

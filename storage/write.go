@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 )
@@ -24,23 +25,43 @@ func (s *Store) Write(ctx context.Context, b Batch) ([]RecordMeta, error) {
 		}
 	}
 	out := make([]RecordMeta, len(b.Records))
+	if err := s.writeSplit(ctx, b.Records, b.Slots, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// writeSplit writes recs, then slots, in one transaction. When they do not
+// fit in one (Badger refuses a transaction over about 15% of a memtable:
+// with the phone sizes a few hundred records of a sync batch), it writes
+// the first half of the records on its own and the rest with the slots,
+// halving again as needed, so every slot (a sync cursor, learned heads)
+// commits with or after the last record and never ahead of one. Each
+// record is whole in one transaction; a crash between two leaves a prefix
+// of the records written, which a re-sent batch merges again. A single
+// record with the slots that still does not fit is refused (ErrInvalid).
+func (s *Store) writeSplit(ctx context.Context, recs []RecordWrite, slots []SlotWrite, out []RecordMeta) error {
 	err := s.update(ctx, "write", func(w *wtx) error {
-		for i := range b.Records {
-			if err := w.writeRecord(&b.Records[i], &out[i]); err != nil {
+		for i := range recs {
+			if err := w.writeRecord(&recs[i], &out[i]); err != nil {
 				return err
 			}
 		}
-		for i := range b.Slots {
-			if err := w.writeSlot(&b.Slots[i]); err != nil {
+		for i := range slots {
+			if err := w.writeSlot(&slots[i]); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
+	if !errors.Is(err, errTooBig) || len(recs) < 2 {
+		return err
 	}
-	return out, nil
+	h := len(recs) / 2
+	if err := s.writeSplit(ctx, recs[:h], nil, out[:h]); err != nil {
+		return err
+	}
+	return s.writeSplit(ctx, recs[h:], slots, out[h:])
 }
 
 func validateRecordWrite(rw *RecordWrite) error {
