@@ -16,13 +16,22 @@ import (
 // Actor binds a Doc to the replica that writes it.
 type Actor struct {
 	// ReplicaID names the writing replica; it must be non-empty. The
-	// Automerge actor id is derived from it (ActorIDFor), so one replica is
-	// one Automerge actor in every document.
+	// Automerge actor id is derived from it (ActorIDFor), with Session
+	// when that is set.
 	ReplicaID string
 	// Priority is recorded with every write for the priority policy.
 	Priority int
 	// Clock stamps writes; nil means a private clock over time.Now.
 	Clock *Clock
+	// Session, when not empty, names one opening of the replica's store
+	// (replica.Open sets a random one), and the Automerge actor id is
+	// derived from ReplicaID and Session (SessionActorID). A store restored
+	// from an older copy then never writes a change under an (actor,
+	// sequence number) pair its peers already hold from the lost history,
+	// which they would refuse for ever ("duplicate seq"). Automerge's own
+	// advice: one actor per process, never reused (automerge.org, "Actor
+	// IDs"). Write metadata names the replica by ReplicaID either way.
+	Session string
 }
 
 func (a Actor) validate() error {
@@ -37,6 +46,21 @@ func (a Actor) validate() error {
 func ActorIDFor(replicaID string) string {
 	h := sha256.Sum256([]byte("ferry-actor/1\x00" + replicaID))
 	return hex.EncodeToString(h[:16])
+}
+
+// SessionActorID returns the Automerge actor id (hex) of one session of a
+// replica: the first 16 bytes of SHA-256("ferry-actor/2\x00" + replicaID +
+// "\x00" + session).
+func SessionActorID(replicaID, session string) string {
+	h := sha256.Sum256([]byte("ferry-actor/2\x00" + replicaID + "\x00" + session))
+	return hex.EncodeToString(h[:16])
+}
+
+func (a Actor) automergeID() string {
+	if a.Session == "" {
+		return ActorIDFor(a.ReplicaID)
+	}
+	return SessionActorID(a.ReplicaID, a.Session)
 }
 
 // Doc is one record: a JSON-like document over an Automerge document, with
@@ -103,7 +127,7 @@ func wrap(am *automerge.Doc, actor Actor) (*Doc, error) {
 	if err := actor.validate(); err != nil {
 		return nil, err
 	}
-	if err := am.SetActorID(ActorIDFor(actor.ReplicaID)); err != nil {
+	if err := am.SetActorID(actor.automergeID()); err != nil {
 		return nil, fmt.Errorf("crdt: set actor: %w", err)
 	}
 	clock := actor.Clock

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -161,10 +162,14 @@ type Replica struct {
 	store *storage.Store
 	id    ed25519.PrivateKey
 	fp    string
-	clock *crdt.Clock
-	res   *policy.Resolver
-	queue *policy.Queue
-	audit *policy.Audit
+	// actorSession is random per Open: the Automerge actor of this opening
+	// (crdt.Actor.Session), so a store restored from an older copy never
+	// reuses an (actor, seq) pair of changes it lost.
+	actorSession string
+	clock        *crdt.Clock
+	res          *policy.Resolver
+	queue        *policy.Queue
+	audit        *policy.Audit
 	// consent is the grant ledger every share goes through.
 	consent *consent.Ledger
 
@@ -297,6 +302,11 @@ func (r *Replica) loadIdentity(ctx context.Context) error {
 	}
 	r.id = ed25519.NewKeyFromSeed(seed)
 	r.fp = transport.Fingerprint(r.id.Public().(ed25519.PublicKey))
+	var sess [16]byte
+	if _, err := rand.Read(sess[:]); err != nil {
+		return fmt.Errorf("replica: session id: %w", err)
+	}
+	r.actorSession = hex.EncodeToString(sess[:])
 	return nil
 }
 
@@ -354,7 +364,7 @@ func (r *Replica) Name() string { return r.opts.Name }
 func (r *Replica) Policies() *policy.Set { return r.opts.Policies }
 
 func (r *Replica) actor() crdt.Actor {
-	return crdt.Actor{ReplicaID: r.fp, Priority: r.opts.Priority, Clock: r.clock}
+	return crdt.Actor{ReplicaID: r.fp, Priority: r.opts.Priority, Clock: r.clock, Session: r.actorSession}
 }
 
 // lockRecords locks the stripes of the given records in a fixed order and
