@@ -72,9 +72,10 @@ type SlotWrite struct {
 
 // Batch is applied in one Badger transaction, atomically, when it fits in
 // one (about 15% of Sizes.MemTableSize in bytes). A larger batch is
-// applied in several, records first and in order, every slot with the
-// last record: each record is whole, and a crash in between leaves a
-// prefix of the records written and no slot ahead of them (Write).
+// applied in several, in order, records then slots: each record is whole,
+// and a crash in between leaves a prefix written, so the last slot (put
+// the one that marks the batch done last) never commits ahead of the rest
+// (Write).
 type Batch struct {
 	Records []RecordWrite
 	Slots   []SlotWrite

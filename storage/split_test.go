@@ -64,3 +64,45 @@ func TestWriteSplitsBatchTooBigForOneTransaction(t *testing.T) {
 		t.Fatalf("feed advanced by %d, want at least %d", got, n)
 	}
 }
+
+// A batch of slots alone (forgetting a space's learned heads deletes one
+// slot per record) is split the same way, in order: the last slot lands
+// with or after every other one.
+func TestWriteSplitsSlotsTooBigForOneTransaction(t *testing.T) {
+	ctx := context.Background()
+	o := testOpts()
+	o.Sizes = Sizes{MemTableSize: 1 << 20}
+	s, err := Create(ctx, t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 3000
+	var b Batch
+	for i := range n {
+		v := make([]byte, 64)
+		_, _ = rand.Read(v)
+		b.Slots = append(b.Slots, SlotWrite{Namespace: "shared", Key: fmt.Sprintf("k%05d", i), Value: v})
+	}
+	b.Slots = append(b.Slots, SlotWrite{Namespace: "peer", Key: "done", Value: []byte{1}})
+	if err := s.update(ctx, "write", func(w *wtx) error {
+		for i := range b.Slots {
+			if err := w.writeSlot(&b.Slots[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); !errors.Is(err, errTooBig) {
+		t.Fatalf("one transaction: %v, want errTooBig", err)
+	}
+	if _, err := s.Write(ctx, b); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	got := 0
+	if err := s.Slots("shared").Range(ctx, func(string, []byte) error { got++; return nil }); err != nil || got != n {
+		t.Fatalf("slots stored: %d, %v; want %d", got, err, n)
+	}
+	if v, ok, err := s.Slots("peer").Get(ctx, "done"); err != nil || !ok || len(v) != 1 {
+		t.Fatalf("last slot: %v %v %v", v, ok, err)
+	}
+}

@@ -33,13 +33,16 @@ func (s *Store) Write(ctx context.Context, b Batch) ([]RecordMeta, error) {
 
 // writeSplit writes recs, then slots, in one transaction. When they do not
 // fit in one (Badger refuses a transaction over about 15% of a memtable:
-// with the phone sizes a few hundred records of a sync batch), it writes
-// the first half of the records on its own and the rest with the slots,
-// halving again as needed, so every slot (a sync cursor, learned heads)
-// commits with or after the last record and never ahead of one. Each
+// with the phone sizes a few hundred records of a sync batch, or a few
+// thousand slots), it writes them in parts, in order: the first half of the
+// records on its own and the rest with the slots, or, with at most one
+// record left, the record with the first half of the slots and the rest of
+// the slots after, halving again as needed. So the last slot (a sync
+// cursor: callers put the slot that marks a batch done last) commits with
+// or after every record and slot before it, never ahead of one. Each
 // record is whole in one transaction; a crash between two leaves a prefix
-// of the records written, which a re-sent batch merges again. A single
-// record with the slots that still does not fit is refused (ErrInvalid).
+// written, which a re-sent batch merges again. One record or slot that
+// does not fit alone is refused (ErrInvalid).
 func (s *Store) writeSplit(ctx context.Context, recs []RecordWrite, slots []SlotWrite, out []RecordMeta) error {
 	err := s.update(ctx, "write", func(w *wtx) error {
 		for i := range recs {
@@ -54,14 +57,24 @@ func (s *Store) writeSplit(ctx context.Context, recs []RecordWrite, slots []Slot
 		}
 		return nil
 	})
-	if !errors.Is(err, errTooBig) || len(recs) < 2 {
+	if !errors.Is(err, errTooBig) {
 		return err
 	}
-	h := len(recs) / 2
-	if err := s.writeSplit(ctx, recs[:h], nil, out[:h]); err != nil {
-		return err
+	switch {
+	case len(recs) >= 2:
+		h := len(recs) / 2
+		if err := s.writeSplit(ctx, recs[:h], nil, out[:h]); err != nil {
+			return err
+		}
+		return s.writeSplit(ctx, recs[h:], slots, out[h:])
+	case len(slots) >= 2:
+		h := len(slots) / 2
+		if err := s.writeSplit(ctx, recs, slots[:h], out); err != nil {
+			return err
+		}
+		return s.writeSplit(ctx, nil, slots[h:], nil)
 	}
-	return s.writeSplit(ctx, recs[h:], slots, out[h:])
+	return err
 }
 
 func validateRecordWrite(rw *RecordWrite) error {
