@@ -243,31 +243,20 @@ func (s *Store) Collections(ctx context.Context) ([]string, error) {
 		seen := map[string]bool{}
 		names = names[:0]
 		for _, ek := range st.reads() {
-			prefix := keyPrefix(nil, ek.epoch, kindColl)
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
-				item := it.Item()
-				k := item.KeyCopy(nil)
-				raw, err := item.ValueCopy(nil)
-				if err != nil {
-					it.Close()
-					return err
-				}
-				pt, _, err := ek.open(nil, kindColl, k, raw)
-				var name string
-				if err == nil {
-					name, err = decodeName(pt)
-				}
+			err := scanSealed(txn, ek, kindColl, keyPrefix(nil, ek.epoch, kindColl), "collection entry", func(k, pt []byte) error {
+				name, err := decodeName(pt)
 				if err != nil || !bytes.Equal(k, ek.collKey(name)) {
-					it.Close()
 					return corruptf("collection entry")
 				}
 				if !seen[name] {
 					seen[name] = true
 					names = append(names, name)
 				}
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			it.Close()
 		}
 		return nil
 	})
@@ -341,3 +330,28 @@ func (s *Store) Feed(ctx context.Context, afterSeq uint64, limit int) ([]FeedEnt
 func (s *Store) LastSeq() uint64 { return s.lastFeed.Load() }
 
 func unixNano(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+// scanSealed calls fn with the key and opened plaintext of every item under
+// prefix in one epoch, in key order. A value that does not open under kind
+// is ErrCorrupt naming what; an error from fn stops the scan and is
+// returned.
+func scanSealed(txn *badger.Txn, ek *epochKeys, kind byte, prefix []byte, what string, fn func(k, pt []byte) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+		item := it.Item()
+		k := item.KeyCopy(nil)
+		raw, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		pt, _, err := ek.open(nil, kind, k, raw)
+		if err != nil {
+			return corruptf(what)
+		}
+		if err := fn(k, pt); err != nil {
+			return err
+		}
+	}
+	return nil
+}

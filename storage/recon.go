@@ -351,24 +351,9 @@ func (s *Store) ReconSums(ctx context.Context, collection string) ([]ReconSum, e
 	err := s.view(ctx, "reconciliation sums", func(txn *badger.Txn, st *keyState) error {
 		byBucket := map[uint16]*ReconSum{}
 		for _, ek := range st.reads() {
-			prefix := ek.reconSumPrefix(collection)
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
-				item := it.Item()
-				k := item.KeyCopy(nil)
-				raw, err := item.ValueCopy(nil)
-				if err != nil {
-					it.Close()
-					return err
-				}
-				pt, _, err := ek.open(nil, kindReconSum, k, raw)
-				if err != nil {
-					it.Close()
-					return corruptf("reconciliation sum")
-				}
+			err := scanSealed(txn, ek, kindReconSum, ek.reconSumPrefix(collection), "reconciliation sum", func(k, pt []byte) error {
 				rs, ok := decodeReconSum(pt)
 				if !ok || rs.Bucket >= ReconBuckets || !bytes.Equal(k, ek.reconSumKey(collection, rs.Bucket)) {
-					it.Close()
 					return corruptf("reconciliation sum")
 				}
 				if cur := byBucket[rs.Bucket]; cur != nil {
@@ -377,8 +362,11 @@ func (s *Store) ReconSums(ctx context.Context, collection string) ([]ReconSum, e
 				} else {
 					byBucket[rs.Bucket] = &rs
 				}
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			it.Close()
 		}
 		out = out[:0]
 		for _, v := range byBucket {
@@ -410,29 +398,18 @@ func (s *Store) ReconItems(ctx context.Context, collection string, bucket uint16
 		out = out[:0]
 		for _, ek := range st.reads() {
 			prefix := ek.reconItemPrefix(collection, bucket)
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
-				item := it.Item()
-				k := item.KeyCopy(nil)
-				raw, err := item.ValueCopy(nil)
-				if err != nil {
-					it.Close()
-					return err
-				}
-				pt, _, err := ek.open(nil, kindReconItem, k, raw)
-				if err != nil {
-					it.Close()
-					return corruptf("reconciliation index")
-				}
+			err := scanSealed(txn, ek, kindReconItem, prefix, "reconciliation index", func(k, pt []byte) error {
 				id, heads, ok := decodeReconItem(pt)
 				if !ok || !bytes.Equal(k[len(prefix):], ek.recID(collection, id)) {
-					it.Close()
 					return corruptf("reconciliation index")
 				}
 				key := ReconKey(collection, id)
 				out = append(out, ReconItem{ID: id, Key: key, Heads: heads, Hash: ReconHash(key, heads)})
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			it.Close()
 		}
 		slices.SortFunc(out, func(a, b ReconItem) int { return bytes.Compare(a.Key[:], b.Key[:]) })
 		out = slices.CompactFunc(out, func(a, b ReconItem) bool { return a.Key == b.Key })
