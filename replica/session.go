@@ -36,6 +36,14 @@ var (
 // lostConn classifies a transport failure during a session as
 // ErrDisconnected, unless the session's own context ended (then the
 // context's error says why) or the frame was too large (a protocol matter).
+// feedBackstop bounds how long a session that has feed entries to send
+// waits when no frame and no feed notification arrives. The notification
+// (storage.FeedNotify) is the wake-up; this is a backstop for a wake-up
+// lost between a concurrent commit and the feed read, which left
+// TestServeManyPeersAtOnce's sessions waiting on each other for ever
+// (about 1 run in 40).
+const feedBackstop = 50 * time.Millisecond
+
 func lostConn(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil || errors.Is(err, transport.ErrFrameTooLarge) {
 		return fmt.Errorf("replica: %s: %w", op, err)
@@ -396,13 +404,17 @@ func (s *session) run(ctx context.Context) error {
 		// from the peer may ever wake this loop. The store wakes it when
 		// the write has committed.
 		var recheck <-chan struct{}
+		var backstop <-chan time.Time
 		if p.wantBatch() {
 			recheck = grew
+			backstop = time.After(feedBackstop)
 		}
 		var f frameOrErr
 		select {
 		case f = <-frames:
 		case <-recheck:
+			continue
+		case <-backstop:
 			continue
 		case <-ctx.Done():
 			return ctx.Err()
