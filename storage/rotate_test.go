@@ -182,7 +182,7 @@ func TestRotateInterrupted(t *testing.T) {
 	}
 	counts := map[uint32]int{}
 	for k := range rawDump(t, s) {
-		if e, kind, ok := keyEpoch(mustHex(k)); ok && kind == kindMeta {
+		if e, kind, ok := keyEpoch(mustHex(k)); ok && kind == kindRec {
 			counts[e]++
 		}
 	}
