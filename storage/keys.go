@@ -35,8 +35,14 @@ type epochKeys struct {
 	blind  []byte      // HMAC-SHA256 key for blinding names
 	hpool  sync.Pool   // *hmacState
 
-	collMu    sync.Mutex
-	collCache map[string][blindSize]byte // collection prefix cache (bounded)
+	collMu      sync.Mutex
+	collCache   map[string][blindSize]byte // collection prefix cache (bounded)
+	bucketCache map[collBucket][blindSize]byte
+}
+
+type collBucket struct {
+	coll   string
+	bucket uint16
 }
 
 type hmacState struct {
@@ -68,7 +74,7 @@ func newEpochKeys(epoch uint32, master []byte) (*epochKeys, error) {
 		return nil, err
 	}
 	k := &epochKeys{epoch: epoch, master: append([]byte(nil), master...), aead: aead, blind: blind,
-		collCache: make(map[string][blindSize]byte)}
+		collCache: make(map[string][blindSize]byte), bucketCache: make(map[collBucket][blindSize]byte)}
 	k.hpool.New = func() any { return &hmacState{h: hmac.New(sha256.New, k.blind)} }
 	return k, nil
 }

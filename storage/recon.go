@@ -123,10 +123,26 @@ func subSum(a *[32]byte, b [32]byte) {
 	}
 }
 
+// bucketID is the blinded bucket number in coll (in every meta key; cached,
+// at most maxCollCache entries).
 func (k *epochKeys) bucketID(coll string, bucket uint16) []byte {
+	cb := collBucket{coll, bucket}
+	k.collMu.Lock()
+	v, ok := k.bucketCache[cb]
+	k.collMu.Unlock()
+	if ok {
+		return v[:]
+	}
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], bucket)
-	return k.mac(nil, 'b', coll, string(b[:]))
+	copy(v[:], k.mac(nil, 'b', coll, string(b[:])))
+	k.collMu.Lock()
+	if len(k.bucketCache) >= maxCollCache {
+		clear(k.bucketCache)
+	}
+	k.bucketCache[cb] = v
+	k.collMu.Unlock()
+	return v[:]
 }
 
 func (k *epochKeys) reconPagePrefix(coll string) []byte {
