@@ -13,7 +13,7 @@ import (
 // entry per record (its id and heads) and one 'y' sum per bucket: four
 // Badger entries per new record, three of them under random keys. Layout 2
 // keeps the meta under 'd' E 'r' H(coll) H(coll,bucket) H(coll,id), so the
-// metas are the index's items, and the sums in 16 pages per collection
+// metas are the index's items, and the sums in 64 pages per collection
 // (recon.go): a new record is its meta and its feed entry, plus its share
 // of the pages, written once per transaction.
 //

@@ -17,7 +17,7 @@ import (
 // SHA-256 of its names, the same in every store, and an item hash,
 // ReconHash(key, heads). Keys fall into ReconBuckets buckets by their top
 // bits. Per collection and bucket the store keeps the count of records and
-// the sum (mod 2^256) of their item hashes, in pages of 64 buckets, updated
+// the sum (mod 2^256) of their item hashes, in pages of 16 buckets, updated
 // in the same transaction as the record writes (once per touched page per
 // transaction). The items are the records' metas themselves: a meta key is
 // grouped by collection and bucket (keys.go metaKey), so one bucket's items
@@ -39,10 +39,11 @@ const (
 )
 
 // reconPageBuckets is the number of buckets per sum page: a batch of 1000
-// new records touches all 16 pages of a collection, instead of ~630
-// separate bucket sums.
+// new records touches all 64 pages of a collection (~40 KB in all) instead
+// of ~630 separate bucket sums, and a single-record write rewrites one page
+// of at most ~600 bytes.
 const (
-	reconPageBuckets = 64
+	reconPageBuckets = 16
 	reconPages       = ReconBuckets / reconPageBuckets
 )
 
@@ -208,7 +209,7 @@ type bucketDelta struct {
 }
 
 // pageDelta is a transaction's pending changes to one sum page, applied
-// once by flushRecon (a batch of 1000 new records touches all 16 pages of
+// once by flushRecon (a batch of 1000 new records touches all 64 pages of
 // its collection once instead of reading and sealing a sum per record).
 type pageDelta struct {
 	ek   *epochKeys
@@ -327,7 +328,7 @@ func (w *wtx) index(ek *epochKeys, coll, id string, heads [][]byte) {
 
 // ReconSums returns, for every non-empty bucket of collection, the count of
 // its records and the sum of their item hashes (see ReconHash), ordered by
-// bucket. It reads at most 16 small values per collection (two while a key
+// bucket. It reads at most 64 small values per collection (twice that while a key
 // rotation is in progress). A store of layout 1 opened read-only (too
 // little free space for its upgrade, see Open) has no sums yet: ErrNoSpace.
 func (s *Store) ReconSums(ctx context.Context, collection string) ([]ReconSum, error) {
