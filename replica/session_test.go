@@ -534,3 +534,50 @@ func TestSessionFeedLagDoesNotStall(t *testing.T) {
 		t.Fatal("diverged")
 	}
 }
+
+// growOnCursor is a model host whose feed grows, by a write that commits
+// at once, while the session persists its cursor: a concurrent write
+// that committed before the session's next turn took the store's
+// notification, so no notification will come for it.
+type growOnCursor struct {
+	*modelHost
+	once bool
+}
+
+func (h *growOnCursor) cursorMoved(ctx context.Context, peer string, c uint64) error {
+	if !h.once {
+		h.once = true
+		h.write("c/late", "written during the session")
+	}
+	return h.modelHost.cursorMoved(ctx, peer, c)
+}
+
+// TestSessionSeesFeedGrownBeforeTurn is the lost wake-up behind the
+// feedBackstop: a write that committed after the session last looked at
+// its feed's end but before it took the store's notification. The runner
+// used to learn of it only after its feed reads, then wait for the
+// notification (already spent) instead of reading: both sides waited for
+// each other until the backstop fired. Each turn now tells the core the
+// feed's end after taking the notification, so the session sends the
+// write at once. The backstop is set to an hour: only the fix can pass.
+func TestSessionSeesFeedGrownBeforeTurn(t *testing.T) {
+	a, b := &growOnCursor{modelHost: newModelHost("a")}, newModelHost("b")
+	a.write("c/x", "1")
+	ca, cb := pipePair(a.key, b.key)
+	defer ca.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := sessionConfig{backstop: time.Hour}
+	errB := make(chan error, 1)
+	go func() { _, err := runSession(ctx, cb, b, cfg); errB <- err }()
+	_, errA := runSession(ctx, ca, a, cfg)
+	if err := <-errB; errA != nil || err != nil {
+		t.Fatalf("a: %v, b: %v", errA, err)
+	}
+	if !a.once {
+		t.Fatal("the write during the session did not happen")
+	}
+	if a.snapshot() != b.snapshot() {
+		t.Fatalf("the write during the session did not go: a %s, b %s", a.snapshot(), b.snapshot())
+	}
+}
