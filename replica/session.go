@@ -36,14 +36,6 @@ var (
 // lostConn classifies a transport failure during a session as
 // ErrDisconnected, unless the session's own context ended (then the
 // context's error says why) or the frame was too large (a protocol matter).
-// feedBackstop bounds how long a session that has feed entries to send
-// waits when no frame and no feed notification arrives. The notification
-// (storage.FeedNotify) is the wake-up; this is a backstop for a wake-up
-// lost between a concurrent commit and the feed read, which left
-// TestServeManyPeersAtOnce's sessions waiting on each other for ever
-// (about 1 run in 40).
-const feedBackstop = 50 * time.Millisecond
-
 func lostConn(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil || errors.Is(err, transport.ErrFrameTooLarge) {
 		return fmt.Errorf("replica: %s: %w", op, err)
@@ -127,7 +119,6 @@ type sessionConfig struct {
 	maxRecords int // records per batch
 	maxBytes   int // change bytes per batch
 	progress   func(SyncStats)
-	backstop   time.Duration // feed recheck when nothing wakes a session (0: feedBackstop)
 }
 
 func (c *sessionConfig) defaults() {
@@ -255,10 +246,6 @@ func (s *session) run(ctx context.Context) error {
 	defer wg.Wait()
 	defer cancel()
 
-	backstopAfter := s.cfg.backstop
-	if backstopAfter <= 0 {
-		backstopAfter = feedBackstop
-	}
 	for {
 		// Taken before the feed's end is read, so a write that commits
 		// after this turn reads it wakes the wait below.
@@ -274,19 +261,15 @@ func (s *session) run(ctx context.Context) error {
 		// (another session's apply, a local edit) finishes committing: then
 		// there is something to send that cannot be read yet, and nothing
 		// from the peer may ever wake this loop. The store wakes it when
-		// the write has committed; the backstop is a second guard.
+		// the write has committed.
 		var recheck <-chan struct{}
-		var backstop <-chan time.Time
 		if waitFeed {
 			recheck = grew
-			backstop = time.After(backstopAfter)
 		}
 		var f frameOrErr
 		select {
 		case f = <-s.frames:
 		case <-recheck:
-			continue
-		case <-backstop:
 			continue
 		case <-ctx.Done():
 			f.err = ctx.Err()
