@@ -576,6 +576,14 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		queued    []Event
 		future    []crdt.FutureWrite
 	)
+	// fresh are the documents of records new to the store: not cached,
+	// garbage once written (Release tells the C memory pacer).
+	var fresh []*crdt.Doc
+	defer func() {
+		for _, d := range fresh {
+			d.Release()
+		}
+	}()
 	fail := func(err error) ([]needMsg, int, []uint64, error) {
 		for _, k := range touched {
 			r.cache.drop(k)
@@ -587,7 +595,7 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 	for _, rc := range recs {
 		// Consent governs what leaves this device; what a paired peer sends
 		// is accepted for any collection (its session passed checkPeer).
-		if len(rc.Changes) == 0 && len(rc.Heads) == 0 {
+		if len(rc.Changes) == 0 && len(rc.Heads) == 0 && rc.doc == nil {
 			continue // an answer to a Need the peer could not serve
 		}
 		key := recordKey(rc.Collection, rc.ID)
@@ -621,7 +629,26 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		if rc.Partial {
 			remoteHeads = nil
 		}
-		mr, err := d.MergeChanges(changes, remoteHeads)
+		var mr *crdt.MergeResult
+		if rc.doc != nil {
+			// A whole document to import (ImportDoc).
+			var nd *crdt.Doc
+			nd, mr, changes, err = r.importDoc(d, existed, &rc)
+			if err != nil {
+				return fail(err)
+			}
+			if nd != nil {
+				d = nd
+				fresh = append(fresh, d)
+			} else {
+				remoteHeads, _ = crdt.HeadsFromBytes(rc.Heads)
+			}
+		} else if !existed {
+			fresh = append(fresh, d)
+		}
+		if mr == nil {
+			mr, err = d.MergeChanges(changes, remoteHeads)
+		}
 		switch {
 		case errors.Is(err, crdt.ErrMissingDeps), errors.Is(err, crdt.ErrBadDocument) && !existed:
 			// A delta whose dependencies this replica lacks (for a record it
@@ -723,6 +750,40 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 	}
 	r.reportSkew(peer, future)
 	return needs, conflicts, echoes, nil
+}
+
+// importDoc prepares a whole imported document (rc.doc) for the apply.
+// For a record new to the store (existed false) it is loaded as the
+// record's own document (crdt.LoadNew: one Load) and returned with the
+// merge's result; for an existing one (created since ImportDoc looked) its
+// changes are read (docChanges) and returned, with rc.Heads set, for
+// MergeChanges into d.
+func (r *Replica) importDoc(d *crdt.Doc, existed bool, rc *recordChanges) (*crdt.Doc, *crdt.MergeResult, []byte, error) {
+	if existed {
+		x, err := r.docChanges(rc.Collection, rc.ID, rc.doc)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if len(x.Changes) == 0 {
+			return nil, nil, nil, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", rc.Collection, rc.ID, ErrInvalid)
+		}
+		rc.Heads = x.Heads
+		return nil, nil, x.Changes, nil
+	}
+	nd, mr, largest, err := crdt.LoadNew(rc.doc, r.actor())
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("replica: import %s/%s: %w", rc.Collection, rc.ID, err)
+	}
+	switch {
+	case largest > maxChangeBytes:
+		nd.Release()
+		return nil, nil, nil, fmt.Errorf("%w: import %s/%s: the document holds a change of %d bytes, over the %d-byte limit of one change; nothing was written",
+			ErrInvalid, rc.Collection, rc.ID, largest, maxChangeBytes)
+	case len(mr.HeadsAfter) == 0:
+		nd.Release()
+		return nil, nil, nil, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", rc.Collection, rc.ID, ErrInvalid)
+	}
+	return nd, mr, nil, nil
 }
 
 func (h *host) acked(ctx context.Context, peer string, recs []recordChanges) error {
