@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"sort"
 
 	"github.com/automerge/automerge-go"
 )
@@ -291,4 +292,131 @@ func LoadNew(b []byte, actor Actor) (d *Doc, res *MergeResult, largest int, err 
 		return nil, nil, 0, err
 	}
 	return d, res, largest, nil
+}
+
+// ForkClashes rewrites raw, a history to merge into d (concatenated change
+// chunks, dependencies first: DocChanges output) whose merge failed with
+// ErrActorClash, so that it merges: every actor whose changes in raw clash
+// with d's own (same actor and sequence number, different change) is
+// replaced, in raw's changes that d lacks, by a fork of it: the actor id
+// followed by 8 bytes of SHA-256("ferry-fork/1", actor, hash of the
+// actor's first change in raw). The changes that depend on a rewritten
+// one are rewritten too (their dependencies' hashes change). The contents
+// are the same; the history is a copy under other actors, concurrent with
+// d's own, as if another replica had written it. Forking is deterministic:
+// importing the same history again gives the same changes, so it adds
+// nothing. It returns the rewritten history and its heads.
+//
+// When an actor's changes clash and some of them are in d already (the two
+// histories share the actor's first changes and then differ), or raw holds
+// a compressed change chunk, nothing can be rewritten: the error is
+// ErrActorClash, naming the actor and sequence number. Bytes that are not
+// change chunks give ErrBadDocument. d is not changed (its history is read
+// from a saved copy: one more Load of it).
+func ForkClashes(d *Doc, raw []byte) ([]byte, []automerge.ChangeHash, error) {
+	if _, err := changeChunks(raw); err != nil {
+		return nil, nil, fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
+	}
+	d.mu.Lock()
+	var saved []byte
+	err := guard(func() error { saved = d.am.Save(); return nil })
+	d.mu.Unlock()
+	if err != nil {
+		return nil, nil, fmt.Errorf("crdt: fork: %w", err)
+	}
+	noteGarbage(2*resultGarbage + perSavedByte*int64(len(saved)))
+	mine, _, err := DocChanges(saved)
+	if err != nil {
+		return nil, nil, fmt.Errorf("crdt: fork: %w", err)
+	}
+	type actorSeq struct {
+		actor string
+		seq   uint64
+	}
+	have := map[automerge.ChangeHash]bool{}
+	bySeq := map[actorSeq]automerge.ChangeHash{}
+	for _, c := range splitChunks(mine) {
+		h, err := parseChangeChunk(c)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: the record holds a change ferry cannot read (%w)", ErrActorClash, err)
+		}
+		have[h.hash] = true
+		bySeq[actorSeq{string(h.actor), h.seq}] = h.hash
+	}
+	chunks := splitChunks(raw)
+	hdrs := make([]*changeHeader, len(chunks))
+	clash := map[string]*changeHeader{} // actor -> its first clashing change
+	first := map[string]*changeHeader{} // actor -> its lowest-seq change in raw
+	shared := map[string]*changeHeader{}
+	for i, c := range chunks {
+		h, err := parseChangeChunk(c)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: the history holds a change ferry cannot rewrite (%w)", ErrActorClash, err)
+		}
+		hdrs[i] = h
+		a := string(h.actor)
+		if f := first[a]; f == nil || h.seq < f.seq {
+			first[a] = h
+		}
+		if have[h.hash] {
+			if s := shared[a]; s == nil || h.seq > s.seq {
+				shared[a] = h
+			}
+			continue
+		}
+		if o, ok := bySeq[actorSeq{a, h.seq}]; ok && o != h.hash && clash[a] == nil {
+			clash[a] = h
+		}
+	}
+	if len(clash) == 0 {
+		return nil, nil, fmt.Errorf("%w: no change clashes with the document's own", ErrActorClash)
+	}
+	fork := map[string][]byte{}
+	for a, h := range clash {
+		if s := shared[a]; s != nil {
+			return nil, nil, fmt.Errorf("%w: both histories hold changes of Automerge actor %x: they share its changes up to number %d at least, and hold different changes number %d; Automerge cannot merge them, and ferry does not rewrite a shared history (copy the document into a new record instead)",
+				ErrActorClash, a, s.seq, h.seq)
+		}
+		sum := sha256.Sum256(append([]byte("ferry-fork/1\x00"+a+"\x00"), first[a].hash[:]...))
+		fork[a] = append([]byte(a), sum[:8]...)
+	}
+	renamed := map[automerge.ChangeHash]automerge.ChangeHash{}
+	out := make([]byte, 0, len(raw)+len(raw)/8)
+	for i, h := range hdrs {
+		if have[h.hash] {
+			out = append(out, chunks[i]...)
+			continue
+		}
+		changed := false
+		if f, ok := fork[string(h.actor)]; ok {
+			h.actor, changed = f, true
+		}
+		for j, o := range h.others {
+			if f, ok := fork[string(o)]; ok {
+				h.others[j], changed = f, true
+			}
+		}
+		for j, dep := range h.deps {
+			if n, ok := renamed[dep]; ok {
+				h.deps[j], changed = n, true
+			}
+		}
+		if !changed {
+			out = append(out, chunks[i]...)
+			continue
+		}
+		sortHashes(h.deps)
+		old := h.hash
+		out = append(out, h.encode()...)
+		renamed[old] = h.hash
+	}
+	var metas []*chMeta
+	for _, h := range hdrs {
+		metas = append(metas, &chMeta{hash: h.hash, deps: h.deps})
+	}
+	return out, headsOfMetas(metas), nil
+}
+
+func sortHashes(hs []automerge.ChangeHash) {
+	sort.Slice(hs, func(i, j int) bool { return bytes.Compare(hs[i][:], hs[j][:]) < 0 })
 }

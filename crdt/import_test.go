@@ -3,7 +3,9 @@ package crdt
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -198,4 +200,141 @@ func normal(h *changeHeader) changeHeader {
 		c.actor = nil
 	}
 	return c
+}
+
+// writeShapes writes, as d's actor, values that reference the actor's own
+// objects (a text edited, a list appended to, a nested map).
+func writeShapes(t *testing.T, d *Doc, tag string) {
+	t.Helper()
+	if err := d.Put(map[string]any{tag: "v-" + tag, "shared": tag, "nested": map[string]any{"k": tag}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.NewText("text-"+tag, "abc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SpliceText("text-"+tag, 1, 1, "XY"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Set("list-"+tag, []any{1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ListAppend("list-"+tag, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestForkClashes: a record's history imported into another record the
+// same actor wrote independently clashes (duplicate sequence numbers:
+// Automerge refuses); forked, it merges, keeps both sides, survives a
+// save and load, and importing it again adds nothing. Changes by a second
+// actor that name the first one's objects are rewritten along.
+func TestForkClashes(t *testing.T) {
+	clk := newTestClock()
+	me, other := clk.actor("me", 0), clk.actor("other", 0)
+	src := mustNew(t, me)
+	writeShapes(t, src, "a")
+	o := copyDoc(t, src)
+	o.actor = other
+	if err := o.Automerge().SetActorID(other.automergeID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.SpliceText("text-a", 0, 0, "o:"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.ListAppend("list-a", 4); err != nil {
+		t.Fatal(err)
+	}
+	mustMerge(t, src, o)
+	if err := src.Set("after", 1); err != nil {
+		t.Fatal(err)
+	}
+	dst := mustNew(t, me)
+	writeShapes(t, dst, "b")
+	oo := mustNew(t, other)
+	if err := oo.Set("o", 1); err != nil {
+		t.Fatal(err)
+	}
+	mustMerge(t, dst, oo)
+
+	raw, heads, err := DocChanges(src.Save())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tainted := copyDoc(t, dst)
+	if _, err := tainted.MergeChanges(raw, heads); !errors.Is(err, ErrActorClash) || errors.Is(err, ErrBadDocument) {
+		t.Fatalf("merging a clashing history: %v, want ErrActorClash", err)
+	}
+	before := dst.Heads()
+	forked, fheads, err := ForkClashes(dst, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !dst.Heads().Equal(before) {
+		t.Fatal("ForkClashes changed the document")
+	}
+	res, err := dst.MergeChanges(forked, fheads)
+	if err != nil {
+		t.Fatalf("merging the forked history: %v", err)
+	}
+	if !Heads(res.HeadsAfter).Covers(fheads) || !Heads(res.HeadsAfter).Covers(before) {
+		t.Fatalf("heads after %v cover neither side", res.HeadsAfter)
+	}
+	got, err := dst.ToMap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := src.ToMap()
+	for k, v := range want {
+		if k == "shared" || k == "nested" {
+			continue // written on both sides: decided as concurrent writes
+		}
+		if !reflect.DeepEqual(got[k], v) {
+			t.Fatalf("%s: %#v after the import, %#v in the source", k, got[k], v)
+		}
+	}
+	if got["b"] != "v-b" || got["text-b"] != "aXYc" || got["o"] != int64(1) {
+		t.Fatalf("the record's own values are lost: %#v", got)
+	}
+	back, err := Load(dst.Save(), me)
+	if err != nil || !back.Heads().Equal(dst.Heads()) {
+		t.Fatalf("saved and loaded again: %v (heads %v, want %v)", err, back.Heads(), dst.Heads())
+	}
+	// Again: the same fork, nothing new.
+	forked2, fheads2, err := ForkClashes(dst, raw)
+	if err != nil || !bytes.Equal(forked2, forked) || !Heads(fheads2).Equal(fheads) {
+		t.Fatalf("second fork differs (%v)", err)
+	}
+	if res, err := dst.MergeChanges(forked2, fheads2); err != nil || res.Applied != 0 {
+		t.Fatalf("importing the same history again: %v, %d applied", err, res.Applied)
+	}
+}
+
+// TestForkClashesRefusesASharedHistory: when the two histories share an
+// actor's first changes and then differ, nothing is rewritten: the error
+// says so.
+func TestForkClashesRefusesASharedHistory(t *testing.T) {
+	clk := newTestClock()
+	me := clk.actor("me", 0)
+	a := mustNew(t, me)
+	if err := a.Set("x", 1); err != nil {
+		t.Fatal(err)
+	}
+	b := copyDoc(t, a)
+	if err := a.Set("y", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set("z", 3); err != nil {
+		t.Fatal(err)
+	}
+	raw, heads, err := DocChanges(a.Save())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := copyDoc(t, b).MergeChanges(raw, heads); !errors.Is(err, ErrActorClash) {
+		t.Fatalf("merge: %v, want ErrActorClash", err)
+	}
+	_, _, err = ForkClashes(b, raw)
+	if !errors.Is(err, ErrActorClash) || !strings.Contains(err.Error(), "share") {
+		t.Fatalf("ForkClashes of a shared history: %v", err)
+	}
 }

@@ -3,6 +3,7 @@ package crdt
 import (
 	"fmt"
 	"runtime"
+	"strings"
 
 	"github.com/automerge/automerge-go"
 )
@@ -66,7 +67,7 @@ func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*Mer
 		}
 	}
 	if err := guard(func() error { return d.am.LoadIncremental(raw) }); err != nil {
-		return nil, fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
+		return nil, mergeError(err)
 	}
 	d.size.Add(docPerByte * int64(len(raw)))
 	noteGarbage(resultGarbage * int64(2+len(hashes)))
@@ -157,7 +158,7 @@ func (d *Doc) MergeRemote(changes []*automerge.Change, remoteHeads []automerge.C
 	}
 	if len(fresh) > 0 {
 		if err := applyChanges(d.am, fresh); err != nil {
-			return nil, fmt.Errorf("%w: apply: %w", ErrBadDocument, err)
+			return nil, mergeError(err)
 		}
 	}
 	if len(fresh) > 0 {
@@ -333,3 +334,13 @@ func headsOfMetas(chs []*chMeta) []automerge.ChangeHash {
 func SameHeads(a, b []automerge.ChangeHash) bool { return Heads(a).Equal(b) }
 
 // ---- sides -----------------------------------------------------------------
+
+// mergeError classifies automerge-go's refusal of changes: two changes
+// with one actor and sequence number are ErrActorClash, anything else
+// ErrBadDocument.
+func mergeError(err error) error {
+	if strings.Contains(err.Error(), "duplicate seq") {
+		return fmt.Errorf("%w: %w", ErrActorClash, err)
+	}
+	return fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
+}

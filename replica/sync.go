@@ -649,7 +649,28 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		if mr == nil {
 			mr, err = d.MergeChanges(changes, remoteHeads)
 		}
+		if errors.Is(err, crdt.ErrActorClash) && peer == "" && existed {
+			// An import or a restore of a history written under an actor
+			// the record's own history uses for other changes (one replica
+			// wrote both records): merged as a fork under fresh actors
+			// (crdt.ForkClashes; docs/replica.md, "Import"). The failed
+			// merge may have applied part of the changes: start again from
+			// the stored record.
+			r.cache.drop(key)
+			if d, existed, err = r.loadDoc(ctx, rc.Collection, rc.ID); err != nil {
+				return fail(err)
+			}
+			var forked []byte
+			if forked, remoteHeads, err = crdt.ForkClashes(d, changes); err == nil {
+				mr, err = d.MergeChanges(forked, remoteHeads)
+			}
+		}
 		switch {
+		case errors.Is(err, crdt.ErrActorClash) && peer == "":
+			return fail(fmt.Errorf("%w: import %s/%s: %w; nothing was written", ErrInvalid, rc.Collection, rc.ID, err))
+		case errors.Is(err, crdt.ErrActorClash):
+			return fail(fmt.Errorf("replica: merge %s/%s from %s: %w: this replica's history of the record and the peer's hold different changes under one Automerge actor (as when two documents of one foreign actor were imported into this record on two replicas); the record is not merged, nothing was written",
+				rc.Collection, rc.ID, peer, err))
 		case errors.Is(err, crdt.ErrMissingDeps), errors.Is(err, crdt.ErrBadDocument) && !existed:
 			// A delta whose dependencies this replica lacks (for a record it
 			// does not have at all, Automerge reports a bad document): ask
