@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/automerge/automerge-go"
 )
@@ -195,14 +196,22 @@ func splitChunks(raw []byte) [][]byte {
 
 // metaFromHeader is metaFrom for a parsed change: the same metadata
 // without a call into automerge-go.
-func metaFromHeader(h *changeHeader) *chMeta {
+// names, when not nil, interns the plain changes' writer names by actor.
+func metaFromHeader(h *changeHeader, names map[string]string) *chMeta {
 	m := &chMeta{hash: h.hash, deps: h.deps}
 	ws, ok, err := decodeWriteSet(h.message)
 	if ok && err == nil {
 		m.ws, m.meta, m.gen = ws, ws.M, ws.G
 	} else {
 		ts, _ := rawChangeMillis(h.time)
-		m.plain, m.meta = true, WriteMeta{HLC: Timestamp{WallMillis: ts}, ReplicaID: "automerge:" + hex.EncodeToString(h.actor)}
+		name, ok := names[string(h.actor)]
+		if !ok {
+			name = "automerge:" + hex.EncodeToString(h.actor)
+			if names != nil {
+				names[string(h.actor)] = name
+			}
+		}
+		m.plain, m.meta = true, WriteMeta{HLC: Timestamp{WallMillis: ts}, ReplicaID: name}
 	}
 	return m
 }
@@ -247,6 +256,7 @@ func LoadNew(b []byte, actor Actor) (d *Doc, res *MergeResult, largest int, err 
 	d.size.Add(docPerByte * int64(len(b)))
 	noteGarbage(int64(len(raw)) + 3*resultGarbage)
 	var metas []*chMeta
+	names := map[string]string{}
 	if _, cerr := changeChunks(raw); cerr == nil {
 		for _, c := range splitChunks(raw) {
 			largest = max(largest, len(c))
@@ -259,8 +269,14 @@ func LoadNew(b []byte, actor Actor) (d *Doc, res *MergeResult, largest int, err 
 				metas = nil
 				break
 			}
-			metas = append(metas, metaFromHeader(h))
+			metas = append(metas, metaFromHeader(h, names))
 		}
+	}
+	if len(raw) >= 1<<20 {
+		// The history's bytes (a C result and its Go copy) are garbage
+		// now (raw is not used below): free them before the caller stores
+		// the document.
+		Collect(time.Second)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

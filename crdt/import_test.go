@@ -88,9 +88,9 @@ func TestParseChangeChunkMatchesAutomerge(t *testing.T) {
 			t.Fatalf("change %s: parsed %+v; automerge-go: actor %s seq %d msg %q time %v deps %v",
 				c.Hash(), h, c.ActorID(), c.ActorSeq(), c.Message(), c.Timestamp(), c.Dependencies())
 		}
-		if g, w := metaFromHeader(h), metaFrom(c); g.hash != w.hash || !Heads(g.deps).Equal(w.deps) || g.gen != w.gen ||
+		if g, w := metaFromHeader(h, nil), metaFrom(c); g.hash != w.hash || !Heads(g.deps).Equal(w.deps) || g.gen != w.gen ||
 			g.plain != w.plain || g.meta != w.meta || !reflect.DeepEqual(g.ws, w.ws) {
-			t.Fatalf("change %s: meta %+v, want %+v", c.Hash(), metaFromHeader(h), metaFrom(c))
+			t.Fatalf("change %s: meta %+v, want %+v", c.Hash(), metaFromHeader(h, nil), metaFrom(c))
 		}
 		others += len(h.others)
 		cp := *h

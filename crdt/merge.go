@@ -277,19 +277,19 @@ func (d *Doc) merge(before, remoteHeads []automerge.ChangeHash, remoteOnly []*ch
 	}
 	res.Applied = len(remoteOnly)
 	m := &merger{d: d, res: res}
-	m.remote = m.newSide(remoteOnly, remoteHeads)
-	for _, c := range m.remote.changes {
+	for _, c := range remoteOnly {
 		if c.ws == nil {
 			continue
 		}
 		if err := d.clock.Observe(c.ws.M.HLC); err != nil && res.ClockSkew == nil {
 			res.ClockSkew = err
 		}
-		m.collectResolutions(c)
+		m.collectResolutions(&chInfo{m: c, hash: c.hash, ws: c.ws, plain: c.plain, meta: c.meta})
 	}
 	if len(localOnly) == 0 || len(remoteOnly) == 0 {
 		return res, nil
 	}
+	m.remote = m.newSide(remoteOnly, remoteHeads)
 	m.local = m.newSide(localOnly, res.HeadsBefore)
 	if m.local.plain || m.remote.plain {
 		res.Fallback = true

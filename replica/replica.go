@@ -423,18 +423,24 @@ func (r *Replica) loadDoc(ctx context.Context, collection, id string) (*crdt.Doc
 // 20,000-change document that takes 60 MB loaded; docs/crdt.md).
 func (r *Replica) recordWrite(collection, id string, d *crdt.Doc) storage.RecordWrite {
 	if !d.Saved() {
-		snap := d.Save()
-		return storage.RecordWrite{
-			Collection: collection,
-			ID:         id,
-			Changes:    snap, // a whole document appends like changes
-			Snapshot:   func() ([]byte, error) { return snap, nil },
-			Heads:      d.Heads().Bytes(),
-			Deleted:    d.Deleted(),
-			Time:       r.opts.Now(),
-		}
+		return r.snapshotWrite(collection, id, d, d.Save())
 	}
 	return r.changesWrite(collection, id, d)
+}
+
+// snapshotWrite is the write of a record new to the store whose whole
+// document is snap (d saved, or the bytes d was loaded from when nothing
+// was written since: an import).
+func (r *Replica) snapshotWrite(collection, id string, d *crdt.Doc, snap []byte) storage.RecordWrite {
+	return storage.RecordWrite{
+		Collection: collection,
+		ID:         id,
+		Changes:    snap, // a whole document appends like changes
+		Snapshot:   func() ([]byte, error) { return snap, nil },
+		Heads:      d.Heads().Bytes(),
+		Deleted:    d.Deleted(),
+		Time:       r.opts.Now(),
+	}
 }
 
 // changesWrite is recordWrite with the document's new changes as

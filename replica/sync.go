@@ -720,7 +720,13 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 			}
 		}
 		if !before.Equal(d.Heads()) {
-			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
+			if rc.doc != nil && !existed && d.Heads().Equal(mr.HeadsAfter) && !d.Saved() {
+				// An import nothing was written to since: the bytes it was
+				// loaded from are its document (no Save: no second copy).
+				batch.Records = append(batch.Records, r.snapshotWrite(rc.Collection, rc.ID, d, rc.doc))
+			} else {
+				batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
+			}
 			written = append(written, existed)
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
 			// Sending the record back would be an echo when the peer holds
