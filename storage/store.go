@@ -49,11 +49,16 @@ type Store struct {
 	commitMu sync.Mutex
 	nextSeq  uint64 // under commitMu: last sequence number handed out
 	lastFeed atomic.Uint64
+	commits  atomic.Uint64 // write transactions committed since open
 
 	feedMu   sync.Mutex
 	feedWake chan struct{} // under feedMu: closed by the next commit that writes a feed entry
 
 	knownColl sync.Map // collection keys known to exist (never removed)
+
+	// legacy: the store is in record layout 1 (opened read-only, so not
+	// upgraded; layout.go). Set only by Open.
+	legacy atomic.Bool
 
 	lifeMu  sync.Mutex
 	closed  bool
@@ -313,6 +318,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	s := newStore(db, dir, &opts, readOnly)
 	if err := s.start(h, kek, cur, next); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.openLayout(ctx); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -609,6 +618,7 @@ type wtx struct {
 	recs  map[string]*recState
 	slots map[string]*slotState
 	colls map[string]bool
+	sums  map[string]*pageDelta // pending reconciliation sum changes (flushRecon)
 	// lastColl: ensureColl's answer for this collection is known.
 	lastColl string
 
@@ -653,6 +663,9 @@ func (s *Store) update(ctx context.Context, op string, fn func(w *wtx) error) (e
 			err = fn(w)
 		}
 		if err == nil {
+			err = w.flushRecon()
+		}
+		if err == nil {
 			err = s.commit(w)
 		} else {
 			txn.Discard()
@@ -689,6 +702,7 @@ func (s *Store) commit(w *wtx) error {
 	if err := <-done; err != nil {
 		return err
 	}
+	s.commits.Add(1)
 	for _, f := range w.onCommit {
 		f()
 	}
@@ -708,6 +722,11 @@ func (s *Store) commit(w *wtx) error {
 	}
 	return nil
 }
+
+// Commits returns how many write transactions the store has committed
+// since it was opened (each one a Badger commit, with an fsync unless
+// NoSync): the figure a caller watches to keep writes batched.
+func (s *Store) Commits() uint64 { return s.commits.Load() }
 
 // FeedNotify returns a channel that is closed when the next write that adds
 // change-feed entries has committed (its entries are then readable). Take
