@@ -122,7 +122,7 @@ func DefaultSizes() Sizes {
 func ServerSizes() Sizes {
 	return Sizes{MemTableSize: 64 << 20, NumMemtables: 3, ValueLogFileSize: 256 << 20,
 		BlockCacheSize: 256 << 20, IndexCacheSize: 0, BaseTableSize: 8 << 20,
-		ValueThreshold: 1 << 20}
+		ValueThreshold: 1 << 20, MappedTrimInterval: 250 * time.Millisecond}
 }
 
 // sizes returns o's sizes with zero fields set to DefaultSizes.
