@@ -43,6 +43,11 @@ import (
 
 const memTag = "FERRY-MEM-RESULT"
 
+// rawGCEvery (FERRY_MEM_RAWGC) makes the raw Badger children run a Go
+// collection every so many records, so automerge-go's finalizers free
+// the C memory of the documents they build and parse.
+var rawGCEvery, _ = strconv.Atoi(os.Getenv("FERRY_MEM_RAWGC"))
+
 // memN is the record count of BenchmarkMemReplica: FERRY_MEM_N, else
 // FERRY_BENCH_N, else 20,000 (`make bench-mem`: 100,000; `make
 // bench-large`: 1,000,000).
@@ -71,6 +76,7 @@ func memChildInit() {
 	if f := os.Getenv("FERRY_MEM_PEAKPROF"); f != "" {
 		go peakProfiler(f)
 	}
+	samp := startRSSSampler()
 	start := time.Now()
 	records, err := memChild(mode, os.Getenv("FERRY_MEM_DIR"), n)
 	if err != nil {
@@ -86,7 +92,8 @@ func memChildInit() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	fmt.Printf("%s hwm_kb=%d ns=%d records=%d\n", memTag, hwm, d.Nanoseconds(), records)
+	anon, file := samp.stop()
+	fmt.Printf("%s hwm_kb=%d ns=%d records=%d anon_kb=%d file_kb=%d\n", memTag, hwm, d.Nanoseconds(), records, anon, file)
 	os.Exit(0)
 }
 
@@ -95,9 +102,72 @@ type memRun struct {
 	hwmKB   int64
 	dur     time.Duration
 	records int
+	// anonKB and fileKB split the highest sampled RSS (RssAnon: Go and C
+	// heaps, stacks; RssFile: the store's memory-mapped files as far as
+	// they are touched), sampled every 5 ms, so their sum may be a little
+	// under hwmKB.
+	anonKB, fileKB int64
 }
 
 func (r memRun) mib() float64 { return float64(r.hwmKB) / 1024 }
+
+// split is "anon+file" MiB of the sampled peak.
+func (r memRun) split() string {
+	return fmt.Sprintf("%.0f+%.0f", float64(r.anonKB)/1024, float64(r.fileKB)/1024)
+}
+
+// rssSampler samples RssAnon and RssFile of /proc/self/status every 5
+// ms and keeps the split at the highest sum.
+type rssSampler struct {
+	done       chan struct{}
+	wg         sync.WaitGroup
+	anon, file int64
+}
+
+func startRSSSampler() *rssSampler {
+	s := &rssSampler{done: make(chan struct{})}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			s.sample()
+			select {
+			case <-s.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) sample() {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return
+	}
+	var anon, file int64
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			anon, _ = strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		} else if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			file, _ = strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		}
+	}
+	if anon+file > s.anon+s.file {
+		s.anon, s.file = anon, file
+	}
+}
+
+// stop ends the sampling and returns the split at the highest sample, KiB.
+func (s *rssSampler) stop() (anonKB, fileKB int64) {
+	close(s.done)
+	s.wg.Wait()
+	s.sample()
+	return s.anon, s.file
+}
 
 // memCmd is a child process running mode on dir with n records.
 func memCmd(mode, dir string, n int, env ...string) *exec.Cmd {
@@ -111,7 +181,7 @@ func parseMemRun(mode string, out []byte) (memRun, error) {
 	for _, line := range strings.Split(string(out), "\n") {
 		var r memRun
 		var ns int64
-		if _, err := fmt.Sscanf(line, memTag+" hwm_kb=%d ns=%d records=%d", &r.hwmKB, &ns, &r.records); err == nil {
+		if _, err := fmt.Sscanf(line, memTag+" hwm_kb=%d ns=%d records=%d anon_kb=%d file_kb=%d", &r.hwmKB, &ns, &r.records, &r.anonKB, &r.fileKB); err == nil {
 			r.dur = time.Duration(ns)
 			return r, nil
 		}
@@ -171,6 +241,9 @@ func memChild(mode, dir string, n int) (int, error) {
 				db.Close()
 				return i, err
 			}
+			if rawGCEvery > 0 && i%rawGCEvery == rawGCEvery-1 {
+				runtime.GC()
+			}
 		}
 		return n, db.Close()
 	case "badger-scan":
@@ -189,6 +262,9 @@ func memChild(mode, dir string, n int) (int, error) {
 				}
 				plainRead(nopTB{}, v)
 				got++
+				if rawGCEvery > 0 && got%rawGCEvery == 0 {
+					runtime.GC()
+				}
 			}
 			return nil
 		})
@@ -239,7 +315,49 @@ func memChild(mode, dir string, n int) (int, error) {
 }
 
 func memReplicaOpts(name string, noSync bool) replica.Options {
-	return replica.Options{Passphrase: []byte("bench-mem-" + name), KDF: storage.TestKDF(), Name: name, NoSync: noSync}
+	return replica.Options{Passphrase: []byte("bench-mem-" + name), KDF: storage.TestKDF(), Name: name, NoSync: noSync, Sizes: memSizes()}
+}
+
+// memSizes are the Badger sizes of the memory children: storage's
+// defaults, with FERRY_MEM_SIZES overriding some, for exploring
+// ("mt=4,nm=1,vlog=8,bc=4,ic=4,bt=2,vt=1024": memtable, memtable count,
+// value-log file, block cache, index cache, table, all MiB but the count;
+// vt, the value threshold, in bytes).
+func memSizes() storage.Sizes {
+	z := storage.DefaultSizes()
+	for _, kv := range strings.Split(os.Getenv("FERRY_MEM_SIZES"), ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			panic("FERRY_MEM_SIZES: " + kv)
+		}
+		mib := int64(f * (1 << 20))
+		switch k {
+		case "mt":
+			z.MemTableSize = mib
+		case "nm":
+			z.NumMemtables = int(f)
+		case "vlog":
+			z.ValueLogFileSize = mib
+		case "bc":
+			z.BlockCacheSize = mib
+		case "ic":
+			z.IndexCacheSize = mib
+		case "bt":
+			z.BaseTableSize = mib
+		case "vt":
+			z.ValueThreshold = int64(f)
+		default:
+			panic("FERRY_MEM_SIZES: unknown " + k)
+		}
+	}
+	if !strings.Contains(os.Getenv("FERRY_MEM_SIZES"), "vt=") {
+		z.ValueThreshold = min(1<<20, z.MemTableSize/10)
+	}
+	return z
 }
 
 // scanReplica reads every record of syncColl: Scan (streaming), Get of
@@ -270,12 +388,14 @@ func countRecords(ctx context.Context, r *replica.Replica) (int, error) {
 // openTunedBadger opens raw Badger with the sizes and settings ferry's
 // store uses (storage.DefaultSizes; storage/store.go openBadger), NoSync.
 func openTunedBadger(dir string) (*badger.DB, error) {
-	z := storage.DefaultSizes()
-	return badger.Open(badger.DefaultOptions(dir).WithLogger(nil).
+	z := memSizes()
+	o := badger.DefaultOptions(dir)
+	o.TableSizeMultiplier = 1
+	return badger.Open(o.WithLogger(nil).
 		WithMemTableSize(z.MemTableSize).WithNumMemtables(z.NumMemtables).
 		WithValueLogFileSize(z.ValueLogFileSize).WithBlockCacheSize(z.BlockCacheSize).
 		WithIndexCacheSize(z.IndexCacheSize).WithBaseTableSize(z.BaseTableSize).
-		WithValueThreshold(min(1<<20, z.MemTableSize/10)).
+		WithValueThreshold(z.ValueThreshold).
 		WithSyncWrites(false).WithChecksumVerificationMode(options.OnBlockRead).
 		WithVerifyValueChecksum(true).WithCompression(options.None).
 		WithNumCompactors(2).WithCompactL0OnClose(false))
@@ -562,10 +682,12 @@ func BenchmarkMemReplica(b *testing.B) {
 		n int
 		w replicaWorkload
 	}{{n, big}, {small, sm}} {
-		b.Logf("n=%d: MiB (time): write %.0f (%v), scan %.0f (%v), sync sender %.0f, receiver %.0f (%v); badger write %.0f (%v), scan %.0f (%v)",
-			w.n, w.w.write.mib(), w.w.write.dur.Round(time.Millisecond), w.w.scan.mib(), w.w.scan.dur.Round(time.Millisecond),
-			w.w.serve.mib(), w.w.dial.mib(), w.w.dial.dur.Round(time.Millisecond),
-			w.w.rawWrite.mib(), w.w.rawWrite.dur.Round(time.Millisecond), w.w.rawScan.mib(), w.w.rawScan.dur.Round(time.Millisecond))
+		b.Logf("n=%d: MiB [anon+file] (time): write %.0f [%s] (%v), scan %.0f [%s] (%v), sync sender %.0f [%s], receiver %.0f [%s] (%v); badger write %.0f [%s] (%v), scan %.0f [%s] (%v)",
+			w.n, w.w.write.mib(), w.w.write.split(), w.w.write.dur.Round(time.Millisecond),
+			w.w.scan.mib(), w.w.scan.split(), w.w.scan.dur.Round(time.Millisecond),
+			w.w.serve.mib(), w.w.serve.split(), w.w.dial.mib(), w.w.dial.split(), w.w.dial.dur.Round(time.Millisecond),
+			w.w.rawWrite.mib(), w.w.rawWrite.split(), w.w.rawWrite.dur.Round(time.Millisecond),
+			w.w.rawScan.mib(), w.w.rawScan.split(), w.w.rawScan.dur.Round(time.Millisecond))
 	}
 }
 
@@ -589,6 +711,7 @@ func BenchmarkMemRing(b *testing.B) {
 	}
 	b.ReportMetric(r.mib(), "ring-MiB")
 	b.ReportMetric(float64(n), "records-each")
+	b.Logf("ring: %.0f MiB [anon+file %s] in %v", r.mib(), r.split(), r.dur.Round(time.Millisecond))
 }
 
 // BenchmarkMemImport: ImportDoc of a large Automerge document against

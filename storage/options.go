@@ -90,6 +90,14 @@ type Sizes struct {
 	// means min(1 MiB, MemTableSize/10); [1 KiB, min(1 MiB, 15% of
 	// MemTableSize)] (Badger requires it to fit in one batch).
 	ValueThreshold int64
+	// MappedTrimInterval is how often the store asks the kernel to take
+	// the pages of its memory-mapped tables and value-log files out of
+	// the process's resident memory (Linux: madvise MADV_PAGEOUT; a
+	// no-op elsewhere; docs/storage.md, "Memory"). Zero means the
+	// default (DefaultSizes: 250 ms); negative turns it off, and resident
+	// memory then grows with the data a process writes or reads, up to
+	// the store's size on disk.
+	MappedTrimInterval time.Duration
 }
 
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
@@ -100,7 +108,7 @@ type Sizes struct {
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
-		ValueThreshold: (8 << 20) / 10}
+		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond}
 }
 
 // ServerSizes is the preset for a store that should favour throughput over
@@ -114,7 +122,7 @@ func DefaultSizes() Sizes {
 func ServerSizes() Sizes {
 	return Sizes{MemTableSize: 64 << 20, NumMemtables: 3, ValueLogFileSize: 256 << 20,
 		BlockCacheSize: 256 << 20, IndexCacheSize: 0, BaseTableSize: 8 << 20,
-		ValueThreshold: 1 << 20}
+		ValueThreshold: 1 << 20, MappedTrimInterval: 250 * time.Millisecond}
 }
 
 // sizes returns o's sizes with zero fields set to DefaultSizes.
@@ -138,6 +146,9 @@ func (o *Options) sizes() Sizes {
 	}
 	if r.ValueThreshold == 0 {
 		r.ValueThreshold = min(1<<20, r.MemTableSize/10)
+	}
+	if r.MappedTrimInterval == 0 {
+		r.MappedTrimInterval = d.MappedTrimInterval
 	}
 	return r
 }

@@ -35,6 +35,8 @@ type Store struct {
 	closeRes  int64   // free bytes Close needs (closeReserve)
 	baseTable int64   // BaseTableSize
 
+	trimDone sync.WaitGroup // trimLoop (trim.go); Close waits for it
+
 	// transMu serialises key-state transitions: header writes (passphrase
 	// change, rotation start and finish) and publishing a new keyState.
 	transMu sync.Mutex
@@ -141,6 +143,12 @@ func openBadger(dir string, o *Options, readOnly bool, setKey []byte) (db *badge
 		// count on.
 		WithNumCompactors(2).
 		WithCompactL0OnClose(false)
+	// Tables of BaseTableSize at every level: a compaction builds each
+	// table in memory (twice its size, several at once, and Badger pools
+	// 8 of those buffers), so tables 2x larger per level (Badger's
+	// default) cost 2x the memory at each deeper level (docs/storage.md,
+	// "Memory").
+	bo.TableSizeMultiplier = 1
 	defer func() {
 		if r := recover(); r != nil {
 			db, err = nil, corruptf("open database")
@@ -205,6 +213,7 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	s.startTrim(opts.sizes())
 	return s, nil
 }
 
@@ -322,6 +331,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("resume key rotation: %w", err)
 		}
 	}
+	s.startTrim(opts.sizes())
 	return s, nil
 }
 
@@ -472,6 +482,7 @@ func (s *Store) Close() error {
 		}
 	}
 	err := s.db.Close()
+	s.trimDone.Wait()
 	s.lifeMu.Lock()
 	s.dbState = dbClosed
 	s.lifeMu.Unlock()

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package storage
+
+const trimSupported = false
+
+func trimMapped(string) {}
