@@ -37,7 +37,7 @@ import (
 // sending the changes the other lacks, through the ordinary batches.
 
 const (
-	reconNonceLen = 16
+	reconNonceLen = 8
 	reconTagLen   = 8
 	reconFPLen    = 16
 	reconItemLen  = 2 * reconTagLen
