@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,6 +47,8 @@ import (
 //	raw-rounds             the baseline's rounds (one round trip each: every
 //	                       document's messages of a round are pipelined)
 //	ferry-records          records the session moved, both directions
+//	cpu-s                  (SyncInitialGate) process CPU seconds, user +
+//	                       system, every thread, during the session
 //	cursor-B/diff          bytes per changed record of the cursor fast path
 //	                       (a and b, who met before, syncing the same
 //	                       changes): the cost of the changes themselves
@@ -126,6 +129,7 @@ type session struct {
 	wire
 	rtt    float64
 	sa, sb replica.SyncStats
+	cpu    time.Duration // process CPU (user+sys, every thread) during the session
 }
 
 func (s session) moved() int {
@@ -152,7 +156,7 @@ func measuredSync(b *testing.B, ra, rb *replica.Replica, timed bool) session {
 	if timed {
 		b.StartTimer()
 	}
-	now := time.Now()
+	now, cpu0 := time.Now(), processCPU(b)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -160,14 +164,26 @@ func measuredSync(b *testing.B, ra, rb *replica.Replica, timed bool) session {
 	}()
 	sa, ea := ra.Sync(ctx, ca)
 	wg.Wait()
-	d := time.Since(now)
+	d, cpu := time.Since(now), processCPU(b)-cpu0
 	if timed {
 		b.StopTimer()
 	}
 	if err := errors.Join(ea, eb); err != nil {
 		b.Fatal(err)
 	}
-	return session{wire: wireOf(ta, before, d), rtt: link.rttAfterHandshake(), sa: sa, sb: sb}
+	return session{wire: wireOf(ta, before, d), rtt: link.rttAfterHandshake(), sa: sa, sb: sb, cpu: cpu}
+}
+
+// processCPU returns the CPU time (user + system) this process has used so
+// far. A session's share of it is what the session costs on a machine too
+// busy for its wall time to mean much: wall time on this 2-core machine is
+// at least half of it.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // rawCopies returns two raw peers holding the same n documents (the
@@ -475,6 +491,7 @@ func BenchmarkSyncInitialGate(b *testing.B) {
 		closeAll(b, ra, rb)
 		res.add("ferry-s", s.dur.Seconds())
 		res.add("gate-ratio", s.dur.Seconds()/syncGate.Seconds())
+		res.add("cpu-s", s.cpu.Seconds())
 		res.add("ferry-rec/s", float64(n)/s.dur.Seconds())
 		res.add("ferry-B/rec", s.bytes()/float64(n))
 		b.Logf("n=%d initial sync on disk (fsync) over loopback TLS: %v (gate %v for 100,000), %d B", n, s.dur, syncGate, int(s.bytes()))

@@ -36,14 +36,6 @@ var (
 // lostConn classifies a transport failure during a session as
 // ErrDisconnected, unless the session's own context ended (then the
 // context's error says why) or the frame was too large (a protocol matter).
-// feedBackstop bounds how long a session that has feed entries to send
-// waits when no frame and no feed notification arrives. The notification
-// (storage.FeedNotify) is the wake-up; this is a backstop for a wake-up
-// lost between a concurrent commit and the feed read, which left
-// TestServeManyPeersAtOnce's sessions waiting on each other for ever
-// (about 1 run in 40).
-const feedBackstop = 50 * time.Millisecond
-
 func lostConn(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil || errors.Is(err, transport.ErrFrameTooLarge) {
 		return fmt.Errorf("replica: %s: %w", op, err)
@@ -404,17 +396,13 @@ func (s *session) run(ctx context.Context) error {
 		// from the peer may ever wake this loop. The store wakes it when
 		// the write has committed.
 		var recheck <-chan struct{}
-		var backstop <-chan time.Time
 		if p.wantBatch() {
 			recheck = grew
-			backstop = time.After(feedBackstop)
 		}
 		var f frameOrErr
 		select {
 		case f = <-frames:
 		case <-recheck:
-			continue
-		case <-backstop:
 			continue
 		case <-ctx.Done():
 			return ctx.Err()
@@ -490,6 +478,11 @@ func (s *session) sendWork(ctx context.Context, p *protocol) error {
 			return err
 		}
 	}
+	// Learn the feed's end before deciding whether to read it: writes
+	// that committed since the last turn fired a notification this turn no
+	// longer waits on, so a turn that left them for "the next turn" could
+	// wait for ever (TestSessionSendWorkReadsGrownFeed).
+	p.feedGrew(s.host.lastSeq())
 	for p.wantBatch() {
 		p.feedGrew(s.host.lastSeq())
 		recs, upTo, err := s.host.nextBatch(ctx, s.peer, p.sentUpTo, s.cfg.maxRecords, s.cfg.maxBytes)
@@ -509,7 +502,10 @@ func (s *session) sendWork(ctx context.Context, p *protocol) error {
 	}
 	p.feedGrew(s.host.lastSeq())
 	if p.wantBatch() {
-		return nil // the feed grew meanwhile; the next turn sends it
+		// The feed grew while this turn read it: those writes committed
+		// after the runner took the notification, which wakes the next
+		// turn to send them.
+		return nil
 	}
 	if m := p.idleToSend(); m != nil {
 		if err := s.send(ctx, &wireMsg{T: msgIdle, Idle: m}); err != nil {

@@ -534,3 +534,35 @@ func TestSessionFeedLagDoesNotStall(t *testing.T) {
 		t.Fatal("diverged")
 	}
 }
+
+// TestSessionSendWorkReadsGrownFeed: a turn that starts with a stale view
+// of the feed's end (writes committed after the previous turn, whose
+// notification fired on a channel no longer waited on) must read and send
+// them in that turn. Leaving them for "the next turn" made the runner wait
+// on a fresh notification that no write would ever fire, with nothing to
+// come from the peer: TestServeManyPeersAtOnce hung about 1 run in 40.
+func TestSessionSendWorkReadsGrownFeed(t *testing.T) {
+	a := newModelHost("a")
+	peer := transport.Fingerprint(keyFor("b"))
+	ca, cb := pipePair(a.key, keyFor("b"))
+	defer ca.Close()
+	cfg := sessionConfig{}
+	cfg.defaults()
+	s := &session{conn: ca, host: a, cfg: cfg, peer: peer}
+	p := newProtocol(cfg.window, a.lastSeq(), 0, 0) // everything sent: nothing yet
+	if err := s.sendWork(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	idle := len(cb.in)
+	a.write("c/x", "1")
+	a.write("c/y", "1") // committed after that turn, before the next
+	if err := s.sendWork(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if p.sentUpTo != a.lastSeq() {
+		t.Fatalf("the turn sent the feed up to %d of %d, leaving the rest to a wake-up that never comes", p.sentUpTo, a.lastSeq())
+	}
+	if got := len(cb.in) - idle; got != 1 {
+		t.Fatalf("%d frames sent for the grown feed, want 1 batch", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/storage"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -375,24 +376,26 @@ const nsSkew = "clock-skew"
 // observeClocks records the clocks of the writers whose writes a merge
 // added (delivered by peer; "" for an import), notes in the document the
 // writes stamped beyond the bound (unless this replica's own clock looks
-// behind), and returns those writes. The caller holds the record's lock.
-func (r *Replica) observeClocks(ctx context.Context, d *crdt.Doc, before crdt.Heads) ([]crdt.FutureWrite, error) {
+// behind), and returns those writes and the writers whose observation
+// changed. The caller holds the record's lock and persists the changed
+// observations with its batch (clockWrites): one write per batch, not one
+// per record.
+func (r *Replica) observeClocks(d *crdt.Doc, before crdt.Heads) ([]crdt.FutureWrite, []string, error) {
 	if before.Equal(d.Heads()) {
-		return nil, nil // the merge added nothing
+		return nil, nil, nil // the merge added nothing
 	}
 	times, err := d.WriterTimes(before)
 	if err != nil || len(times) == 0 {
-		return nil, err
+		return nil, nil, err
 	}
 	now := r.opts.Now()
 	trust, changed := r.status.observeClocks(times, now)
 	fws, err := d.NoteFutureWrites(before, now, r.clock.MaxDrift(), trust)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	r.status.noteSkew("", fws, now)
-	r.saveClocks(ctx, changed)
-	return fws, nil
+	return fws, changed, nil
 }
 
 // reportSkew adds writes that arrived ahead to peer's session and tells
@@ -441,22 +444,28 @@ func (r *Replica) reportSkew(peer string, fws []crdt.FutureWrite) {
 	}
 }
 
-// saveClocks persists writers' clock observations (best effort, like the
-// status: losing them loses no data).
-func (r *Replica) saveClocks(ctx context.Context, writers []string) {
-	for _, w := range writers {
-		r.status.mu.Lock()
+// clockWrites returns the slot writes that persist the writers' clock
+// observations, in writer order. They ride in the batch of the records
+// that taught them; losing them (a failed batch) loses no data.
+func (r *Replica) clockWrites(writers map[string]bool) []storage.SlotWrite {
+	ws := make([]string, 0, len(writers))
+	for w := range writers {
+		ws = append(ws, w)
+	}
+	sort.Strings(ws)
+	var out []storage.SlotWrite
+	r.status.mu.Lock()
+	defer r.status.mu.Unlock()
+	for _, w := range ws {
 		c := r.status.clocks[w]
-		var b []byte
-		var err error
-		if c != nil {
-			b, err = json.Marshal(c)
+		if c == nil {
+			continue
 		}
-		r.status.mu.Unlock()
-		if c != nil && err == nil {
-			_ = r.store.Slots(nsSkew).Put(ctx, w, b)
+		if b, err := json.Marshal(c); err == nil {
+			out = append(out, storage.SlotWrite{Namespace: nsSkew, Key: w, Value: b})
 		}
 	}
+	return out
 }
 
 // loadSkews restores the writers' clock observations at open.

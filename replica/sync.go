@@ -575,6 +575,7 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		events    []Event
 		queued    []Event
 		future    []crdt.FutureWrite
+		clocks    map[string]bool // writers whose clock observation changed
 	)
 	fail := func(err error) ([]needMsg, int, []uint64, error) {
 		for _, k := range touched {
@@ -638,11 +639,17 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		}
 		// Writes stamped beyond the clock bound are noted in the document
 		// before conflicts are decided (docs/policy.md, "Clocks").
-		fws, err := r.observeClocks(ctx, d, before)
+		fws, changed, err := r.observeClocks(d, before)
 		if err != nil {
 			return fail(fmt.Errorf("replica: clock notes %s/%s: %w", rc.Collection, rc.ID, err))
 		}
 		future = append(future, fws...)
+		for _, w := range changed {
+			if clocks == nil {
+				clocks = map[string]bool{}
+			}
+			clocks[w] = true
+		}
 		out, err := r.res.Resolve(ctx, rc.Collection, rc.ID, d, mr)
 		if err != nil {
 			return fail(fmt.Errorf("replica: resolve %s/%s: %w", rc.Collection, rc.ID, err))
@@ -691,6 +698,7 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		// The cursor never passes a record that is not durably applied.
 		batch.Slots = append(batch.Slots, r.cursorWrite(peer, upTo))
 	}
+	batch.Slots = append(batch.Slots, r.clockWrites(clocks)...)
 	if len(batch.Records) == 0 && len(batch.Slots) == 0 {
 		for _, ev := range queued {
 			r.events.publish(ev)

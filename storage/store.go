@@ -47,6 +47,7 @@ type Store struct {
 	commitMu sync.Mutex
 	nextSeq  uint64 // under commitMu: last sequence number handed out
 	lastFeed atomic.Uint64
+	commits  atomic.Uint64 // write transactions committed since open
 
 	feedMu   sync.Mutex
 	feedWake chan struct{} // under feedMu: closed by the next commit that writes a feed entry
@@ -678,6 +679,7 @@ func (s *Store) commit(w *wtx) error {
 	if err := <-done; err != nil {
 		return err
 	}
+	s.commits.Add(1)
 	for _, f := range w.onCommit {
 		f()
 	}
@@ -697,6 +699,11 @@ func (s *Store) commit(w *wtx) error {
 	}
 	return nil
 }
+
+// Commits returns how many write transactions the store has committed
+// since it was opened (each one a Badger commit, with an fsync unless
+// NoSync): the figure a caller watches to keep writes batched.
+func (s *Store) Commits() uint64 { return s.commits.Load() }
 
 // FeedNotify returns a channel that is closed when the next write that adds
 // change-feed entries has committed (its entries are then readable). Take
