@@ -81,9 +81,7 @@ const (
 const (
 	partFP    = 0
 	partEmpty = 1
-	partItems = 2 // and above: partItems + c - 1 lists c records
-	// maxPartItems is the most records one part of a split lists.
-	maxPartItems = 255 - partItems + 1
+	partItems = 2 // and above: partItems + c - 1 lists c records (parts list at most reconListAt)
 )
 
 // reconMsg is one step of a reconciliation.
@@ -558,7 +556,7 @@ func (e *reconEngine) answerFP(ctx context.Context, d reconData, b *reconBuilder
 }
 
 // joinParts describes the split of r into parts (each described on its
-// own, listing at most maxPartItems records) as one rangeSplit.
+// own, listing at most reconListAt records) as one rangeSplit.
 func joinParts(r reconRange, parts []reconRange) reconRange {
 	out := reconRange{Lo: r.Lo, Hi: r.Hi, Sub: r.Sub, Mode: rangeSplit, Parts: make([]byte, len(parts))}
 	for i, p := range parts {
