@@ -203,6 +203,23 @@ func memChild(mode, dir string, n int) (int, error) {
 			return 0, err
 		}
 		return len(d.Heads()), nil
+	case "am-load-replica":
+		// The fair baseline of an import: the same process set-up (a
+		// replica opened as ferry-import opens it, idle), then Load.
+		b, err := os.ReadFile(filepath.Join(dir, "doc.automerge"))
+		if err != nil {
+			return 0, err
+		}
+		r, err := replica.Open(ctx, filepath.Join(dir, "ferry-base"), memReplicaOpts("a", true))
+		if err != nil {
+			return 0, err
+		}
+		d, err := automerge.Load(b)
+		if err != nil {
+			r.Close()
+			return 0, err
+		}
+		return len(d.Heads()), r.Close()
 	case "ferry-import":
 		b, err := os.ReadFile(filepath.Join(dir, "doc.automerge"))
 		if err != nil {
@@ -576,12 +593,19 @@ func BenchmarkMemRing(b *testing.B) {
 
 // BenchmarkMemImport: ImportDoc of a large Automerge document against
 // automerge-go's own Load of the same bytes, each in a child process.
-// Two documents, generated here: "history" (one text edited by
-// FERRY_MEM_HISTORY changes, 20,000 by default, each a small splice:
-// a long history in a small file) and "text" (one change inserting
-// FERRY_MEM_TEXT characters: 500,000 by default, `make bench-large`
-// 5,000,000; automerge-go takes ~1 minute and ~900 MiB to Load
-// 1,000,000). Target: at most 1.2x the Load's peak (…-import-ratio).
+// Documents, generated here: "history" (one text edited by
+// FERRY_MEM_HISTORY changes, 20,000 by default, each a small splice, one
+// actor: a long history in a small file), "actors" (as many changes, each
+// by one of 100 actors in turn, each a splice into the same text), "map"
+// (as many changes, each overwriting 3 of 1,000 keys of one map) and
+// "text" (one change inserting FERRY_MEM_TEXT characters: 500,000 by
+// default, `make bench-large` 5,000,000; automerge-go takes ~1 minute and
+// ~900 MiB to Load 1,000,000). FERRY_MEM_IMPORT (comma-separated names)
+// picks some. Two baselines: Load alone in a bare process (…-load-MiB,
+// the target's: …-import-ratio), and Load in a process that first opened
+// a replica the same way and left it idle (…-loadrep-MiB,
+// …-import-ratio-rep: what the import itself adds). Target: at most 1.2x
+// the Load's peak.
 func BenchmarkMemImport(b *testing.B) {
 	if raceEnabled && os.Getenv("FERRY_BENCH_TINY") == "1" {
 		b.Skip("child-process memory runs skipped in the tiny run under -race")
@@ -595,34 +619,50 @@ func BenchmarkMemImport(b *testing.B) {
 		name string
 		gen  func() []byte
 	}{
-		{"history", func() []byte { return historyDoc(b, hist) }},
+		{"history", func() []byte { return historyDoc(b, hist, 1) }},
+		{"actors", func() []byte { return historyDoc(b, hist, 100) }},
+		{"map", func() []byte { return mapHistoryDoc(b, hist, 1000) }},
 		{"text", func() []byte { return textDoc(b, text) }},
 	}
+	pick := map[string]bool{}
+	for _, n := range strings.Split(os.Getenv("FERRY_MEM_IMPORT"), ",") {
+		if n != "" {
+			pick[n] = true
+		}
+	}
 	for _, d := range docs {
+		if len(pick) > 0 && !pick[d.name] {
+			continue
+		}
 		dir := b.TempDir()
 		raw := d.gen()
 		if err := os.WriteFile(filepath.Join(dir, "doc.automerge"), raw, 0o600); err != nil {
 			b.Fatal(err)
 		}
-		var load, imp memRun
+		var load, loadRep, imp memRun
 		for range b.N {
 			load = runMem(b, "am-load", dir, 0)
+			os.RemoveAll(filepath.Join(dir, "ferry-base"))
+			loadRep = runMem(b, "am-load-replica", dir, 0)
 			os.RemoveAll(filepath.Join(dir, "ferry"))
 			imp = runMem(b, "ferry-import", dir, 0)
 		}
 		b.ReportMetric(load.mib(), d.name+"-load-MiB")
+		b.ReportMetric(loadRep.mib(), d.name+"-loadrep-MiB")
 		b.ReportMetric(imp.mib(), d.name+"-import-MiB")
 		b.ReportMetric(imp.mib()/load.mib(), d.name+"-import-ratio")
+		b.ReportMetric(imp.mib()/loadRep.mib(), d.name+"-import-ratio-rep")
 		b.ReportMetric(float64(len(raw))/(1<<20), d.name+"-file-MiB")
-		b.Logf("%s: %d bytes; Load %.0f MiB in %v, ImportDoc %.0f MiB in %v", d.name, len(raw),
-			load.mib(), load.dur.Round(time.Millisecond), imp.mib(), imp.dur.Round(time.Millisecond))
+		b.Logf("%s: %d bytes; Load %.0f MiB in %v; replica + Load %.0f MiB; ImportDoc %.0f MiB in %v (%.2fx Load, %.2fx replica + Load)",
+			d.name, len(raw), load.mib(), load.dur.Round(time.Millisecond), loadRep.mib(), imp.mib(), imp.dur.Round(time.Millisecond),
+			imp.mib()/load.mib(), imp.mib()/loadRep.mib())
 	}
 }
 
 // historyDoc is a document with one text field edited by n changes of a
-// few characters each (inserts, with a deletion every tenth), by two
+// few characters each (inserts, with a deletion every tenth), by actors
 // actors in turn.
-func historyDoc(tb testing.TB, n int) []byte {
+func historyDoc(tb testing.TB, n, actors int) []byte {
 	tb.Helper()
 	d := automerge.New()
 	if err := d.RootMap().Set("body", automerge.NewText("")); err != nil {
@@ -634,6 +674,11 @@ func historyDoc(tb testing.TB, n int) []byte {
 	t := d.Path("body").Text()
 	length := 0
 	for i := range n {
+		if actors > 1 {
+			if err := d.SetActorID(fmt.Sprintf("%032x", i%actors+1)); err != nil {
+				tb.Fatal(err)
+			}
+		}
 		pos := (i * 7919) % (length + 1)
 		var err error
 		if i%10 == 9 && length > 4 {
@@ -646,6 +691,29 @@ func historyDoc(tb testing.TB, n int) []byte {
 		}
 		if err != nil {
 			tb.Fatal(err)
+		}
+		if _, err := d.Commit(fmt.Sprintf("edit %d", i)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return d.Save()
+}
+
+// mapHistoryDoc is a document with one map of keys keys, overwritten by
+// n changes of 3 keys each.
+func mapHistoryDoc(tb testing.TB, n, keys int) []byte {
+	tb.Helper()
+	d := automerge.New()
+	if err := d.RootMap().Set("m", automerge.NewMap()); err != nil {
+		tb.Fatal(err)
+	}
+	m := d.Path("m").Map()
+	for i := range n {
+		for j := range 3 {
+			k := fmt.Sprintf("key-%d", (i*3+j)*7919%keys)
+			if err := m.Set(k, fmt.Sprintf("value %d.%d", i, j)); err != nil {
+				tb.Fatal(err)
+			}
 		}
 		if _, err := d.Commit(fmt.Sprintf("edit %d", i)); err != nil {
 			tb.Fatal(err)

@@ -29,6 +29,15 @@ var (
 	ErrClockSkew = errors.New("crdt: remote clock too far ahead")
 	// ErrBadActor: the Actor a Doc is opened with is invalid.
 	ErrBadActor = errors.New("crdt: bad actor")
+	// ErrActorClash: the changes to merge and the document hold two
+	// different changes with the same Automerge actor and sequence number
+	// (two histories written under one actor, as when one replica wrote
+	// two records independently and one is imported into the other).
+	// Automerge cannot merge them; ForkClashes rewrites such a history
+	// under fresh actors when the actor's changes share nothing with the
+	// document. A merge that fails so may have applied part of the
+	// changes: discard the document.
+	ErrActorClash = errkind.New("crdt: one Automerge actor wrote two different histories", errkind.Invalid)
 	// ErrMissingDeps: MergeRemote was given changes whose dependencies
 	// the document lacks, so the remote heads are not all present.
 	ErrMissingDeps = errors.New("crdt: changes with missing dependencies")

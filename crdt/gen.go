@@ -23,6 +23,10 @@ type chMeta struct {
 type changeCache struct {
 	m       map[automerge.ChangeHash]*chMeta
 	scanned bool
+	// whole, when not nil, are the document's heads at a moment m held
+	// every change of its history (LoadNew): while the heads are still
+	// these, m is the whole history (see historyMetas).
+	whole []automerge.ChangeHash
 }
 
 const maxCached = 1 << 16
@@ -33,6 +37,7 @@ func (c *changeCache) put(m *chMeta) {
 	if len(c.m) >= maxCached {
 		c.m = map[automerge.ChangeHash]*chMeta{}
 		c.scanned = false
+		c.whole = nil
 	}
 	c.m[m.hash] = m
 }
@@ -223,4 +228,18 @@ func (h *genHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// historyMetas returns the metadata of every change of the document when
+// the cache holds them all (the heads are those LoadNew left), without a
+// call into automerge-go per change; ok is false otherwise. d.mu is held.
+func (d *Doc) historyMetas() (out []*chMeta, ok bool) {
+	if d.cache.whole == nil || !SameHeads(d.cache.whole, d.am.Heads()) {
+		return nil, false
+	}
+	out = make([]*chMeta, 0, len(d.cache.m))
+	for _, m := range d.cache.m {
+		out = append(out, m)
+	}
+	return out, true
 }

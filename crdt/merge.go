@@ -3,6 +3,7 @@ package crdt
 import (
 	"fmt"
 	"runtime"
+	"strings"
 
 	"github.com/automerge/automerge-go"
 )
@@ -66,7 +67,7 @@ func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*Mer
 		}
 	}
 	if err := guard(func() error { return d.am.LoadIncremental(raw) }); err != nil {
-		return nil, fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
+		return nil, mergeError(err)
 	}
 	d.size.Add(docPerByte * int64(len(raw)))
 	noteGarbage(resultGarbage * int64(2+len(hashes)))
@@ -157,7 +158,7 @@ func (d *Doc) MergeRemote(changes []*automerge.Change, remoteHeads []automerge.C
 	}
 	if len(fresh) > 0 {
 		if err := applyChanges(d.am, fresh); err != nil {
-			return nil, fmt.Errorf("%w: apply: %w", ErrBadDocument, err)
+			return nil, mergeError(err)
 		}
 	}
 	if len(fresh) > 0 {
@@ -276,19 +277,19 @@ func (d *Doc) merge(before, remoteHeads []automerge.ChangeHash, remoteOnly []*ch
 	}
 	res.Applied = len(remoteOnly)
 	m := &merger{d: d, res: res}
-	m.remote = m.newSide(remoteOnly, remoteHeads)
-	for _, c := range m.remote.changes {
+	for _, c := range remoteOnly {
 		if c.ws == nil {
 			continue
 		}
 		if err := d.clock.Observe(c.ws.M.HLC); err != nil && res.ClockSkew == nil {
 			res.ClockSkew = err
 		}
-		m.collectResolutions(c)
+		m.collectResolutions(&chInfo{m: c, hash: c.hash, ws: c.ws, plain: c.plain, meta: c.meta})
 	}
 	if len(localOnly) == 0 || len(remoteOnly) == 0 {
 		return res, nil
 	}
+	m.remote = m.newSide(remoteOnly, remoteHeads)
 	m.local = m.newSide(localOnly, res.HeadsBefore)
 	if m.local.plain || m.remote.plain {
 		res.Fallback = true
@@ -333,3 +334,13 @@ func headsOfMetas(chs []*chMeta) []automerge.ChangeHash {
 func SameHeads(a, b []automerge.ChangeHash) bool { return Heads(a).Equal(b) }
 
 // ---- sides -----------------------------------------------------------------
+
+// mergeError classifies automerge-go's refusal of changes: two changes
+// with one actor and sequence number are ErrActorClash, anything else
+// ErrBadDocument.
+func mergeError(err error) error {
+	if strings.Contains(err.Error(), "duplicate seq") {
+		return fmt.Errorf("%w: %w", ErrActorClash, err)
+	}
+	return fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
+}

@@ -117,20 +117,28 @@ func (d *Doc) WriterTimes(before []automerge.ChangeHash) (map[string]Timestamp, 
 // addedWrites calls fn with the metadata of every write by another
 // replica in the changes not in the history of before. d.mu is held.
 func (d *Doc) addedWrites(before []automerge.ChangeHash, fn func(WriteMeta)) error {
-	chs, err := d.changesSince(before)
-	if err != nil {
-		return fmt.Errorf("crdt: added writes: %w", err)
+	var metas []*chMeta
+	if all, ok := d.historyMetas(); ok && len(before) == 0 {
+		// The whole history, already read (a record new to the store):
+		// not one automerge-go result per change again.
+		metas = all
+	} else {
+		chs, err := d.changesSince(before)
+		if err != nil {
+			return fmt.Errorf("crdt: added writes: %w", err)
+		}
+		for _, c := range chs {
+			if m := d.metaOf(c.Hash()); m != nil {
+				metas = append(metas, m)
+			}
+		}
 	}
 	consider := func(m WriteMeta) {
 		if m.ReplicaID != d.actor.ReplicaID {
 			fn(m)
 		}
 	}
-	for _, c := range chs {
-		m := d.metaOf(c.Hash())
-		if m == nil {
-			continue
-		}
+	for _, m := range metas {
 		if m.ws == nil {
 			consider(m.meta) // a plain change: its timestamp
 			continue

@@ -423,18 +423,24 @@ func (r *Replica) loadDoc(ctx context.Context, collection, id string) (*crdt.Doc
 // 20,000-change document that takes 60 MB loaded; docs/crdt.md).
 func (r *Replica) recordWrite(collection, id string, d *crdt.Doc) storage.RecordWrite {
 	if !d.Saved() {
-		snap := d.Save()
-		return storage.RecordWrite{
-			Collection: collection,
-			ID:         id,
-			Changes:    snap, // a whole document appends like changes
-			Snapshot:   func() ([]byte, error) { return snap, nil },
-			Heads:      d.Heads().Bytes(),
-			Deleted:    d.Deleted(),
-			Time:       r.opts.Now(),
-		}
+		return r.snapshotWrite(collection, id, d, d.Save())
 	}
 	return r.changesWrite(collection, id, d)
+}
+
+// snapshotWrite is the write of a record new to the store whose whole
+// document is snap (d saved, or the bytes d was loaded from when nothing
+// was written since: an import).
+func (r *Replica) snapshotWrite(collection, id string, d *crdt.Doc, snap []byte) storage.RecordWrite {
+	return storage.RecordWrite{
+		Collection: collection,
+		ID:         id,
+		Changes:    snap, // a whole document appends like changes
+		Snapshot:   func() ([]byte, error) { return snap, nil },
+		Heads:      d.Heads().Bytes(),
+		Deleted:    d.Deleted(),
+		Time:       r.opts.Now(),
+	}
 }
 
 // changesWrite is recordWrite with the document's new changes as
@@ -572,6 +578,19 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	if err := checkName(collection, id); err != nil {
 		return 0, err
 	}
+	if len(doc) == 0 {
+		// automerge.Load takes no bytes as an empty document.
+		return 0, fmt.Errorf("replica: import %s/%s: %w: empty input, not an Automerge document", collection, id, crdt.ErrBadDocument)
+	}
+	if _, err := r.store.Meta(ctx, collection, id); errors.Is(err, storage.ErrNotFound) {
+		// A record new to the store: its document is the imported one,
+		// loaded once by the apply (crdt.LoadNew), not loaded to read its
+		// changes and built again from them (docs/crdt.md, "Memory").
+		_, conflicts, _, err := r.applyRecords(ctx, "", []recordChanges{{Collection: collection, ID: id, doc: doc}}, 0)
+		return conflicts, err
+	} else if err != nil {
+		return 0, fmt.Errorf("replica: import %s/%s: %w", collection, id, err)
+	}
 	rc, err := r.docChanges(collection, id, doc)
 	if err != nil {
 		return 0, err
@@ -581,7 +600,7 @@ func (r *Replica) ImportDoc(ctx context.Context, collection, id string, doc []by
 	}
 	if len(doc)+len(rc.Changes) >= importCollectBytes {
 		// The loaded copy is garbage now, but only a collection frees its
-		// C memory: free it before the apply builds the record's own copy,
+		// C memory: free it before the apply loads the record's own copy,
 		// so a large document is not held twice (docs/crdt.md, "Memory").
 		crdt.Collect(importCollectWait)
 	}

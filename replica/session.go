@@ -133,55 +133,6 @@ func (c *sessionConfig) defaults() {
 	}
 }
 
-// session runs one sync session over conn. It owns the one goroutine it
-// starts (a frame reader) and stops it before returning.
-type session struct {
-	conn  transport.Conn
-	host  sessionHost
-	cfg   sessionConfig
-	peer  string
-	stats SyncStats
-
-	pending [][]recordChanges // sent batches awaiting ack, oldest first
-	needs   []needMsg         // records the peer asked for in full
-	asked   map[needMsg]bool  // records I asked the peer for, not yet received
-
-	recon      *reconEngine // nil when the session does not reconcile
-	reconSends []reconSend  // records reconciliation found the peer lacks, not yet sent
-}
-
-// settleNeeds updates the records asked for after a batch was applied:
-// those that applied are met, those that did not are asked for. A record
-// that was asked for and fails again, in full, cannot be applied at all.
-func (s *session) settleNeeds(p *protocol, recs []recordChanges, failed []needMsg) error {
-	if s.asked == nil {
-		s.asked = map[needMsg]bool{}
-	}
-	bad := make(map[needMsg]bool, len(failed))
-	for _, n := range failed {
-		bad[n] = true
-	}
-	met := 0
-	for _, rc := range recs {
-		n := needMsg{Collection: rc.Collection, ID: rc.ID}
-		if s.asked[n] && bad[n] {
-			return protoErr("record %s/%s cannot be applied even in full", n.Collection, n.ID)
-		}
-		if s.asked[n] && !rc.Partial {
-			delete(s.asked, n)
-			met++
-		}
-	}
-	for n := range bad {
-		if !s.asked[n] {
-			s.asked[n] = true
-			p.needAsked(1)
-		}
-	}
-	p.needMet(met)
-	return nil
-}
-
 // countRecords counts the records a batch carries, the same way on both
 // sides: an entry that completes a record counts once (a record sent in
 // parts counts at its last part), and an empty answer to a request for a
@@ -201,36 +152,30 @@ type frameOrErr struct {
 	err error
 }
 
+// session is the runner of one sync session: a thin loop around the
+// session's core (syncCore) that does the I/O the core asks for. It owns
+// the one goroutine it starts (a frame reader) and stops it before
+// returning.
+type session struct {
+	conn   transport.Conn
+	host   sessionHost
+	cfg    sessionConfig
+	peer   string
+	core   *syncCore
+	frames chan frameOrErr
+}
+
 // runSession runs a sync session to its end: both sides have sent and
-// applied everything. The caller owns conn and closes it.
+// applied everything. The caller owns conn.
 func runSession(ctx context.Context, conn transport.Conn, host sessionHost, cfg sessionConfig) (SyncStats, error) {
 	cfg.defaults()
 	peer := transport.Fingerprint(conn.RemoteIdentity())
 	s := &session{conn: conn, host: host, cfg: cfg, peer: peer}
-	s.stats.Peer = peer
 	err := s.run(ctx)
-	if err != nil {
-		// Tell the peer why, best effort; the session is over either way.
-		code := uint16(errCodeInternal)
-		switch {
-		case errors.Is(err, ErrPolicyMismatch):
-			code = errCodePolicy
-		case errors.Is(err, ErrVersionMismatch):
-			code = errCodeVersion
-		case errors.Is(err, ErrIdentityMismatch):
-			code = errCodeIdentity
-		case errors.Is(err, ErrProtocol):
-			code = errCodeProtocol
-		case errors.Is(err, ErrNoConsent):
-			code = errCodeConsent
-		}
-		if !errors.Is(err, ErrPeerError) && ctx.Err() == nil {
-			sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			_ = s.send(sendCtx, &wireMsg{T: msgError, Err: &errMsg{Code: code, Text: truncate(err.Error(), maxMessageText)}})
-			cancel()
-		}
+	if s.core == nil {
+		return SyncStats{Peer: peer}, err
 	}
-	return s.stats, err
+	return s.core.Stats(), err
 }
 
 // errForCode is the sentinel a peer's error code stands for, so a refusal
@@ -258,109 +203,30 @@ func truncate(s string, n int) string {
 	return s
 }
 
-func (s *session) send(ctx context.Context, m *wireMsg) error {
-	b, err := encodeMsg(m)
-	if err != nil {
-		return err
-	}
-	if err := s.conn.Send(ctx, b); err != nil {
-		return lostConn(ctx, "send", err)
-	}
-	s.stats.FramesSent++
-	s.stats.BytesSent += int64(len(b))
-	return nil
-}
-
-func (s *session) received(b []byte) (*wireMsg, error) {
-	s.stats.FramesReceived++
-	s.stats.BytesReceived += int64(len(b))
-	m, err := decodeMsg(b)
-	if err != nil {
-		return nil, err
-	}
-	if m.T == msgError {
-		return nil, fmt.Errorf("%w: %w: %s", ErrPeerError, errForCode(m.Err.Code), m.Err.Text)
-	}
-	return m, nil
-}
-
+// run is the runner's loop. Each turn takes the store's feed notification,
+// tells the core the feed's end (so a write that committed before the
+// notification was taken is seen now, and one that commits later wakes
+// the wait), carries out what the core asks, and waits for a frame (or,
+// when the core has feed entries it could not read yet, the notification).
 func (s *session) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	mine, err := s.host.hello(ctx, s.peer)
 	if err != nil {
+		// Tell the peer why, best effort, as the core would.
+		if b, eerr := encodeMsg(&wireMsg{T: msgError, Err: &errMsg{Code: errCode(err), Text: truncate(err.Error(), maxMessageText)}}); eerr == nil && ctx.Err() == nil {
+			sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = s.conn.Send(sendCtx, b)
+			cancel()
+		}
 		return err
 	}
 	mine.Nonce = make([]byte, reconNonceLen)
 	rand.Read(mine.Nonce) // never fails (Go >= 1.24)
-	if err := s.send(ctx, &wireMsg{T: msgHello, Hello: &mine}); err != nil {
-		return err
-	}
-	first, err := s.conn.Recv(ctx)
-	if err != nil {
-		return lostConn(ctx, "receive hello", err)
-	}
-	m, err := s.received(first)
-	if err != nil {
-		return err
-	}
-	if m.T != msgHello {
-		return protoErr("first message is type %d, not hello", m.T)
-	}
-	theirs := m.Hello
-	if theirs.Replica != s.peer {
-		return fmt.Errorf("%w: hello says %s, transport authenticated %s", ErrIdentityMismatch, theirs.Replica, s.peer)
-	}
-	if theirs.Policy != mine.Policy {
-		return fmt.Errorf("%w: ours %s, theirs %s", ErrPolicyMismatch, mine.Policy, theirs.Policy)
-	}
-	if err := s.host.checkPeer(ctx, s.peer, theirs); err != nil {
-		return err
-	}
+	s.core = newSyncCore(s.cfg, s.peer, mine)
 
-	start, err := s.host.startFor(ctx, s.peer, theirs.Cursor)
-	if err != nil {
-		return err
-	}
-	// Reconcile the collections both sides share with each other when
-	// either asks, or when one side's store lost sessions (its generation
-	// is behind): then no cursor or shared heads can be trusted.
-	colls := intersect(mine.Colls, theirs.Colls)
-	if len(colls) > 0 && (mine.Recon || theirs.Recon || mine.Gen != theirs.Gen) {
-		upTo, err := s.host.reconBegin(ctx, s.peer, colls)
-		if err != nil {
-			return err
-		}
-		if s.host.coversAll(s.peer) && start < upTo {
-			start = upTo
-		}
-		s.recon = newReconEngine(reconKey(mine.Replica, theirs.Replica, mine.Nonce, theirs.Nonce), mine.Replica < theirs.Replica)
-	}
-	myCursor := mine.Cursor
-	if myCursor > theirs.Seq {
-		// The peer's feed is shorter than what this side applied of it:
-		// its store went back, and its positions will be reused. The peer
-		// rescans (or reconciles) for this side, which starts from 0.
-		myCursor = 0
-	}
-	p := newProtocol(s.cfg.window, s.host.lastSeq(), start, myCursor)
-	if s.recon != nil {
-		if !s.recon.pending {
-			msgs, err := s.recon.start(ctx, s.host)
-			if err != nil {
-				return err
-			}
-			for _, m := range msgs {
-				if err := s.send(ctx, &wireMsg{T: msgRecon, Recon: m}); err != nil {
-					return err
-				}
-			}
-		}
-		p.setRecon(s.recon.busy(), 0)
-	}
-
-	frames := make(chan frameOrErr, 4*s.cfg.window+16)
+	s.frames = make(chan frameOrErr, 4*s.cfg.window+16)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -368,7 +234,7 @@ func (s *session) run(ctx context.Context) error {
 		for {
 			b, err := s.conn.Recv(ctx)
 			select {
-			case frames <- frameOrErr{b, err}:
+			case s.frames <- frameOrErr{b, err}:
 			case <-ctx.Done():
 				return
 			}
@@ -381,14 +247,15 @@ func (s *session) run(ctx context.Context) error {
 	defer cancel()
 
 	for {
-		// Taken before the feed is read, so a write that commits while
-		// this turn reads it wakes the next wait.
+		// Taken before the feed's end is read, so a write that commits
+		// after this turn reads it wakes the wait below.
 		grew := s.host.feedNotify()
-		if err := s.sendWork(ctx, p); err != nil {
-			return s.lastWords(ctx, frames, err)
+		if err := s.core.Step(coreEvent{kind: evTurn, lastSeq: s.host.lastSeq()}); err != nil {
+			return err
 		}
-		if p.finished() {
-			return s.host.finished(ctx, s.peer, p.acked)
+		waitFeed, done, err := s.drain(ctx)
+		if done {
+			return err
 		}
 		// The feed can lag LastSeq for a moment while a concurrent write
 		// (another session's apply, a local edit) finishes committing: then
@@ -396,235 +263,183 @@ func (s *session) run(ctx context.Context) error {
 		// from the peer may ever wake this loop. The store wakes it when
 		// the write has committed.
 		var recheck <-chan struct{}
-		if p.wantBatch() {
+		if waitFeed {
 			recheck = grew
 		}
 		var f frameOrErr
 		select {
-		case f = <-frames:
+		case f = <-s.frames:
 		case <-recheck:
 			continue
 		case <-ctx.Done():
-			return ctx.Err()
+			f.err = ctx.Err()
 		}
+		ev := coreEvent{kind: evFrame, frame: f.b}
 		if f.err != nil {
-			return lostConn(ctx, "receive", f.err)
+			ev = coreEvent{kind: evFailed, err: lostConn(ctx, "receive", f.err)}
+			if ctx.Err() != nil {
+				ev.err = ctx.Err()
+			}
 		}
-		m, err := s.received(f.b)
-		if err != nil {
+		if err := s.core.Step(ev); err != nil {
 			return err
 		}
-		if err := s.handle(ctx, p, m); err != nil {
+		if _, done, err := s.drain(ctx); done {
 			return err
 		}
 		if s.cfg.progress != nil {
-			s.cfg.progress(s.stats)
+			s.cfg.progress(s.core.Stats())
 		}
 	}
 }
 
-// sendWork sends whatever the protocol allows now: records the peer asked
-// for, feed batches within the window, and an idle when all is sent.
+// drain carries out everything the core asks until it waits for a frame:
+// persist, send, perform the one request and step its answer. It returns
+// whether the core waits for the feed too, and whether the session is over
+// (with its error).
+func (s *session) drain(ctx context.Context) (waitFeed, done bool, err error) {
+	for s.core.HasReady() {
+		rd := s.core.Ready()
+		if rd.Done && rd.Err != nil {
+			// What the peer acknowledged stays true; then the last words:
+			// tell the peer why, best effort.
+			_ = s.persist(context.WithoutCancel(ctx), &rd)
+			if len(rd.Frames) > 0 && ctx.Err() == nil {
+				sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+				sent := true
+				for _, f := range rd.Frames {
+					if s.conn.Send(sendCtx, f.b) != nil {
+						sent = false
+						break
+					}
+				}
+				cancel()
+				if sent {
+					s.core.Advance()
+				}
+			}
+			return false, true, rd.Err
+		}
+		if err := s.persist(ctx, &rd); err != nil {
+			s.fail(err)
+			continue
+		}
+		if err := s.sendFrames(ctx, rd.Frames); err != nil {
+			s.fail(err)
+			continue
+		}
+		s.core.Advance()
+		if rd.Finished {
+			if err := s.host.finished(ctx, s.peer, rd.PeerApplied); err != nil {
+				return false, true, err
+			}
+			return false, true, nil
+		}
+		if rd.Req != nil {
+			if err := s.core.Step(s.perform(ctx, rd.Req)); err != nil {
+				return false, true, err
+			}
+		}
+		waitFeed = rd.WaitFeed
+	}
+	return waitFeed, false, nil
+}
+
+// fail ends the session with err through the core, which then says the
+// last words.
+func (s *session) fail(err error) {
+	_ = s.core.Step(coreEvent{kind: evFailed, err: err})
+}
+
+func (s *session) persist(ctx context.Context, rd *coreReady) error {
+	for _, recs := range rd.Acked {
+		if err := s.host.acked(ctx, s.peer, recs); err != nil {
+			return err
+		}
+	}
+	if rd.CursorMoved {
+		if err := s.host.cursorMoved(ctx, s.peer, rd.Cursor); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) sendFrames(ctx context.Context, frames []outFrame) error {
+	for _, f := range frames {
+		if err := s.conn.Send(ctx, f.b); err != nil {
+			return s.lastWords(ctx, lostConn(ctx, "send", err))
+		}
+	}
+	return nil
+}
+
+// perform does the I/O of one request and returns the event answering it.
+func (s *session) perform(ctx context.Context, r *coreReq) coreEvent {
+	switch r.kind {
+	case reqAdmit:
+		ev := coreEvent{kind: evAdmitted}
+		if ev.err = s.host.checkPeer(ctx, s.peer, r.hello); ev.err != nil {
+			return ev
+		}
+		if ev.start, ev.err = s.host.startFor(ctx, s.peer, r.hello.Cursor); ev.err != nil {
+			return ev
+		}
+		if len(r.colls) > 0 {
+			if ev.reconUpTo, ev.err = s.host.reconBegin(ctx, s.peer, r.colls); ev.err != nil {
+				return ev
+			}
+			ev.coversAll = s.host.coversAll(s.peer)
+		}
+		ev.lastSeq = s.host.lastSeq()
+		return ev
+	case reqReconStart:
+		ev := coreEvent{kind: evRecon}
+		ev.msgs, ev.err = r.eng.start(ctx, s.host)
+		return ev
+	case reqReconStep:
+		ev := coreEvent{kind: evRecon}
+		ev.msgs, ev.sends, ev.err = r.eng.step(ctx, s.host, r.msg)
+		return ev
+	case reqFull:
+		ev := coreEvent{kind: evRecords}
+		ev.recs, ev.err = s.host.full(ctx, s.peer, r.need.Collection, r.need.ID)
+		return ev
+	case reqReconBatch:
+		ev := coreEvent{kind: evRecords}
+		ev.recs, ev.used, ev.err = s.host.reconBatch(ctx, s.peer, r.sends, r.maxRecords, r.maxBytes)
+		return ev
+	case reqFeed:
+		ev := coreEvent{kind: evRecords, lastSeq: s.host.lastSeq()}
+		ev.recs, ev.upTo, ev.err = s.host.nextBatch(ctx, s.peer, r.after, r.maxRecords, r.maxBytes)
+		return ev
+	case reqApply:
+		ev := coreEvent{kind: evApplied}
+		ev.needs, ev.conflicts, ev.err = s.host.apply(ctx, s.peer, r.batch.Records, r.batch.UpTo)
+		ev.lastSeq = s.host.lastSeq()
+		return ev
+	}
+	return coreEvent{kind: evFailed, err: fmt.Errorf("replica: unknown request %d", r.kind)}
+}
+
 // lastWords: a send failed, perhaps because the peer ended the session
 // with an error message that is already on its way. Read what the peer
 // sent (for at most a second) and report its error if it sent one.
-func (s *session) lastWords(ctx context.Context, frames <-chan frameOrErr, sendErr error) error {
+func (s *session) lastWords(ctx context.Context, sendErr error) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	for {
 		select {
-		case f := <-frames:
+		case f := <-s.frames:
 			if f.err != nil {
 				return sendErr
 			}
-			if m, err := s.received(f.b); err != nil && errors.Is(err, ErrPeerError) {
-				return err
-			} else if err == nil && m.T == msgError {
-				return sendErr
+			m, err := decodeMsg(f.b)
+			if err == nil && m.T == msgError {
+				return fmt.Errorf("%w: %w: %s", ErrPeerError, errForCode(m.Err.Code), m.Err.Text)
 			}
 		case <-ctx.Done():
 			return sendErr
 		}
 	}
-}
-
-func (s *session) sendWork(ctx context.Context, p *protocol) error {
-	for len(s.needs) > 0 && len(p.inflight) < p.window {
-		n := s.needs[0]
-		s.needs = s.needs[1:]
-		recs, err := s.host.full(ctx, s.peer, n.Collection, n.ID)
-		if err != nil {
-			return err
-		}
-		p.needServed()
-		if len(recs) == 0 {
-			continue
-		}
-		if err := s.sendBatch(ctx, p, recs, p.sentUpTo); err != nil {
-			return err
-		}
-	}
-	for len(s.reconSends) > 0 && len(p.inflight) < p.window {
-		recs, used, err := s.host.reconBatch(ctx, s.peer, s.reconSends, s.cfg.maxRecords, s.cfg.maxBytes)
-		if err != nil {
-			return err
-		}
-		s.reconSends = s.reconSends[used:]
-		p.setRecon(s.recon.busy(), len(s.reconSends))
-		if len(recs) == 0 {
-			continue
-		}
-		if err := s.sendBatch(ctx, p, recs, p.sentUpTo); err != nil {
-			return err
-		}
-	}
-	// Learn the feed's end before deciding whether to read it: writes
-	// that committed since the last turn fired a notification this turn no
-	// longer waits on, so a turn that left them for "the next turn" could
-	// wait for ever (TestSessionSendWorkReadsGrownFeed).
-	p.feedGrew(s.host.lastSeq())
-	for p.wantBatch() {
-		p.feedGrew(s.host.lastSeq())
-		recs, upTo, err := s.host.nextBatch(ctx, s.peer, p.sentUpTo, s.cfg.maxRecords, s.cfg.maxBytes)
-		if err != nil {
-			return err
-		}
-		if upTo <= p.sentUpTo && len(recs) == 0 {
-			break // the feed holds nothing more after sentUpTo
-		}
-		if len(recs) == 0 {
-			p.batchSent(upTo, false)
-			continue
-		}
-		if err := s.sendBatch(ctx, p, recs, upTo); err != nil {
-			return err
-		}
-	}
-	p.feedGrew(s.host.lastSeq())
-	if p.wantBatch() {
-		// The feed grew while this turn read it: those writes committed
-		// after the runner took the notification, which wakes the next
-		// turn to send them.
-		return nil
-	}
-	if m := p.idleToSend(); m != nil {
-		if err := s.send(ctx, &wireMsg{T: msgIdle, Idle: m}); err != nil {
-			return err
-		}
-		p.idleSentNow(*m)
-	}
-	return nil
-}
-
-// sendBatch sends records in as many frames as their size needs; only
-// the last frame moves the peer's cursor to upTo.
-func (s *session) sendBatch(ctx context.Context, p *protocol, recs []recordChanges, upTo uint64) error {
-	groups, err := splitBatch(recs, frameBudget)
-	if err != nil {
-		return err
-	}
-	for i, g := range groups {
-		u := p.sentUpTo
-		if i == len(groups)-1 {
-			u = upTo
-		}
-		if err := s.send(ctx, &wireMsg{T: msgBatch, Batch: &batchMsg{Records: g, UpTo: u}}); err != nil {
-			return err
-		}
-		s.stats.RecordsSent += countRecords(g)
-		p.batchSent(u, true)
-		s.pending = append(s.pending, g)
-	}
-	return nil
-}
-
-func (s *session) handle(ctx context.Context, p *protocol, m *wireMsg) error {
-	switch m.T {
-	case msgBatch:
-		if err := p.onBatch(m.Batch); err != nil {
-			return err
-		}
-		s.stats.RecordsReceived += countRecords(m.Batch.Records)
-		needs, conflicts, err := s.host.apply(ctx, s.peer, m.Batch.Records, m.Batch.UpTo)
-		if err != nil {
-			return err
-		}
-		s.stats.Conflicts += conflicts
-		held := len(s.asked) > 0 || len(needs) > 0
-		if err := s.settleNeeds(p, m.Batch.Records, needs); err != nil {
-			return err
-		}
-		p.batchApplied(m.Batch.UpTo)
-		p.feedGrew(s.host.lastSeq())
-		if held && len(s.asked) == 0 {
-			// Every record asked for has arrived: the cursor, held back
-			// while one was missing, may move now.
-			if err := s.host.cursorMoved(ctx, s.peer, p.applied); err != nil {
-				return err
-			}
-		}
-		if err := s.send(ctx, &wireMsg{T: msgAck, Ack: &ackMsg{Applied: p.applied, Need: needs, Asked: uint32(len(s.asked))}}); err != nil {
-			return err
-		}
-	case msgAck:
-		done, err := p.onAck(*m.Ack)
-		if err != nil {
-			return err
-		}
-		needed := make(map[needMsg]bool, len(m.Ack.Need))
-		for _, n := range m.Ack.Need {
-			needed[n] = true
-		}
-		for range done {
-			recs := s.pending[0]
-			s.pending = s.pending[1:]
-			// A record the peer could not apply is not held there.
-			held := recs[:0:0]
-			for _, rc := range recs {
-				if !needed[needMsg{Collection: rc.Collection, ID: rc.ID}] {
-					held = append(held, rc)
-				}
-			}
-			if err := s.host.acked(ctx, s.peer, held); err != nil {
-				return err
-			}
-		}
-		if len(s.needs)+len(m.Ack.Need) > maxRecordsPerBatch {
-			return protoErr("too many records asked for")
-		}
-		for _, n := range m.Ack.Need {
-			s.needs = append(s.needs, n)
-			p.needQueued()
-		}
-	case msgIdle:
-		moved, err := p.onIdle(*m.Idle)
-		if err != nil {
-			return err
-		}
-		if moved && len(s.asked) == 0 {
-			if err := s.host.cursorMoved(ctx, s.peer, p.applied); err != nil {
-				return err
-			}
-		}
-	case msgRecon:
-		if s.recon == nil {
-			return protoErr("reconciliation frame in a session without one")
-		}
-		msgs, sends, err := s.recon.step(ctx, s.host, m.Recon)
-		if err != nil {
-			return err
-		}
-		for _, r := range msgs {
-			if err := s.send(ctx, &wireMsg{T: msgRecon, Recon: r}); err != nil {
-				return err
-			}
-		}
-		s.reconSends = append(s.reconSends, sends...)
-		p.setRecon(s.recon.busy(), len(s.reconSends))
-	case msgHello:
-		return protoErr("second hello")
-	default:
-		return protoErr("unexpected message type %d", m.T)
-	}
-	return nil
 }

@@ -535,34 +535,102 @@ func TestSessionFeedLagDoesNotStall(t *testing.T) {
 	}
 }
 
+// growOnCursor is a model host whose feed grows, by a write that commits
+// at once, while the session persists its cursor: a concurrent write
+// that committed before the session's next turn took the store's
+// notification, so no notification will come for it.
+type growOnCursor struct {
+	*modelHost
+	once bool
+}
+
+func (h *growOnCursor) cursorMoved(ctx context.Context, peer string, c uint64) error {
+	if !h.once {
+		h.once = true
+		h.write("c/late", "written during the session")
+	}
+	return h.modelHost.cursorMoved(ctx, peer, c)
+}
+
+// TestSessionSeesFeedGrownBeforeTurn is the lost wake-up that hung
+// TestServeManyPeersAtOnce now and then: a write that committed after the
+// session last looked at its feed's end but before it took the store's
+// notification. The runner used to learn of it only after its feed reads,
+// then wait for the notification (already spent) instead of reading: both
+// sides waited for each other for ever. Each turn now tells the core the
+// feed's end after taking the notification, so the session sends the
+// write at once.
+func TestSessionSeesFeedGrownBeforeTurn(t *testing.T) {
+	a, b := &growOnCursor{modelHost: newModelHost("a")}, newModelHost("b")
+	a.write("c/x", "1")
+	ca, cb := pipePair(a.key, b.key)
+	defer ca.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := sessionConfig{}
+	errB := make(chan error, 1)
+	go func() { _, err := runSession(ctx, cb, b, cfg); errB <- err }()
+	_, errA := runSession(ctx, ca, a, cfg)
+	if err := <-errB; errA != nil || err != nil {
+		t.Fatalf("a: %v, b: %v", errA, err)
+	}
+	if !a.once {
+		t.Fatal("the write during the session did not happen")
+	}
+	if a.snapshot() != b.snapshot() {
+		t.Fatalf("the write during the session did not go: a %s, b %s", a.snapshot(), b.snapshot())
+	}
+}
+
 // TestSessionSendWorkReadsGrownFeed: a turn that starts with a stale view
 // of the feed's end (writes committed after the previous turn, whose
 // notification fired on a channel no longer waited on) must read and send
 // them in that turn. Leaving them for "the next turn" made the runner wait
 // on a fresh notification that no write would ever fire, with nothing to
 // come from the peer: TestServeManyPeersAtOnce hung about 1 run in 40.
+// Here through the core: the turn's event carries the feed's end, and the
+// Ready that follows reads the feed and sends the batch.
 func TestSessionSendWorkReadsGrownFeed(t *testing.T) {
 	a := newModelHost("a")
 	peer := transport.Fingerprint(keyFor("b"))
-	ca, cb := pipePair(a.key, keyFor("b"))
-	defer ca.Close()
-	cfg := sessionConfig{}
-	cfg.defaults()
-	s := &session{conn: ca, host: a, cfg: cfg, peer: peer}
-	p := newProtocol(cfg.window, a.lastSeq(), 0, 0) // everything sent: nothing yet
-	if err := s.sendWork(context.Background(), p); err != nil {
+	s := &session{host: a, peer: peer}
+	mine, _ := a.hello(context.Background(), peer)
+	c := newSyncCore(sessionConfig{}, peer, mine)
+	drive := func(ev coreEvent) (sent []*wireMsg) {
+		t.Helper()
+		if err := c.Step(ev); err != nil {
+			t.Fatal(err)
+		}
+		for c.HasReady() {
+			rd := c.Ready()
+			for _, f := range rd.Frames {
+				sent = append(sent, f.m)
+			}
+			c.Advance()
+			if rd.Done {
+				t.Fatalf("the session ended: %v", rd.Err)
+			}
+			if rd.Req != nil {
+				if err := c.Step(s.perform(context.Background(), rd.Req)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return sent
+	}
+	hello, err := encodeMsg(&wireMsg{T: msgHello, Hello: &helloMsg{Replica: peer, Policy: a.policy}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	idle := len(cb.in)
+	drive(coreEvent{kind: evFrame, frame: hello})
+	drive(coreEvent{kind: evTurn, lastSeq: a.lastSeq()}) // everything sent: nothing yet
 	a.write("c/x", "1")
 	a.write("c/y", "1") // committed after that turn, before the next
-	if err := s.sendWork(context.Background(), p); err != nil {
-		t.Fatal(err)
+	sent := drive(coreEvent{kind: evTurn, lastSeq: a.lastSeq()})
+	if c.p.sentUpTo != a.lastSeq() {
+		t.Fatalf("the turn sent the feed up to %d of %d, leaving the rest to a wake-up that never comes", c.p.sentUpTo, a.lastSeq())
 	}
-	if p.sentUpTo != a.lastSeq() {
-		t.Fatalf("the turn sent the feed up to %d of %d, leaving the rest to a wake-up that never comes", p.sentUpTo, a.lastSeq())
-	}
-	if got := len(cb.in) - idle; got != 1 {
-		t.Fatalf("%d frames sent for the grown feed, want 1 batch", got)
+	if len(sent) != 1 || sent[0].T != msgBatch || len(sent[0].Batch.Records) != 2 {
+		t.Fatalf("sent %v for the grown feed, want 1 batch of 2 records", sent)
 	}
 }

@@ -577,6 +577,14 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		future    []crdt.FutureWrite
 		clocks    map[string]bool // writers whose clock observation changed
 	)
+	// fresh are the documents of records new to the store: not cached,
+	// garbage once written (Release tells the C memory pacer).
+	var fresh []*crdt.Doc
+	defer func() {
+		for _, d := range fresh {
+			d.Release()
+		}
+	}()
 	fail := func(err error) ([]needMsg, int, []uint64, error) {
 		for _, k := range touched {
 			r.cache.drop(k)
@@ -588,7 +596,7 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 	for _, rc := range recs {
 		// Consent governs what leaves this device; what a paired peer sends
 		// is accepted for any collection (its session passed checkPeer).
-		if len(rc.Changes) == 0 && len(rc.Heads) == 0 {
+		if len(rc.Changes) == 0 && len(rc.Heads) == 0 && rc.doc == nil {
 			continue // an answer to a Need the peer could not serve
 		}
 		key := recordKey(rc.Collection, rc.ID)
@@ -622,8 +630,48 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		if rc.Partial {
 			remoteHeads = nil
 		}
-		mr, err := d.MergeChanges(changes, remoteHeads)
+		var mr *crdt.MergeResult
+		if rc.doc != nil {
+			// A whole document to import (ImportDoc).
+			var nd *crdt.Doc
+			nd, mr, changes, err = r.importDoc(d, existed, &rc)
+			if err != nil {
+				return fail(err)
+			}
+			if nd != nil {
+				d = nd
+				fresh = append(fresh, d)
+			} else {
+				remoteHeads, _ = crdt.HeadsFromBytes(rc.Heads)
+			}
+		} else if !existed {
+			fresh = append(fresh, d)
+		}
+		if mr == nil {
+			mr, err = d.MergeChanges(changes, remoteHeads)
+		}
+		if errors.Is(err, crdt.ErrActorClash) && peer == "" && existed {
+			// An import or a restore of a history written under an actor
+			// the record's own history uses for other changes (one replica
+			// wrote both records): merged as a fork under fresh actors
+			// (crdt.ForkClashes; docs/replica.md, "Import"). The failed
+			// merge may have applied part of the changes: start again from
+			// the stored record.
+			r.cache.drop(key)
+			if d, existed, err = r.loadDoc(ctx, rc.Collection, rc.ID); err != nil {
+				return fail(err)
+			}
+			var forked []byte
+			if forked, remoteHeads, err = crdt.ForkClashes(d, changes); err == nil {
+				mr, err = d.MergeChanges(forked, remoteHeads)
+			}
+		}
 		switch {
+		case errors.Is(err, crdt.ErrActorClash) && peer == "":
+			return fail(fmt.Errorf("%w: import %s/%s: %w; nothing was written", ErrInvalid, rc.Collection, rc.ID, err))
+		case errors.Is(err, crdt.ErrActorClash):
+			return fail(fmt.Errorf("replica: merge %s/%s from %s: %w: this replica's history of the record and the peer's hold different changes under one Automerge actor (as when two documents of one foreign actor were imported into this record on two replicas); the record is not merged, nothing was written",
+				rc.Collection, rc.ID, peer, err))
 		case errors.Is(err, crdt.ErrMissingDeps), errors.Is(err, crdt.ErrBadDocument) && !existed:
 			// A delta whose dependencies this replica lacks (for a record it
 			// does not have at all, Automerge reports a bad document): ask
@@ -679,7 +727,13 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 			}
 		}
 		if !before.Equal(d.Heads()) {
-			batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
+			if rc.doc != nil && !existed && d.Heads().Equal(mr.HeadsAfter) && !d.Saved() {
+				// An import nothing was written to since: the bytes it was
+				// loaded from are its document (no Save: no second copy).
+				batch.Records = append(batch.Records, r.snapshotWrite(rc.Collection, rc.ID, d, rc.doc))
+			} else {
+				batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
+			}
 			written = append(written, existed)
 			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
 			// Sending the record back would be an echo when the peer holds
@@ -731,6 +785,40 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 	}
 	r.reportSkew(peer, future)
 	return needs, conflicts, echoes, nil
+}
+
+// importDoc prepares a whole imported document (rc.doc) for the apply.
+// For a record new to the store (existed false) it is loaded as the
+// record's own document (crdt.LoadNew: one Load) and returned with the
+// merge's result; for an existing one (created since ImportDoc looked) its
+// changes are read (docChanges) and returned, with rc.Heads set, for
+// MergeChanges into d.
+func (r *Replica) importDoc(d *crdt.Doc, existed bool, rc *recordChanges) (*crdt.Doc, *crdt.MergeResult, []byte, error) {
+	if existed {
+		x, err := r.docChanges(rc.Collection, rc.ID, rc.doc)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if len(x.Changes) == 0 {
+			return nil, nil, nil, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", rc.Collection, rc.ID, ErrInvalid)
+		}
+		rc.Heads = x.Heads
+		return nil, nil, x.Changes, nil
+	}
+	nd, mr, largest, err := crdt.LoadNew(rc.doc, r.actor())
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("replica: import %s/%s: %w", rc.Collection, rc.ID, err)
+	}
+	switch {
+	case largest > maxChangeBytes:
+		nd.Release()
+		return nil, nil, nil, fmt.Errorf("%w: import %s/%s: the document holds a change of %d bytes, over the %d-byte limit of one change; nothing was written",
+			ErrInvalid, rc.Collection, rc.ID, largest, maxChangeBytes)
+	case len(mr.HeadsAfter) == 0:
+		nd.Release()
+		return nil, nil, nil, fmt.Errorf("replica: import %s/%s: %w: the document holds no changes, nothing to merge", rc.Collection, rc.ID, ErrInvalid)
+	}
+	return nd, mr, nil, nil
 }
 
 func (h *host) acked(ctx context.Context, peer string, recs []recordChanges) error {

@@ -195,6 +195,10 @@ type recordChanges struct {
 	// from names the sender within a relay space (not on the wire): the
 	// pieces of a change are kept per sender.
 	from string
+	// doc is a whole saved document to import (ImportDoc; not on the
+	// wire): for a record new to the store it is loaded as the record's
+	// own document (one Load, see apply), else read into Changes first.
+	doc []byte
 }
 
 // batchMsg carries changed records from the sender's feed.

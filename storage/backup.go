@@ -284,8 +284,8 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) (Ex
 // eachRecord visits every record (all collections) with its verified meta.
 func (s *Store) eachRecord(ctx context.Context, txn *badger.Txn, st *keyState, fn func(ek *epochKeys, rid []byte, m *metaRec) error) error {
 	n := 0
-	for _, ek := range st.reads() {
-		prefix := keyPrefix(nil, ek.epoch, kindMeta)
+	for _, mp := range s.metaPrefixes(st, "") {
+		ek, prefix := mp.ek, mp.prefix
 		var keys [][]byte
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
 		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
@@ -310,7 +310,7 @@ func (s *Store) eachRecord(ctx context.Context, txn *badger.Txn, st *keyState, f
 				return err
 			}
 			rid := ek.recID(m.coll, m.id)
-			if !bytes.Equal(k, ek.metaKey(m.coll, rid)) {
+			if !bytes.Equal(k, mp.key(m)) {
 				return corruptf("record meta")
 			}
 			if err := verifyFeedLink(txn, ek, m, nonce); err != nil {

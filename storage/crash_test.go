@@ -91,6 +91,24 @@ func runChild(mode string) int {
 			}
 			fmt.Fprintf(os.Stdout, "rotated\n")
 		}
+	case "upgrade":
+		// Upgrade a layout-1 store in small steps; stop (and wait for the
+		// SIGKILL) after the step numbered FERRY_UPGRADE_STOP.
+		stop, _ := strconv.Atoi(os.Getenv("FERRY_UPGRADE_STOP"))
+		upgradeBatch = 8
+		steps := 0
+		upgradeHook = func(step string) {
+			steps++
+			fmt.Fprintf(os.Stdout, "step %d %s\n", steps, step)
+			if steps == stop {
+				select {}
+			}
+		}
+		if _, err := Open(ctx, dir, Options{Passphrase: []byte("layout1")}); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(os.Stdout, "step done\n")
+		select {}
 	default:
 		return fail(fmt.Errorf("unknown child mode %q", mode))
 	}

@@ -35,8 +35,14 @@ type epochKeys struct {
 	blind  []byte      // HMAC-SHA256 key for blinding names
 	hpool  sync.Pool   // *hmacState
 
-	collMu    sync.Mutex
-	collCache map[string][blindSize]byte // collection prefix cache (bounded)
+	collMu      sync.Mutex
+	collCache   map[string][blindSize]byte // collection prefix cache (bounded)
+	bucketCache map[collBucket][blindSize]byte
+}
+
+type collBucket struct {
+	coll   string
+	bucket uint16
 }
 
 type hmacState struct {
@@ -68,7 +74,7 @@ func newEpochKeys(epoch uint32, master []byte) (*epochKeys, error) {
 		return nil, err
 	}
 	k := &epochKeys{epoch: epoch, master: append([]byte(nil), master...), aead: aead, blind: blind,
-		collCache: make(map[string][blindSize]byte)}
+		collCache: make(map[string][blindSize]byte), bucketCache: make(map[collBucket][blindSize]byte)}
 	k.hpool.New = func() any { return &hmacState{h: hmac.New(sha256.New, k.blind)} }
 	return k, nil
 }
@@ -138,7 +144,8 @@ func (k *epochKeys) collPrefix(coll string) [blindSize]byte {
 // and the only other key is stateKey.
 const (
 	keyData      = 'd'
-	kindMeta     = 'm' // 'd' E 'm' H(coll) H(coll,id)      -> meta
+	kindRec      = 'r' // 'd' E 'r' H(coll) H(coll,bucket) H(coll,id) -> meta (layout 2)
+	kindMeta     = 'm' // 'd' E 'm' H(coll) H(coll,id)      -> meta (layout 1: upgraded on Open)
 	kindChunk    = 'c' // 'd' E 'c' H(coll,id) n(u32)        -> Automerge bytes
 	kindFeed     = 'f' // 'd' E 'f' seq(u64)                 -> feed entry
 	kindColl     = 'C' // 'd' E 'C' H(coll)                  -> collection name
@@ -168,15 +175,32 @@ func (k *epochKeys) collKey(coll string) []byte {
 	return append(keyPrefix(make([]byte, 0, prefixLen+blindSize), k.epoch, kindColl), p[:]...)
 }
 
+// metaPrefix is the prefix of every meta key of coll (List).
 func (k *epochKeys) metaPrefix(coll string) []byte {
 	p := k.collPrefix(coll)
-	return append(keyPrefix(make([]byte, 0, prefixLen+2*blindSize), k.epoch, kindMeta), p[:]...)
+	return append(keyPrefix(make([]byte, 0, prefixLen+3*blindSize), k.epoch, kindRec), p[:]...)
+}
+
+// metaBucketPrefix is the prefix of the meta keys of coll's records in one
+// reconciliation bucket (ReconItems).
+func (k *epochKeys) metaBucketPrefix(coll string, bucket uint16) []byte {
+	return append(k.metaPrefix(coll), k.bucketID(coll, bucket)...)
 }
 
 func (k *epochKeys) recID(coll, id string) []byte { return k.mac(nil, 'r', coll, id) }
 
-func (k *epochKeys) metaKey(coll string, rid []byte) []byte {
-	return append(k.metaPrefix(coll), rid...)
+// metaKey is the key of a record's meta: grouped by collection, then by
+// reconciliation bucket, so that the metas are the reconciliation index's
+// items. rid is recID(coll, id).
+func (k *epochKeys) metaKey(coll, id string, rid []byte) []byte {
+	return append(k.metaBucketPrefix(coll, ReconBucket(ReconKey(coll, id))), rid...)
+}
+
+// legacyMetaKey is where layout 1 kept a record's meta.
+func (k *epochKeys) legacyMetaKey(coll string, rid []byte) []byte {
+	p := k.collPrefix(coll)
+	b := append(keyPrefix(make([]byte, 0, prefixLen+2*blindSize), k.epoch, kindMeta), p[:]...)
+	return append(b, rid...)
 }
 
 func chunkKey(epoch uint32, rid []byte, n uint32) []byte {

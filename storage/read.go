@@ -19,8 +19,12 @@ type recState struct {
 	exists   bool   // a meta exists (committed or pending) in the write epoch
 	feedLive bool   // a feed entry for feedSeq exists in the write epoch
 	feedSeq  uint64 // seq of the live feed entry
-	rid      []byte // blinded id in the write epoch
-	mk       []byte // meta key in the write epoch
+	// counted: the record's heads (m.heads) are in the write epoch's
+	// reconciliation sums (it had a meta there, or was written in this
+	// transaction).
+	counted bool
+	rid     []byte // blinded id in the write epoch
+	mk      []byte // meta key in the write epoch
 }
 
 // readMeta opens and verifies the meta at mk under ek: the envelope, the
@@ -45,8 +49,14 @@ func readMeta(txn *badger.Txn, ek *epochKeys, mk []byte, coll, id string) (*meta
 	return m, nonce, nil
 }
 
+// openMeta opens a meta read from mk, of layout 2 (kindRec) or 1
+// (kindMeta), as mk says (the kind is part of the key and of the AD).
 func openMeta(ek *epochKeys, mk, raw []byte) (*metaRec, [nonceSize]byte, error) {
-	pt, nonce, err := ek.open(nil, kindMeta, mk, raw)
+	kind := byte(kindRec)
+	if len(mk) > prefixLen && mk[prefixLen-1] == kindMeta {
+		kind = kindMeta
+	}
+	pt, nonce, err := ek.open(nil, kind, mk, raw)
 	if err != nil {
 		return nil, nonce, corruptf("record meta")
 	}
@@ -111,11 +121,16 @@ func readChunks(txn *badger.Txn, ek *epochKeys, rid []byte, m *metaRec, dst []by
 	return dst, nil
 }
 
-// findRecord locates and verifies a record's meta in the read epochs.
-func findRecord(txn *badger.Txn, st *keyState, coll, id string) (*epochKeys, []byte, *metaRec, error) {
+// findRecord locates and verifies a record's meta in the read epochs (and
+// under its layout-1 key too while the store is not upgraded).
+func (s *Store) findRecord(txn *badger.Txn, st *keyState, coll, id string) (*epochKeys, []byte, *metaRec, error) {
+	legacy := s.legacy.Load()
 	for _, ek := range st.reads() {
 		rid := ek.recID(coll, id)
-		m, _, err := readMeta(txn, ek, ek.metaKey(coll, rid), coll, id)
+		m, _, err := readMeta(txn, ek, ek.metaKey(coll, id, rid), coll, id)
+		if err == nil && m == nil && legacy {
+			m, _, err = readMeta(txn, ek, ek.legacyMetaKey(coll, rid), coll, id)
+		}
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -136,7 +151,7 @@ func (s *Store) Load(ctx context.Context, collection, id string) ([]byte, Record
 	var data []byte
 	var meta RecordMeta
 	err := s.view(ctx, "load", func(txn *badger.Txn, st *keyState) error {
-		ek, rid, m, err := findRecord(txn, st, collection, id)
+		ek, rid, m, err := s.findRecord(txn, st, collection, id)
 		if err != nil {
 			return err
 		}
@@ -168,7 +183,7 @@ func (s *Store) Meta(ctx context.Context, collection, id string) (RecordMeta, er
 	}
 	var meta RecordMeta
 	err := s.view(ctx, "meta", func(txn *badger.Txn, st *keyState) error {
-		_, _, m, err := findRecord(txn, st, collection, id)
+		_, _, m, err := s.findRecord(txn, st, collection, id)
 		if err == nil {
 			meta = m.toMeta()
 		}
@@ -188,8 +203,8 @@ func (s *Store) List(ctx context.Context, collection string, fn func(RecordMeta)
 	}
 	return s.view(ctx, "list", func(txn *badger.Txn, st *keyState) error {
 		n := 0
-		for _, ek := range st.reads() {
-			prefix := ek.metaPrefix(collection)
+		for _, mp := range s.metaPrefixes(st, collection) {
+			ek, prefix := mp.ek, mp.prefix
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
 			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
 				if n++; n%ctxCheckEvery == 0 {
@@ -206,7 +221,7 @@ func (s *Store) List(ctx context.Context, collection string, fn func(RecordMeta)
 					return err
 				}
 				m, _, err := openMeta(ek, mk, raw)
-				if err != nil || m.coll != collection || !bytes.Equal(mk, ek.metaKey(m.coll, ek.recID(m.coll, m.id))) {
+				if err != nil || m.coll != collection || !bytes.Equal(mk, mp.key(m)) {
 					it.Close()
 					return corruptf("record meta")
 				}
@@ -227,6 +242,46 @@ func (s *Store) List(ctx context.Context, collection string, fn func(RecordMeta)
 		}
 		return nil
 	})
+}
+
+// metaScan is one prefix of meta keys to scan in one epoch, and the key a
+// meta found there must have.
+type metaScan struct {
+	ek     *epochKeys
+	prefix []byte
+	legacy bool
+}
+
+func (mp metaScan) key(m *metaRec) []byte {
+	rid := mp.ek.recID(m.coll, m.id)
+	if mp.legacy {
+		return mp.ek.legacyMetaKey(m.coll, rid)
+	}
+	return mp.ek.metaKey(m.coll, m.id, rid)
+}
+
+// metaPrefixes lists the meta prefixes of coll (all collections if coll is
+// empty) in the read epochs: layout 2's, and layout 1's while the store is
+// not upgraded.
+func (s *Store) metaPrefixes(st *keyState, coll string) []metaScan {
+	var out []metaScan
+	legacy := s.legacy.Load()
+	for _, ek := range st.reads() {
+		if coll == "" {
+			out = append(out, metaScan{ek: ek, prefix: keyPrefix(nil, ek.epoch, kindRec)})
+		} else {
+			out = append(out, metaScan{ek: ek, prefix: ek.metaPrefix(coll)})
+		}
+		if legacy {
+			p := keyPrefix(nil, ek.epoch, kindMeta)
+			if coll != "" {
+				cp := ek.collPrefix(coll)
+				p = append(p, cp[:]...)
+			}
+			out = append(out, metaScan{ek: ek, prefix: p, legacy: true})
+		}
+	}
+	return out
 }
 
 // userErr carries a callback's error through mapBadgerErr untouched.

@@ -17,23 +17,34 @@ import (
 // SHA-256 of its names, the same in every store, and an item hash,
 // ReconHash(key, heads). Keys fall into ReconBuckets buckets by their top
 // bits. Per collection and bucket the store keeps the count of records and
-// the sum (mod 2^256) of their item hashes, updated in the same transaction
-// as each record write, plus one index entry per record (its id and heads)
-// grouped by bucket, so one bucket's items are read without the others.
+// the sum (mod 2^256) of their item hashes, in pages of 16 buckets, updated
+// in the same transaction as the record writes (once per touched page per
+// transaction). The items are the records' metas themselves: a meta key is
+// grouped by collection and bucket (keys.go metaKey), so one bucket's items
+// are one prefix scan.
 //
-// Keys on disk are blinded like every other key: the bucket number is
-// HMACed with the collection under the epoch's blinding key, so a reader of
-// the raw files sees which records share a bucket, not which bucket.
+// Keys on disk are blinded like every other key: the bucket and page
+// numbers are HMACed with the collection under the epoch's blinding key, so
+// a reader of the raw files sees which records share a bucket, not which
+// bucket.
 //
-//	'd' E 'y' H(coll) H(coll,bucket)            -> bucket u16 | count u64 | sum [32]
-//	'd' E 'x' H(coll) H(coll,bucket) H(coll,id)  -> id | heads
+//	'd' E 'Y' H(coll) H(coll,page)  -> u8 1 | u8 page | uv n | n x (u8 bucket-in-page | uv count | sum [32])
 //
-// Stores written before the index existed build it on first use
-// (ReconSums, ReconItems), in batches; the slot reconSlotNS/"built" marks
-// it complete (a slot, so key rotation carries it).
+// Layout 1 (stores written before) kept one 'x' entry per record and one
+// 'y' sum per bucket; Open upgrades it (layout.go).
 const (
-	kindReconSum  = 'y'
-	kindReconItem = 'x'
+	kindReconPage = 'Y'
+	kindReconSum  = 'y' // layout 1
+	kindReconItem = 'x' // layout 1
+)
+
+// reconPageBuckets is the number of buckets per sum page: a batch of 1000
+// new records touches all 64 pages of a collection (~40 KB in all) instead
+// of ~630 separate bucket sums, and a single-record write rewrites one page
+// of at most ~600 bytes.
+const (
+	reconPageBuckets = 16
+	reconPages       = ReconBuckets / reconPageBuckets
 )
 
 // ReconBuckets is the number of buckets the key space is split into;
@@ -42,8 +53,6 @@ const (
 	ReconBucketBits = 10
 	ReconBuckets    = 1 << ReconBucketBits
 )
-
-const reconSlotNS = "storage/recon"
 
 // ReconKey is a record's reconciliation key: SHA-256 of its collection
 // (length-prefixed) and id. Every store computes the same key.
@@ -115,252 +124,239 @@ func subSum(a *[32]byte, b [32]byte) {
 	}
 }
 
+// bucketID is the blinded bucket number in coll (in every meta key; cached,
+// at most maxCollCache entries).
 func (k *epochKeys) bucketID(coll string, bucket uint16) []byte {
+	cb := collBucket{coll, bucket}
+	k.collMu.Lock()
+	v, ok := k.bucketCache[cb]
+	k.collMu.Unlock()
+	if ok {
+		return v[:]
+	}
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], bucket)
-	return k.mac(nil, 'b', coll, string(b[:]))
+	copy(v[:], k.mac(nil, 'b', coll, string(b[:])))
+	k.collMu.Lock()
+	if len(k.bucketCache) >= maxCollCache {
+		clear(k.bucketCache)
+	}
+	k.bucketCache[cb] = v
+	k.collMu.Unlock()
+	return v[:]
 }
 
-func (k *epochKeys) reconSumPrefix(coll string) []byte {
+func (k *epochKeys) reconPagePrefix(coll string) []byte {
 	p := k.collPrefix(coll)
-	return append(keyPrefix(make([]byte, 0, prefixLen+2*blindSize), k.epoch, kindReconSum), p[:]...)
+	return append(keyPrefix(make([]byte, 0, prefixLen+2*blindSize), k.epoch, kindReconPage), p[:]...)
 }
 
-func (k *epochKeys) reconSumKey(coll string, bucket uint16) []byte {
-	return append(k.reconSumPrefix(coll), k.bucketID(coll, bucket)...)
+func (k *epochKeys) reconPageKey(coll string, page int) []byte {
+	return k.mac(k.reconPagePrefix(coll), 'p', coll, string([]byte{byte(page)}))
 }
 
-func (k *epochKeys) reconItemPrefix(coll string, bucket uint16) []byte {
-	p := k.collPrefix(coll)
-	b := append(keyPrefix(make([]byte, 0, prefixLen+3*blindSize), k.epoch, kindReconItem), p[:]...)
-	return append(b, k.bucketID(coll, bucket)...)
-}
+// reconPage is one page's non-empty bucket sums, by bucket within the page.
+type reconPage map[uint8]ReconSum
 
-func encodeReconItem(id string, heads [][]byte) []byte {
-	w := wbuf{b: make([]byte, 0, 8+len(id)+HeadSize*len(heads))}
-	w.str(id)
-	w.uv(uint64(len(heads)))
-	for _, h := range heads {
-		w.fixed(h)
+func encodeReconPage(page int, p reconPage) []byte {
+	idx := make([]int, 0, len(p))
+	for i := range p {
+		idx = append(idx, int(i))
+	}
+	slices.Sort(idx)
+	w := wbuf{b: make([]byte, 0, 8+len(p)*(1+binary.MaxVarintLen64+32))}
+	w.u8(1)
+	w.u8(byte(page))
+	w.uv(uint64(len(idx)))
+	for _, i := range idx {
+		s := p[uint8(i)]
+		w.u8(byte(i))
+		w.uv(s.Count)
+		w.fixed(s.Sum[:])
 	}
 	return w.b
 }
 
-func decodeReconItem(b []byte) (string, [][]byte, bool) {
+// decodeReconPage decodes a page: buckets strictly increasing within the
+// page, counts at least 1, nothing left over.
+func decodeReconPage(b []byte, page int) (reconPage, bool) {
 	r := rbuf{b: b}
-	id := r.str(maxNameLen)
-	n := r.count(maxHeads, HeadSize)
-	heads := make([][]byte, 0, n)
+	if r.u8() != 1 || int(r.u8()) != page {
+		return nil, false
+	}
+	n := r.count(reconPageBuckets, 1+1+32)
+	p := make(reconPage, n)
+	last := -1
 	for i := 0; i < n; i++ {
-		heads = append(heads, slices.Clone(r.fixed(HeadSize)))
-	}
-	return id, heads, r.done()
-}
-
-func encodeReconSum(s *ReconSum) []byte {
-	b := binary.BigEndian.AppendUint16(nil, s.Bucket)
-	b = binary.BigEndian.AppendUint64(b, s.Count)
-	return append(b, s.Sum[:]...)
-}
-
-func decodeReconSum(b []byte) (ReconSum, bool) {
-	if len(b) != 2+8+32 {
-		return ReconSum{}, false
-	}
-	s := ReconSum{Bucket: binary.BigEndian.Uint16(b), Count: binary.BigEndian.Uint64(b[2:])}
-	copy(s.Sum[:], b[10:])
-	return s, true
-}
-
-// reconItemHash reads the index entry of coll/id in ek: its item hash and
-// whether it exists.
-func (w *wtx) reconEntry(ek *epochKeys, coll, id string) ([]byte, [32]byte, bool, error) {
-	key := ReconKey(coll, id)
-	bucket := ReconBucket(key)
-	ik := append(ek.reconItemPrefix(coll, bucket), ek.recID(coll, id)...)
-	raw, ok, err := getValue(w.txn, ik)
-	if err != nil || !ok {
-		return ik, [32]byte{}, false, err
-	}
-	pt, _, err := ek.open(nil, kindReconItem, ik, raw)
-	if err != nil {
-		return nil, [32]byte{}, false, corruptf("reconciliation index")
-	}
-	gotID, heads, ok := decodeReconItem(pt)
-	if !ok || gotID != id {
-		return nil, [32]byte{}, false, corruptf("reconciliation index")
-	}
-	return ik, ReconHash(key, heads), true, nil
-}
-
-// addToBucket adds (sign > 0) or removes an item hash from its bucket sum.
-func (w *wtx) addToBucket(ek *epochKeys, coll string, bucket uint16, h [32]byte, add bool) error {
-	sk := ek.reconSumKey(coll, bucket)
-	s := ReconSum{Bucket: bucket}
-	raw, ok, err := getValue(w.txn, sk)
-	if err != nil {
-		return err
-	}
-	if ok {
-		pt, _, err := ek.open(nil, kindReconSum, sk, raw)
-		if err != nil {
-			return corruptf("reconciliation sum")
+		idx := int(r.u8())
+		count := r.uv()
+		sum := r.fixed(32)
+		if r.bad || idx <= last || idx >= reconPageBuckets || count == 0 {
+			return nil, false
 		}
-		if s, ok = decodeReconSum(pt); !ok || s.Bucket != bucket {
-			return corruptf("reconciliation sum")
-		}
+		last = idx
+		s := ReconSum{Bucket: uint16(page*reconPageBuckets + idx), Count: count}
+		copy(s.Sum[:], sum)
+		p[uint8(idx)] = s
+	}
+	return p, r.done()
+}
+
+// bucketDelta is a transaction's pending change to one bucket's sum.
+type bucketDelta struct {
+	added, removed uint64
+	add, sub       [32]byte
+}
+
+// pageDelta is a transaction's pending changes to one sum page, applied
+// once by flushRecon (a batch of 1000 new records touches all 64 pages of
+// its collection once instead of reading and sealing a sum per record).
+type pageDelta struct {
+	ek   *epochKeys
+	coll string
+	page int
+	b    map[uint8]*bucketDelta
+}
+
+// addToBucket adds (add) or removes an item hash from its bucket's sum, in
+// memory: flushRecon writes the pages before the transaction commits.
+func (w *wtx) addToBucket(ek *epochKeys, coll string, bucket uint16, h [32]byte, add bool) {
+	page := int(bucket) / reconPageBuckets
+	pk := ek.reconPageKey(coll, page)
+	if w.sums == nil {
+		w.sums = make(map[string]*pageDelta)
+	}
+	d := w.sums[string(pk)]
+	if d == nil {
+		d = &pageDelta{ek: ek, coll: coll, page: page, b: make(map[uint8]*bucketDelta)}
+		w.sums[string(pk)] = d
+	}
+	idx := uint8(int(bucket) % reconPageBuckets)
+	bd := d.b[idx]
+	if bd == nil {
+		bd = &bucketDelta{}
+		d.b[idx] = bd
 	}
 	if add {
-		AddSum(&s.Sum, h)
-		s.Count++
+		AddSum(&bd.add, h)
+		bd.added++
 	} else {
-		if s.Count == 0 {
-			return corruptf("reconciliation sum")
-		}
-		subSum(&s.Sum, h)
-		s.Count--
+		AddSum(&bd.sub, h)
+		bd.removed++
 	}
-	if s.Count == 0 {
-		return w.del(sk)
-	}
-	v, _ := ek.sealNew(kindReconSum, sk, encodeReconSum(&s))
-	return w.set(sk, v)
 }
 
-// unindex removes coll/id from the index of epoch ek, if it is there.
-func (w *wtx) unindex(ek *epochKeys, coll, id string) error {
-	ik, h, ok, err := w.reconEntry(ek, coll, id)
+// readReconPage reads and opens a page (empty if absent).
+func readReconPage(txn *badger.Txn, ek *epochKeys, pk []byte, page int) (reconPage, bool, error) {
+	raw, ok, err := getValue(txn, pk)
 	if err != nil || !ok {
-		return err
+		return reconPage{}, false, err
 	}
-	if err := w.del(ik); err != nil {
-		return err
-	}
-	return w.addToBucket(ek, coll, ReconBucket(ReconKey(coll, id)), h, false)
-}
-
-// index sets coll/id's entry in the index of epoch ek to heads.
-func (w *wtx) index(ek *epochKeys, coll, id string, heads [][]byte) error {
-	if err := w.unindex(ek, coll, id); err != nil {
-		return err
-	}
-	key := ReconKey(coll, id)
-	bucket := ReconBucket(key)
-	ik := append(ek.reconItemPrefix(coll, bucket), ek.recID(coll, id)...)
-	v, _ := ek.sealNew(kindReconItem, ik, encodeReconItem(id, heads))
-	if err := w.set(ik, v); err != nil {
-		return err
-	}
-	return w.addToBucket(ek, coll, bucket, ReconHash(key, heads), true)
-}
-
-// reconBuilt reports whether the index is complete.
-func (s *Store) reconBuilt(ctx context.Context) (bool, error) {
-	_, ok, err := s.Slots(reconSlotNS).Get(ctx, "built")
-	return ok, err
-}
-
-// buildRecon indexes every record not yet in the index (a store written
-// before the index existed), in batches, then marks the index complete.
-// Concurrent writes index their records themselves; a record already in
-// the index is left as it is.
-func (s *Store) buildRecon(ctx context.Context) error {
-	if ok, err := s.reconBuilt(ctx); err != nil || ok {
-		return err
-	}
-	type mref struct {
-		epoch uint32
-		mk    []byte
-	}
-	var refs []mref
-	err := s.view(ctx, "reconciliation index", func(txn *badger.Txn, st *keyState) error {
-		refs = refs[:0]
-		for _, ek := range st.reads() {
-			prefix := keyPrefix(nil, ek.epoch, kindMeta)
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
-			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
-				refs = append(refs, mref{ek.epoch, it.Item().KeyCopy(nil)})
-			}
-			it.Close()
-		}
-		return nil
-	})
+	pt, _, err := ek.open(nil, kindReconPage, pk, raw)
 	if err != nil {
-		return err
+		return nil, false, corruptf("reconciliation sum")
 	}
-	const per = 512
-	for len(refs) > 0 {
-		n := min(per, len(refs))
-		part := refs[:n]
-		refs = refs[n:]
-		err := s.update(ctx, "reconciliation index", func(w *wtx) error {
-			for _, r := range part {
-				var ek *epochKeys
-				for _, e := range w.st.reads() {
-					if e.epoch == r.epoch {
-						ek = e
-					}
-				}
-				if ek == nil {
-					continue // rotated away meanwhile: indexed by the rotation
-				}
-				raw, ok, err := getValue(w.txn, r.mk)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					continue
-				}
-				m, _, err := openMeta(ek, r.mk, raw)
-				if err != nil {
-					return err
-				}
-				if _, _, ok, err := w.reconEntry(ek, m.coll, m.id); err != nil || ok {
-					if err != nil {
-						return err
-					}
-					continue
-				}
-				if err := w.index(ek, m.coll, m.id, m.heads); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+	p, ok := decodeReconPage(pt, page)
+	if !ok {
+		return nil, false, corruptf("reconciliation sum")
+	}
+	return p, true, nil
+}
+
+// flushRecon applies the transaction's pending bucket-sum changes: one
+// read, and one write or delete, per touched page. The result is exactly
+// what applying each change in turn gives (addition mod 2^256 commutes); a
+// count that would go below zero is ErrCorrupt.
+func (w *wtx) flushRecon() error {
+	keys := make([]string, 0, len(w.sums))
+	for k := range w.sums {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // deterministic order of Badger writes
+	for _, k := range keys {
+		d := w.sums[k]
+		pk := []byte(k)
+		p, existed, err := readReconPage(w.txn, d.ek, pk, d.page)
 		if err != nil {
 			return err
 		}
+		for idx, bd := range d.b {
+			s, ok := p[idx]
+			if !ok {
+				s = ReconSum{Bucket: uint16(d.page*reconPageBuckets + int(idx))}
+			}
+			if s.Count+bd.added < bd.removed {
+				return corruptf("reconciliation sum")
+			}
+			s.Count = s.Count + bd.added - bd.removed
+			AddSum(&s.Sum, bd.add)
+			subSum(&s.Sum, bd.sub)
+			if s.Count == 0 {
+				delete(p, idx)
+			} else {
+				p[idx] = s
+			}
+		}
+		if len(p) == 0 {
+			if existed {
+				if err := w.del(pk); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		v, _ := d.ek.sealNew(kindReconPage, pk, encodeReconPage(d.page, p))
+		if err := w.set(pk, v); err != nil {
+			return err
+		}
 	}
-	_, err = s.Write(ctx, Batch{Slots: []SlotWrite{{Namespace: reconSlotNS, Key: "built", Value: []byte{1}}}})
-	return err
+	w.sums = nil
+	return nil
+}
+
+// unindex removes a record with these heads from the sums of epoch ek.
+func (w *wtx) unindex(ek *epochKeys, coll, id string, heads [][]byte) {
+	key := ReconKey(coll, id)
+	w.addToBucket(ek, coll, ReconBucket(key), ReconHash(key, heads), false)
+}
+
+// index adds a record with these heads to the sums of epoch ek.
+func (w *wtx) index(ek *epochKeys, coll, id string, heads [][]byte) {
+	key := ReconKey(coll, id)
+	w.addToBucket(ek, coll, ReconBucket(key), ReconHash(key, heads), true)
 }
 
 // ReconSums returns, for every non-empty bucket of collection, the count of
 // its records and the sum of their item hashes (see ReconHash), ordered by
-// bucket. The first call on a store written before the index existed builds
-// the index (it reads every record once); later calls read at most
-// ReconBuckets small values per collection.
+// bucket. It reads at most 64 small values per collection (twice that while a key
+// rotation is in progress). A store of layout 1 opened read-only (too
+// little free space for its upgrade, see Open) has no sums yet: ErrNoSpace.
 func (s *Store) ReconSums(ctx context.Context, collection string) ([]ReconSum, error) {
 	if err := checkName("collection", collection); err != nil {
 		return nil, err
 	}
-	if err := s.buildRecon(ctx); err != nil {
+	if err := s.needLayout2("reconciliation sums"); err != nil {
 		return nil, err
 	}
 	var out []ReconSum
 	err := s.view(ctx, "reconciliation sums", func(txn *badger.Txn, st *keyState) error {
 		byBucket := map[uint16]*ReconSum{}
 		for _, ek := range st.reads() {
-			err := scanSealed(txn, ek, kindReconSum, ek.reconSumPrefix(collection), "reconciliation sum", func(k, pt []byte) error {
-				rs, ok := decodeReconSum(pt)
-				if !ok || rs.Bucket >= ReconBuckets || !bytes.Equal(k, ek.reconSumKey(collection, rs.Bucket)) {
+			err := scanSealed(txn, ek, kindReconPage, ek.reconPagePrefix(collection), "reconciliation sum", func(k, pt []byte) error {
+				if len(pt) < 2 || int(pt[1]) >= reconPages || !bytes.Equal(k, ek.reconPageKey(collection, int(pt[1]))) {
 					return corruptf("reconciliation sum")
 				}
-				if cur := byBucket[rs.Bucket]; cur != nil {
-					cur.Count += rs.Count
-					AddSum(&cur.Sum, rs.Sum)
-				} else {
-					byBucket[rs.Bucket] = &rs
+				p, ok := decodeReconPage(pt, int(pt[1]))
+				if !ok {
+					return corruptf("reconciliation sum")
+				}
+				for _, rs := range p {
+					if cur := byBucket[rs.Bucket]; cur != nil {
+						cur.Count += rs.Count
+						AddSum(&cur.Sum, rs.Sum)
+					} else {
+						byBucket[rs.Bucket] = &rs
+					}
 				}
 				return nil
 			})
@@ -382,7 +378,9 @@ func (s *Store) ReconSums(ctx context.Context, collection string) ([]ReconSum, e
 }
 
 // ReconItems returns the records of collection in one bucket, with their
-// keys, heads and item hashes, ordered by key.
+// keys, heads and item hashes, ordered by key. It reads (and
+// authenticates) the bucket's metas. Like ReconSums, ErrNoSpace on a
+// layout-1 store opened read-only.
 func (s *Store) ReconItems(ctx context.Context, collection string, bucket uint16) ([]ReconItem, error) {
 	if err := checkName("collection", collection); err != nil {
 		return nil, err
@@ -390,21 +388,27 @@ func (s *Store) ReconItems(ctx context.Context, collection string, bucket uint16
 	if bucket >= ReconBuckets {
 		return nil, invalidf("bucket %d of %d", bucket, ReconBuckets)
 	}
-	if err := s.buildRecon(ctx); err != nil {
+	if err := s.needLayout2("reconciliation items"); err != nil {
 		return nil, err
 	}
 	var out []ReconItem
 	err := s.view(ctx, "reconciliation items", func(txn *badger.Txn, st *keyState) error {
 		out = out[:0]
 		for _, ek := range st.reads() {
-			prefix := ek.reconItemPrefix(collection, bucket)
-			err := scanSealed(txn, ek, kindReconItem, prefix, "reconciliation index", func(k, pt []byte) error {
-				id, heads, ok := decodeReconItem(pt)
-				if !ok || !bytes.Equal(k[len(prefix):], ek.recID(collection, id)) {
-					return corruptf("reconciliation index")
+			prefix := ek.metaBucketPrefix(collection, bucket)
+			err := scanSealed(txn, ek, kindRec, prefix, "record meta", func(k, pt []byte) error {
+				m, err := decodeMeta(pt)
+				if err != nil || m.coll != collection || !bytes.Equal(k, ek.metaKey(m.coll, m.id, ek.recID(m.coll, m.id))) {
+					return corruptf("record meta")
 				}
-				key := ReconKey(collection, id)
-				out = append(out, ReconItem{ID: id, Key: key, Heads: heads, Hash: ReconHash(key, heads)})
+				if ok, err := exists(txn, seqKey(ek.epoch, kindFeed, m.seq)); err != nil || !ok {
+					if err != nil {
+						return err
+					}
+					return corruptf("record meta (stale)")
+				}
+				key := ReconKey(collection, m.id)
+				out = append(out, ReconItem{ID: m.id, Key: key, Heads: m.heads, Hash: ReconHash(key, m.heads)})
 				return nil
 			})
 			if err != nil {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-
-	"github.com/dgraph-io/badger/v4"
 )
 
 // reconExpect computes, from the records' metas, what the reconciliation
@@ -86,34 +84,6 @@ func TestReconIndexFollowsWrites(t *testing.T) {
 	s = reopen(t, s, dir)
 	checkRecon(t, s, "c")
 
-	// Lose the index (as in a store written before it existed): it is
-	// rebuilt on first use.
-	if err := s.db.Update(func(txn *badger.Txn) error {
-		for _, kind := range []byte{kindReconSum, kindReconItem} {
-			prefix := keyPrefix(nil, s.st().cur.epoch, kind)
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-			var keys [][]byte
-			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
-				keys = append(keys, it.Item().KeyCopy(nil))
-			}
-			it.Close()
-			for _, k := range keys {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Slots(reconSlotNS).Delete(ctx, "built"); err != nil {
-		t.Fatal(err)
-	}
-	// A write before the rebuild indexes its own record; the rebuild then
-	// leaves it as is.
-	mustWrite(t, s, docs["r004"].set(t, "v", "before rebuild"))
-	checkRecon(t, s, "c")
 }
 
 func TestReconSumArithmetic(t *testing.T) {

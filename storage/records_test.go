@@ -21,7 +21,7 @@ func internalMeta(t *testing.T, s *Store, coll, id string) *metaRec {
 	var m *metaRec
 	err := s.db.View(func(txn *badger.Txn) error {
 		var err error
-		_, _, m, err = findRecord(txn, s.st(), coll, id)
+		_, _, m, err = s.findRecord(txn, s.st(), coll, id)
 		return err
 	})
 	if err != nil {

@@ -119,7 +119,7 @@ func (s *Store) startRotation() error {
 
 // rotation order: owners first (records carry chunks and feed entries,
 // slots and log heads carry markers), then log entries and collections.
-var rotateKinds = []byte{kindMeta, kindSlot, kindLogHead, kindLogEntry, kindColl}
+var rotateKinds = []byte{kindRec, kindSlot, kindLogHead, kindLogEntry, kindColl}
 
 const (
 	rotateBatchItems = 256
@@ -245,7 +245,7 @@ func (s *Store) rotateBatch(ctx context.Context, kind byte, from, to *epochKeys)
 		for _, e := range items {
 			var err error
 			switch kind {
-			case kindMeta:
+			case kindRec:
 				err = w.rotateRecord(from, to, e)
 			case kindSlot:
 				err = w.rotateMarked(from, to, kindSlot, e)
@@ -272,7 +272,7 @@ func (w *wtx) rotateRecord(from, to *epochKeys, e kv) error {
 		return err
 	}
 	orid := from.recID(m.coll, m.id)
-	if !bytes.Equal(e.k, from.metaKey(m.coll, orid)) {
+	if !bytes.Equal(e.k, from.metaKey(m.coll, m.id, orid)) {
 		return corruptf("record meta")
 	}
 	if err := verifyFeedLink(w.txn, from, m, nonce); err != nil {
@@ -282,10 +282,10 @@ func (w *wtx) rotateRecord(from, to *epochKeys, e kv) error {
 	if err := w.moveRecord(from, orid, e.k, m, to, rid); err != nil {
 		return err
 	}
-	mk := to.metaKey(m.coll, rid)
+	mk := to.metaKey(m.coll, m.id, rid)
 	mn := newNonce()
 	pt := m.encode()
-	if err := w.set(mk, to.seal(nil, kindMeta, mk, mn, pt)); err != nil {
+	if err := w.set(mk, to.seal(nil, kindRec, mk, mn, pt)); err != nil {
 		return err
 	}
 	fk := seqKey(to.epoch, kindFeed, m.seq)
@@ -293,9 +293,7 @@ func (w *wtx) rotateRecord(from, to *epochKeys, e kv) error {
 	if err := w.set(fk, fv); err != nil {
 		return err
 	}
-	if err := w.index(to, m.coll, m.id, m.heads); err != nil {
-		return err
-	}
+	w.index(to, m.coll, m.id, m.heads)
 	return w.ensureCollIn(to, m.coll)
 }
 

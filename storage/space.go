@@ -152,7 +152,8 @@ func trimTornTails(dir string, ends map[string]int64) error {
 // again). If the read-write open fails, Badger is reopened read-only; if
 // that fails too, the store is closed (ErrClosed).
 func (s *Store) tryWritable() {
-	if !s.readOnly.Load() || spaceFor(s.dir, s.reserve, "reopen") != nil {
+	// A layout-1 store stays read-only: its upgrade runs in Open.
+	if !s.readOnly.Load() || s.legacy.Load() || spaceFor(s.dir, s.reserve, "reopen") != nil {
 		return
 	}
 	s.lifeMu.Lock()

@@ -54,6 +54,10 @@ type Store struct {
 
 	knownColl sync.Map // collection keys known to exist (never removed)
 
+	// legacy: the store is in record layout 1 (opened read-only, so not
+	// upgraded; layout.go). Set only by Open.
+	legacy atomic.Bool
+
 	lifeMu  sync.Mutex
 	closed  bool
 	closing chan struct{}
@@ -305,6 +309,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	s := newStore(db, dir, &opts, readOnly)
 	if err := s.start(h, kek, cur, next); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.openLayout(ctx); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -599,6 +607,7 @@ type wtx struct {
 	recs  map[string]*recState
 	slots map[string]*slotState
 	colls map[string]bool
+	sums  map[string]*pageDelta // pending reconciliation sum changes (flushRecon)
 	// lastColl: ensureColl's answer for this collection is known.
 	lastColl string
 
@@ -641,6 +650,9 @@ func (s *Store) update(ctx context.Context, op string, fn func(w *wtx) error) (e
 		w := &wtx{s: s, txn: txn, st: st}
 		if err == nil {
 			err = fn(w)
+		}
+		if err == nil {
+			err = w.flushRecon()
 		}
 		if err == nil {
 			err = s.commit(w)

@@ -140,7 +140,7 @@ func TestTamperMoveAndReplay(t *testing.T) {
 		s.Append(ctx, "log", []byte{byte(i)})
 	}
 	ek := s.st().cur
-	metaA, metaB := ek.metaKey("c", ek.recID("c", "a")), ek.metaKey("c", ek.recID("c", "b"))
+	metaA, metaB := ek.metaKey("c", "a", ek.recID("c", "a")), ek.metaKey("c", "b", ek.recID("c", "b"))
 	chunkA0, chunkB0 := chunkKey(ek.epoch, ek.recID("c", "a"), 0), chunkKey(ek.epoch, ek.recID("c", "b"), 0)
 	slotX, slotY := ek.slotKey("ns", "x"), ek.slotKey("ns", "y")
 	head := ek.headKey("log")

@@ -104,7 +104,7 @@ func validateRecordWrite(rw *RecordWrite) error {
 func (w *wtx) loadRecord(coll, id string) (*recState, error) {
 	we := w.st.write()
 	rid := we.recID(coll, id)
-	mk := we.metaKey(coll, rid)
+	mk := we.metaKey(coll, id, rid)
 	if w.recs == nil {
 		w.recs = make(map[string]*recState)
 	}
@@ -117,11 +117,11 @@ func (w *wtx) loadRecord(coll, id string) (*recState, error) {
 		return nil, err
 	}
 	if m != nil {
-		rs.m, rs.exists, rs.feedLive, rs.feedSeq = *m, true, true, m.seq
+		rs.m, rs.exists, rs.feedLive, rs.feedSeq, rs.counted = *m, true, true, m.seq, true
 	} else if old := w.st.old(); old != nil {
 		// Rotation in progress: move the record into the write epoch.
 		orid := old.recID(coll, id)
-		omk := old.metaKey(coll, orid)
+		omk := old.metaKey(coll, id, orid)
 		om, _, err := readMeta(w.txn, old, omk, coll, id)
 		if err != nil {
 			return nil, err
@@ -138,8 +138,9 @@ func (w *wtx) loadRecord(coll, id string) (*recState, error) {
 }
 
 // moveRecord re-seals m's chunks from epoch `from` into `to` (updating the
-// nonces in m) and deletes the old chunks, meta and feed entry. The caller
-// writes the new meta and feed entry.
+// nonces in m), deletes the old chunks, meta and feed entry, and takes the
+// record out of from's reconciliation sums. The caller writes the new meta
+// and feed entry, and counts the record in to's sums.
 func (w *wtx) moveRecord(from *epochKeys, orid, omk []byte, m *metaRec, to *epochKeys, rid []byte) error {
 	var buf []byte
 	for i := range m.chunks {
@@ -162,9 +163,7 @@ func (w *wtx) moveRecord(from *epochKeys, orid, omk []byte, m *metaRec, to *epoc
 	if err := w.del(omk); err != nil {
 		return err
 	}
-	if err := w.unindex(from, m.coll, m.id); err != nil {
-		return err
-	}
+	w.unindex(from, m.coll, m.id, m.heads)
 	return w.del(seqKey(from.epoch, kindFeed, m.seq))
 }
 
@@ -223,6 +222,7 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 	if err != nil {
 		return err
 	}
+	prevHeads := rs.m.heads // what the reconciliation sums count, if counted
 	if rw.ifSeq != nil {
 		cur := uint64(0)
 		if rs.exists {
@@ -281,8 +281,12 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 	if err := w.ensureColl(rw.Collection); err != nil {
 		return err
 	}
-	if err := w.index(w.st.write(), rw.Collection, rw.ID, rs.m.heads); err != nil {
-		return err
+	if !rs.counted || rw.Heads != nil {
+		if rs.counted {
+			w.unindex(w.st.write(), rw.Collection, rw.ID, prevHeads)
+		}
+		w.index(w.st.write(), rw.Collection, rw.ID, rs.m.heads)
+		rs.counted = true
 	}
 	// A shallow copy is a snapshot: rs.m's slices are replaced, never
 	// written in place, by later writes of this record in the batch
@@ -303,7 +307,7 @@ func (w *wtx) writeRecord(rw *RecordWrite, out *RecordMeta) error {
 		var nonces [2 * nonceSize]byte
 		randRead(nonces[:])
 		nonce, fnonce := [nonceSize]byte(nonces[:nonceSize]), [nonceSize]byte(nonces[nonceSize:])
-		mv := we.sealInPlace(draft.appendEncoded(envelopeFor(draft.encodedSize())), kindMeta, rs.mk, nonce)
+		mv := we.sealInPlace(draft.appendEncoded(envelopeFor(draft.encodedSize())), kindRec, rs.mk, nonce)
 		if err := w.set(rs.mk, mv); err != nil {
 			return err
 		}

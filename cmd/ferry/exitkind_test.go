@@ -66,6 +66,7 @@ var sentinelCodes = map[string]struct {
 	"crdt.ErrClockSkew":        {crdt.ErrClockSkew, exitError},
 	"crdt.ErrBadActor":         {crdt.ErrBadActor, exitError},
 	"crdt.ErrMissingDeps":      {crdt.ErrMissingDeps, exitError},
+	"crdt.ErrActorClash":       {crdt.ErrActorClash, exitUsage},
 
 	"policy.ErrBadPolicy":   {policy.ErrBadPolicy, exitUsage},
 	"policy.ErrStale":       {policy.ErrStale, exitError},
