@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/fxamacker/cbor/v2"
 )
 
 // TestWriteFuzzCorpus regenerates the committed seed corpus of
@@ -22,6 +25,32 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	}
 	add("hello", &wireMsg{T: msgHello, Hello: &helloMsg{Replica: "r", Name: "n", Policy: "p", Cursor: 9,
 		Colls: []string{"a", "b"}, Nonce: make([]byte, reconNonceLen), Recon: true, Gen: 3, Seq: 12}})
+	add("hello-raw", &wireMsg{T: msgHello, Hello: &helloMsg{Replica: fpWire.EncodeToString(make([]byte, 32)), Name: "n",
+		Policy: strings.Repeat("0f", 32), Colls: []string{"a"}, Nonce: make([]byte, reconNonceLen), Seq: 1}})
+	add("recon-split", &wireMsg{T: msgRecon, Recon: &reconMsg{Ranges: []reconRange{
+		{Lo: 0, Hi: 1024, Mode: rangeSplit, Parts: []byte{partFP, partEmpty, partItems + 1, partEmpty, partFP, partItems, partEmpty, partEmpty,
+			partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty}, FP: make([]byte, 2*reconFPLen), Items: make([]byte, 3*reconItemLen)},
+		{Lo: 7, Hi: 8, Sub: 0x13, Mode: rangeSplit, Parts: []byte{partFP, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty,
+			partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partEmpty, partItems}, FP: make([]byte, reconFPLen), Items: make([]byte, reconItemLen)},
+		{Lo: 9, Hi: 10, Sub: 0x1a5, Mode: rangeItems, Items: make([]byte, reconItemLen)},
+		{Lo: 9, Hi: 10, Sub: 0x1a6, Mode: rangeEmpty}}}})
+	seeds["invalid-recon-split-short"] = mustEncode(t, &wireMsg{T: msgRecon, Recon: &reconMsg{Ranges: []reconRange{
+		{Lo: 0, Hi: 1024, Mode: rangeSplit, Parts: []byte{partFP}, FP: make([]byte, reconFPLen)}}}})
+	seeds["invalid-recon-sub-of-range"] = mustEncode(t, &wireMsg{T: msgRecon, Recon: &reconMsg{Ranges: []reconRange{
+		{Lo: 0, Hi: 2, Sub: 0x10, Mode: rangeEmpty}}}})
+	twice, err := wireEnc.Marshal(&helloWire{Replica: "r", Policy: "p", PolicyRaw: make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame, err := wireEnc.Marshal(&struct {
+		V     uint8           `cbor:"1,keyasint"`
+		T     msgType         `cbor:"2,keyasint"`
+		Hello cbor.RawMessage `cbor:"3,keyasint"`
+	}{ProtocolVersion, msgHello, twice})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds["invalid-hello-policy-twice"] = append([]byte{frameRaw}, frame...)
 	add("recon", &wireMsg{T: msgRecon, Recon: &reconMsg{Reply: true,
 		Ranges: []reconRange{{Lo: 0, Hi: 64, FP: make([]byte, reconFPLen)}, {Lo: 64, Hi: 65, Mode: rangeItems, Items: make([]byte, 2*reconItemLen)},
 			{Lo: 65, Hi: 1024, Mode: rangeEmpty}},
@@ -58,4 +87,13 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	if err != nil || len(entries) < len(seeds) {
 		t.Fatalf("committed corpus in %s: %d files, %v (run with FERRY_WRITE_CORPUS=1)", dir, len(entries), err)
 	}
+}
+
+func mustEncode(t *testing.T, m *wireMsg) []byte {
+	t.Helper()
+	b, err := encodeMsg(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
+	"math/bits"
 	"slices"
 	"strings"
 
@@ -23,15 +24,20 @@ import (
 // nothing is read per record to fingerprint). The initiator sends the
 // fingerprint of the whole key space; a side that finds a fingerprint
 // differing from its own splits the range and answers with the
-// fingerprints of the parts, or, for a single bucket or a range it holds
-// few records of, with its items (a key tag and a version tag each), or
-// says it holds nothing there. A side comparing item lists knows which
+// fingerprints of the parts, or, for a range it holds few records of,
+// with its items (a key tag and a version tag each), or says it holds
+// nothing there. A single bucket holding many records is split further,
+// like negentropy splits a range of items: its records are ordered by
+// their key tags, which are uniform over 64 bits, and a part of a bucket is
+// one of 16^d equal intervals of that tag space; its fingerprint is over
+// the records in it, read from the bucket (local I/O; only the parts that
+// differ travel). A side comparing item lists knows which
 // records the other lacks (it sends them), which it lacks (it says so) and
 // which differ (it sends its heads); heads exchanges end in each side
 // sending the changes the other lacks, through the ordinary batches.
 
 const (
-	reconNonceLen = 16
+	reconNonceLen = 8
 	reconTagLen   = 8
 	reconFPLen    = 16
 	reconItemLen  = 2 * reconTagLen
@@ -40,6 +46,9 @@ const (
 	// reconListAt: a part holding at most this many of the sender's
 	// records is sent as its items rather than a fingerprint.
 	reconListAt = 2
+	// reconSubMaxDepth is the deepest split of a bucket by key tag: 16^15
+	// parts of 2^4 tags each; a part that deep is always listed.
+	reconSubMaxDepth = 15
 	// reconMsgEntries and reconMsgBytes bound one recon frame's ranges,
 	// heads entries and listed items; a longer answer takes several frames.
 	reconMsgEntries = 2048
@@ -48,11 +57,31 @@ const (
 	maxReconRounds = 2
 )
 
+// reconListSmall: a side finding a single bucket (or a part of one)
+// differing lists its records there when it holds at most this many, and
+// splits it in 16 parts by key tag otherwise. Listing costs 16 bytes a
+// record; a split costs about 16 fingerprints and a round trip. A
+// variable so tests can make small sets split.
+var reconListSmall = 16
+
 // Range modes.
 const (
 	rangeFP    = 0 // FP is the sender's fingerprint of the range
 	rangeItems = 1 // Items lists the sender's records in the range
 	rangeEmpty = 2 // the sender holds no record in the range
+	// rangeSplit: the sender split the range into its parts (see
+	// splitParts) and describes each: Parts holds one byte per part
+	// (partFP, partEmpty, or partItems+c-1 for c listed records), FP the
+	// parts' fingerprints and Items the parts' items, each in part order.
+	// One split costs 17 bytes a part where separate ranges cost 25-30.
+	rangeSplit = 3
+)
+
+// Part descriptions in a split (reconRange.Parts).
+const (
+	partFP    = 0
+	partEmpty = 1
+	partItems = 2 // and above: partItems + c - 1 lists c records (parts list at most reconListAt)
 )
 
 // reconMsg is one step of a reconciliation.
@@ -74,6 +103,114 @@ type reconRange struct {
 	// Items holds, per record, its key tag then its version tag
 	// (rangeItems), reconTagLen bytes each.
 	Items []byte `cbor:"5,keyasint,omitempty"`
+	// Sub, when not 0, narrows a single bucket (Hi = Lo+1) to one part of
+	// the key tag space: Sub = 16^d + i names the i-th of 16^d equal
+	// intervals of the 64-bit tags (1 <= d <= reconSubMaxDepth), the
+	// records whose tag's top 4d bits are i. Part j of Sub is Sub*16 + j
+	// (Sub 0 counting as 1: the whole bucket).
+	Sub uint64 `cbor:"6,keyasint,omitempty"`
+	// Parts describes the parts of a split (rangeSplit).
+	Parts []byte `cbor:"7,keyasint,omitempty"`
+}
+
+// splitParts returns the parts a range is split into, their bounds set: a
+// range of several buckets into 16 runs of equal width (fewer when it
+// spans fewer than 16 buckets, the last one shorter), a bucket or a part
+// of one into its 16 parts by key tag. None for a part at the deepest
+// level, which is never split.
+func splitParts(lo, hi uint16, sub uint64) []reconRange {
+	if hi-lo > 1 {
+		width := (hi - lo + reconSplit - 1) / reconSplit
+		out := make([]reconRange, 0, reconSplit)
+		for l := lo; l < hi; l += width {
+			out = append(out, reconRange{Lo: l, Hi: min(l+width, hi)})
+		}
+		return out
+	}
+	if d, _ := subDepth(sub); d >= reconSubMaxDepth {
+		return nil
+	}
+	out := make([]reconRange, reconSplit)
+	for j := range out {
+		out[j] = reconRange{Lo: lo, Hi: hi, Sub: subChild(sub, j)}
+	}
+	return out
+}
+
+// expand returns the parts a split describes, each as the range it would
+// be on its own; an error when the description does not fit the split.
+func (r *reconRange) expand() ([]reconRange, error) {
+	parts := splitParts(r.Lo, r.Hi, r.Sub)
+	if len(parts) == 0 || len(r.Parts) != len(parts) {
+		return nil, protoErr("recon split of [%d, %d) part %#x into %d parts", r.Lo, r.Hi, r.Sub, len(r.Parts))
+	}
+	fp, items := r.FP, r.Items
+	for i, p := range r.Parts {
+		switch {
+		case p == partFP:
+			if len(fp) < reconFPLen {
+				return nil, protoErr("recon split short of fingerprints")
+			}
+			parts[i].Mode, parts[i].FP, fp = rangeFP, fp[:reconFPLen:reconFPLen], fp[reconFPLen:]
+		case p == partEmpty:
+			parts[i].Mode = rangeEmpty
+		default:
+			n := (int(p) - partItems + 1) * reconItemLen
+			if len(items) < n {
+				return nil, protoErr("recon split short of items")
+			}
+			parts[i].Mode, parts[i].Items, items = rangeItems, items[:n:n], items[n:]
+		}
+	}
+	if len(fp) != 0 || len(items) != 0 {
+		return nil, protoErr("recon split with %d bytes left over", len(fp)+len(items))
+	}
+	return parts, nil
+}
+
+// ranges returns the frame's ranges with every split expanded into its
+// parts (validate has checked that they expand).
+func (m *reconMsg) ranges() []reconRange {
+	out := make([]reconRange, 0, len(m.Ranges))
+	for _, r := range m.Ranges {
+		if r.Mode != rangeSplit {
+			out = append(out, r)
+			continue
+		}
+		parts, _ := r.expand()
+		out = append(out, parts...)
+	}
+	return out
+}
+
+// subDepth returns the depth of a Sub value (0 for the whole bucket) and
+// whether it is well formed.
+func subDepth(sub uint64) (int, bool) {
+	if sub == 0 {
+		return 0, true
+	}
+	n := bits.Len64(sub) - 1
+	if n == 0 || n%4 != 0 || n/4 > reconSubMaxDepth {
+		return 0, false
+	}
+	return n / 4, true
+}
+
+// subChild is part j (0..15) of the part sub of a bucket.
+func subChild(sub uint64, j int) uint64 {
+	if sub == 0 {
+		sub = 1
+	}
+	return sub<<4 + uint64(j)
+}
+
+// subHolds reports whether a record with key tag t falls in part sub.
+func subHolds(sub uint64, t [reconTagLen]byte) bool {
+	d, _ := subDepth(sub)
+	if d == 0 {
+		return true
+	}
+	return binary.BigEndian.Uint64(t[:])>>(64-4*d) == sub-1<<(4*d)
 }
 
 // reconHeads is about one record both sides know by its key tag. Lack: the
@@ -90,7 +227,7 @@ type reconHeads struct {
 // asks reports whether the frame needs an answer: it holds a fingerprint
 // or an item list, or a heads entry of round 0 or 1.
 func (m *reconMsg) asks() bool {
-	for _, r := range m.Ranges {
+	for _, r := range m.ranges() {
 		if r.Mode != rangeEmpty {
 			return true
 		}
@@ -111,7 +248,17 @@ func (m *reconMsg) validate() error {
 		if r.Lo >= r.Hi || r.Hi > storage.ReconBuckets {
 			return protoErr("recon range [%d, %d)", r.Lo, r.Hi)
 		}
+		if _, ok := subDepth(r.Sub); !ok || r.Sub != 0 && r.Hi-r.Lo != 1 {
+			return protoErr("recon part %#x of [%d, %d)", r.Sub, r.Lo, r.Hi)
+		}
+		if r.Mode != rangeSplit && len(r.Parts) != 0 {
+			return protoErr("recon parts outside a split")
+		}
 		switch r.Mode {
+		case rangeSplit:
+			if _, err := r.expand(); err != nil {
+				return err
+			}
 		case rangeFP:
 			if len(r.FP) != reconFPLen || len(r.Items) != 0 {
 				return protoErr("recon fingerprint of %d bytes", len(r.FP))
@@ -181,6 +328,8 @@ type reconEngine struct {
 	tags     map[[reconTagLen]byte]recRef
 	pending  bool // the peer starts, and its first frame has not come
 	awaiting int  // frames sent that asked for an answer not yet complete
+	// listSmall is reconListSmall when the engine was made.
+	listSmall uint64
 }
 
 // reconKey derives the session's fingerprint key from both identities and
@@ -202,7 +351,8 @@ func reconKey(a, b string, na, nb []byte) [32]byte {
 }
 
 func newReconEngine(key [32]byte, initiator bool) *reconEngine {
-	return &reconEngine{key: key, tags: map[[reconTagLen]byte]recRef{}, pending: !initiator}
+	return &reconEngine{key: key, tags: map[[reconTagLen]byte]recRef{}, pending: !initiator,
+		listSmall: uint64(max(reconListSmall, 1))}
 }
 
 // busy reports whether the reconciliation is still under way on this side.
@@ -216,11 +366,12 @@ func (e *reconEngine) mac(parts ...[]byte) []byte {
 	return m.Sum(nil)
 }
 
-func (e *reconEngine) fingerprint(lo, hi uint16, count uint64, sum [32]byte) []byte {
-	var b [12]byte
+func (e *reconEngine) fingerprint(lo, hi uint16, sub, count uint64, sum [32]byte) []byte {
+	var b [20]byte
 	binary.BigEndian.PutUint16(b[0:], lo)
 	binary.BigEndian.PutUint16(b[2:], hi)
 	binary.BigEndian.PutUint64(b[4:], count)
+	binary.BigEndian.PutUint64(b[12:], sub)
 	return e.mac([]byte{'f'}, b[:], sum[:])[:reconFPLen]
 }
 
@@ -256,30 +407,77 @@ func (e *reconEngine) rangeSum(lo, hi uint16) (uint64, [32]byte) {
 	return n, sum
 }
 
-// describe returns this side's description of [lo, hi): empty, its items
-// (single buckets, or few records), or its fingerprint.
+// taggedItem is a record of this side with its key tag.
+type taggedItem struct {
+	reconItem
+	tag [reconTagLen]byte
+}
+
+// partItems returns this side's records in buckets [lo, hi), narrowed to
+// part sub, with their key tags.
+func (e *reconEngine) partItems(ctx context.Context, d reconData, lo, hi uint16, sub uint64) ([]taggedItem, error) {
+	items, err := d.reconItems(ctx, lo, hi)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]taggedItem, 0, len(items))
+	for _, it := range items {
+		t := e.keyTag(it.key)
+		if subHolds(sub, t) {
+			out = append(out, taggedItem{it, t})
+		}
+	}
+	return out, nil
+}
+
+func sumItems(items []taggedItem) (uint64, [32]byte) {
+	var sum [32]byte
+	for _, it := range items {
+		storage.AddSum(&sum, it.hash)
+	}
+	return uint64(len(items)), sum
+}
+
+// list describes a range by its items (empty when there are none), and
+// remembers their tags: the peer's heads entries name them.
+func (e *reconEngine) list(lo, hi uint16, sub uint64, items []taggedItem) reconRange {
+	if len(items) == 0 {
+		return reconRange{Lo: lo, Hi: hi, Sub: sub, Mode: rangeEmpty}
+	}
+	buf := make([]byte, 0, len(items)*reconItemLen)
+	for _, it := range items {
+		vt := e.verTag(it.hash)
+		e.tags[it.tag] = recRef{it.coll, it.id}
+		buf = append(append(buf, it.tag[:]...), vt[:]...)
+	}
+	return reconRange{Lo: lo, Hi: hi, Sub: sub, Mode: rangeItems, Items: buf}
+}
+
+// describe returns this side's description of buckets [lo, hi): empty,
+// its items (when it holds at most listAt records there), or its
+// fingerprint.
 func (e *reconEngine) describe(ctx context.Context, d reconData, lo, hi uint16, listAt uint64) (reconRange, error) {
 	n, sum := e.rangeSum(lo, hi)
 	switch {
 	case n == 0:
 		return reconRange{Lo: lo, Hi: hi, Mode: rangeEmpty}, nil
 	case n <= listAt:
-		items, err := d.reconItems(ctx, lo, hi)
+		items, err := e.partItems(ctx, d, lo, hi, 0)
 		if err != nil {
 			return reconRange{}, err
 		}
-		if len(items) == 0 {
-			return reconRange{Lo: lo, Hi: hi, Mode: rangeEmpty}, nil
-		}
-		buf := make([]byte, 0, len(items)*reconItemLen)
-		for _, it := range items {
-			kt, vt := e.keyTag(it.key), e.verTag(it.hash)
-			e.tags[kt] = recRef{it.coll, it.id}
-			buf = append(append(buf, kt[:]...), vt[:]...)
-		}
-		return reconRange{Lo: lo, Hi: hi, Mode: rangeItems, Items: buf}, nil
+		return e.list(lo, hi, 0, items), nil
 	}
-	return reconRange{Lo: lo, Hi: hi, Mode: rangeFP, FP: e.fingerprint(lo, hi, n, sum)}, nil
+	return reconRange{Lo: lo, Hi: hi, Mode: rangeFP, FP: e.fingerprint(lo, hi, 0, n, sum)}, nil
+}
+
+// describePart is describe for part sub of bucket lo, from its items.
+func (e *reconEngine) describePart(lo uint16, sub uint64, items []taggedItem) reconRange {
+	if uint64(len(items)) <= reconListAt {
+		return e.list(lo, lo+1, sub, items)
+	}
+	n, sum := sumItems(items)
+	return reconRange{Lo: lo, Hi: lo + 1, Sub: sub, Mode: rangeFP, FP: e.fingerprint(lo, lo+1, sub, n, sum)}
 }
 
 // start returns the initiator's first frame: the fingerprint of the whole
@@ -297,6 +495,85 @@ func (e *reconEngine) start(ctx context.Context, d reconData) ([]*reconMsg, erro
 	return e.finish(&b, false), nil
 }
 
+// answerFP answers the peer's fingerprint of r: nothing when it equals
+// this side's, "empty" when this side holds nothing there, its items when
+// it holds few, else the parts of r split in 16 (buckets while r spans
+// several, then parts of the bucket by key tag).
+func (e *reconEngine) answerFP(ctx context.Context, d reconData, b *reconBuilder, r reconRange) error {
+	var n uint64
+	var sum [32]byte
+	var items []taggedItem
+	if r.Sub == 0 {
+		n, sum = e.rangeSum(r.Lo, r.Hi)
+	} else {
+		var err error
+		if items, err = e.partItems(ctx, d, r.Lo, r.Hi, r.Sub); err != nil {
+			return err
+		}
+		n, sum = sumItems(items)
+	}
+	if n > 0 && hmac.Equal(e.fingerprint(r.Lo, r.Hi, r.Sub, n, sum), r.FP) {
+		return nil
+	}
+	if n == 0 {
+		b.addRange(reconRange{Lo: r.Lo, Hi: r.Hi, Sub: r.Sub, Mode: rangeEmpty})
+		return nil
+	}
+	if r.Hi-r.Lo > 1 {
+		parts := splitParts(r.Lo, r.Hi, 0)
+		for i, p := range parts {
+			rr, err := e.describe(ctx, d, p.Lo, p.Hi, reconListAt)
+			if err != nil {
+				return err
+			}
+			parts[i] = rr
+		}
+		b.addRange(joinParts(r, parts))
+		return nil
+	}
+	if items == nil {
+		var err error
+		if items, err = e.partItems(ctx, d, r.Lo, r.Hi, 0); err != nil {
+			return err
+		}
+	}
+	depth, _ := subDepth(r.Sub)
+	if uint64(len(items)) <= e.listSmall || depth >= reconSubMaxDepth {
+		b.addRange(e.list(r.Lo, r.Hi, r.Sub, items))
+		return nil
+	}
+	var byPart [reconSplit][]taggedItem
+	for _, it := range items {
+		j := binary.BigEndian.Uint64(it.tag[:]) >> (60 - 4*depth) & (reconSplit - 1)
+		byPart[j] = append(byPart[j], it)
+	}
+	parts := make([]reconRange, reconSplit)
+	for j, p := range byPart {
+		parts[j] = e.describePart(r.Lo, subChild(r.Sub, j), p)
+	}
+	b.addRange(joinParts(r, parts))
+	return nil
+}
+
+// joinParts describes the split of r into parts (each described on its
+// own, listing at most reconListAt records) as one rangeSplit.
+func joinParts(r reconRange, parts []reconRange) reconRange {
+	out := reconRange{Lo: r.Lo, Hi: r.Hi, Sub: r.Sub, Mode: rangeSplit, Parts: make([]byte, len(parts))}
+	for i, p := range parts {
+		switch p.Mode {
+		case rangeFP:
+			out.Parts[i] = partFP
+			out.FP = append(out.FP, p.FP...)
+		case rangeEmpty:
+			out.Parts[i] = partEmpty
+		case rangeItems:
+			out.Parts[i] = byte(partItems + len(p.Items)/reconItemLen - 1)
+			out.Items = append(out.Items, p.Items...)
+		}
+	}
+	return out
+}
+
 // step handles one frame from the peer. It returns the frames to send
 // (the answer, when the frame asked for one) and the records to send.
 func (e *reconEngine) step(ctx context.Context, d reconData, m *reconMsg) ([]*reconMsg, []reconSend, error) {
@@ -312,36 +589,14 @@ func (e *reconEngine) step(ctx context.Context, d reconData, m *reconMsg) ([]*re
 	}
 	var b reconBuilder
 	var sends []reconSend
-	for _, r := range m.Ranges {
+	for _, r := range m.ranges() {
 		switch r.Mode {
 		case rangeFP:
-			n, sum := e.rangeSum(r.Lo, r.Hi)
-			if n > 0 && hmac.Equal(e.fingerprint(r.Lo, r.Hi, n, sum), r.FP) {
-				continue
-			}
-			if n == 0 {
-				b.addRange(reconRange{Lo: r.Lo, Hi: r.Hi, Mode: rangeEmpty})
-				continue
-			}
-			if r.Hi-r.Lo == 1 {
-				rr, err := e.describe(ctx, d, r.Lo, r.Hi, ^uint64(0))
-				if err != nil {
-					return nil, nil, err
-				}
-				b.addRange(rr)
-				continue
-			}
-			width := (r.Hi - r.Lo + reconSplit - 1) / reconSplit
-			for lo := r.Lo; lo < r.Hi; lo += width {
-				hi := min(lo+width, r.Hi)
-				rr, err := e.describe(ctx, d, lo, hi, reconListAt)
-				if err != nil {
-					return nil, nil, err
-				}
-				b.addRange(rr)
+			if err := e.answerFP(ctx, d, &b, r); err != nil {
+				return nil, nil, err
 			}
 		case rangeEmpty:
-			items, err := d.reconItems(ctx, r.Lo, r.Hi)
+			items, err := e.partItems(ctx, d, r.Lo, r.Hi, r.Sub)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -360,19 +615,19 @@ func (e *reconEngine) step(ctx context.Context, d reconData, m *reconMsg) ([]*re
 				}
 				theirs[kt] = vt
 			}
-			items, err := d.reconItems(ctx, r.Lo, r.Hi)
+			items, err := e.partItems(ctx, d, r.Lo, r.Hi, r.Sub)
 			if err != nil {
 				return nil, nil, err
 			}
 			for _, it := range items {
-				kt := e.keyTag(it.key)
+				kt := it.tag
 				e.tags[kt] = recRef{it.coll, it.id}
 				vt, ok := theirs[kt]
 				switch {
 				case !ok:
 					sends = append(sends, reconSend{coll: it.coll, id: it.id})
 				case vt != e.verTag(it.hash):
-					b.addHeads(reconHeads{Tag: kt[:], Heads: it.heads})
+					b.addHeads(reconHeads{Tag: slices.Clone(kt[:]), Heads: it.heads})
 				}
 				delete(theirs, kt)
 			}
@@ -457,15 +712,15 @@ func (b *reconBuilder) cur(add int) *reconMsg {
 }
 
 func (b *reconBuilder) addRange(r reconRange) {
-	if n := len(b.msgs); n > 0 && r.Mode == rangeEmpty {
-		// Adjacent empty ranges merge into one.
+	if n := len(b.msgs); n > 0 && r.Mode == rangeEmpty && r.Sub == 0 {
+		// Adjacent empty ranges of whole buckets merge into one.
 		m := b.msgs[n-1]
-		if k := len(m.Ranges); k > 0 && m.Ranges[k-1].Mode == rangeEmpty && m.Ranges[k-1].Hi == r.Lo {
+		if k := len(m.Ranges); k > 0 && m.Ranges[k-1].Mode == rangeEmpty && m.Ranges[k-1].Sub == 0 && m.Ranges[k-1].Hi == r.Lo {
 			m.Ranges[k-1].Hi = r.Hi
 			return
 		}
 	}
-	m := b.cur(16 + len(r.FP) + len(r.Items))
+	m := b.cur(24 + len(r.FP) + len(r.Items) + len(r.Parts))
 	m.Ranges = append(m.Ranges, r)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -14,9 +15,13 @@ import (
 // testdata/recon, which read as conversations between replicas:
 //
 //	put NAME            records, one per input line: coll/id head [head...]
+//	fill NAME COLL N    N records COLL/0 ... COLL/N-1, record i at head hi
 //	copy FROM TO        TO's set becomes FROM's (a sync, or a restore)
-//	reconcile A B       A (initiator) and B reconcile; prints every frame
-//	                    and every record sent, then applies the sends
+//	reconcile A B [list=N]
+//	                    A (initiator) and B reconcile; prints every frame
+//	                    and every record sent, then applies the sends;
+//	                    list=N: a bucket holding more than N records is
+//	                    split by key tag (reconListSmall otherwise)
 //	diff A B            records that differ between A and B
 func TestReconScripts(t *testing.T) {
 	datadriven.Walk(t, "testdata/recon", func(t *testing.T, path string) {
@@ -46,6 +51,16 @@ func TestReconScripts(t *testing.T) {
 					s.put(coll, id, f[1:]...)
 				}
 				return fmt.Sprintf("%s holds %d records", arg(0), len(s.recs))
+			case "fill":
+				s := get(arg(0))
+				n, err := strconv.Atoi(arg(2))
+				if err != nil {
+					d.Fatalf(t, "fill: %v", err)
+				}
+				for i := range n {
+					s.put(arg(1), fmt.Sprint(i), fmt.Sprint("h", i))
+				}
+				return fmt.Sprintf("%s holds %d records", arg(0), len(s.recs))
 			case "copy":
 				from, to := get(arg(0)), get(arg(1))
 				to.recs = map[recRef][][]byte{}
@@ -55,7 +70,11 @@ func TestReconScripts(t *testing.T) {
 				to.cache = nil
 				return fmt.Sprintf("%s holds %d records", arg(1), len(to.recs))
 			case "reconcile":
-				return conversation(t, arg(0), arg(1), get(arg(0)), get(arg(1)))
+				listSmall := reconListSmall
+				if d.HasArg("list") {
+					d.ScanArgs(t, "list", &listSmall)
+				}
+				return conversation(t, arg(0), arg(1), get(arg(0)), get(arg(1)), listSmall)
 			case "diff":
 				return diffSets(get(arg(0)), get(arg(1)))
 			}
@@ -68,14 +87,12 @@ func TestReconScripts(t *testing.T) {
 func describeFrame(m *reconMsg) string {
 	var parts []string
 	for _, r := range m.Ranges {
-		switch r.Mode {
-		case rangeFP:
-			parts = append(parts, fmt.Sprintf("fp[%d,%d)", r.Lo, r.Hi))
-		case rangeItems:
-			parts = append(parts, fmt.Sprintf("items[%d,%d)x%d", r.Lo, r.Hi, len(r.Items)/reconItemLen))
-		case rangeEmpty:
-			parts = append(parts, fmt.Sprintf("empty[%d,%d)", r.Lo, r.Hi))
+		if r.Mode != rangeSplit {
+			parts = append(parts, describeRanges([]reconRange{r}))
+			continue
 		}
+		sub, _ := r.expand()
+		parts = append(parts, fmt.Sprintf("split%s{%s}", rangeName(r), describeRanges(sub)))
 	}
 	for _, h := range m.Heads {
 		if h.Lack {
@@ -93,13 +110,53 @@ func describeFrame(m *reconMsg) string {
 	return strings.Join(parts, " ")
 }
 
+// rangeName writes buckets [lo,hi) as [lo,hi), and a part of bucket b as
+// [b].i.j...: the part's index at each depth, in hex.
+func rangeName(r reconRange) string {
+	if r.Sub == 0 {
+		return fmt.Sprintf("[%d,%d)", r.Lo, r.Hi)
+	}
+	d, _ := subDepth(r.Sub)
+	name := fmt.Sprintf("[%d]", r.Lo)
+	for i := d - 1; i >= 0; i-- {
+		name += fmt.Sprintf(".%x", r.Sub>>(4*i)&15)
+	}
+	return name
+}
+
+// describeRanges describes ranges, adjacent empty ones as one.
+func describeRanges(rs []reconRange) string {
+	var parts []string
+	for i := 0; i < len(rs); i++ {
+		r := rs[i]
+		switch r.Mode {
+		case rangeFP:
+			parts = append(parts, "fp"+rangeName(r))
+		case rangeItems:
+			parts = append(parts, fmt.Sprintf("items%sx%d", rangeName(r), len(r.Items)/reconItemLen))
+		case rangeEmpty:
+			j := i
+			for j+1 < len(rs) && rs[j+1].Mode == rangeEmpty && r.Sub == 0 && rs[j+1].Sub == 0 {
+				j++
+			}
+			if j > i {
+				r.Hi = rs[j].Hi
+				i = j
+			}
+			parts = append(parts, "empty"+rangeName(r))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
 // conversation runs a reconciliation between a and b, delivering frames in
 // order, and prints it.
-func conversation(t *testing.T, na, nb string, a, b *memSet) string {
+func conversation(t *testing.T, na, nb string, a, b *memSet, listSmall int) string {
 	ctx := context.Background()
 	var out strings.Builder
 	key := reconKey(na, nb, []byte("nonce-"+na), []byte("nonce-"+nb))
 	ea, eb := newReconEngine(key, true), newReconEngine(key, false)
+	ea.listSmall, eb.listSmall = uint64(listSmall), uint64(listSmall)
 	first, err := ea.start(ctx, a)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"sort"
 	"testing"
 
@@ -40,7 +41,20 @@ func (s *memSet) put(coll, id string, heads ...string) {
 	}
 	sort.Slice(hs, func(i, j int) bool { return bytes.Compare(hs[i], hs[j]) < 0 })
 	s.recs[recRef{coll, id}] = hs
-	s.cache = nil
+	s.touch(recRef{coll, id})
+}
+
+// touch updates the bucket cache for a record that changed.
+func (s *memSet) touch(r recRef) {
+	if s.cache == nil {
+		return
+	}
+	k := storage.ReconKey(r.coll, r.id)
+	b := storage.ReconBucket(k)
+	items := slices.DeleteFunc(s.cache[b], func(it reconItem) bool { return it.coll == r.coll && it.id == r.id })
+	hs := s.recs[r]
+	s.cache[b] = append(items, reconItem{coll: r.coll, id: r.id, key: k, heads: hs, hash: storage.ReconHash(k, hs)})
+	sortItems(s.cache[b])
 }
 
 func (s *memSet) items() []reconItem {
@@ -114,7 +128,7 @@ func (s *memSet) receive(from *memSet, r reconSend) {
 	}
 	sort.Slice(hs, func(i, j int) bool { return bytes.Compare(hs[i], hs[j]) < 0 })
 	s.recs[ref] = hs
-	s.cache = nil
+	s.touch(ref)
 }
 
 // reconcile runs two engines over two sets until neither has anything to
@@ -251,22 +265,39 @@ func FuzzReconStep(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b, true)
+		f.Add(b, true, false)
+		f.Add(b, false, true)
 	}
 	seed(&reconMsg{Ranges: []reconRange{{Hi: storage.ReconBuckets, FP: make([]byte, reconFPLen)}}})
 	seed(&reconMsg{Reply: true, Ranges: []reconRange{{Lo: 3, Hi: 4, Mode: rangeItems, Items: make([]byte, reconItemLen)}}})
 	seed(&reconMsg{Ranges: []reconRange{{Lo: 0, Hi: 9, Mode: rangeEmpty}}})
 	seed(&reconMsg{Heads: []reconHeads{{Tag: make([]byte, reconTagLen), Lack: true}}})
-	f.Fuzz(func(t *testing.T, frame []byte, initiator bool) {
+	parts := make([]byte, reconSplit)
+	parts[0], parts[3] = partItems, partFP
+	for i := 4; i < reconSplit; i++ {
+		parts[i] = partEmpty
+	}
+	seed(&reconMsg{Ranges: []reconRange{{Lo: 0, Hi: storage.ReconBuckets, Mode: rangeSplit, Parts: parts,
+		FP: make([]byte, reconFPLen), Items: make([]byte, reconItemLen)}}})
+	seed(&reconMsg{Ranges: []reconRange{{Lo: 5, Hi: 6, Sub: 0x1f3, Mode: rangeSplit, Parts: parts,
+		FP: make([]byte, reconFPLen), Items: make([]byte, reconItemLen)}}})
+	seed(&reconMsg{Ranges: []reconRange{{Lo: 5, Hi: 6, Sub: 0x12, FP: make([]byte, reconFPLen)}}})
+	seed(&reconMsg{Ranges: []reconRange{{Lo: 5, Hi: 6, Sub: 1 << 60, Mode: rangeItems, Items: make([]byte, reconItemLen)}}})
+	// Read only by the engine: one set for every input.
+	s := newMemSet()
+	for i := range 3000 {
+		s.put("c", fmt.Sprint(i), "h")
+	}
+	s.buckets()
+	f.Fuzz(func(t *testing.T, frame []byte, initiator, small bool) {
 		m, err := decodeMsg(frame)
 		if err != nil || m.T != msgRecon {
 			return
 		}
-		s := newMemSet()
-		for i := range 50 {
-			s.put("c", fmt.Sprint(i), "h")
-		}
 		e := newReconEngine(reconKey("a", "b", nil, nil), initiator)
+		if small {
+			e.listSmall = 1 // buckets of two records split by key tag
+		}
 		if initiator {
 			if _, err := e.start(context.Background(), s); err != nil {
 				t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,8 +22,15 @@ import (
 // modes and item counts, heads entries with their rounds. Fingerprints and
 // tags are HMACs under a per-session key; their shape is what could depend
 // on records outside the reconciled set.
-func reconShape(t interface{ Fatalf(string, ...any) }, frames [][]byte) string {
+//
+// The parts of a bucket split by key tag depend on the session's key
+// (which records fall in which part, and so how many parts differ, how
+// deep the split goes and which side lists): with coarse, the shape keeps
+// the ranges of whole buckets in order and the set of buckets split by
+// key tag, and leaves out the heads entries that follow.
+func reconShape(t interface{ Fatalf(string, ...any) }, frames [][]byte, coarse bool) string {
 	var sb strings.Builder
+	keyed := map[uint16]bool{}
 	for _, f := range frames {
 		m, err := decodeMsg(f)
 		if err != nil {
@@ -30,13 +39,27 @@ func reconShape(t interface{ Fatalf(string, ...any) }, frames [][]byte) string {
 		if m.T != msgRecon {
 			continue
 		}
-		fmt.Fprintf(&sb, "frame reply=%v\n", m.Recon.Reply)
+		if !coarse {
+			fmt.Fprintf(&sb, "frame reply=%v\n", m.Recon.Reply)
+		}
 		for _, r := range m.Recon.Ranges {
-			fmt.Fprintf(&sb, " range [%d,%d) mode %d fp %d items %d\n", r.Lo, r.Hi, r.Mode, len(r.FP), len(r.Items)/reconItemLen)
+			if coarse && (r.Sub != 0 || r.Hi-r.Lo == 1 && r.Mode == rangeSplit) {
+				keyed[r.Lo] = true
+				continue
+			}
+			fmt.Fprintf(&sb, " range [%d,%d) part %#x mode %d parts %v fp %d items %d\n",
+				r.Lo, r.Hi, r.Sub, r.Mode, r.Parts, len(r.FP), len(r.Items)/reconItemLen)
+		}
+		if coarse {
+			continue
 		}
 		for _, h := range m.Recon.Heads {
 			fmt.Fprintf(&sb, " heads round %d lack %v n %d\n", h.Round, h.Lack, len(h.Heads))
 		}
+	}
+	bs := slices.Sorted(maps.Keys(keyed))
+	if len(bs) > 0 {
+		fmt.Fprintf(&sb, "buckets split by key tag: %v\n", bs)
 	}
 	return sb.String()
 }
@@ -51,10 +74,65 @@ func TestPropertyReconRevealsNothingUngranted(t *testing.T) {
 	// -rapid.checks says otherwise, to keep the suite fast.
 	limitChecks(t, 10)
 	rapid.Check(t, func(rt *rapid.T) {
-		nGranted := rapid.IntRange(0, 12).Draw(rt, "granted")
-		nHidden := rapid.IntRange(1, 12).Draw(rt, "hidden")
-		bHolds := rapid.IntRange(0, nGranted).Draw(rt, "b-holds")
-		seed := rapid.Int64().Draw(rt, "seed")
+		p := privacyCase{
+			nGranted: rapid.IntRange(0, 12).Draw(rt, "granted"),
+			nHidden:  rapid.IntRange(1, 12).Draw(rt, "hidden"),
+			dense:    rapid.Bool().Draw(rt, "dense"),
+			seed:     rapid.Int64().Draw(rt, "seed"),
+		}
+		p.bHolds = rapid.IntRange(0, p.nGranted).Draw(rt, "b-holds")
+		checkPrivacyCase(rt, p)
+	})
+	// One case that surely splits a bucket by key tag.
+	p := privacyCase{nGranted: 12, nHidden: 12, bHolds: 8, dense: true, seed: 1}
+	if sw := checkPrivacyCase(t, p); !strings.Contains(sw, "split by key tag") {
+		t.Fatalf("no bucket was split by key tag: the case checks nothing new:\n%s", sw)
+	}
+}
+
+// privacyCase is one world of TestPropertyReconRevealsNothingUngranted:
+// a holds nGranted records of the shown collection (b holds its own
+// versions of the first bHolds) and, in one of the two runs, nHidden of
+// a collection b holds no grant for. dense puts the shown records in two
+// buckets and makes a bucket of more than one record split by key tag.
+type privacyCase struct {
+	nGranted, nHidden, bHolds int
+	dense                     bool
+	seed                      int64
+}
+
+// denseIDs returns n record ids of coll whose keys fall in buckets 0 and
+// 1.
+func denseIDs(coll string, n int) []string {
+	var ids []string
+	for i := 0; len(ids) < n; i++ {
+		id := fmt.Sprintf("s%06d", i)
+		if storage.ReconBucket(storage.ReconKey(coll, id)) < 2 {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// checkPrivacyCase runs the case with and without the hidden records and
+// fails unless a's reconciliation frames have the same shape; it returns
+// the shape.
+func checkPrivacyCase(rt interface {
+	Fatal(...any)
+	Fatalf(string, ...any)
+}, p privacyCase) string {
+	nGranted, nHidden, bHolds, seed := p.nGranted, p.nHidden, p.bHolds, p.seed
+	ids := make([]string, nGranted)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("s%02d", i)
+	}
+	if p.dense {
+		ids = denseIDs("shown", nGranted)
+		old := reconListSmall
+		reconListSmall = 1
+		defer func() { reconListSmall = old }()
+	}
+	{
 		world := func(withHidden bool) ([][]byte, error) {
 			ctx := context.Background()
 			clock := newFakeClock()
@@ -89,10 +167,10 @@ func TestPropertyReconRevealsNothingUngranted(t *testing.T) {
 				}
 			}
 			for i := range nGranted {
-				put(a, "shown", fmt.Sprintf("s%02d", i), i)
+				put(a, "shown", ids[i], i)
 			}
 			for i := range bHolds {
-				put(b, "shown", fmt.Sprintf("s%02d", i), "b's own")
+				put(b, "shown", ids[i], "b's own")
 			}
 			if withHidden {
 				for i := range nHidden {
@@ -142,14 +220,15 @@ func TestPropertyReconRevealsNothingUngranted(t *testing.T) {
 				rt.Fatal("an ungranted record's id crossed")
 			}
 		}
-		sw, so := reconShape(rt, with), reconShape(rt, without)
+		sw, so := reconShape(rt, with, p.dense), reconShape(rt, without, p.dense)
 		if sw != so {
 			rt.Fatalf("reconciliation frames differ with ungranted records:\n%s\nwithout:\n%s", sw, so)
 		}
 		if nGranted > 0 && !strings.Contains(sw, "range") {
 			rt.Fatal("no reconciliation ran: the property checks nothing")
 		}
-	})
+		return sw
+	}
 }
 
 // limitChecks sets rapid's number of cases to n for this test, unless

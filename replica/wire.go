@@ -3,6 +3,9 @@ package replica
 import (
 	"bytes"
 	"compress/flate"
+	"encoding/base32"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -14,8 +17,10 @@ import (
 )
 
 // ProtocolVersion is the sync protocol version this build speaks. A peer
-// that speaks another version is refused in the handshake.
-const ProtocolVersion = 2
+// that speaks another version is refused in the handshake. Version 3
+// (hellos with raw fingerprints, reconciliation splitting buckets by key
+// tag) cannot be read by version 2 builds.
+const ProtocolVersion = 3
 
 // Wire limits. Every count and length in a decoded message is checked
 // against these before anything proportional to it is allocated; byte
@@ -58,7 +63,8 @@ type wireMsg struct {
 	Recon *reconMsg `cbor:"9,keyasint,omitempty"`
 }
 
-// helloMsg opens a session. Each side sends one.
+// helloMsg opens a session. Each side sends one. On the wire it is a
+// helloWire (see MarshalCBOR): fingerprints travel as their 32 bytes.
 type helloMsg struct {
 	// Replica is the sender's identity fingerprint; it must match the
 	// identity the transport authenticated.
@@ -74,7 +80,7 @@ type helloMsg struct {
 	// holds a live grant for them), sorted: reconciliation covers the
 	// collections both sides share with each other.
 	Colls []string `cbor:"5,keyasint,omitempty"`
-	// Nonce is 16 random bytes; both nonces key the session's
+	// Nonce is reconNonceLen random bytes; both nonces key the session's
 	// reconciliation fingerprints.
 	Nonce []byte `cbor:"6,keyasint,omitempty"`
 	// Recon asks for a reconciliation (first meeting, grants changed, the
@@ -88,6 +94,84 @@ type helloMsg struct {
 	// for the sender is beyond it (the sender's store went back) starts
 	// from 0 again.
 	Seq uint64 `cbor:"9,keyasint,omitempty"`
+}
+
+// helloWire is a hello as it travels. The identity fingerprint (52
+// base32 characters) and the policy fingerprint (64 hex digits) take 32
+// bytes each as raw bytes (keys 10 and 11); a value that is not in its
+// canonical form (test doubles) travels as the string (keys 1 and 3).
+// Zero values are left out. This halves the hello: an idle session is two
+// hellos and two idles.
+type helloWire struct {
+	Replica    string   `cbor:"1,keyasint,omitempty"`
+	Name       string   `cbor:"2,keyasint,omitempty"`
+	Policy     string   `cbor:"3,keyasint,omitempty"`
+	Cursor     uint64   `cbor:"4,keyasint,omitempty"`
+	Colls      []string `cbor:"5,keyasint,omitempty"`
+	Nonce      []byte   `cbor:"6,keyasint,omitempty"`
+	Recon      bool     `cbor:"7,keyasint,omitempty"`
+	Gen        uint64   `cbor:"8,keyasint,omitempty"`
+	Seq        uint64   `cbor:"9,keyasint,omitempty"`
+	ReplicaRaw []byte   `cbor:"10,keyasint,omitempty"`
+	PolicyRaw  []byte   `cbor:"11,keyasint,omitempty"`
+}
+
+// fpWire is transport.Fingerprint's encoding (lowercase RFC 4648 base32
+// without padding) of a 32-byte SHA-256.
+var fpWire = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// rawFingerprint returns the 32 bytes a canonical identity fingerprint
+// encodes, or nil.
+func rawFingerprint(s string) []byte {
+	b, err := fpWire.DecodeString(s)
+	if err != nil || len(b) != 32 || fpWire.EncodeToString(b) != s {
+		return nil
+	}
+	return b
+}
+
+// rawHex returns the 32 bytes a lowercase hex string of 64 digits
+// encodes, or nil.
+func rawHex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 32 || hex.EncodeToString(b) != s {
+		return nil
+	}
+	return b
+}
+
+// MarshalCBOR encodes the hello as a helloWire.
+func (h *helloMsg) MarshalCBOR() ([]byte, error) {
+	w := helloWire{Name: h.Name, Cursor: h.Cursor, Colls: h.Colls, Nonce: h.Nonce, Recon: h.Recon, Gen: h.Gen, Seq: h.Seq}
+	if w.ReplicaRaw = rawFingerprint(h.Replica); w.ReplicaRaw == nil {
+		w.Replica = h.Replica
+	}
+	if w.PolicyRaw = rawHex(h.Policy); w.PolicyRaw == nil {
+		w.Policy = h.Policy
+	}
+	return wireEnc.Marshal(&w)
+}
+
+// UnmarshalCBOR decodes a helloWire. A fingerprint sent both ways, or raw
+// bytes of another length than 32, is an error.
+func (h *helloMsg) UnmarshalCBOR(b []byte) error {
+	var w helloWire
+	if err := wireDec.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	if w.ReplicaRaw != nil && (len(w.ReplicaRaw) != 32 || w.Replica != "") ||
+		w.PolicyRaw != nil && (len(w.PolicyRaw) != 32 || w.Policy != "") {
+		return errors.New("hello fingerprint sent twice or of the wrong length")
+	}
+	*h = helloMsg{Replica: w.Replica, Name: w.Name, Policy: w.Policy, Cursor: w.Cursor, Colls: w.Colls,
+		Nonce: w.Nonce, Recon: w.Recon, Gen: w.Gen, Seq: w.Seq}
+	if w.ReplicaRaw != nil {
+		h.Replica = fpWire.EncodeToString(w.ReplicaRaw)
+	}
+	if w.PolicyRaw != nil {
+		h.Policy = hex.EncodeToString(w.PolicyRaw)
+	}
+	return nil
 }
 
 // recordChanges carries one record's Automerge changes.
