@@ -170,22 +170,9 @@ func (n *node) count() int64 {
 // take 35 MB (one result per change). Bytes that do not load give
 // ErrBadDocument.
 func DocChanges(b []byte) ([]byte, Heads, error) {
-	var (
-		am    *automerge.Doc
-		raw   []byte
-		heads []automerge.ChangeHash
-	)
-	err := guard(func() error {
-		var err error
-		if am, err = automerge.Load(b); err != nil {
-			return err
-		}
-		raw = am.SaveIncremental()
-		heads = am.Heads()
-		return nil
-	})
+	am, raw, heads, err := loadWithChanges(b)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: load: %w", ErrBadDocument, err)
+		return nil, nil, err
 	}
 	if _, cerr := changeChunks(raw); cerr != nil {
 		// Not the change chunks expected: the slow, sure way.
@@ -202,4 +189,24 @@ func DocChanges(b []byte) ([]byte, Heads, error) {
 	}
 	noteGarbage(docPerByte*int64(len(b)) + int64(len(raw)))
 	return raw, heads, nil
+}
+
+// loadWithChanges loads a whole saved document and, right after the Load,
+// takes its history as automerge-go's SaveIncremental returns it (one
+// result: the change chunks, or compressed chunks for some documents) and
+// its heads. Bytes that do not load give ErrBadDocument.
+func loadWithChanges(b []byte) (am *automerge.Doc, raw []byte, heads []automerge.ChangeHash, err error) {
+	err = guard(func() error {
+		var err error
+		if am, err = automerge.Load(b); err != nil {
+			return err
+		}
+		raw = am.SaveIncremental()
+		heads = am.Heads()
+		return nil
+	})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: load: %w", ErrBadDocument, err)
+	}
+	return am, raw, heads, nil
 }

@@ -233,22 +233,9 @@ func LoadNew(b []byte, actor Actor) (d *Doc, res *MergeResult, largest int, err 
 	if err := actor.validate(); err != nil {
 		return nil, nil, 0, err
 	}
-	var (
-		am    *automerge.Doc
-		raw   []byte
-		heads []automerge.ChangeHash
-	)
-	err = guard(func() error {
-		var err error
-		if am, err = automerge.Load(b); err != nil {
-			return err
-		}
-		raw = am.SaveIncremental()
-		heads = am.Heads()
-		return nil
-	})
+	am, raw, heads, err := loadWithChanges(b)
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("%w: load: %w", ErrBadDocument, err)
+		return nil, nil, 0, err
 	}
 	if d, err = wrap(am, actor); err != nil {
 		return nil, nil, 0, err
