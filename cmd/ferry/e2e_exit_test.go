@@ -103,7 +103,7 @@ var fakeBehaviours = map[string]func(ctx context.Context, c transport.Conn, fp s
 		if _, err := c.Recv(ctx); err != nil {
 			return err
 		}
-		if err := c.Send(ctx, fakeFrame(fakeMsg{V: 2, T: 1, Hello: &fakeHello{Replica: fp, Policy: defaultPolicyFP()}})); err != nil {
+		if err := c.Send(ctx, fakeFrame(fakeMsg{V: replica.ProtocolVersion, T: 1, Hello: &fakeHello{Replica: fp, Policy: defaultPolicyFP()}})); err != nil {
 			return err
 		}
 		if _, err := c.Recv(ctx); err != nil {
@@ -125,7 +125,8 @@ var fakeBehaviours = map[string]func(ctx context.Context, c transport.Conn, fp s
 		}
 		return c.Send(ctx, []byte("GET / HTTP/1.1\r\n\r\n"))
 	},
-	// A hello of another protocol version (this build speaks 2).
+	// A hello of another protocol version (this build speaks
+	// replica.ProtocolVersion).
 	"version-other": func(ctx context.Context, c transport.Conn, fp string) error {
 		if _, err := c.Recv(ctx); err != nil {
 			return err
@@ -137,7 +138,7 @@ var fakeBehaviours = map[string]func(ctx context.Context, c transport.Conn, fp s
 		if _, err := c.Recv(ctx); err != nil {
 			return err
 		}
-		return c.Send(ctx, fakeFrame(fakeMsg{V: 2, T: 6, Err: &fakeErr{Code: 5, Text: "the peer's disk is on fire"}}))
+		return c.Send(ctx, fakeFrame(fakeMsg{V: replica.ProtocolVersion, T: 6, Err: &fakeErr{Code: 5, Text: "the peer's disk is on fire"}}))
 	},
 }
 
