@@ -18,7 +18,8 @@ import (
 // Sizes.MappedTrimInterval the store asks the kernel to reclaim the pages
 // of its mapped tables and value-log files (Linux: madvise(MADV_PAGEOUT)
 // on the ranges /proc/self/maps names for files in the store's
-// directory). MADV_PAGEOUT never changes what memory holds, only where:
+// directory), all but each table's index, which every read of the table
+// consults. MADV_PAGEOUT never changes what memory holds, only where:
 // a page read again comes back from the file. So a stale range (the file
 // unmapped and the address reused by something else between reading the
 // maps and the call) costs at most a page-out of that memory, never its
@@ -35,6 +36,7 @@ func (s *Store) trimLoop(interval time.Duration) {
 	if real, err := filepath.EvalSymlinks(dir); err == nil {
 		dir = real
 	}
+	tr := newTrimmer(dir)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -42,7 +44,7 @@ func (s *Store) trimLoop(interval time.Duration) {
 		case <-s.closing:
 			return
 		case <-t.C:
-			trimMapped(dir)
+			tr.trim()
 		}
 	}
 }
