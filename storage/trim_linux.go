@@ -122,6 +122,38 @@ func tableIndexStart(path string) (int64, bool) {
 	return at, true
 }
 
+// fileResident returns the process's file-backed resident bytes (the
+// RssFile line of /proc/self/status), or -1 when it cannot be read (then
+// every trim runs).
+func fileResident() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	return parseRssFile(b)
+}
+
+// parseRssFile finds "RssFile:   N kB" in a /proc/PID/status text and
+// returns N KiB in bytes, or -1.
+func parseRssFile(status []byte) int64 {
+	for _, line := range bytes.Split(status, []byte("\n")) {
+		v, ok := bytes.CutPrefix(line, []byte("RssFile:"))
+		if !ok {
+			continue
+		}
+		f := bytes.Fields(v)
+		if len(f) != 2 || string(f[1]) != "kB" {
+			return -1
+		}
+		n, err := strconv.ParseInt(string(f[0]), 10, 64)
+		if err != nil || n < 0 {
+			return -1
+		}
+		return n << 10
+	}
+	return -1
+}
+
 // mapping is one line of /proc/self/maps naming a store file.
 type mapping struct {
 	start, end uintptr

@@ -182,3 +182,39 @@ func TestTrimMappedPagesOutTouchedTablePages(t *testing.T) {
 		t.Fatal("the table's tail changed")
 	}
 }
+
+func TestParseRssFile(t *testing.T) {
+	for in, want := range map[string]int64{
+		"Name:\tferry\nRssAnon:\t  1000 kB\nRssFile:\t   2048 kB\nRssShmem:\t 0 kB\n": 2048 << 10,
+		"RssFile:\t0 kB\n":  0,
+		"RssAnon:\t1 kB\n":  -1,
+		"RssFile:\t12 MB\n": -1,
+		"RssFile:\t-3 kB\n": -1,
+		"RssFile:\tx kB\n":  -1,
+		"":                  -1,
+	} {
+		if got := parseRssFile([]byte(in)); got != want {
+			t.Errorf("parseRssFile(%q) = %d, want %d", in, got, want)
+		}
+	}
+	if got := fileResident(); got <= 0 {
+		t.Errorf("this process's RssFile: %d", got)
+	}
+}
+
+func TestShouldTrimOnlyAboveTheBudget(t *testing.T) {
+	for _, tc := range []struct {
+		resident, budget int64
+		want             bool
+	}{
+		{10 << 20, 40 << 20, false},
+		{40 << 20, 40 << 20, false},
+		{40<<20 + 1, 40 << 20, true},
+		{-1, 40 << 20, true}, // unknown: trim
+		{0, -1, true},        // no budget: always
+	} {
+		if got := shouldTrim(tc.resident, tc.budget); got != tc.want {
+			t.Errorf("shouldTrim(%d, %d) = %v", tc.resident, tc.budget, got)
+		}
+	}
+}
