@@ -98,6 +98,13 @@ type Sizes struct {
 	// memory then grows with the data a process writes or reads, up to
 	// the store's size on disk.
 	MappedTrimInterval time.Duration
+	// MappedBudget is the process's file-backed resident memory (RssFile
+	// in /proc/self/status, bytes: the executable's pages and every
+	// store's mapped files) below which a trim is skipped: pages that fit
+	// stay, and only a process above it pays for paging out and for
+	// reading the pages back. Zero means the default (DefaultSizes: 40
+	// MiB); negative trims at every interval.
+	MappedBudget int64
 }
 
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
@@ -108,7 +115,7 @@ type Sizes struct {
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
-		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond}
+		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20}
 }
 
 // ServerSizes is the preset for a store that should favour throughput over
@@ -122,7 +129,7 @@ func DefaultSizes() Sizes {
 func ServerSizes() Sizes {
 	return Sizes{MemTableSize: 64 << 20, NumMemtables: 3, ValueLogFileSize: 256 << 20,
 		BlockCacheSize: 256 << 20, IndexCacheSize: 0, BaseTableSize: 8 << 20,
-		ValueThreshold: 1 << 20, MappedTrimInterval: 250 * time.Millisecond}
+		ValueThreshold: 1 << 20, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20}
 }
 
 // sizes returns o's sizes with zero fields set to DefaultSizes.
@@ -149,6 +156,9 @@ func (o *Options) sizes() Sizes {
 	}
 	if r.MappedTrimInterval == 0 {
 		r.MappedTrimInterval = d.MappedTrimInterval
+	}
+	if r.MappedBudget == 0 {
+		r.MappedBudget = d.MappedBudget
 	}
 	return r
 }
