@@ -152,8 +152,9 @@ func trimTornTails(dir string, ends map[string]int64) error {
 // again). If the read-write open fails, Badger is reopened read-only; if
 // that fails too, the store is closed (ErrClosed).
 func (s *Store) tryWritable() {
-	// A layout-1 store stays read-only: its upgrade runs in Open.
-	if !s.readOnly.Load() || s.legacy.Load() || spaceFor(s.dir, s.reserve, "reopen") != nil {
+	// A layout-1 store, or one whose header is of an older format, stays
+	// read-only: its upgrade runs in Open.
+	if !s.readOnly.Load() || s.legacy.Load() || s.oldHeader.Load() || spaceFor(s.dir, s.reserve, "reopen") != nil {
 		return
 	}
 	s.lifeMu.Lock()

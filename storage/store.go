@@ -56,6 +56,11 @@ type Store struct {
 
 	knownColl sync.Map // collection keys known to exist (never removed)
 
+	// oldHeader: the header's format version is below headerVersion (the
+	// store opened read-only, so it was not bumped); the store stays
+	// read-only until opened again with space. Set only by Open.
+	oldHeader atomic.Bool
+
 	// legacy: the store is in record layout 1 (opened read-only, so not
 	// upgraded; layout.go). Set only by Open.
 	legacy atomic.Bool
@@ -224,7 +229,7 @@ func (s *Store) create(o *Options) error {
 			return ErrExists
 		}
 	}
-	h := &header{gen: 1, curEpoch: 1}
+	h := &header{version: headerVersion, gen: 1, curEpoch: 1}
 	kek, err := newHeaderParams(h, o)
 	if err != nil {
 		return err
@@ -316,7 +321,17 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		// held; skipped on a full disk (the next open does it).
 		h, kek = normalizeOnOpen(dir, h, &opts, kek, nfc, cur, next)
 	}
+	if h.version < headerVersion && !readOnly {
+		// Marked as this format before anything is upgraded or written, so
+		// an older build refuses the store instead of missing its records.
+		if h, err = bumpVersion(dir, h, kek, cur, next); err != nil {
+			db.Close()
+			wipe(kek)
+			return nil, err
+		}
+	}
 	s := newStore(db, dir, &opts, readOnly)
+	s.oldHeader.Store(h.version < headerVersion)
 	if err := s.start(h, kek, cur, next); err != nil {
 		s.Close()
 		return nil, err
