@@ -191,6 +191,7 @@ func (s *Store) tryWritable() {
 	if broken {
 		s.closed, s.dbState = true, dbClosed
 		close(s.closing)
+		s.stopTrim()
 	}
 	s.lifeMu.Unlock()
 	if broken {

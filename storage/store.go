@@ -36,6 +36,8 @@ type Store struct {
 	baseTable int64   // BaseTableSize
 
 	trimDone sync.WaitGroup // trimLoop (trim.go); Close waits for it
+	trimStop chan struct{}  // closed (stopTrim) once Badger is closed: trimLoop returns
+	trimOnce sync.Once
 
 	// transMu serialises key-state transitions: header writes (passphrase
 	// change, rotation start and finish) and publishing a new keyState.
@@ -167,7 +169,7 @@ func openBadger(dir string, o *Options, readOnly bool, setKey []byte) (db *badge
 }
 
 func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
-	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}),
+	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}), trimStop: make(chan struct{}),
 		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.Sizes},
 		reserve: Reserve(*o), closeRes: closeReserve(*o),
 		baseTable: o.sizes().BaseTableSize}
@@ -496,7 +498,10 @@ func (s *Store) Close() error {
 			return err
 		}
 	}
+	// The trim runs until Badger has closed: its Close flushes the
+	// memtables and ends compactions, writing tables through their maps.
 	err := s.db.Close()
+	s.stopTrim()
 	s.trimDone.Wait()
 	s.lifeMu.Lock()
 	s.dbState = dbClosed
