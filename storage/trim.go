@@ -26,7 +26,10 @@ import (
 // maps and the call) costs at most a page-out of that memory, never its
 // contents. Elsewhere the trim does nothing.
 
-// trimLoop trims every interval until the store closes.
+// trimLoop trims every interval until Badger is closed (stopTrim), not
+// only until the store starts closing: Badger's Close writes the
+// memtables' tables and finishes compactions through memory maps, and
+// those pages would otherwise stay resident until it returns.
 func (s *Store) trimLoop(interval time.Duration, budget int64) {
 	defer s.trimDone.Done()
 	// /proc/self/maps names files by their absolute, resolved path.
@@ -42,7 +45,7 @@ func (s *Store) trimLoop(interval time.Duration, budget int64) {
 	defer t.Stop()
 	for {
 		select {
-		case <-s.closing:
+		case <-s.trimStop:
 			return
 		case <-t.C:
 			if shouldTrim(fileResident(), budget) {
@@ -51,6 +54,9 @@ func (s *Store) trimLoop(interval time.Duration, budget int64) {
 		}
 	}
 }
+
+// stopTrim ends trimLoop (once; the caller has closed Badger).
+func (s *Store) stopTrim() { s.trimOnce.Do(func() { close(s.trimStop) }) }
 
 // startTrim starts trimLoop for an on-disk store whose interval is
 // positive.
