@@ -109,12 +109,12 @@ type Sizes struct {
 
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
 // field: 8 MiB memtables, 2 of them, 32 MiB value-log files, an 8 MiB
-// block cache, indexes kept in memory, 1 MiB tables, values of 800 KiB
-// or more in the value log. Sized for a phone: Badger holds at most about
-// 60 MiB of memory besides the indexes (docs/storage.md).
+// block cache, indexes kept in memory, 2 MiB tables, values of 800 KiB
+// or more in the value log. Sized for a phone: Badger held 40-60 MiB of
+// memory besides the indexes at the measured peaks (docs/storage.md).
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
-		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 1 << 20,
+		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
 		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20}
 }
 
@@ -125,7 +125,7 @@ func DefaultSizes() Sizes {
 // (Badger's own defaults but for fewer memtables and smaller value-log
 // files). Badger then holds up to about 730 MiB of memory besides the
 // indexes, and the store keeps 97 MiB of disk free (Reserve), against
-// about 60 MiB and 13 MiB with DefaultSizes (docs/storage.md).
+// about 53 MiB and 15 MiB with DefaultSizes (docs/storage.md).
 func ServerSizes() Sizes {
 	return Sizes{MemTableSize: 64 << 20, NumMemtables: 3, ValueLogFileSize: 256 << 20,
 		BlockCacheSize: 256 << 20, IndexCacheSize: 0, BaseTableSize: 8 << 20,

@@ -24,7 +24,7 @@ import (
 // Reserve returns the free space, in bytes, a store with options o needs
 // before it opens read-write: what Close needs (closeReserve), plus
 // 2 x BaseTableSize for a first compaction. With DefaultSizes it is
-// 13 MiB. An open store asks for more before each write: see writeReserve.
+// 15 MiB. An open store asks for more before each write: see writeReserve.
 func Reserve(o Options) int64 {
 	return closeReserve(o) + 2*o.sizes().BaseTableSize
 }
