@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"testing"
@@ -156,6 +157,7 @@ func measuredSync(b *testing.B, ra, rb *replica.Replica, timed bool) session {
 	if timed {
 		b.StartTimer()
 	}
+	stopProfile := startSessionProfile(b)
 	now, cpu0 := time.Now(), processCPU(b)
 	wg.Add(1)
 	go func() {
@@ -165,6 +167,7 @@ func measuredSync(b *testing.B, ra, rb *replica.Replica, timed bool) session {
 	sa, ea := ra.Sync(ctx, ca)
 	wg.Wait()
 	d, cpu := time.Since(now), processCPU(b)-cpu0
+	stopProfile()
 	if timed {
 		b.StopTimer()
 	}
@@ -172,6 +175,29 @@ func measuredSync(b *testing.B, ra, rb *replica.Replica, timed bool) session {
 		b.Fatal(err)
 	}
 	return session{wire: wireOf(ta, before, d), rtt: link.rttAfterHandshake(), sa: sa, sb: sb, cpu: cpu}
+}
+
+// startSessionProfile starts a CPU profile of one measured session when
+// FERRY_SESSION_CPUPROFILE names a file (the benchmark's own -cpuprofile
+// would include writing the records); it returns the function that stops it.
+func startSessionProfile(b *testing.B) func() {
+	path := os.Getenv("FERRY_SESSION_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // processCPU returns the CPU time (user + system) this process has used so

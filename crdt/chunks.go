@@ -27,32 +27,62 @@ var errChunk = errors.New("malformed chunk")
 // changeChunks validates that raw is a sequence of change chunks with valid
 // checksums and returns the hashes of the uncompressed ones.
 func changeChunks(raw []byte) ([]automerge.ChangeHash, error) {
-	var hashes []automerge.ChangeHash
+	hashes, docs, err := walkChunks(raw)
+	if err == nil && docs {
+		err = fmt.Errorf("%w: chunk type %d is not a change", errChunk, chunkDocument)
+	}
+	return hashes, err
+}
+
+// walkChunks validates that raw is a sequence of document and change
+// chunks with valid checksums; it returns the hashes of the uncompressed
+// change chunks and whether any chunk is a document (whose changes have
+// no hash on the wire: a document chunk is compressed columnar storage).
+func walkChunks(raw []byte) (hashes []automerge.ChangeHash, docs bool, err error) {
 	for len(raw) > 0 {
 		if len(raw) < 9 || !bytes.Equal(raw[:4], chunkMagic) {
-			return nil, fmt.Errorf("%w: bad magic", errChunk)
+			return nil, false, fmt.Errorf("%w: bad magic", errChunk)
 		}
 		typ := raw[8]
 		n, k := binary.Uvarint(raw[9:])
 		if k <= 0 || n > uint64(len(raw)) {
-			return nil, fmt.Errorf("%w: bad length", errChunk)
+			return nil, false, fmt.Errorf("%w: bad length", errChunk)
 		}
 		end := 9 + k + int(n)
 		if end > len(raw) {
-			return nil, fmt.Errorf("%w: truncated", errChunk)
+			return nil, false, fmt.Errorf("%w: truncated", errChunk)
 		}
 		sum := sha256.Sum256(raw[8:end])
 		if !bytes.Equal(sum[:4], raw[4:8]) {
-			return nil, fmt.Errorf("%w: checksum mismatch", errChunk)
+			return nil, false, fmt.Errorf("%w: checksum mismatch", errChunk)
 		}
 		switch typ {
 		case chunkChange:
 			hashes = append(hashes, automerge.ChangeHash(sum))
 		case chunkCompressedChange:
+		case chunkDocument:
+			docs = true
 		default:
-			return nil, fmt.Errorf("%w: chunk type %d is not a change", errChunk, typ)
+			return nil, false, fmt.Errorf("%w: unknown chunk type %d", errChunk, typ)
 		}
 		raw = raw[end:]
 	}
-	return hashes, nil
+	return hashes, docs, nil
+}
+
+// HoldsDocument reports whether raw, a sequence of Automerge chunks, holds
+// a document chunk (a saved document: its changes in compressed columnar
+// form) rather than only change chunks. It does not validate raw.
+func HoldsDocument(raw []byte) bool {
+	for len(raw) >= 9 && bytes.Equal(raw[:4], chunkMagic) {
+		if raw[8] == chunkDocument {
+			return true
+		}
+		n, k := binary.Uvarint(raw[9:])
+		if k <= 0 || n > uint64(len(raw)-9-k) {
+			return false
+		}
+		raw = raw[9+k+int(n):]
+	}
+	return false
 }

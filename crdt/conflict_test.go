@@ -401,3 +401,67 @@ func TestMergeErrors(t *testing.T) {
 		t.Fatalf("applied %d then %d, %v", r1.Applied, r2.Applied, err)
 	}
 }
+
+// TestMergeChangesOfAStoredDocument: a record as storage holds it (a saved
+// document, then change chunks appended) merges like the same history sent
+// as change chunks: into an empty document and into one with a concurrent
+// edit, with the same heads, remote changes and conflicts.
+func TestMergeChangesOfAStoredDocument(t *testing.T) {
+	clk := newTestClock()
+	a := mustNew(t, clk.actor("A", 0))
+	if err := a.Set("name", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	base := a.Save()
+	b, err := Load(base, clk.actor("B", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSet := func(d *Doc, k string, v any) {
+		t.Helper()
+		if err := d.Set(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustSet(a, "name", "anna")
+	mustSet(a, "city", "Rome")
+	stored := append(a.Save()[:0:0], base...)
+	stored = append(stored, a.SaveIncremental()...) // base, then what came after
+	stored = append(a.Save(), stored...)            // a snapshot, then chunks it already holds
+	mustSet(b, "name", "bea")                       // concurrent with a's rename: a conflict
+
+	asChanges, err := a.ChangesSince()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		into func() *Doc
+	}{
+		{"empty", func() *Doc { return mustNew(t, clk.actor("C", 0)) }},
+		{"concurrent edit", func() *Doc { return copyDoc(t, b) }},
+	} {
+		want, err := tc.into().MergeChanges(asChanges, a.Heads())
+		if err != nil {
+			t.Fatalf("%s: changes: %v", tc.name, err)
+		}
+		d := tc.into()
+		got, err := d.MergeChanges(stored, a.Heads())
+		if err != nil {
+			t.Fatalf("%s: stored document: %v", tc.name, err)
+		}
+		if !SameHeads(got.HeadsAfter, want.HeadsAfter) || got.Applied != want.Applied || len(got.Conflicts) != len(want.Conflicts) {
+			t.Fatalf("%s: stored document merged to %v (%d applied, %d conflicts), changes to %v (%d, %d)", tc.name,
+				got.HeadsAfter, got.Applied, len(got.Conflicts), want.HeadsAfter, want.Applied, len(want.Conflicts))
+		}
+		if tc.name == "concurrent edit" && len(got.Conflicts) == 0 {
+			t.Fatalf("%s: no conflict reported for the concurrent rename", tc.name)
+		}
+	}
+	// A document chunk whose bytes are damaged is refused like any other.
+	bad := append([]byte(nil), stored...)
+	bad[len(bad)/3] ^= 0xFF
+	if _, err := mustNew(t, clk.actor("D", 0)).MergeChanges(bad, nil); !errors.Is(err, ErrBadDocument) {
+		t.Fatalf("damaged stored document: %v", err)
+	}
+}

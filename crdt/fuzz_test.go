@@ -22,6 +22,10 @@ func FuzzLoadAndMerge(f *testing.F) {
 	f.Add(doc, []byte{})
 	f.Add([]byte{}, delta)
 	f.Add(doc[:len(doc)/2], delta[:len(delta)/2])
+	// A stored record as a peer sends it whole: a saved document, then a
+	// change chunk (protocol 4).
+	f.Add([]byte{}, append(append([]byte{}, doc...), delta...))
+	f.Add(doc, append(base.Save(), delta...))
 	// A plain client's concurrent replacements (the three-way fallback and
 	// its identity probe) merged into a document with a ferry edit.
 	if p, err := automerge.Load(doc); err == nil && p.SetActorID("00ff") == nil {
@@ -44,6 +48,7 @@ func FuzzLoadAndMerge(f *testing.F) {
 		if _, err := d.ToMap(); err != nil {
 			return
 		}
+		_ = HoldsDocument(changeBytes)
 		_, _ = d.MergeChanges(changeBytes, nil)
 		if _, err := d.ToMap(); err != nil {
 			return

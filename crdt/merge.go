@@ -47,13 +47,15 @@ type RemoteResolution struct {
 	Supersedes []string
 }
 
-// MergeChanges merges concatenated change bytes (ChangesSince output, or
-// any sequence of Automerge change chunks); see MergeRemote. Bytes that are
-// not well-formed change chunks give ErrBadDocument; changes whose
-// dependencies are missing give ErrMissingDeps. remoteHeads nil means the
-// heads of the new changes.
+// MergeChanges merges concatenated change bytes (ChangesSince output, a
+// saved document, or any sequence of Automerge document and change
+// chunks, as a stored record holds them); see MergeRemote. Bytes that are
+// not well-formed chunks give ErrBadDocument; changes whose dependencies
+// are missing give ErrMissingDeps. remoteHeads nil means the heads of the
+// new changes. A document chunk costs a read of the changes it added
+// (their hashes are not on the wire).
 func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*MergeResult, error) {
-	hashes, err := changeChunks(raw)
+	hashes, docs, err := walkChunks(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
 	}
@@ -71,7 +73,7 @@ func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*Mer
 	}
 	d.size.Add(docPerByte * int64(len(raw)))
 	noteGarbage(resultGarbage * int64(2+len(hashes)))
-	compressed := len(hashes) == 0 && len(raw) > 0
+	compressed := docs || len(hashes) == 0 && len(raw) > 0
 	var remoteOnly []*chMeta
 	seen := map[automerge.ChangeHash]bool{}
 	for _, h := range hashes {

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -265,6 +266,10 @@ func (r *Replica) changesFor(ctx context.Context, coll, id string, sinceB [][]by
 	}
 	unlock := r.lockRecords(recordKey(coll, id))
 	defer unlock()
+	if len(since) == 0 {
+		rc, ok, err := r.wholeRecord(ctx, coll, id)
+		return rc, nil, ok, err
+	}
 	d, exists, err := r.loadDoc(ctx, coll, id)
 	if err != nil || !exists {
 		return recordChanges{}, nil, false, err
@@ -287,4 +292,45 @@ func (r *Replica) changesFor(ctx context.Context, coll, id string, sinceB [][]by
 		return recordChanges{}, nil, false, nil
 	}
 	return recordChanges{Collection: coll, ID: id, Heads: mine.Bytes(), Changes: changes}, known, true, nil
+}
+
+// maxStoredSend bounds the stored bytes wholeRecord sends as they are: a
+// stored document is one chunk, and a chunk larger than a frame would
+// have to be sent in pieces the receiver checks against maxChangeBytes
+// (split.go). Larger records go as their changes.
+const maxStoredSend = 256 << 10
+
+// wholeRecord returns the whole of a record for a peer that holds none
+// of it; ok is false when the record does not exist. The caller holds the
+// record's lock. A record not in the document cache and at most
+// maxStoredSend bytes is sent as storage holds it (a saved document, then
+// the change chunks appended since), with the heads of its metadata: no
+// Automerge load, which is most of what sending a small record costs
+// (docs/sync.md, "Sending whole records"); the receiver merges document
+// chunks like changes (crdt.Doc.MergeChanges).
+func (r *Replica) wholeRecord(ctx context.Context, coll, id string) (recordChanges, bool, error) {
+	if r.cache.get(recordKey(coll, id)) == nil {
+		b, meta, err := r.store.Load(ctx, coll, id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return recordChanges{}, false, nil
+		}
+		if err != nil {
+			return recordChanges{}, false, fmt.Errorf("replica: load %s/%s: %w", coll, id, err)
+		}
+		if len(b) > 0 && len(b) <= maxStoredSend && len(meta.Heads) > 0 {
+			return recordChanges{Collection: coll, ID: id, Heads: meta.Heads, Changes: b}, true, nil
+		}
+	}
+	d, exists, err := r.loadDoc(ctx, coll, id)
+	if err != nil || !exists {
+		return recordChanges{}, false, err
+	}
+	changes, err := d.ChangesSince()
+	if err != nil {
+		return recordChanges{}, false, fmt.Errorf("replica: changes %s/%s: %w", coll, id, err)
+	}
+	if len(changes) == 0 {
+		return recordChanges{}, false, nil
+	}
+	return recordChanges{Collection: coll, ID: id, Heads: d.Heads().Bytes(), Changes: changes}, true, nil
 }

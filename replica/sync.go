@@ -480,6 +480,10 @@ func (r *Replica) outgoing(ctx context.Context, peer, collection, id string, who
 	}
 	unlock := r.lockRecords(recordKey(collection, id))
 	defer unlock()
+	if len(known) == 0 {
+		rc, ok, err := r.wholeRecord(ctx, collection, id)
+		return rc, nil, ok, err
+	}
 	d, exists, err := r.loadDoc(ctx, collection, id)
 	if err != nil {
 		return recordChanges{}, nil, false, err
@@ -516,15 +520,10 @@ func (h *host) full(ctx context.Context, peer, collection, id string) ([]recordC
 	}
 	unlock := r.lockRecords(recordKey(collection, id))
 	defer unlock()
-	d, exists, err := r.loadDoc(ctx, collection, id)
-	if err != nil || !exists {
+	rc, ok, err := r.wholeRecord(ctx, collection, id)
+	if err != nil || !ok {
 		return empty, err
 	}
-	changes, err := d.ChangesSince()
-	if err != nil {
-		return nil, fmt.Errorf("replica: changes %s/%s: %w", collection, id, err)
-	}
-	rc := recordChanges{Collection: collection, ID: id, Heads: d.Heads().Bytes(), Changes: changes}
 	h.count(peer, &rc)
 	return []recordChanges{rc}, nil
 }
@@ -731,6 +730,13 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 				// An import nothing was written to since: the bytes it was
 				// loaded from are its document (no Save: no second copy).
 				batch.Records = append(batch.Records, r.snapshotWrite(rc.Collection, rc.ID, d, rc.doc))
+			} else if rc.doc == nil && !existed && d.Heads().Equal(mr.HeadsAfter) && !d.Saved() &&
+				(crdt.HoldsDocument(changes) || mr.Applied <= maxReceivedSnapshotChanges) {
+				// A record new to the store that nothing wrote to since the
+				// merge: the bytes received are its document (no Save). Only
+				// a saved document or a short history: loading many change
+				// chunks costs more than loading their saved document.
+				batch.Records = append(batch.Records, r.snapshotWrite(rc.Collection, rc.ID, d, changes))
 			} else {
 				batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
 			}
@@ -786,6 +792,10 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 	r.reportSkew(peer, future)
 	return needs, conflicts, echoes, nil
 }
+
+// maxReceivedSnapshotChanges is the most change chunks a record new to
+// the store may be kept as, as received, instead of its saved document.
+const maxReceivedSnapshotChanges = 8
 
 // importDoc prepares a whole imported document (rc.doc) for the apply.
 // For a record new to the store (existed false) it is loaded as the

@@ -19,8 +19,10 @@ import (
 // ProtocolVersion is the sync protocol version this build speaks. A peer
 // that speaks another version is refused in the handshake. Version 3
 // (hellos with raw fingerprints, reconciliation splitting buckets by key
-// tag) cannot be read by version 2 builds.
-const ProtocolVersion = 3
+// tag) cannot be read by version 2 builds; version 4 sends small whole
+// records as stored, with document chunks, which version 3 builds refuse
+// (docs/sync.md, "Sending whole records").
+const ProtocolVersion = 4
 
 // Wire limits. Every count and length in a decoded message is checked
 // against these before anything proportional to it is allocated; byte

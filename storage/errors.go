@@ -33,6 +33,11 @@ var (
 	ErrExists = kinded("storage: store already exists", "forbidden")
 	// ErrNoStore: Open found no store in the directory.
 	ErrNoStore = kinded("storage: no store in directory", "not found")
+	// ErrNewerStore: the store's header has a format version newer than
+	// this build knows (a store written, or upgraded, by a newer ferry).
+	// Nothing was read past the header and no file was changed; open it
+	// with that newer build.
+	ErrNewerStore = kinded("storage: store made by a newer version of ferry", "protocol violation")
 	// ErrBadBackup: a backup is truncated or tampered with (a wrong
 	// passphrase or identity is ErrWrongKey). Nothing was written to the store.
 	ErrBadBackup = kinded("storage: bad backup", "corrupt")

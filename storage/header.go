@@ -26,7 +26,9 @@ import (
 // Layout (244 bytes, integers big-endian):
 //
 //	0   8  magic "FERRYHDR"
-//	8   1  format version (1)
+//	8   1  format version: 1 = record layout 1 (or a store no build that
+//	       knows layout 2 has written to), 2 = record layout 2 (set by
+//	       Create, and by a writable Open before it upgrades or writes)
 //	9   1  mode: 1 = passphrase as given (Argon2id; stores made before
 //	       normalization, rewritten as mode 3 when opened), 2 = raw 32-byte
 //	       key, 3 = passphrase normalized to NFC (Argon2id)
@@ -51,7 +53,8 @@ const (
 	headerFile    = "ferry.header"
 	headerTmpFile = "ferry.header.tmp"
 	headerMagic   = "FERRYHDR"
-	headerVersion = 1
+	headerVersion = 2 // the newest format version this build reads and writes
+	headerLayout1 = 1 // record layout 1: Open upgrades it (layout.go)
 	headerLen     = 244
 	hdrParamsLen  = 68
 	hdrSumOff     = 212
@@ -64,6 +67,7 @@ const (
 )
 
 type header struct {
+	version   byte // 0 encodes as headerVersion
 	mode      byte
 	kdf       KDFParams
 	salt      [16]byte
@@ -81,7 +85,11 @@ type header struct {
 func (h *header) encode() []byte {
 	b := make([]byte, 0, headerLen)
 	b = append(b, headerMagic...)
-	b = append(b, headerVersion, h.mode)
+	v := h.version
+	if v == 0 {
+		v = headerVersion
+	}
+	b = append(b, v, h.mode)
 	b = binary.BigEndian.AppendUint32(b, h.kdf.Time)
 	b = binary.BigEndian.AppendUint32(b, h.kdf.MemoryKiB)
 	b = append(b, h.kdf.Threads)
@@ -103,17 +111,22 @@ func (h *header) encode() []byte {
 	return append(b, sum[:]...)
 }
 
-// decodeHeader parses and validates a header. Any problem is ErrCorrupt.
+// decodeHeader parses and validates a header. A well-formed header of a
+// format version above headerVersion is ErrNewerStore; any other problem
+// is ErrCorrupt.
 func decodeHeader(b []byte) (*header, error) {
 	bad := corruptf("store header")
-	if len(b) != headerLen || string(b[:8]) != headerMagic || b[8] != headerVersion {
+	if len(b) != headerLen || string(b[:8]) != headerMagic || b[8] == 0 {
 		return nil, bad
 	}
 	sum := sha256.Sum256(b[:hdrSumOff])
 	if subtle.ConstantTimeCompare(sum[:], b[hdrSumOff:]) != 1 {
 		return nil, bad
 	}
-	h := &header{mode: b[9]}
+	if b[8] > headerVersion {
+		return nil, fmt.Errorf("store format version %d, this build reads up to %d: %w", b[8], headerVersion, ErrNewerStore)
+	}
+	h := &header{version: b[8], mode: b[9]}
 	h.kdf = KDFParams{Time: binary.BigEndian.Uint32(b[10:]), MemoryKiB: binary.BigEndian.Uint32(b[14:]), Threads: b[18]}
 	copy(h.salt[:], b[19:35])
 	h.gen = binary.BigEndian.Uint64(b[35:])

@@ -2,7 +2,12 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -55,8 +60,9 @@ func FuzzHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHeader(b)
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("error not ErrCorrupt: %v", err)
+			newer := len(b) == headerLen && b[8] > headerVersion && errors.Is(err, ErrNewerStore)
+			if !errors.Is(err, ErrCorrupt) && !newer {
+				t.Fatalf("error not ErrCorrupt (nor ErrNewerStore of a newer version): %v", err)
 			}
 			return
 		}
@@ -69,4 +75,185 @@ func FuzzHeader(f *testing.F) {
 		}
 		h.unlock(&o) // must not panic
 	})
+}
+
+// setHeaderVersion rewrites the header of the closed store in dir with
+// format version v, as a build of that version would have written it (the
+// master keys rewrapped: the version is in their associated data).
+func setHeaderVersion(t *testing.T, dir string, o Options, v byte) {
+	t.Helper()
+	h, err := readHeaderFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek, cur, next, _, err := h.unlock(&o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.version = v
+	h.gen++
+	if err := h.wrapKeys(kek, cur, next); err != nil {
+		t.Fatal(err)
+	}
+	b := h.encode() // writeHeaderFile's bytes; decodeHeader would refuse v > headerVersion
+	if err := os.WriteFile(filepath.Join(dir, headerFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// headerVersionOnDisk is byte 8 of dir's header file: what an older build
+// compares with the only version it knows.
+func headerVersionOnDisk(t *testing.T, dir string) byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, headerFile))
+	if err != nil || len(b) != headerLen {
+		t.Fatalf("read header: %v (%d bytes)", err, len(b))
+	}
+	return b[8]
+}
+
+// TestHeaderNewerVersion: a store whose header carries a format version
+// above this build's (written by a newer ferry) is refused with
+// ErrNewerStore, of kind "protocol violation", naming both versions,
+// before Badger opens: no file of the store changes, and the newer build
+// still opens it.
+func TestHeaderNewerVersion(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	o := testOpts()
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "a", Changes: []byte("x")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v := headerVersionOnDisk(t, dir); v != headerVersion {
+		t.Fatalf("Create wrote format version %d, want %d", v, headerVersion)
+	}
+	current, err := os.ReadFile(filepath.Join(dir, headerFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	setHeaderVersion(t, dir, o, headerVersion+1)
+	before := dirSnapshot(t, dir)
+	_, err = Open(ctx, dir, o)
+	if !errors.Is(err, ErrNewerStore) || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open of a newer store: %v, want ErrNewerStore", err)
+	}
+	var kd interface{ ErrorKind() string }
+	if !errors.As(err, &kd) || kd.ErrorKind() != "protocol violation" {
+		t.Fatalf("kind of %v: want protocol violation", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"newer version of ferry", "version 3", "up to 2"} {
+		if !strings.Contains(msg, want) {
+			t.Fatalf("error %q does not say %q", msg, want)
+		}
+	}
+	if after := dirSnapshot(t, dir); after != before {
+		t.Fatalf("refused Open changed the store's files:\n%s\n%s", before, after)
+	}
+	// The build of that version (here: the header as it was) opens it.
+	if err := os.WriteFile(filepath.Join(dir, headerFile), current, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, _, err := s.Load(ctx, "c", "a"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHeaderVersionBumped: a store with a version-1 header (written by a
+// build that knows only record layout 1) and no layout-1 entries (empty,
+// or written by this build under the old header) is marked version 2 by
+// a writable Open, before it writes; opened read-only (no space) it keeps
+// version 1 and stays read-only, even when space comes back, until
+// opened again.
+func TestHeaderVersionBumped(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	o := testOpts()
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "a", Changes: []byte("x")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	setHeaderVersion(t, dir, o, headerLayout1)
+
+	free := Reserve(o) - 1
+	withFree(t, &free)
+	s, err = Open(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := headerVersionOnDisk(t, dir); v != headerLayout1 {
+		t.Fatalf("read-only Open wrote format version %d", v)
+	}
+	if _, _, err := s.Load(ctx, "c", "a"); err != nil {
+		t.Fatal(err)
+	}
+	free = 1 << 40
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "b", Changes: []byte("y")}}}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Write to a read-only store of the old format: %v, want ErrNoSpace", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v := headerVersionOnDisk(t, dir); v != headerLayout1 {
+		t.Fatalf("format version %d after a read-only session", v)
+	}
+
+	s, err = Open(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v := headerVersionOnDisk(t, dir); v != headerVersion {
+		t.Fatalf("writable Open left format version %d, want %d", v, headerVersion)
+	}
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "b", Changes: []byte("y")}}}); err != nil {
+		t.Fatal(err)
+	}
+	o2 := o
+	o2.Passphrase = []byte("another")
+	if err := s.ChangePassphrase(ctx, o2); err != nil {
+		t.Fatal(err)
+	}
+	if v := headerVersionOnDisk(t, dir); v != headerVersion {
+		t.Fatalf("passphrase change wrote format version %d", v)
+	}
+}
+
+// dirSnapshot lists dir's files with sizes and modification times.
+func dirSnapshot(t *testing.T, dir string) string {
+	t.Helper()
+	var sb strings.Builder
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&sb, "%s %d %s\n", p, fi.Size(), fi.ModTime())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb.String()
 }

@@ -28,6 +28,31 @@ import (
 // read-only store (it stays read-only until opened again with space), and
 // ReconSums/ReconItems fail with ErrNoSpace.
 
+// The header's format version (header.go) says which layout a store may
+// hold: a store with a version-1 header may be in layout 1; a writable Open
+// writes version 2 (bumpVersion) before it upgrades or writes anything, so
+// a build that knows only layout 1 (and so only version 1) refuses the
+// store ("store header: corrupt") instead of opening it and finding none of
+// its layout-2 records. A build that finds a version above its own refuses
+// with ErrNewerStore.
+
+// bumpVersion rewrites the header with format version headerVersion (its
+// master keys rewrapped: the version is in the wrapping's associated data)
+// and returns it. The caller holds Badger's directory lock and has checked
+// that the store is writable.
+func bumpVersion(dir string, h *header, kek, cur, next []byte) (*header, error) {
+	h2 := *h
+	h2.version = headerVersion
+	h2.gen++
+	if err := h2.wrapKeys(kek, cur, next); err != nil {
+		return nil, err
+	}
+	if err := writeHeaderFile(dir, &h2); err != nil {
+		return nil, fmt.Errorf("mark the store's format version: %w", err)
+	}
+	return &h2, nil
+}
+
 // upgradeBatch is how many records one upgrade transaction moves (a meta
 // with an inline snapshot is at most ~1.2 KiB: well within a transaction;
 // a variable for tests).

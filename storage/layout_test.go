@@ -139,11 +139,18 @@ func checkUpgraded(t *testing.T, s *Store) {
 func TestUpgradeLayout1(t *testing.T) {
 	ctx := context.Background()
 	dir := copyFixture(t, layout1Fixture)
+	if v := headerVersionOnDisk(t, dir); v != headerLayout1 {
+		t.Fatalf("fixture's format version %d, want %d", v, headerLayout1)
+	}
 	s, err := Open(ctx, dir, layout1Opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkUpgraded(t, s)
+	// A build that knows only layout 1 refuses a version above 1.
+	if v := headerVersionOnDisk(t, dir); v != headerVersion {
+		t.Fatalf("upgraded store's format version %d, want %d", v, headerVersion)
+	}
 	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{
 		{Collection: "todos", ID: "r03", Changes: []byte("more"), Heads: [][]byte{l1Head("r03", 9)}},
 		{Collection: "todos", ID: "new", Changes: []byte("new"), Heads: [][]byte{l1Head("new", 0)}},
@@ -185,6 +192,9 @@ func TestLayout1ReadOnly(t *testing.T) {
 	if !s.readOnly.Load() || !s.legacy.Load() {
 		t.Fatal("not opened read-only and legacy")
 	}
+	if v := headerVersionOnDisk(t, dir); v != headerLayout1 {
+		t.Fatalf("read-only Open wrote format version %d", v)
+	}
 	checkLayout1Content(t, s)
 	id, _ := age.GenerateX25519Identity()
 	if st, err := s.Export(ctx, io.Discard, ExportOptions{Recipients: []age.Recipient{id.Recipient()}}); err != nil || st.Records != 41 {
@@ -209,6 +219,9 @@ func TestLayout1ReadOnly(t *testing.T) {
 	}
 	defer s.Close()
 	checkUpgraded(t, s)
+	if v := headerVersionOnDisk(t, dir); v != headerVersion {
+		t.Fatalf("upgraded store's format version %d, want %d", v, headerVersion)
+	}
 }
 
 // TestUpgradeLayout1Crash kills (SIGKILL) a child upgrading the fixture
@@ -224,6 +237,11 @@ func TestUpgradeLayout1Crash(t *testing.T) {
 			lines := runUntil(t, "upgrade", dir, "step", stop)
 			if last := lines[len(lines)-1]; last == "step done" {
 				t.Fatalf("the upgrade ended before step %d", stop)
+			}
+			// Marked before the first step: an older build refuses a
+			// half-upgraded store.
+			if v := headerVersionOnDisk(t, dir); v != headerVersion {
+				t.Fatalf("format version %d during the upgrade, want %d", v, headerVersion)
 			}
 			s, err := Open(ctx, dir, layout1Opts)
 			if err != nil {

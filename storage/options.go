@@ -98,17 +98,24 @@ type Sizes struct {
 	// memory then grows with the data a process writes or reads, up to
 	// the store's size on disk.
 	MappedTrimInterval time.Duration
+	// MappedBudget is the process's file-backed resident memory (RssFile
+	// in /proc/self/status, bytes: the executable's pages and every
+	// store's mapped files) below which a trim is skipped: pages that fit
+	// stay, and only a process above it pays for paging out and for
+	// reading the pages back. Zero means the default (DefaultSizes: 40
+	// MiB); negative trims at every interval.
+	MappedBudget int64
 }
 
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
 // field: 8 MiB memtables, 2 of them, 32 MiB value-log files, an 8 MiB
-// block cache, indexes kept in memory, 2 MiB tables, values of 800 KiB
+// block cache, indexes kept in memory, 1 MiB tables, values of 800 KiB
 // or more in the value log. Sized for a phone: Badger holds at most about
-// 53 MiB of memory besides the indexes (docs/storage.md).
+// 60 MiB of memory besides the indexes (docs/storage.md).
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
-		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
-		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond}
+		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 1 << 20,
+		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20}
 }
 
 // ServerSizes is the preset for a store that should favour throughput over
@@ -118,11 +125,11 @@ func DefaultSizes() Sizes {
 // (Badger's own defaults but for fewer memtables and smaller value-log
 // files). Badger then holds up to about 730 MiB of memory besides the
 // indexes, and the store keeps 97 MiB of disk free (Reserve), against
-// about 53 MiB and 15 MiB with DefaultSizes (docs/storage.md).
+// about 60 MiB and 13 MiB with DefaultSizes (docs/storage.md).
 func ServerSizes() Sizes {
 	return Sizes{MemTableSize: 64 << 20, NumMemtables: 3, ValueLogFileSize: 256 << 20,
 		BlockCacheSize: 256 << 20, IndexCacheSize: 0, BaseTableSize: 8 << 20,
-		ValueThreshold: 1 << 20, MappedTrimInterval: 250 * time.Millisecond}
+		ValueThreshold: 1 << 20, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20}
 }
 
 // sizes returns o's sizes with zero fields set to DefaultSizes.
@@ -149,6 +156,9 @@ func (o *Options) sizes() Sizes {
 	}
 	if r.MappedTrimInterval == 0 {
 		r.MappedTrimInterval = d.MappedTrimInterval
+	}
+	if r.MappedBudget == 0 {
+		r.MappedBudget = d.MappedBudget
 	}
 	return r
 }

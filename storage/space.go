@@ -24,7 +24,7 @@ import (
 // Reserve returns the free space, in bytes, a store with options o needs
 // before it opens read-write: what Close needs (closeReserve), plus
 // 2 x BaseTableSize for a first compaction. With DefaultSizes it is
-// 15 MiB. An open store asks for more before each write: see writeReserve.
+// 13 MiB. An open store asks for more before each write: see writeReserve.
 func Reserve(o Options) int64 {
 	return closeReserve(o) + 2*o.sizes().BaseTableSize
 }
@@ -152,8 +152,9 @@ func trimTornTails(dir string, ends map[string]int64) error {
 // again). If the read-write open fails, Badger is reopened read-only; if
 // that fails too, the store is closed (ErrClosed).
 func (s *Store) tryWritable() {
-	// A layout-1 store stays read-only: its upgrade runs in Open.
-	if !s.readOnly.Load() || s.legacy.Load() || spaceFor(s.dir, s.reserve, "reopen") != nil {
+	// A layout-1 store, or one whose header is of an older format, stays
+	// read-only: its upgrade runs in Open.
+	if !s.readOnly.Load() || s.legacy.Load() || s.oldHeader.Load() || spaceFor(s.dir, s.reserve, "reopen") != nil {
 		return
 	}
 	s.lifeMu.Lock()
@@ -190,6 +191,7 @@ func (s *Store) tryWritable() {
 	if broken {
 		s.closed, s.dbState = true, dbClosed
 		close(s.closing)
+		s.stopTrim()
 	}
 	s.lifeMu.Unlock()
 	if broken {

@@ -36,6 +36,8 @@ type Store struct {
 	baseTable int64   // BaseTableSize
 
 	trimDone sync.WaitGroup // trimLoop (trim.go); Close waits for it
+	trimStop chan struct{}  // closed (stopTrim) once Badger is closed: trimLoop returns
+	trimOnce sync.Once
 
 	// transMu serialises key-state transitions: header writes (passphrase
 	// change, rotation start and finish) and publishing a new keyState.
@@ -55,6 +57,11 @@ type Store struct {
 	feedWake chan struct{} // under feedMu: closed by the next commit that writes a feed entry
 
 	knownColl sync.Map // collection keys known to exist (never removed)
+
+	// oldHeader: the header's format version is below headerVersion (the
+	// store opened read-only, so it was not bumped); the store stays
+	// read-only until opened again with space. Set only by Open.
+	oldHeader atomic.Bool
 
 	// legacy: the store is in record layout 1 (opened read-only, so not
 	// upgraded; layout.go). Set only by Open.
@@ -162,7 +169,7 @@ func openBadger(dir string, o *Options, readOnly bool, setKey []byte) (db *badge
 }
 
 func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
-	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}),
+	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}), trimStop: make(chan struct{}),
 		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.Sizes},
 		reserve: Reserve(*o), closeRes: closeReserve(*o),
 		baseTable: o.sizes().BaseTableSize}
@@ -224,7 +231,7 @@ func (s *Store) create(o *Options) error {
 			return ErrExists
 		}
 	}
-	h := &header{gen: 1, curEpoch: 1}
+	h := &header{version: headerVersion, gen: 1, curEpoch: 1}
 	kek, err := newHeaderParams(h, o)
 	if err != nil {
 		return err
@@ -316,7 +323,17 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		// held; skipped on a full disk (the next open does it).
 		h, kek = normalizeOnOpen(dir, h, &opts, kek, nfc, cur, next)
 	}
+	if h.version < headerVersion && !readOnly {
+		// Marked as this format before anything is upgraded or written, so
+		// an older build refuses the store instead of missing its records.
+		if h, err = bumpVersion(dir, h, kek, cur, next); err != nil {
+			db.Close()
+			wipe(kek)
+			return nil, err
+		}
+	}
 	s := newStore(db, dir, &opts, readOnly)
+	s.oldHeader.Store(h.version < headerVersion)
 	if err := s.start(h, kek, cur, next); err != nil {
 		s.Close()
 		return nil, err
@@ -481,7 +498,10 @@ func (s *Store) Close() error {
 			return err
 		}
 	}
+	// The trim runs until Badger has closed: its Close flushes the
+	// memtables and ends compactions, writing tables through their maps.
 	err := s.db.Close()
+	s.stopTrim()
 	s.trimDone.Wait()
 	s.lifeMu.Lock()
 	s.dbState = dbClosed

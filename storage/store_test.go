@@ -376,7 +376,7 @@ func TestSizePresets(t *testing.T) {
 	if got, want := Reserve(Options{Sizes: ServerSizes()}), int64(97<<20); got != want {
 		t.Fatalf("Reserve(ServerSizes) = %d, want %d (documented)", got, want)
 	}
-	if got, want := Reserve(Options{}), int64(15<<20); got != want {
+	if got, want := Reserve(Options{}), int64(13<<20); got != want {
 		t.Fatalf("Reserve(DefaultSizes) = %d, want %d (documented)", got, want)
 	}
 	for _, z := range []Sizes{

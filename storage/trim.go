@@ -18,14 +18,19 @@ import (
 // Sizes.MappedTrimInterval the store asks the kernel to reclaim the pages
 // of its mapped tables and value-log files (Linux: madvise(MADV_PAGEOUT)
 // on the ranges /proc/self/maps names for files in the store's
-// directory). MADV_PAGEOUT never changes what memory holds, only where:
+// directory), all but each table's index, which every read of the table
+// consults; only while the process's file-backed resident memory is
+// above Sizes.MappedBudget. MADV_PAGEOUT never changes what memory holds, only where:
 // a page read again comes back from the file. So a stale range (the file
 // unmapped and the address reused by something else between reading the
 // maps and the call) costs at most a page-out of that memory, never its
 // contents. Elsewhere the trim does nothing.
 
-// trimLoop trims every interval until the store closes.
-func (s *Store) trimLoop(interval time.Duration) {
+// trimLoop trims every interval until Badger is closed (stopTrim), not
+// only until the store starts closing: Badger's Close writes the
+// memtables' tables and finishes compactions through memory maps, and
+// those pages would otherwise stay resident until it returns.
+func (s *Store) trimLoop(interval time.Duration, budget int64) {
 	defer s.trimDone.Done()
 	// /proc/self/maps names files by their absolute, resolved path.
 	dir := s.dir
@@ -35,17 +40,23 @@ func (s *Store) trimLoop(interval time.Duration) {
 	if real, err := filepath.EvalSymlinks(dir); err == nil {
 		dir = real
 	}
+	tr := newTrimmer(dir)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.closing:
+		case <-s.trimStop:
 			return
 		case <-t.C:
-			trimMapped(dir)
+			if shouldTrim(fileResident(), budget) {
+				tr.trim()
+			}
 		}
 	}
 }
+
+// stopTrim ends trimLoop (once; the caller has closed Badger).
+func (s *Store) stopTrim() { s.trimOnce.Do(func() { close(s.trimStop) }) }
 
 // startTrim starts trimLoop for an on-disk store whose interval is
 // positive.
@@ -54,5 +65,11 @@ func (s *Store) startTrim(z Sizes) {
 		return
 	}
 	s.trimDone.Add(1)
-	go s.trimLoop(z.MappedTrimInterval)
+	go s.trimLoop(z.MappedTrimInterval, z.MappedBudget)
+}
+
+// shouldTrim decides a trim from the process's file-backed resident bytes
+// (negative: unknown) and Sizes.MappedBudget (negative: always).
+func shouldTrim(resident, budget int64) bool {
+	return budget < 0 || resident < 0 || resident > budget
 }

@@ -3,21 +3,21 @@
 package storage
 
 import (
-	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 )
 
 func TestMappedRangesPicksTheStoresTablesAndValueLogs(t *testing.T) {
 	maps := `00400000-00452000 r-xp 00000000 08:02 173521 /usr/bin/ferry
 7f1000000000-7f1000200000 rw-s 00000000 08:02 11 /data/st/000001.sst
-7f1000200000-7f1000400000 rw-s 00000000 08:02 12 /data/st/000002.vlog
+7f1000200000-7f1000400000 rw-s 00001000 08:02 12 /data/st/000002.vlog
 7f1000400000-7f1000600000 rw-s 00000000 08:02 13 /data/st/00003.mem
 7f1000600000-7f1000800000 rw-s 00000000 08:02 14 /data/other/000001.sst
 7f1000800000-7f1000a00000 rw-s 00000000 08:02 15 /data/st/sub/000009.sst
@@ -27,83 +27,194 @@ bad line
 7f1000e00000-7f1000d00000 rw-s 00000000 08:02 17 /data/st/000005.sst
 `
 	got := mappedRanges(strings.NewReader(maps), "/data/st/")
-	want := [][2]uintptr{{0x7f1000000000, 0x7f1000200000}, {0x7f1000200000, 0x7f1000400000}}
+	want := []mapping{
+		{start: 0x7f1000000000, end: 0x7f1000200000, offset: 0, inode: 11, path: "/data/st/000001.sst"},
+		{start: 0x7f1000200000, end: 0x7f1000400000, offset: 0x1000, inode: 12, path: "/data/st/000002.vlog"},
+	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("ranges %x, want %x", got, want)
+		t.Fatalf("ranges %+v, want %+v", got, want)
 	}
 }
 
-// mappingRSS is the resident KiB of the mapping starting at addr
-// (/proc/self/smaps).
-func mappingRSS(t *testing.T, addr uintptr) int64 {
+// tableTail appends a Badger table's tail to data: an index of idxLen
+// bytes, its length, a checksum of sumLen bytes and the checksum's length.
+func tableTail(idxLen, sumLen int) []byte {
+	var out []byte
+	out = append(out, bytes.Repeat([]byte{0xAB}, idxLen)...)
+	out = binary.BigEndian.AppendUint32(out, uint32(idxLen))
+	out = append(out, bytes.Repeat([]byte{0xCD}, sumLen)...)
+	return binary.BigEndian.AppendUint32(out, uint32(sumLen))
+}
+
+func TestTableIndexStart(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		data []byte
+		at   int64
+		ok   bool
+	}{
+		{"table", append(make([]byte, 5000), tableTail(300, 10)...), 5000, true},
+		{"index only", tableTail(300, 10), 0, true},
+		{"being written (zeros)", make([]byte, 8192), 0, false},
+		{"checksum longer than the file", append(make([]byte, 10), 0, 0, 0x10, 0), 0, false},
+		{"index longer than the file", binary.BigEndian.AppendUint32(append(make([]byte, 16), tableTail(0, 4)[4:]...), 4), 0, false},
+		{"empty index", append(make([]byte, 100), tableTail(0, 10)...), 0, false},
+		{"tiny", []byte{1, 2, 3}, 0, false},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".sst")
+		if err := os.WriteFile(path, tc.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		at, ok := tableIndexStart(path)
+		if ok != tc.ok || ok && at != tc.at {
+			t.Errorf("%s: index at %d, %v; want %d, %v", tc.name, at, ok, tc.at, tc.ok)
+		}
+	}
+	if _, ok := tableIndexStart(filepath.Join(dir, "missing.sst")); ok {
+		t.Error("a missing file has an index")
+	}
+}
+
+// residentPages reports, per page of m, whether it is in the process's
+// resident set: the "present" bit (63) of its /proc/self/pagemap entry.
+// (mincore would not do: it reports the page cache, which keeps a paged
+// out file page until it is reclaimed.)
+func residentPages(t *testing.T, m []byte) []bool {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/smaps")
+	f, err := os.Open("/proc/self/pagemap")
 	if err != nil {
 		t.Skip(err)
 	}
-	prefix := strconv.FormatUint(uint64(addr), 16) + "-"
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	in := false
-	for sc.Scan() {
-		l := sc.Text()
-		if strings.Contains(strings.Fields(l)[0], "-") && !strings.HasSuffix(strings.Fields(l)[0], ":") {
-			in = strings.HasPrefix(l, prefix)
-			continue
-		}
-		if v, ok := strings.CutPrefix(l, "Rss:"); in && ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
+	defer f.Close()
+	page := os.Getpagesize()
+	n := (len(m) + page - 1) / page
+	buf := make([]byte, 8*n)
+	if _, err := f.ReadAt(buf, int64(uintptr(unsafe.Pointer(&m[0]))/uintptr(page))*8); err != nil {
+		t.Skip("pagemap:", err)
 	}
-	t.Fatalf("mapping %x not in smaps", addr)
-	return 0
+	out := make([]bool, n)
+	for i := range out {
+		out[i] = binary.LittleEndian.Uint64(buf[8*i:])&(1<<63) != 0
+	}
+	return out
 }
 
-// TestTrimMappedPagesOutTouchedTablePages: the pages of a mapped table
-// the process has read and written leave its resident set when the
-// store trims, and their contents are unchanged.
-func TestTrimMappedPagesOutTouchedTablePages(t *testing.T) {
-	dir := t.TempDir()
-	f, err := os.Create(filepath.Join(dir, "000001.sst"))
+// mapTable creates a table file of size bytes in dir whose tail is a
+// table's tail with an index of idxLen bytes (none: all zeros, a table
+// being written), maps it shared, and writes a byte into every page
+// before the tail.
+func mapTable(t *testing.T, dir, name string, size, idxLen int) []byte {
+	t.Helper()
+	f, err := os.Create(filepath.Join(dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	const size = 4 << 20
-	if err := f.Truncate(size); err != nil {
+	if err := f.Truncate(int64(size)); err != nil {
 		t.Fatal(err)
 	}
 	m, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer syscall.Munmap(m)
+	t.Cleanup(func() { syscall.Munmap(m) })
 	for i := 0; i < size; i += 4096 {
 		m[i] = byte(i / 4096)
 	}
-	addr := uintptr(mappedRanges(mustMaps(t), dir)[0][0])
-	before := mappingRSS(t, addr)
-	if before < size/1024/2 {
-		t.Fatalf("mapping holds %d KiB resident after touching %d KiB", before, size/1024)
+	if idxLen > 0 {
+		tail := tableTail(idxLen, 10)
+		copy(m[size-len(tail):], tail)
 	}
-	trimMapped(dir)
-	after := mappingRSS(t, addr)
-	if after > before/4 {
-		t.Fatalf("resident %d KiB before trimming, %d KiB after: want the pages out", before, after)
+	return m
+}
+
+// TestTrimMappedPagesOutTouchedTablePages: the data pages of a mapped
+// table the process has read and written leave its resident set when
+// the store trims, its index pages stay, a table whose tail does not
+// parse yet (being written) is left alone, and no contents change.
+func TestTrimMappedPagesOutTouchedTablePages(t *testing.T) {
+	dir := t.TempDir()
+	const size = 4 << 20
+	const idxLen = 1<<20 - 100 // the index starts 100 bytes into page 768 (less the tail)
+	m := mapTable(t, dir, "000001.sst", size, idxLen)
+	writing := mapTable(t, dir, "000002.sst", 1<<20, 0)
+	page := os.Getpagesize()
+	idxPage := (size - len(tableTail(idxLen, 10))) / page
+	before := residentPages(t, m)
+	n := 0
+	for _, r := range before {
+		if r {
+			n++
+		}
 	}
-	for i := 0; i < size; i += 4096 {
+	if n < len(before)/2 {
+		t.Fatalf("%d of %d pages resident after touching them all", n, len(before))
+	}
+	newTrimmer(dir).trim()
+	after := residentPages(t, m)
+	out := 0
+	for i, r := range after[:idxPage] {
+		if !r && before[i] {
+			out++
+		}
+	}
+	if out < idxPage*3/4 {
+		t.Fatalf("%d of %d data pages paged out: want them out", out, idxPage)
+	}
+	for i := idxPage; i < len(after); i++ {
+		if before[i] && !after[i] {
+			t.Fatalf("index page %d (index from page %d) paged out", i, idxPage)
+		}
+	}
+	for i, r := range residentPages(t, writing) {
+		if !r {
+			t.Fatalf("page %d of a table being written paged out", i)
+		}
+	}
+	tail := tableTail(idxLen, 10)
+	for i := 0; i < size-len(tail); i += 4096 {
 		if m[i] != byte(i/4096) {
 			t.Fatalf("page %d: %d after trimming, want %d", i/4096, m[i], byte(i/4096))
 		}
 	}
+	if !bytes.Equal(m[size-len(tail):], tail) {
+		t.Fatal("the table's tail changed")
+	}
 }
 
-func mustMaps(t *testing.T) *os.File {
-	t.Helper()
-	f, err := os.Open("/proc/self/maps")
-	if err != nil {
-		t.Skip(err)
+func TestParseRssFile(t *testing.T) {
+	for in, want := range map[string]int64{
+		"Name:\tferry\nRssAnon:\t  1000 kB\nRssFile:\t   2048 kB\nRssShmem:\t 0 kB\n": 2048 << 10,
+		"RssFile:\t0 kB\n":  0,
+		"RssAnon:\t1 kB\n":  -1,
+		"RssFile:\t12 MB\n": -1,
+		"RssFile:\t-3 kB\n": -1,
+		"RssFile:\tx kB\n":  -1,
+		"":                  -1,
+	} {
+		if got := parseRssFile([]byte(in)); got != want {
+			t.Errorf("parseRssFile(%q) = %d, want %d", in, got, want)
+		}
 	}
-	t.Cleanup(func() { f.Close() })
-	return f
+	if got := fileResident(); got <= 0 {
+		t.Errorf("this process's RssFile: %d", got)
+	}
+}
+
+func TestShouldTrimOnlyAboveTheBudget(t *testing.T) {
+	for _, tc := range []struct {
+		resident, budget int64
+		want             bool
+	}{
+		{10 << 20, 40 << 20, false},
+		{40 << 20, 40 << 20, false},
+		{40<<20 + 1, 40 << 20, true},
+		{-1, 40 << 20, true}, // unknown: trim
+		{0, -1, true},        // no budget: always
+	} {
+		if got := shouldTrim(tc.resident, tc.budget); got != tc.want {
+			t.Errorf("shouldTrim(%d, %d) = %v", tc.resident, tc.budget, got)
+		}
+	}
 }

@@ -42,6 +42,8 @@ var sentinelCodes = map[string]struct {
 	"storage.ErrBadBackup": {storage.ErrBadBackup, exitCorrupt},
 	"storage.ErrInvalid":   {storage.ErrInvalid, exitUsage},
 	"storage.ErrNoSpace":   {storage.ErrNoSpace, exitNoSpace},
+	// a store header of a newer format version
+	"storage.ErrNewerStore": {storage.ErrNewerStore, exitProtocol},
 
 	"replica.ErrProtocol":         {replica.ErrProtocol, exitProtocol},
 	"replica.ErrNotFound":         {replica.ErrNotFound, exitNotFound},
