@@ -320,11 +320,22 @@ func (s *session) drain(ctx context.Context) (waitFeed, done bool, err error) {
 			}
 			return false, true, rd.Err
 		}
+		// A Ready that finishes the session (rd.Done without an error) comes
+		// from a core that has ended and takes no more events: a failure to
+		// persist or send it ends the session here. Handing it to the core
+		// would be refused, and the session would wait for a frame that never
+		// comes until its context ended.
 		if err := s.persist(ctx, &rd); err != nil {
+			if rd.Done {
+				return false, true, err
+			}
 			s.fail(err)
 			continue
 		}
 		if err := s.sendFrames(ctx, rd.Frames); err != nil {
+			if rd.Done {
+				return false, true, err
+			}
 			s.fail(err)
 			continue
 		}
