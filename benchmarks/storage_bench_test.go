@@ -2,7 +2,10 @@ package benchmarks
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -193,4 +196,107 @@ func BenchmarkStorageGet(b *testing.B) {
 		gets++
 	}
 	reportStorage(b, gets, sealed, raw)
+}
+
+// BenchmarkStoragePutModel is the raw-Badger cost model of a batch of 1000
+// new small records (docs/storage.md, Performance): raw Badger with the
+// store's sizes, one database per variant, in the same run, the order of
+// the variants rotated every iteration. The sizes are what the store
+// writes for smallDoc (measured: meta key 54 B, sealed meta 334 B with the
+// 251-byte snapshot inline, feed key 14 B and value 82 B, 64 reconciliation
+// pages of 38 + 388 B per batch). Reported, as ratios to "base" (the
+// BenchmarkStoragePut baseline: one entry per record, key "todos/<id>",
+// the document as value):
+//
+//	meta:       one entry per record, random 54-byte key, 334-byte value
+//	meta+feed:  plus a sequential 14-byte feed key, 82-byte value
+//	+read:      plus a Get of the meta key before its Set (existence read)
+//	+pages:     plus 64 page reads and writes (the reconciliation sums)
+//
+// "+pages" is ferry's layout without any of ferry's CPU (blinding,
+// encoding, sealing) and "meta" the floor of any layout that stores a
+// record under a blinded key with its metadata in one sealed value.
+func BenchmarkStoragePutModel(b *testing.B) {
+	const batch = 1000
+	type variant struct {
+		name              string
+		feed, read, pages bool
+		randKey           bool
+		db                *badger.DB
+		d                 time.Duration
+	}
+	vs := []*variant{{name: "base"}, {name: "meta", randKey: true},
+		{name: "meta+feed", randKey: true, feed: true},
+		{name: "+read", randKey: true, feed: true, read: true},
+		{name: "+pages", randKey: true, feed: true, read: true, pages: true}}
+	for _, v := range vs {
+		db, err := badger.Open(sizedBadgerOptions(b.TempDir(), storage.DefaultSizes()).WithLogger(nil).
+			WithSyncWrites(true).WithCompression(options.None).
+			WithChecksumVerificationMode(options.OnBlockRead).WithVerifyValueChecksum(true))
+		if err != nil {
+			b.Fatal(err)
+		}
+		v.db = db
+		b.Cleanup(func() { db.Close() })
+	}
+	ds := docs(batch)
+	meta := make([]byte, 334)
+	feedV := make([]byte, 82)
+	page := make([]byte, 388)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	randKey := func(n int) []byte {
+		k := make([]byte, n)
+		for i := range k {
+			k[i] = byte(rnd.Uint32())
+		}
+		return k
+	}
+	seq := uint64(0)
+	run := func(v *variant, it int) {
+		t0 := time.Now()
+		txn := v.db.NewTransaction(true)
+		must := func(err error) {
+			if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+				b.Fatal(err)
+			}
+		}
+		for j := 0; j < batch; j++ {
+			if !v.randKey {
+				must(txn.Set([]byte(fmt.Sprintf("todos/t%d-%d", it, j)), ds[j]))
+				continue
+			}
+			k := randKey(54)
+			if v.read {
+				_, err := txn.Get(k)
+				must(err)
+			}
+			copy(meta, ds[j])
+			must(txn.Set(k, meta))
+			if v.feed {
+				seq++
+				fk := binary.BigEndian.AppendUint64([]byte("d\x00\x00\x00\x01f"), seq)
+				must(txn.Set(fk, feedV))
+			}
+		}
+		if v.pages {
+			for p := 0; p < 64; p++ {
+				pk := append([]byte("d\x00\x00\x00\x01Y"), byte(p))
+				pk = append(pk, make([]byte, 31)...)
+				_, err := txn.Get(pk)
+				must(err)
+				must(txn.Set(pk, page))
+			}
+		}
+		must(txn.Commit())
+		v.d += time.Since(t0)
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		for k := range vs {
+			run(vs[(i+k)%len(vs)], i)
+		}
+	}
+	for _, v := range vs[1:] {
+		b.ReportMetric(v.d.Seconds()/vs[0].d.Seconds(), "ratio-"+v.name)
+	}
 }
