@@ -9,7 +9,7 @@ export CGO_ENABLED = 1
 
 ## test: lint (gofmt, vet, staticcheck), then every test with the race detector (what CI runs).
 test: lint
-	$(GO) test -race -count=1 -timeout 25m $(PKGS)
+	$(GO) test -race -count=1 -timeout 14m $(PKGS)
 
 ## test-short: the same without the race detector, for a quick loop.
 test-short:
