@@ -86,3 +86,12 @@ func HoldsDocument(raw []byte) bool {
 	}
 	return false
 }
+
+// Mergeable reports whether raw is a sequence of chunks MergeChanges
+// accepts (documents and changes, each with its checksum). Bytes stored
+// from an import may hold chunks that Load reads but MergeChanges refuses
+// (a compressed change chunk's checksum covers its uncompressed form).
+func Mergeable(raw []byte) bool {
+	_, _, err := walkChunks(raw)
+	return err == nil
+}

@@ -1,6 +1,8 @@
 package crdt
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -464,4 +466,43 @@ func TestMergeChangesOfAStoredDocument(t *testing.T) {
 	if _, err := mustNew(t, clk.actor("D", 0)).MergeChanges(bad, nil); !errors.Is(err, ErrBadDocument) {
 		t.Fatalf("damaged stored document: %v", err)
 	}
+}
+
+// TestMergeChangesRefusesAStoredDocumentThatDoesNotLoad: a saved document
+// followed by a chunk whose checksum holds but whose contents do not parse
+// is refused when merged into an empty document (LoadIncremental alone
+// would skip the chunk, and a receiver that keeps the bytes it received
+// would store a record that no longer loads). Found in review.
+func TestMergeChangesRefusesAStoredDocumentThatDoesNotLoad(t *testing.T) {
+	clk := newTestClock()
+	a := mustNew(t, clk.actor("A", 0))
+	if err := a.Set("name", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := a.ChangesSince()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, typ := range []byte{chunkDocument, chunkCompressedChange, chunkCompressedChange} {
+		lead := a.Save()
+		if i == 2 {
+			lead = changes // change chunks only, then the bad one
+		}
+		raw := append(append([]byte{}, lead...), badChunk(typ, []byte("this is not deflate, nor a document"))...)
+		if _, _, err := walkChunks(raw); err != nil {
+			t.Fatalf("type %d: the bad chunk's framing should hold: %v", typ, err)
+		}
+		if _, err := mustNew(t, clk.actor("B", 0)).MergeChanges(raw, a.Heads()); !errors.Is(err, ErrBadDocument) {
+			t.Fatalf("type %d: merged into an empty document: %v, want ErrBadDocument", typ, err)
+		}
+	}
+}
+
+// badChunk frames payload as an Automerge chunk of type typ with a valid
+// checksum.
+func badChunk(typ byte, payload []byte) []byte {
+	body := append([]byte{typ}, binary.AppendUvarint(nil, uint64(len(payload)))...)
+	body = append(body, payload...)
+	sum := sha256.Sum256(body)
+	return append(append(append([]byte{}, chunkMagic...), sum[:4]...), body...)
 }

@@ -68,7 +68,15 @@ func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*Mer
 			known[h] = true
 		}
 	}
-	if err := guard(func() error { return d.am.LoadIncremental(raw) }); err != nil {
+	if len(before) == 0 {
+		// A document that holds nothing yet: load the bytes strictly.
+		// LoadIncremental skips a chunk it cannot parse (a document or a
+		// compressed change), and the caller may keep these bytes as the
+		// record (replica's apply), which a later Load would then refuse.
+		if err := d.loadInto(raw); err != nil {
+			return nil, err
+		}
+	} else if err := guard(func() error { return d.am.LoadIncremental(raw) }); err != nil {
 		return nil, mergeError(err)
 	}
 	d.size.Add(docPerByte * int64(len(raw)))
@@ -90,6 +98,25 @@ func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*Mer
 		remoteOnly = nil // unknown: recomputed from the heads
 	}
 	return d.merge(before, remoteHeads, remoteOnly, compressed)
+}
+
+// loadInto replaces d's empty Automerge document with raw loaded strictly
+// (automerge.Load: every chunk must parse, every change's dependencies be
+// present), under d's actor. The caller holds d.mu.
+func (d *Doc) loadInto(raw []byte) error {
+	var am *automerge.Doc
+	if err := guard(func() error {
+		var err error
+		am, err = automerge.Load(raw)
+		return err
+	}); err != nil {
+		return mergeError(err)
+	}
+	if err := am.SetActorID(d.actor.automergeID()); err != nil {
+		return fmt.Errorf("crdt: set actor: %w", err)
+	}
+	d.am = am
+	return nil
 }
 
 // MergeFrom merges everything other has that d lacks, with other's heads as

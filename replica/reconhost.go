@@ -317,7 +317,7 @@ func (r *Replica) wholeRecord(ctx context.Context, coll, id string) (recordChang
 		if err != nil {
 			return recordChanges{}, false, fmt.Errorf("replica: load %s/%s: %w", coll, id, err)
 		}
-		if len(b) > 0 && len(b) <= maxStoredSend && len(meta.Heads) > 0 {
+		if len(b) > 0 && len(b) <= maxStoredSend && len(meta.Heads) > 0 && crdt.Mergeable(b) {
 			return recordChanges{Collection: coll, ID: id, Heads: meta.Heads, Changes: b}, true, nil
 		}
 	}

@@ -523,7 +523,7 @@ func (r *Replica) pullRelay(ctx context.Context, s *relaySession, st *RelayStats
 		// A member's bundle pushed after this device's resend request
 		// carries its answer: the heal is done once it is applied.
 		answered = answered || (healSeq > 0 && m.Seq > healSeq)
-		msg, err := decodeMsg(m.Payload)
+		msg, err := decodeBatch(m.Payload)
 		if err != nil {
 			return err
 		}
@@ -652,7 +652,7 @@ func (r *Replica) retryPending(ctx context.Context, peer string, pending *storag
 	}
 	var all []parked
 	if err := pending.Range(ctx, func(k string, b []byte) error {
-		msg, err := decodeMsg(b)
+		msg, err := decodeBatch(b)
 		if err != nil || msg.T != msgBatch || len(msg.Batch.Records) != 1 {
 			return fmt.Errorf("replica: parked record: %w", storage.ErrCorrupt)
 		}

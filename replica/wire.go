@@ -317,7 +317,21 @@ func encodeMsg(m *wireMsg) ([]byte, error) {
 
 // decodeMsg decodes and validates one frame from a peer. Any failure
 // wraps ErrProtocol.
-func decodeMsg(frame []byte) (*wireMsg, error) {
+func decodeMsg(frame []byte) (*wireMsg, error) { return decodeFrame(frame, false) }
+
+// minBatchVersion is the oldest protocol version whose batches this build
+// reads: a batch's records have kept their encoding since version 2
+// (versions 3 and 4 changed the hello, the reconciliation and what change
+// bytes may hold, all of which a newer receiver reads).
+const minBatchVersion = 2
+
+// decodeBatch decodes a stored or relayed batch: a record parked in the
+// store, or a relay bundle, which an older build may have written. A batch
+// of versions minBatchVersion to ProtocolVersion is read; anything else
+// as decodeMsg.
+func decodeBatch(frame []byte) (*wireMsg, error) { return decodeFrame(frame, true) }
+
+func decodeFrame(frame []byte, olderBatch bool) (*wireMsg, error) {
 	if len(frame) == 0 {
 		return nil, protoErr("empty frame")
 	}
@@ -341,9 +355,14 @@ func decodeMsg(frame []byte) (*wireMsg, error) {
 	if err := wireDec.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
+	v := m.V
+	if olderBatch && m.T == msgBatch && m.V >= minBatchVersion && m.V < ProtocolVersion {
+		m.V = ProtocolVersion // checked as this version's batch from here on
+	}
 	if err := m.validate(); err != nil {
 		return nil, err
 	}
+	m.V = v
 	return &m, nil
 }
 
