@@ -263,3 +263,58 @@ func FuzzCoreStep(f *testing.F) {
 		}
 	})
 }
+
+// TestCoreWaitFeedReachesTheRunner: when a feed read shows nothing while
+// the feed's end is ahead (a write still committing) and nothing else is
+// to be done, the core's Ready says WaitFeed, and HasReady reports it, so
+// the runner waits on the store's notification as well as on the peer.
+// (With WaitFeed alone not counted, the runner never saw it and waited
+// for the peer only: TestSessionFeedLagDoesNotStall stalled at random.)
+func TestCoreWaitFeedReachesTheRunner(t *testing.T) {
+	peer := "peer-fingerprint"
+	c := newSyncCore(sessionConfig{}, peer, helloMsg{Replica: "me", Policy: "p1", Colls: []string{"notes"}, Nonce: make([]byte, reconNonceLen)})
+	hello, err := encodeMsg(&wireMsg{T: msgHello, Hello: &helloMsg{Replica: peer, Policy: "p1", Colls: []string{"notes"}, Nonce: make([]byte, reconNonceLen)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// drive hands out every Ready, answering requests: admission with
+	// the feed's end at 2, and every feed read with nothing readable
+	// (upTo stays where it was). It returns the last Ready's WaitFeed.
+	drive := func(ev coreEvent) (waitFeed bool, reads int) {
+		t.Helper()
+		if err := c.Step(ev); err != nil {
+			t.Fatal(err)
+		}
+		for c.HasReady() {
+			rd := c.Ready()
+			c.Advance()
+			waitFeed = rd.WaitFeed
+			switch {
+			case rd.Req == nil:
+			case rd.Req.kind == reqAdmit:
+				if err := c.Step(coreEvent{kind: evAdmitted, lastSeq: 2}); err != nil {
+					t.Fatal(err)
+				}
+			case rd.Req.kind == reqFeed:
+				reads++
+				if err := c.Step(coreEvent{kind: evRecords, upTo: rd.Req.after, lastSeq: 2}); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				t.Fatalf("unexpected request %d", rd.Req.kind)
+			}
+		}
+		return waitFeed, reads
+	}
+	// The peer's hello: admission, then the first read, which shows
+	// nothing.
+	if waitFeed, reads := drive(coreEvent{kind: evFrame, frame: hello}); reads != 1 || !waitFeed {
+		t.Fatalf("after the hello: %d feed reads, WaitFeed %v; want one read, then WaitFeed handed to the runner", reads, waitFeed)
+	}
+	for turn := range 3 {
+		waitFeed, reads := drive(coreEvent{kind: evTurn, lastSeq: 2})
+		if reads != 1 || !waitFeed {
+			t.Fatalf("turn %d: %d feed reads, WaitFeed %v; want one read, then WaitFeed handed to the runner", turn, reads, waitFeed)
+		}
+	}
+}
