@@ -70,21 +70,12 @@ func walkChunks(raw []byte) (hashes []automerge.ChangeHash, docs bool, err error
 	return hashes, docs, nil
 }
 
-// HoldsDocument reports whether raw, a sequence of Automerge chunks, holds
-// a document chunk (a saved document: its changes in compressed columnar
-// form) rather than only change chunks. It does not validate raw.
+// HoldsDocument reports whether raw is a well-formed sequence of chunks
+// (see Mergeable) that holds a document chunk (a saved document: its
+// changes in compressed columnar form), not only change chunks.
 func HoldsDocument(raw []byte) bool {
-	for len(raw) >= 9 && bytes.Equal(raw[:4], chunkMagic) {
-		if raw[8] == chunkDocument {
-			return true
-		}
-		n, k := binary.Uvarint(raw[9:])
-		if k <= 0 || n > uint64(len(raw)-9-k) {
-			return false
-		}
-		raw = raw[9+k+int(n):]
-	}
-	return false
+	_, docs, err := walkChunks(raw)
+	return err == nil && docs
 }
 
 // Mergeable reports whether raw is a sequence of chunks MergeChanges

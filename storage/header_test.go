@@ -117,20 +117,27 @@ func headerVersionOnDisk(t *testing.T, dir string) byte {
 // ErrNewerStore, of kind "protocol violation", naming both versions,
 // before Badger opens: no file of the store changes, and the newer build
 // still opens it.
-func TestHeaderNewerVersion(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	o := testOpts()
-	s, err := Create(ctx, dir, o)
+// closedStoreWithOneRecord creates a store holding one record, closes it
+// and returns its directory and options.
+func closedStoreWithOneRecord(t *testing.T) (string, Options) {
+	t.Helper()
+	dir, o := t.TempDir(), testOpts()
+	s, err := Create(context.Background(), dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "a", Changes: []byte("x")}}}); err != nil {
+	if _, err := s.Write(context.Background(), Batch{Records: []RecordWrite{{Collection: "c", ID: "a", Changes: []byte("x")}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	return dir, o
+}
+
+func TestHeaderNewerVersion(t *testing.T) {
+	ctx := context.Background()
+	dir, o := closedStoreWithOneRecord(t)
 	if v := headerVersionOnDisk(t, dir); v != headerVersion {
 		t.Fatalf("Create wrote format version %d, want %d", v, headerVersion)
 	}
@@ -161,7 +168,7 @@ func TestHeaderNewerVersion(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, headerFile), current, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(ctx, dir, o)
+	s, err := Open(ctx, dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,23 +186,12 @@ func TestHeaderNewerVersion(t *testing.T) {
 // opened again.
 func TestHeaderVersionBumped(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	o := testOpts()
-	s, err := Create(ctx, dir, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "a", Changes: []byte("x")}}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	dir, o := closedStoreWithOneRecord(t)
 	setHeaderVersion(t, dir, o, headerLayout1)
 
 	free := Reserve(o) - 1
 	withFree(t, &free)
-	s, err = Open(ctx, dir, o)
+	s, err := Open(ctx, dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
