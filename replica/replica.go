@@ -131,7 +131,7 @@ type Options struct {
 
 // PhoneMemoryLimit is the MemoryLimit the memory benchmarks give ferry
 // (and raw Badger, their baseline): a budget for one replica on a phone.
-const PhoneMemoryLimit = 96 << 20
+const PhoneMemoryLimit = 64 << 20
 
 // MinMemoryLimit is the smallest MemoryLimit accepted: below it the
 // collector would run nearly all the time for a store's working set.
