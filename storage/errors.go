@@ -103,7 +103,7 @@ func mapBadgerErr(op string, err error) error {
 	case errors.Is(err, badger.ErrDBClosed), errors.Is(err, badger.ErrBlockedWrites):
 		return fmt.Errorf("%s: %w", op, ErrClosed)
 	case errors.Is(err, badger.ErrTxnTooBig):
-		return fmt.Errorf("%s: batch too big for one transaction: %w%w", op, ErrInvalid, errTooBig)
+		return fmt.Errorf("%s: batch too big for one transaction: %w (%w)", op, ErrInvalid, errTooBig)
 	}
 	return mapByMessage(op, err, corruptMarks)
 }

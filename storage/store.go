@@ -343,7 +343,12 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if h.rotating && !readOnly {
-		if err := s.RotateKey(ctx, nil); err != nil {
+		// A record too large to move in one transaction (its chunks over
+		// ~15% of a memtable) stops the rotation where it is: the store
+		// stays usable in both epochs, as during any rotation, and a later
+		// RotateKey reports the error again; refusing to open would lock
+		// the user out of every record.
+		if err := s.RotateKey(ctx, nil); err != nil && !errors.Is(err, errTooBig) {
 			s.Close()
 			return nil, fmt.Errorf("resume key rotation: %w", err)
 		}

@@ -3,7 +3,9 @@ package storage
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"testing"
 )
 
@@ -71,5 +73,56 @@ func TestRotateKeyWithLargeRecords(t *testing.T) {
 	defer s.Close()
 	if rerr != nil {
 		t.Fatalf("rotate: %v", rerr)
+	}
+}
+
+// TestRotationOfARecordTooLargeForATransaction: a record whose chunks do
+// not fit in one Badger transaction (1 MiB memtables: ~157 KB) cannot be
+// moved by a rotation; RotateKey says so (ErrInvalid), and the store still
+// opens (the rotation stays pending, both epochs readable) with every
+// record as written, where Open used to resume the rotation and fail for
+// ever.
+func TestRotationOfARecordTooLargeForATransaction(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	o := testOpts()
+	o.Sizes = Sizes{MemTableSize: 1 << 20}
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := bytes.Repeat([]byte{'s'}, 90<<10)
+	inc := bytes.Repeat([]byte{'i'}, 90<<10)
+	small := []byte("small")
+	for _, w := range []RecordWrite{
+		{Collection: "c", ID: "big", Changes: snap},
+		{Collection: "c", ID: "big", Changes: inc},
+		{Collection: "c", ID: "small", Changes: small},
+	} {
+		if _, err := s.Write(ctx, Batch{Records: []RecordWrite{w}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rerr := s.RotateKey(ctx, nil)
+	if !errors.Is(rerr, ErrInvalid) {
+		t.Fatalf("rotate with a record over a transaction: %v, want ErrInvalid", rerr)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(ctx, dir, o)
+	if err != nil {
+		t.Fatalf("open after the rotation stopped (%v): %v", rerr, err)
+	}
+	defer s.Close()
+	want := map[string][]byte{"big": append(slices.Clone(snap), inc...), "small": small}
+	for id, w := range want {
+		got, _, err := s.Load(ctx, "c", id)
+		if err != nil || !bytes.Equal(got, w) {
+			t.Fatalf("%s after the stopped rotation: %d bytes, %v", id, len(got), err)
+		}
+	}
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: "new", Changes: small}}}); err != nil {
+		t.Fatalf("write during the pending rotation: %v", err)
 	}
 }
