@@ -385,13 +385,14 @@ func (r *Replica) observeClocks(d *crdt.Doc, before, after crdt.Heads) ([]crdt.F
 	if before.Equal(after) {
 		return nil, nil, nil // the merge added nothing
 	}
-	times, err := d.WriterTimes(before)
+	writes, err := d.AddedWrites(before)
+	times := crdt.LatestTimes(writes)
 	if err != nil || len(times) == 0 {
 		return nil, nil, err
 	}
 	now := r.opts.Now()
 	trust, changed := r.status.observeClocks(times, now)
-	fws, err := d.NoteFutureWrites(before, now, r.clock.MaxDrift(), trust)
+	fws, err := d.NoteFutureWritesOf(writes, now, r.clock.MaxDrift(), trust)
 	if err != nil {
 		return nil, nil, err
 	}
