@@ -100,7 +100,7 @@ func MergeNew(raw []byte, remoteHeads []automerge.ChangeHash, actor Actor) (*Doc
 // d's heads (d.am nil stands for an empty document: MergeNew). d.mu is
 // held.
 func (d *Doc) mergeChunks(raw []byte, hashes []automerge.ChangeHash, docs bool, before, remoteHeads []automerge.ChangeHash) (*MergeResult, error) {
-	known := map[automerge.ChangeHash]bool{}
+	var known map[automerge.ChangeHash]bool // nil: an empty document knows none
 	if len(before) == 0 {
 		// A document that holds nothing yet (it knows none of the
 		// changes): load the bytes strictly. LoadIncremental skips a
@@ -111,6 +111,7 @@ func (d *Doc) mergeChunks(raw []byte, hashes []automerge.ChangeHash, docs bool, 
 			return nil, err
 		}
 	} else {
+		known = map[automerge.ChangeHash]bool{}
 		for _, h := range hashes {
 			if d.hasChange(h) {
 				known[h] = true
