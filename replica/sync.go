@@ -749,7 +749,7 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 				// loaded from are its document (no Save: no second copy).
 				batch.Records = append(batch.Records, r.snapshotWriteAt(rc.Collection, rc.ID, rc.doc, after, deleted))
 			} else if rc.doc == nil && !existed && after.Equal(mr.HeadsAfter) && !d.Saved() &&
-				(crdt.HoldsDocument(changes) || mr.Applied <= maxReceivedSnapshotChanges) {
+				(mr.Applied <= maxReceivedSnapshotChanges || crdt.HoldsDocument(changes)) {
 				// A record new to the store that nothing wrote to since the
 				// merge: the bytes received are its document (no Save). Only
 				// a saved document or a short history: loading many change
