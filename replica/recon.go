@@ -661,7 +661,8 @@ func (e *reconEngine) step(ctx context.Context, d reconData, m *reconMsg) ([]*re
 		}
 	}
 	// Names in order: records sent together compress better when their
-	// names are alike (ids are often sequential).
+	// names are alike (ids are often sequential). The session's host
+	// puts them in its store's read order instead (host.orderSends).
 	slices.SortFunc(sends, func(x, y reconSend) int {
 		if c := strings.Compare(x.coll, y.coll); c != 0 {
 			return c

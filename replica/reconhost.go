@@ -1,10 +1,13 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -219,6 +222,35 @@ func (h *host) reconHeads(ctx context.Context, coll, id string, theirs [][]byte,
 	return &reconSend{coll: coll, id: id, since: known.Dedup().Bytes()}, mine.Bytes(), true, nil
 }
 
+// orderSends puts a reconciliation's sends in the order the store reads
+// their records fastest (storage.Store.ReadOrder: the order of the metas,
+// which hold small records' data) instead of by name: a first meeting
+// sends every record, and in name order each record is a random read,
+// which faults its table pages back in whenever the mapped-file trim has
+// paged them out since (docs/sync.md, "Sending whole records").
+func (h *host) orderSends(ctx context.Context, sends []reconSend) error {
+	if len(sends) < 2 {
+		return nil
+	}
+	place, err := h.r.store.ReadOrder(ctx)
+	if err != nil {
+		return fmt.Errorf("replica: reconciliation: %w", err)
+	}
+	type placed struct {
+		at []byte
+		s  reconSend
+	}
+	ps := make([]placed, len(sends))
+	for i, s := range sends {
+		ps[i] = placed{place(s.coll, s.id), s}
+	}
+	slices.SortFunc(ps, func(a, b placed) int { return bytes.Compare(a.at, b.at) })
+	for i := range ps {
+		sends[i] = ps[i].s
+	}
+	return nil
+}
+
 // reconBatch prepares records reconciliation found the peer lacks, at most
 // maxRecords and about maxBytes of changes; it returns how many sends it
 // consumed. A record the peer may no longer see, or that holds nothing the
@@ -253,6 +285,14 @@ func (h *host) reconBatch(ctx context.Context, peer string, sends []reconSend, m
 		out = append(out, rc)
 		size += len(rc.Changes)
 	}
+	// Read in the store's order (orderSends), sent in name order: records
+	// sent together compress better when their names are alike.
+	slices.SortFunc(out, func(a, b recordChanges) int {
+		if c := strings.Compare(a.Collection, b.Collection); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	return out, used, nil
 }
 

@@ -411,6 +411,11 @@ func (s *session) perform(ctx context.Context, r *coreReq) coreEvent {
 	case reqReconStep:
 		ev := coreEvent{kind: evRecon}
 		ev.msgs, ev.sends, ev.err = r.eng.step(ctx, s.host, r.msg)
+		if o, ok := s.host.(interface {
+			orderSends(context.Context, []reconSend) error
+		}); ok && ev.err == nil {
+			ev.err = o.orderSends(ctx, ev.sends)
+		}
 		return ev
 	case reqFull:
 		ev := coreEvent{kind: evRecords}

@@ -27,8 +27,10 @@ import (
 //
 //	0   8  magic "FERRYHDR"
 //	8   1  format version: 1 = record layout 1 (or a store no build that
-//	       knows layout 2 has written to), 2 = record layout 2 (set by
-//	       Create, and by a writable Open before it upgrades or writes)
+//	       knows layout 2 has written to), 2 = record layout 2, 3 = layout 2
+//	       whose metas may hold inline documents of up to 2 KiB (version 2
+//	       builds read at most 1 KiB) (set by Create, and by a writable Open
+//	       before it upgrades or writes)
 //	9   1  mode: 1 = passphrase as given (Argon2id; stores made before
 //	       normalization, rewritten as mode 3 when opened), 2 = raw 32-byte
 //	       key, 3 = passphrase normalized to NFC (Argon2id)
@@ -53,7 +55,7 @@ const (
 	headerFile    = "ferry.header"
 	headerTmpFile = "ferry.header.tmp"
 	headerMagic   = "FERRYHDR"
-	headerVersion = 2 // the newest format version this build reads and writes
+	headerVersion = 3 // the newest format version this build reads and writes
 	headerLayout1 = 1 // record layout 1: Open upgrades it (layout.go)
 	headerLen     = 244
 	hdrParamsLen  = 68

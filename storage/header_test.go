@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -156,7 +157,7 @@ func TestHeaderNewerVersion(t *testing.T) {
 		t.Fatalf("kind of %v: want protocol violation", err)
 	}
 	msg := err.Error()
-	for _, want := range []string{"newer version of ferry", "version 3", "up to 2"} {
+	for _, want := range []string{"newer version of ferry", fmt.Sprintf("version %d", headerVersion+1), fmt.Sprintf("up to %d", headerVersion)} {
 		if !strings.Contains(msg, want) {
 			t.Fatalf("error %q does not say %q", msg, want)
 		}
@@ -252,4 +253,48 @@ func dirSnapshot(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return sb.String()
+}
+
+// TestInlineDocumentsOfVersion3: a record whose first document is at
+// most inlineMax (2 KiB since format version 3) is kept inside its meta,
+// with no chunk entry; a larger one gets its chunk; both load as written.
+// A version-2 store (inline documents up to 1 KiB) opened writable is
+// marked version 3 before anything is written, so a version-2 build
+// refuses it rather than failing on a meta it cannot decode.
+func TestInlineDocumentsOfVersion3(t *testing.T) {
+	ctx := context.Background()
+	dir, o := closedStoreWithOneRecord(t)
+	setHeaderVersion(t, dir, o, 2)
+	s, err := Open(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v := headerVersionOnDisk(t, dir); v != headerVersion {
+		t.Fatalf("writable Open of a version-2 store left version %d, want %d", v, headerVersion)
+	}
+	small := bytes.Repeat([]byte{'s'}, 1500) // over version 2's 1 KiB
+	large := bytes.Repeat([]byte{'l'}, inlineMax+1)
+	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{
+		{Collection: "c", ID: "small", Changes: small},
+		{Collection: "c", ID: "large", Changes: large},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	chunks := 0
+	for k := range rawDump(t, s) {
+		kb, _ := hex.DecodeString(k)
+		if len(kb) > prefixLen && kb[0] == keyData && kb[prefixLen-1] == kindChunk {
+			chunks++
+		}
+	}
+	if chunks != 1 {
+		t.Fatalf("%d chunk entries, want 1 (the %d-byte document's; the 1,500-byte one inline)", chunks, len(large))
+	}
+	for id, want := range map[string][]byte{"small": small, "large": large, "a": []byte("x")} {
+		got, _, err := s.Load(ctx, "c", id)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("load %s: %d bytes, %v; want %d bytes", id, len(got), err, len(want))
+		}
+	}
 }

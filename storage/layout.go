@@ -54,7 +54,7 @@ func bumpVersion(dir string, h *header, kek, cur, next []byte) (*header, error) 
 }
 
 // upgradeBatch is how many records one upgrade transaction moves (a meta
-// with an inline snapshot is at most ~1.2 KiB: well within a transaction;
+// with an inline snapshot is at most ~2.2 KiB: well within a transaction;
 // a variable for tests).
 var upgradeBatch = 256
 

@@ -98,12 +98,14 @@ type Sizes struct {
 	// memory then grows with the data a process writes or reads, up to
 	// the store's size on disk.
 	MappedTrimInterval time.Duration
-	// MappedBudget is the process's file-backed resident memory (RssFile
-	// in /proc/self/status, bytes: the executable's pages and every
-	// store's mapped files) below which a trim is skipped: pages that fit
-	// stay, and only a process above it pays for paging out and for
-	// reading the pages back. Zero means the default (DefaultSizes: 40
-	// MiB); negative trims at every interval.
+	// MappedBudget is how much of the store's own memory-mapped files
+	// (tables beyond their indexes, value-log files, write-ahead logs;
+	// bytes resident, per store) may stay resident: above it, a trim
+	// pages out the largest mappings until at most half of it stays;
+	// at or below it nothing is paged out, so only a store over it pays
+	// for paging out and for reading the pages back. Zero means the
+	// default (DefaultSizes: 32 MiB); negative pages everything out at
+	// every interval.
 	MappedBudget int64
 }
 
@@ -115,7 +117,7 @@ type Sizes struct {
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
-		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20}
+		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 32 << 20}
 }
 
 // ServerSizes is the preset for a store that should favour throughput over

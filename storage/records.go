@@ -13,8 +13,13 @@ const (
 	maxChunks   = 1 << 16
 	maxValueLen = 256 << 20 // one chunk, slot value or log entry
 	// inlineMax: a snapshot up to this size is kept inside the meta value
-	// instead of its own chunk key (one Badger entry less per small record).
-	inlineMax = 1024
+	// instead of its own chunk key: one Badger entry less per small record,
+	// and a store read in key order (ReadOrder) reads such a record's data
+	// with its meta. 2 KiB since format version 3 (header.go): a record of
+	// a few fields is 1-2 KB as ferry writes it (per-field clocks, the
+	// write set in the change's message; 1,341 bytes for the benchmarks'
+	// seven fields), and version 2 stores hold at most 1 KiB.
+	inlineMax = 2048
 )
 
 // RecordMeta describes a stored record.

@@ -15,16 +15,17 @@ import (
 // with the data rather than with the work. The pages are the kernel's
 // page cache, clean or written back, but they count in the process's RSS
 // (and in what an out-of-memory killer weighs). Every
-// Sizes.MappedTrimInterval the store asks the kernel to reclaim the pages
-// of its mapped tables and value-log files (Linux: madvise(MADV_PAGEOUT)
-// on the ranges /proc/self/maps names for files in the store's
-// directory), all but each table's index, which every read of the table
-// consults; only while the process's file-backed resident memory is
-// above Sizes.MappedBudget. MADV_PAGEOUT never changes what memory holds, only where:
-// a page read again comes back from the file. So a stale range (the file
-// unmapped and the address reused by something else between reading the
-// maps and the call) costs at most a page-out of that memory, never its
-// contents. Elsewhere the trim does nothing.
+// Sizes.MappedTrimInterval the store reads how much of its own mapped
+// tables, value-log files and write-ahead logs is resident (Linux:
+// /proc/self/maps and /proc/self/pagemap) and, while that is above Sizes.MappedBudget, asks the
+// kernel to reclaim pages of those mappings (madvise(MADV_PAGEOUT)),
+// largest first, until at most half the budget stays, keeping each
+// table's index, which every read of the table consults. MADV_PAGEOUT
+// never changes what memory holds, only where: a page read again comes
+// back from the file. So a stale range (the file unmapped and the address
+// reused by something else between reading the maps and the call) costs
+// at most a page-out of that memory, never its contents. Elsewhere the
+// trim does nothing.
 
 // trimLoop trims every interval until Badger is closed (stopTrim), not
 // only until the store starts closing: Badger's Close writes the
@@ -48,9 +49,7 @@ func (s *Store) trimLoop(interval time.Duration, budget int64) {
 		case <-s.trimStop:
 			return
 		case <-t.C:
-			if shouldTrim(fileResident(), budget) {
-				tr.trim()
-			}
+			tr.trim(budget)
 		}
 	}
 }
@@ -66,10 +65,4 @@ func (s *Store) startTrim(z Sizes) {
 	}
 	s.trimDone.Add(1)
 	go s.trimLoop(z.MappedTrimInterval, z.MappedBudget)
-}
-
-// shouldTrim decides a trim from the process's file-backed resident bytes
-// (negative: unknown) and Sizes.MappedBudget (negative: always).
-func shouldTrim(resident, budget int64) bool {
-	return budget < 0 || resident < 0 || resident > budget
 }

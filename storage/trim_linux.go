@@ -5,9 +5,12 @@ package storage
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/binary"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 )
@@ -25,6 +28,7 @@ type trimmer struct {
 	// indexAt is the offset of each table file's index, by path and
 	// inode: tables are immutable, and a reused name has a new inode.
 	indexAt map[mappedFile]int64
+	pages   []byte // pagemap entries read by resident
 }
 
 type mappedFile struct {
@@ -36,22 +40,46 @@ func newTrimmer(dir string) *trimmer {
 	return &trimmer{dir: dir, indexAt: map[mappedFile]int64{}}
 }
 
-// trim pages out the mappings of the store's tables and value-log files,
-// except each table's index (block offsets and Bloom filter, at the end
-// of the file): every read of a table consults it, and paging it out
-// would turn each read into several page faults (measured: an initial
-// sync of 100,000 records spent twice the CPU with the whole tables
-// paged out every 250 ms). A table whose tail does not parse yet (Badger
-// still writing it) is left alone this time. Errors are ignored: the
-// trim is advice.
-func (t *trimmer) trim() {
+// trim pages out the store's mapped files while their resident pages
+// (beyond the table indexes it keeps) come to more than budget bytes
+// (negative: page everything out). It reads /proc/self/maps for the
+// mappings of *.sst, *.vlog and *.mem files in the store's directory and
+// /proc/self/pagemap for which of their pages are resident, and pages out the mappings holding the most first
+// until what stays is at most half the budget: a process over the
+// budget pays for one page-out and the reads back of what it pages out,
+// not for a page-out at every interval (the store's own pages rather
+// than the process's RssFile: the executable's pages, another store's or another library's
+// mapped files are not this store's to trim, and counting them made a
+// budget the store could never get under, so that it paged everything
+// out every interval; /proc/self/smaps would say the same per mapping,
+// but the kernel walks every mapping of the process to write it: 21
+// CPU-seconds of the 100,000-record sync's 115). Each table's index (block offsets and Bloom
+// filter, at the end of the file) stays resident: every read of the
+// table consults it, and paging it out turned each point read into
+// several page faults (measured: an initial sync of 100,000 records spent
+// twice the CPU with the whole tables paged out every 250 ms). A table
+// whose tail does not parse yet (Badger still writing it) is left alone
+// this time. It returns the bytes it asked the kernel to page out.
+// Errors are ignored: the trim is advice.
+func (t *trimmer) trim(budget int64) int64 {
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
-		return
+		return 0
 	}
-	defer f.Close()
+	ms := mappedRanges(f, t.dir)
+	f.Close()
+	pm, err := os.Open("/proc/self/pagemap")
+	if err == nil {
+		defer pm.Close()
+	}
+	type victim struct {
+		lo, hi uintptr
+		bytes  int64 // resident bytes this page-out can take
+	}
+	var vs []victim
+	var total int64
 	live := map[mappedFile]bool{}
-	for _, m := range mappedRanges(f, t.dir) {
+	for _, m := range ms {
 		lo, hi := m.start, m.end
 		if filepath.Ext(m.path) == ".sst" {
 			key := mappedFile{m.path, m.inode}
@@ -73,8 +101,16 @@ func (t *trimmer) trim() {
 				hi = end
 			}
 		}
-		if hi > lo {
-			_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, lo, hi-lo, madvPageout)
+		if hi <= lo {
+			continue
+		}
+		held := int64(hi - lo) // unknown: all of it
+		if pm != nil {
+			held = t.resident(pm, lo, hi)
+		}
+		if held > 0 {
+			vs = append(vs, victim{lo, hi, held})
+			total += held
 		}
 	}
 	for k := range t.indexAt {
@@ -82,6 +118,21 @@ func (t *trimmer) trim() {
 			delete(t.indexAt, k)
 		}
 	}
+	if budget >= 0 && total <= budget {
+		return 0
+	}
+	goal := max(budget/2, 0)
+	slices.SortFunc(vs, func(a, b victim) int { return cmp.Compare(b.bytes, a.bytes) })
+	var out int64
+	for _, v := range vs {
+		if budget >= 0 && total <= goal {
+			break
+		}
+		_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, v.lo, v.hi-v.lo, madvPageout)
+		total -= v.bytes
+		out += v.bytes
+	}
+	return out
 }
 
 // tableIndexStart reads where a Badger table file's index begins. The
@@ -122,38 +173,6 @@ func tableIndexStart(path string) (int64, bool) {
 	return at, true
 }
 
-// fileResident returns the process's file-backed resident bytes (the
-// RssFile line of /proc/self/status), or -1 when it cannot be read (then
-// every trim runs).
-func fileResident() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return -1
-	}
-	return parseRssFile(b)
-}
-
-// parseRssFile finds "RssFile:   N kB" in a /proc/PID/status text and
-// returns N KiB in bytes, or -1.
-func parseRssFile(status []byte) int64 {
-	for _, line := range bytes.Split(status, []byte("\n")) {
-		v, ok := bytes.CutPrefix(line, []byte("RssFile:"))
-		if !ok {
-			continue
-		}
-		f := bytes.Fields(v)
-		if len(f) != 2 || string(f[1]) != "kB" {
-			return -1
-		}
-		n, err := strconv.ParseInt(string(f[0]), 10, 64)
-		if err != nil || n < 0 {
-			return -1
-		}
-		return n << 10
-	}
-	return -1
-}
-
 // mapping is one line of /proc/self/maps naming a store file.
 type mapping struct {
 	start, end uintptr
@@ -162,18 +181,42 @@ type mapping struct {
 	path       string
 }
 
+// resident returns how many bytes of [lo, hi) are in the process's
+// resident set: the "present" bit (63) of each page's /proc/self/pagemap
+// entry (readable by the process itself; mincore would not do: it
+// reports the page cache, which holds pages this process has not
+// touched, and keeps a paged-out page until it is reclaimed). When
+// pagemap cannot be read it returns hi-lo.
+func (t *trimmer) resident(pm *os.File, lo, hi uintptr) int64 {
+	page := uintptr(os.Getpagesize())
+	n := int((hi - lo + page - 1) / page)
+	if cap(t.pages) < 8*n {
+		t.pages = make([]byte, 8*n)
+	}
+	buf := t.pages[:8*n]
+	if _, err := pm.ReadAt(buf, int64(lo/page)*8); err != nil {
+		return int64(hi - lo)
+	}
+	var in int64
+	for i := 0; i < n; i++ {
+		if binary.LittleEndian.Uint64(buf[8*i:])&(1<<63) != 0 {
+			in++
+		}
+	}
+	return in * int64(page)
+}
+
 // mappedRanges reads /proc/self/maps lines ("start-end perms offset dev
-// inode path") and returns each mapping of a *.sst or *.vlog file
+// inode path") and returns each mapping of a *.sst, *.vlog or *.mem file
 // directly in dir (an absolute path without symbolic links, as the
 // kernel names files there).
-func mappedRanges(maps interface{ Read([]byte) (int, error) }, dir string) []mapping {
+func mappedRanges(maps io.Reader, dir string) []mapping {
 	clean := filepath.Clean(dir)
 	var out []mapping
 	sc := bufio.NewScanner(maps)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
-		line := sc.Bytes()
-		fields := bytes.Fields(line)
+		fields := bytes.Fields(sc.Bytes())
 		if len(fields) < 6 {
 			continue
 		}
@@ -181,7 +224,7 @@ func mappedRanges(maps interface{ Read([]byte) (int, error) }, dir string) []map
 		if filepath.Dir(path) != clean {
 			continue
 		}
-		if ext := filepath.Ext(path); ext != ".sst" && ext != ".vlog" {
+		if ext := filepath.Ext(path); ext != ".sst" && ext != ".vlog" && ext != ".mem" {
 			continue
 		}
 		lo, hi, ok := bytes.Cut(fields[0], []byte("-"))

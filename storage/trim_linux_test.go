@@ -14,7 +14,7 @@ import (
 	"unsafe"
 )
 
-func TestMappedRangesPicksTheStoresTablesAndValueLogs(t *testing.T) {
+func TestMappedRangesPicksTheStoresFiles(t *testing.T) {
 	maps := `00400000-00452000 r-xp 00000000 08:02 173521 /usr/bin/ferry
 7f1000000000-7f1000200000 rw-s 00000000 08:02 11 /data/st/000001.sst
 7f1000200000-7f1000400000 rw-s 00001000 08:02 12 /data/st/000002.vlog
@@ -22,6 +22,7 @@ func TestMappedRangesPicksTheStoresTablesAndValueLogs(t *testing.T) {
 7f1000600000-7f1000800000 rw-s 00000000 08:02 14 /data/other/000001.sst
 7f1000800000-7f1000a00000 rw-s 00000000 08:02 15 /data/st/sub/000009.sst
 7f1000a00000-7f1000c00000 rw-s 00000000 08:02 16 /data/st/000004.sst (deleted)
+7f1000a00000-7f1000c00000 rw-s 00000000 08:02 16 /data/st/DISCARD
 7f1000c00000-7f1000e00000 rw-p 00000000 00:00 0
 bad line
 7f1000e00000-7f1000d00000 rw-s 00000000 08:02 17 /data/st/000005.sst
@@ -30,6 +31,7 @@ bad line
 	want := []mapping{
 		{start: 0x7f1000000000, end: 0x7f1000200000, offset: 0, inode: 11, path: "/data/st/000001.sst"},
 		{start: 0x7f1000200000, end: 0x7f1000400000, offset: 0x1000, inode: 12, path: "/data/st/000002.vlog"},
+		{start: 0x7f1000400000, end: 0x7f1000600000, offset: 0, inode: 13, path: "/data/st/00003.mem"},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("ranges %+v, want %+v", got, want)
@@ -151,7 +153,7 @@ func TestTrimMappedPagesOutTouchedTablePages(t *testing.T) {
 	if n < len(before)/2 {
 		t.Fatalf("%d of %d pages resident after touching them all", n, len(before))
 	}
-	newTrimmer(dir).trim()
+	newTrimmer(dir).trim(-1)
 	after := residentPages(t, m)
 	out := 0
 	for i, r := range after[:idxPage] {
@@ -183,38 +185,53 @@ func TestTrimMappedPagesOutTouchedTablePages(t *testing.T) {
 	}
 }
 
-func TestParseRssFile(t *testing.T) {
-	for in, want := range map[string]int64{
-		"Name:\tferry\nRssAnon:\t  1000 kB\nRssFile:\t   2048 kB\nRssShmem:\t 0 kB\n": 2048 << 10,
-		"RssFile:\t0 kB\n":  0,
-		"RssAnon:\t1 kB\n":  -1,
-		"RssFile:\t12 MB\n": -1,
-		"RssFile:\t-3 kB\n": -1,
-		"RssFile:\tx kB\n":  -1,
-		"":                  -1,
-	} {
-		if got := parseRssFile([]byte(in)); got != want {
-			t.Errorf("parseRssFile(%q) = %d, want %d", in, got, want)
+// TestTrimKeepsWhatFitsTheBudget: a store whose resident mapped pages
+// fit its budget is not trimmed; one above it pages out its largest
+// mappings first until at most half the budget stays, and its pages are
+// counted from /proc/self/pagemap (this store's files only).
+func TestTrimKeepsWhatFitsTheBudget(t *testing.T) {
+	dir := t.TempDir()
+	page := os.Getpagesize()
+	small := mapTable(t, dir, "000001.sst", 1<<20, 4096-100)
+	large := mapTable(t, dir, "000002.sst", 4<<20, 4096-100)
+	wal := mapTable(t, dir, "000003.mem", 2<<20, 0)
+	count := func(m []byte) int {
+		n := 0
+		for _, r := range residentPages(t, m) {
+			if r {
+				n++
+			}
 		}
+		return n
 	}
-	if got := fileResident(); got <= 0 {
-		t.Errorf("this process's RssFile: %d", got)
+	if count(small)+count(large)+count(wal) < (7<<20)/page*3/4 {
+		t.Skip("the test's pages are not resident after writing them")
 	}
-}
-
-func TestShouldTrimOnlyAboveTheBudget(t *testing.T) {
-	for _, tc := range []struct {
-		resident, budget int64
-		want             bool
-	}{
-		{10 << 20, 40 << 20, false},
-		{40 << 20, 40 << 20, false},
-		{40<<20 + 1, 40 << 20, true},
-		{-1, 40 << 20, true}, // unknown: trim
-		{0, -1, true},        // no budget: always
-	} {
-		if got := shouldTrim(tc.resident, tc.budget); got != tc.want {
-			t.Errorf("shouldTrim(%d, %d) = %v", tc.resident, tc.budget, got)
-		}
+	tr := newTrimmer(dir)
+	if out := tr.trim(16 << 20); out != 0 {
+		t.Fatalf("7 MiB resident under a 16 MiB budget: paged out %d bytes", out)
+	}
+	if n := count(large); n < (4<<20)/page*3/4 {
+		t.Fatalf("only %d pages of the large table resident after a trim under the budget", n)
+	}
+	// 7 MiB over a 6 MiB budget: the 4 MiB table goes (7 - 4 = 3 <= 6/2);
+	// the 2 MiB log and the 1 MiB table stay.
+	out := tr.trim(6 << 20)
+	if out < 3<<20 || out > 4<<20 {
+		t.Fatalf("paged out %d bytes, want the large table's ~4 MiB", out)
+	}
+	if n := count(large); n > 2 {
+		t.Fatalf("%d pages of the large table still resident", n)
+	}
+	if n := count(wal); n < (2<<20)/page*3/4 {
+		t.Fatalf("the log lost pages (%d resident) though the large table was enough", n)
+	}
+	if n := count(small); n < (1<<20)/page*3/4 {
+		t.Fatalf("the small table lost pages (%d resident) though the large table was enough", n)
+	}
+	// Everything (budget -1): the log and the small table too.
+	tr.trim(-1)
+	if n := count(wal) + count(small); n > 4 {
+		t.Fatalf("%d pages of the log and small table resident after trimming everything", n)
 	}
 }
