@@ -444,15 +444,10 @@ func (r *Replica) recordWriteAt(collection, id string, d *crdt.Doc, heads crdt.H
 	return r.changesWriteAt(collection, id, d, heads, deleted)
 }
 
-// snapshotWrite is the write of a record new to the store whose whole
-// document is snap (d saved, or the bytes d was loaded from when nothing
-// was written since: an import).
-func (r *Replica) snapshotWrite(collection, id string, d *crdt.Doc, snap []byte) storage.RecordWrite {
-	return r.snapshotWriteAt(collection, id, snap, d.Heads(), d.Deleted())
-}
-
-// snapshotWriteAt is snapshotWrite with the document's heads and deletion
-// mark read already.
+// snapshotWriteAt is the write of a record new to the store whose whole
+// document is snap (saved, or the bytes the document was loaded from when
+// nothing was written since: an import, a record received whole), with
+// the document's heads and deletion mark read already.
 func (r *Replica) snapshotWriteAt(collection, id string, snap []byte, heads crdt.Heads, deleted bool) storage.RecordWrite {
 	return storage.RecordWrite{
 		Collection: collection,
