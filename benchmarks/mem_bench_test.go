@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -74,7 +75,9 @@ func memChildInit() {
 	}
 	n, _ := strconv.Atoi(os.Getenv("FERRY_MEM_N_CHILD"))
 	if f := os.Getenv("FERRY_MEM_PEAKPROF"); f != "" {
-		go peakProfiler(f)
+		// "%s" in the name stands for the mode, so each child of a
+		// benchmark writes its own.
+		go peakProfiler(strings.ReplaceAll(f, "%s", fmt.Sprintf("%s-%d", mode, n)))
 	}
 	samp := startRSSSampler()
 	start := time.Now()
@@ -315,7 +318,23 @@ func memChild(mode, dir string, n int) (int, error) {
 }
 
 func memReplicaOpts(name string, noSync bool) replica.Options {
-	return replica.Options{Passphrase: []byte("bench-mem-" + name), KDF: storage.TestKDF(), Name: name, NoSync: noSync, Sizes: memSizes()}
+	return replica.Options{Passphrase: []byte("bench-mem-" + name), KDF: storage.TestKDF(), Name: name, NoSync: noSync, Sizes: memSizes(), MemoryLimit: memLimit()}
+}
+
+// memLimit is the Go memory budget of the memory children, bytes:
+// replica.PhoneMemoryLimit, or FERRY_MEM_LIMIT (MiB; 0: none). ferry's
+// children pass it as replica.Options.MemoryLimit, the raw Badger
+// children set it with debug.SetMemoryLimit ("tuned the same way").
+func memLimit() int64 {
+	v := os.Getenv("FERRY_MEM_LIMIT")
+	if v == "" {
+		return replica.PhoneMemoryLimit
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 {
+		panic("FERRY_MEM_LIMIT: " + v)
+	}
+	return int64(f * (1 << 20))
 }
 
 // memSizes are the Badger sizes of the memory children: storage's
@@ -389,6 +408,9 @@ func countRecords(ctx context.Context, r *replica.Replica) (int, error) {
 // store uses (storage.DefaultSizes; storage/store.go openBadger), NoSync.
 func openTunedBadger(dir string) (*badger.DB, error) {
 	z := memSizes()
+	if l := memLimit(); l > 0 {
+		debug.SetMemoryLimit(l)
+	}
 	o := badger.DefaultOptions(dir)
 	o.TableSizeMultiplier = 1
 	return badger.Open(o.WithLogger(nil).

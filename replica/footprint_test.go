@@ -43,10 +43,11 @@ const (
 )
 
 // footprintSizes are the child's configured sizes: two 2 MiB memtables,
-// a 2 MiB block cache, a 4 MiB document cache, a collection every 2 MiB
-// of C garbage.
+// a 2 MiB block cache, 4 MiB of the store's mapped files kept resident
+// (MappedBudget: the trim pages out above it), a 4 MiB document cache,
+// a collection every 2 MiB of C garbage.
 var footprintSizes = storage.Sizes{MemTableSize: 2 << 20, NumMemtables: 2, ValueLogFileSize: 4 << 20,
-	BlockCacheSize: 2 << 20, BaseTableSize: 512 << 10}
+	BlockCacheSize: 2 << 20, BaseTableSize: 512 << 10, MappedBudget: 4 << 20}
 
 const footprintCacheBytes = 4 << 20
 
@@ -54,15 +55,16 @@ var footprintCollectEvery int64 = 2 << 20
 
 // footprintBound is the most the child may peak at, in bytes: every
 // memtable plus one being flushed (Badger's arena is allocated whole),
-// the block cache, the document cache, twice the collection threshold
-// (garbage may build up again while a collection runs), and the base.
+// the block cache, the store's resident mapped files (MappedBudget), the
+// document cache, twice the collection threshold (garbage may build up
+// again while a collection runs), and the base.
 func footprintBound() int64 {
 	z := footprintSizes
 	base := int64(footprintBase)
 	if raceEnabled {
 		base = footprintRaceBase
 	}
-	return z.MemTableSize*int64(z.NumMemtables+1) + z.BlockCacheSize + footprintCacheBytes + 2*footprintCollectEvery + base
+	return z.MemTableSize*int64(z.NumMemtables+1) + z.BlockCacheSize + z.MappedBudget + footprintCacheBytes + 2*footprintCollectEvery + base
 }
 
 func TestFootprintBounded(t *testing.T) {

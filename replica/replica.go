@@ -109,11 +109,43 @@ type Options struct {
 	// declares (consent.PurposeDeviceSync, PurposeBackup and PurposeImprove
 	// when empty).
 	Purposes []string
+	// MemoryLimit is a memory budget for the Go heap, in bytes: Create,
+	// Open and OpenExisting set it as the Go runtime's soft memory limit
+	// (runtime/debug.SetMemoryLimit) when it is lower than the limit in
+	// force. The limit is the whole process's, not this replica's: the
+	// lowest wins (a GOMEMLIMIT, an earlier SetMemoryLimit, another
+	// replica's MemoryLimit), closing the replica does not restore it,
+	// and it holds for the rest of the process. It covers the Go
+	// runtime's memory (Badger's memtables, caches and compaction
+	// buffers live there), not automerge-go's C memory (crdt's pacer
+	// collects that) nor the store's memory-mapped files
+	// (Sizes.MappedBudget). Under it the collector runs more often
+	// instead of letting the heap grow to twice its live data; a limit
+	// below the live heap costs CPU (the runtime caps the collector at
+	// about half of it) and does not fail. Zero (the default) leaves the
+	// runtime alone; PhoneMemoryLimit is the budget the memory benchmarks
+	// run with (docs/storage.md, "The Go heap's budget"). Negative, or
+	// positive below MinMemoryLimit, is ErrInvalid.
+	MemoryLimit int64
 }
+
+// PhoneMemoryLimit is the MemoryLimit the memory benchmarks give ferry
+// (and raw Badger, their baseline), in bytes: a budget for one replica
+// on a phone. At the peaks of writing or syncing 100,000 records the live
+// Go heap briefly passes it (about 70 MiB, mostly Badger's compaction
+// buffers), where the collector then runs continuously.
+const PhoneMemoryLimit = 64 << 20
+
+// MinMemoryLimit is the smallest MemoryLimit accepted: below it the
+// collector would run nearly all the time for a store's working set.
+const MinMemoryLimit = 16 << 20
 
 func (o *Options) validate() error {
 	if (len(o.Passphrase) == 0) == (len(o.Key) == 0) {
 		return fmt.Errorf("%w: set exactly one of Passphrase and Key", ErrInvalid)
+	}
+	if o.MemoryLimit < 0 || (o.MemoryLimit > 0 && o.MemoryLimit < MinMemoryLimit) {
+		return fmt.Errorf("%w: MemoryLimit %d: want 0 or at least %d bytes", ErrInvalid, o.MemoryLimit, MinMemoryLimit)
 	}
 	if o.Policies == nil {
 		o.Policies = policy.NewSet(policy.Rule{Policy: policy.Timestamp})
@@ -202,6 +234,7 @@ func Create(ctx context.Context, dir string, opts Options) (*Replica, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	applyMemoryLimit(opts.MemoryLimit)
 	st, err := storage.Create(ctx, dir, opts.storage())
 	if err != nil {
 		return nil, err
@@ -215,6 +248,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Replica, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	applyMemoryLimit(opts.MemoryLimit)
 	st, err := storage.Open(ctx, dir, opts.storage())
 	if errors.Is(err, storage.ErrNoStore) || (opts.InMemory && err != nil && !errors.Is(err, storage.ErrWrongKey)) {
 		st, err = storage.Create(ctx, dir, opts.storage())
@@ -231,6 +265,7 @@ func OpenExisting(ctx context.Context, dir string, opts Options) (*Replica, erro
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	applyMemoryLimit(opts.MemoryLimit)
 	st, err := storage.Open(ctx, dir, opts.storage())
 	if err != nil {
 		return nil, err

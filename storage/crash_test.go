@@ -109,6 +109,8 @@ func runChild(mode string) int {
 		}
 		fmt.Fprintf(os.Stdout, "step done\n")
 		select {}
+	case "trimwrite":
+		return trimWriteChild(dir) // trim_review_linux_test.go
 	default:
 		return fail(fmt.Errorf("unknown child mode %q", mode))
 	}

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -53,9 +54,10 @@ func bumpVersion(dir string, h *header, kek, cur, next []byte) (*header, error) 
 	return &h2, nil
 }
 
-// upgradeBatch is how many records one upgrade transaction moves (a meta
-// with an inline snapshot is at most ~2.2 KiB: well within a transaction;
-// a variable for tests).
+// upgradeBatch is how many records one upgrade transaction moves at most
+// (a meta with an inline snapshot is at most ~2.2 KiB: within a
+// transaction with the default sizes; with smaller memtables the upgrade
+// halves its batch until Badger takes it; a variable for tests).
 var upgradeBatch = 256
 
 // upgradeHook, when set (tests), is called after each committed step of
@@ -110,8 +112,13 @@ func (s *Store) needLayout2(op string) error {
 // a cut-short upgrade wrote); then the layout-1 index entries and sums are
 // deleted, which marks the store as upgraded.
 func (s *Store) upgradeLayout(ctx context.Context) error {
+	limit := upgradeBatch
 	for {
-		n, err := s.upgradeMetas(ctx)
+		n, err := s.upgradeMetas(ctx, limit)
+		if errors.Is(err, errTooBig) && limit > 1 {
+			limit /= 2 // small memtables: Badger refuses the transaction
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("upgrade record layout: %w", err)
 		}
@@ -139,9 +146,9 @@ func (s *Store) upgradeLayout(ctx context.Context) error {
 	return nil
 }
 
-// upgradeMetas moves up to upgradeBatch layout-1 metas (any read epoch) to
+// upgradeMetas moves up to limit layout-1 metas (any read epoch) to
 // their layout-2 keys in one transaction and returns how many.
-func (s *Store) upgradeMetas(ctx context.Context) (int, error) {
+func (s *Store) upgradeMetas(ctx context.Context, limit int) (int, error) {
 	moved := 0
 	err := s.update(ctx, "upgrade", func(w *wtx) error {
 		moved = 0
@@ -149,7 +156,7 @@ func (s *Store) upgradeMetas(ctx context.Context) (int, error) {
 			prefix := keyPrefix(nil, ek.epoch, kindMeta)
 			var items []kv
 			it := w.txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-			for it.Rewind(); it.ValidForPrefix(prefix) && moved+len(items) < upgradeBatch; it.Next() {
+			for it.Rewind(); it.ValidForPrefix(prefix) && moved+len(items) < limit; it.Next() {
 				v, err := it.Item().ValueCopy(nil)
 				if err != nil {
 					it.Close()

@@ -104,7 +104,7 @@ type Sizes struct {
 	// pages out the largest mappings until at most half of it stays;
 	// at or below it nothing is paged out, so only a store over it pays
 	// for paging out and for reading the pages back. Zero means the
-	// default (DefaultSizes: 32 MiB); negative pages everything out at
+	// default (DefaultSizes: 16 MiB); negative pages everything out at
 	// every interval.
 	MappedBudget int64
 }
@@ -117,7 +117,7 @@ type Sizes struct {
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
-		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 32 << 20}
+		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 16 << 20}
 }
 
 // ServerSizes is the preset for a store that should favour throughput over

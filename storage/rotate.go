@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"errors"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -146,12 +147,20 @@ func (s *Store) finishRotation(ctx context.Context, progress func(done, total in
 		return err
 	}
 	done := 0
+	limit := rotateBatchItems
 	for _, kind := range rotateKinds {
 		for {
 			if err := s.alive(ctx); err != nil {
 				return err
 			}
-			n, err := s.rotateBatch(ctx, kind, from, to)
+			n, err := s.rotateBatch(ctx, kind, from, to, limit)
+			if errors.Is(err, errTooBig) && limit > 1 {
+				// Badger refuses a transaction over ~15% of a memtable; a
+				// record moves with its chunks, which the batch's bounds
+				// do not count: halve the batch and try again.
+				limit /= 2
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -218,9 +227,10 @@ func (s *Store) finalizeRotation(from, to *epochKeys) error {
 
 type kv struct{ k, v []byte }
 
-// rotateBatch moves up to one batch of items of one kind and returns how
-// many it moved.
-func (s *Store) rotateBatch(ctx context.Context, kind byte, from, to *epochKeys) (int, error) {
+// rotateBatch moves up to limit items (and about rotateBatchBytes of
+// their values) of one kind in one transaction and returns how many it
+// moved; errTooBig when they do not fit in one.
+func (s *Store) rotateBatch(ctx context.Context, kind byte, from, to *epochKeys, limit int) (int, error) {
 	moved := 0
 	err := s.update(ctx, "rotate", func(w *wtx) error {
 		moved = 0
@@ -231,7 +241,7 @@ func (s *Store) rotateBatch(ctx context.Context, kind byte, from, to *epochKeys)
 		var items []kv
 		size := 0
 		it := w.txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		for it.Rewind(); it.ValidForPrefix(prefix) && len(items) < rotateBatchItems && size < rotateBatchBytes; it.Next() {
+		for it.Rewind(); it.ValidForPrefix(prefix) && len(items) < limit && size < rotateBatchBytes; it.Next() {
 			item := it.Item()
 			v, err := item.ValueCopy(nil)
 			if err != nil {

@@ -648,7 +648,7 @@ type wtx struct {
 // logEntryOverhead is a log entry's bytes beyond key and value: header,
 // version suffix, CRC and a value pointer. lateEntryBytes is the allowance
 // for the entries one late function writes (a record's meta with an inline
-// snapshot of up to 1 KiB and its feed entry, typically well under this).
+// snapshot of up to 2 KiB and its feed entry, typically well under this).
 const (
 	logEntryOverhead = 48
 	lateEntryBytes   = 4 << 10

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"syscall"
+	"unsafe"
 )
 
 const trimSupported = true
@@ -44,7 +45,8 @@ func newTrimmer(dir string) *trimmer {
 // (beyond the table indexes it keeps) come to more than budget bytes
 // (negative: page everything out). It reads /proc/self/maps for the
 // mappings of *.sst, *.vlog and *.mem files in the store's directory and
-// /proc/self/pagemap for which of their pages are resident, and pages out the mappings holding the most first
+// /proc/self/pagemap for which of their pages are resident (mincore where
+// pagemap cannot be read), and pages out the mappings holding the most first
 // until what stays is at most half the budget: a process over the
 // budget pays for one page-out and the reads back of what it pages out,
 // not for a page-out at every interval (the store's own pages rather
@@ -104,10 +106,7 @@ func (t *trimmer) trim(budget int64) int64 {
 		if hi <= lo {
 			continue
 		}
-		held := int64(hi - lo) // unknown: all of it
-		if pm != nil {
-			held = t.resident(pm, lo, hi)
-		}
+		held := t.resident(pm, lo, hi)
 		if held > 0 {
 			vs = append(vs, victim{lo, hi, held})
 			total += held
@@ -183,10 +182,13 @@ type mapping struct {
 
 // resident returns how many bytes of [lo, hi) are in the process's
 // resident set: the "present" bit (63) of each page's /proc/self/pagemap
-// entry (readable by the process itself; mincore would not do: it
-// reports the page cache, which holds pages this process has not
-// touched, and keeps a paged-out page until it is reclaimed). When
-// pagemap cannot be read it returns hi-lo.
+// entry (readable by the process itself). Where pagemap cannot be read
+// (pm nil or a failed read: a kernel without it, a sandbox, a masked
+// /proc) it counts the pages mincore(2) reports in the page cache, which
+// is close for these files (Badger reads and writes them only through
+// its maps) though it also counts pages read ahead and not touched yet;
+// counting the whole range instead would keep the store over its budget,
+// and paging everything out at every interval, however little it holds.
 func (t *trimmer) resident(pm *os.File, lo, hi uintptr) int64 {
 	page := uintptr(os.Getpagesize())
 	n := int((hi - lo + page - 1) / page)
@@ -194,14 +196,24 @@ func (t *trimmer) resident(pm *os.File, lo, hi uintptr) int64 {
 		t.pages = make([]byte, 8*n)
 	}
 	buf := t.pages[:8*n]
-	if _, err := pm.ReadAt(buf, int64(lo/page)*8); err != nil {
-		return int64(hi - lo)
+	if pm != nil {
+		if _, err := pm.ReadAt(buf, int64(lo/page)*8); err == nil {
+			var in int64
+			for i := 0; i < n; i++ {
+				if binary.LittleEndian.Uint64(buf[8*i:])&(1<<63) != 0 {
+					in++
+				}
+			}
+			return in * int64(page)
+		}
+	}
+	vec := buf[:n]
+	if _, _, e := syscall.Syscall(syscall.SYS_MINCORE, lo, hi-lo, uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		return 0 // the range is gone (ENOMEM): nothing to page out
 	}
 	var in int64
-	for i := 0; i < n; i++ {
-		if binary.LittleEndian.Uint64(buf[8*i:])&(1<<63) != 0 {
-			in++
-		}
+	for _, v := range vec {
+		in += int64(v & 1)
 	}
 	return in * int64(page)
 }

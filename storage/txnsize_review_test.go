@@ -1,0 +1,75 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+)
+
+// TestRotateKeyWithSmallMemtables (h3-review): Sizes allows memtables of
+// 1 MiB, where Badger refuses a transaction over ~157 KB (15%); a key
+// rotation moves up to 256 records per transaction (rotateBatchItems,
+// rotateBatchBytes 4 MiB), each with its data (inline documents of up to
+// 2 KiB since format version 3, or a chunk), and must still finish.
+func TestRotateKeyWithSmallMemtables(t *testing.T) {
+	ctx := context.Background()
+	o := testOpts()
+	o.Sizes = Sizes{MemTableSize: 1 << 20}
+	s, err := Create(ctx, t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	doc := bytes.Repeat([]byte{'x'}, 1900)
+	for b := 0; b < 300; b += 50 {
+		var ws []RecordWrite
+		for i := b; i < b+50; i++ {
+			ws = append(ws, RecordWrite{Collection: "c", ID: fmt.Sprintf("r%04d", i), Changes: doc})
+		}
+		if _, err := s.Write(ctx, Batch{Records: ws}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RotateKey(ctx, nil); err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	for i := 0; i < 300; i += 37 {
+		got, _, err := s.Load(ctx, "c", fmt.Sprintf("r%04d", i))
+		if err != nil || !bytes.Equal(got, doc) {
+			t.Fatalf("r%04d after rotation: %d bytes, %v", i, len(got), err)
+		}
+	}
+}
+
+// TestRotateKeyWithLargeRecords (h3-review): with DefaultSizes (8 MiB
+// memtables: Badger refuses a transaction over ~1.26 MB), a rotation of
+// 20 records of 100 KB (chunks in the LSM tree: under ValueThreshold)
+// moves them all in one transaction (rotateBatchBytes counts the metas'
+// bytes, not the chunks moveRecord re-seals), which Badger refuses; the
+// store is left mid-rotation and Open, which resumes it, fails the same
+// way.
+func TestRotateKeyWithLargeRecords(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Create(ctx, dir, testOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := bytes.Repeat([]byte{'y'}, 100<<10)
+	for i := 0; i < 20; i++ {
+		if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: fmt.Sprintf("r%02d", i), Changes: doc}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rerr := s.RotateKey(ctx, nil)
+	s.Close()
+	s, err = Open(ctx, dir, testOpts())
+	if err != nil {
+		t.Fatalf("rotate: %v; then open: %v", rerr, err)
+	}
+	defer s.Close()
+	if rerr != nil {
+		t.Fatalf("rotate: %v", rerr)
+	}
+}
