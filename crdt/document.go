@@ -130,13 +130,21 @@ func wrap(am *automerge.Doc, actor Actor) (*Doc, error) {
 	if err := am.SetActorID(actor.automergeID()); err != nil {
 		return nil, fmt.Errorf("crdt: set actor: %w", err)
 	}
+	d := shell(actor)
+	d.am = am
+	return d, nil
+}
+
+// shell returns a Doc of a validated actor without its Automerge document
+// (the caller sets am).
+func shell(actor Actor) *Doc {
 	clock := actor.Clock
 	if clock == nil {
 		clock = NewClock(nil, 0)
 	}
-	d := &Doc{am: am, actor: actor, clock: clock, cache: newChangeCache()}
+	d := &Doc{actor: actor, clock: clock, cache: newChangeCache()}
 	d.size.Store(docBase)
-	return d, nil
+	return d
 }
 
 // guard runs fn, turning a panic inside automerge-go (its internal `must`

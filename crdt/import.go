@@ -290,7 +290,7 @@ func LoadNew(b []byte, actor Actor) (d *Doc, res *MergeResult, largest int, err 
 	if len(d.cache.m) >= len(metas) && len(metas) < maxCached {
 		d.cache.whole = heads
 	}
-	res, err = d.merge(nil, heads, metas, false)
+	res, err = d.merge(nil, nil, heads, metas, false)
 	if err != nil {
 		return nil, nil, 0, err
 	}

@@ -61,43 +61,140 @@ func (d *Doc) MergeChanges(raw []byte, remoteHeads []automerge.ChangeHash) (*Mer
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	before := d.am.Heads()
-	known := map[automerge.ChangeHash]bool{}
-	for _, h := range hashes {
-		if d.hasChange(h) {
-			known[h] = true
+	return d.mergeChunks(raw, hashes, docs, d.am.Heads(), remoteHeads)
+}
+
+// MergeNew is New(actor) followed by MergeChanges(raw, remoteHeads), for
+// a record that has no document yet, without making the empty document
+// first (one automerge-go document and actor setting less). It returns
+// the document whenever the bytes loaded (with MergeChanges' result and
+// error), and a nil document when they did not (ErrBadDocument).
+func MergeNew(raw []byte, remoteHeads []automerge.ChangeHash, actor Actor) (*Doc, *MergeResult, error) {
+	if len(raw) == 0 {
+		// Nothing to load: an empty document, as New gives.
+		d, err := New(actor)
+		if err != nil {
+			return nil, nil, err
 		}
+		mr, err := d.MergeChanges(raw, remoteHeads)
+		return d, mr, err
 	}
+	if err := actor.validate(); err != nil {
+		return nil, nil, err
+	}
+	hashes, docs, err := walkChunks(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: changes: %w", ErrBadDocument, err)
+	}
+	d := shell(actor)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	mr, err := d.mergeChunks(raw, hashes, docs, nil, remoteHeads)
+	if d.am == nil {
+		return nil, nil, err
+	}
+	return d, mr, err
+}
+
+// mergeChunks is MergeChanges after the chunks were walked; before are
+// d's heads (d.am nil stands for an empty document: MergeNew). d.mu is
+// held.
+func (d *Doc) mergeChunks(raw []byte, hashes []automerge.ChangeHash, docs bool, before, remoteHeads []automerge.ChangeHash) (*MergeResult, error) {
+	var known map[automerge.ChangeHash]bool // nil: an empty document knows none
 	if len(before) == 0 {
-		// A document that holds nothing yet: load the bytes strictly.
-		// LoadIncremental skips a chunk it cannot parse (a document or a
-		// compressed change), and the caller may keep these bytes as the
-		// record (replica's apply), which a later Load would then refuse.
+		// A document that holds nothing yet (it knows none of the
+		// changes): load the bytes strictly. LoadIncremental skips a
+		// chunk it cannot parse (a document or a compressed change), and
+		// the caller may keep these bytes as the record (replica's
+		// apply), which a later Load would then refuse.
 		if err := d.loadInto(raw); err != nil {
 			return nil, err
 		}
-	} else if err := guard(func() error { return d.am.LoadIncremental(raw) }); err != nil {
-		return nil, mergeError(err)
+	} else {
+		known = map[automerge.ChangeHash]bool{}
+		for _, h := range hashes {
+			if d.hasChange(h) {
+				known[h] = true
+			}
+		}
+		if err := guard(func() error { return d.am.LoadIncremental(raw) }); err != nil {
+			return nil, mergeError(err)
+		}
 	}
 	d.size.Add(docPerByte * int64(len(raw)))
 	noteGarbage(resultGarbage * int64(2+len(hashes)))
 	compressed := docs || len(hashes) == 0 && len(raw) > 0
 	var remoteOnly []*chMeta
-	seen := map[automerge.ChangeHash]bool{}
-	for _, h := range hashes {
-		m := d.metaOf(h)
-		if m == nil {
-			return &MergeResult{HeadsBefore: before, HeadsAfter: d.am.Heads()}, fmt.Errorf("%w: change %s", ErrMissingDeps, h)
-		}
-		if !seen[h] && !known[h] {
-			seen[h] = true
-			remoteOnly = append(remoteOnly, m)
+	var after []automerge.ChangeHash
+	if len(before) == 0 && !compressed && !sureMetas {
+		remoteOnly, after = d.loadedMetas(raw)
+	}
+	if remoteOnly == nil {
+		after = nil
+		seen := map[automerge.ChangeHash]bool{}
+		for _, h := range hashes {
+			m := d.metaOf(h)
+			if m == nil {
+				return &MergeResult{HeadsBefore: before, HeadsAfter: d.am.Heads()}, fmt.Errorf("%w: change %s", ErrMissingDeps, h)
+			}
+			if !seen[h] && !known[h] {
+				seen[h] = true
+				remoteOnly = append(remoteOnly, m)
+			}
 		}
 	}
 	if compressed {
 		remoteOnly = nil // unknown: recomputed from the heads
 	}
-	return d.merge(before, remoteHeads, remoteOnly, compressed)
+	res, err := d.merge(before, after, remoteHeads, remoteOnly, compressed)
+	if err == nil && len(before) == 0 && res.Applied > 0 && len(d.cache.m) == res.Applied {
+		// The cache holds the whole history now (every change was new):
+		// later reads of it (WriterTimes) need no automerge-go result per
+		// change (historyMetas).
+		d.cache.whole = res.HeadsAfter
+	}
+	return res, err
+}
+
+// sureMetas, set by tests, makes mergeChunks read every change's
+// metadata through automerge-go (metaOf), the way loadedMetas shortcuts.
+var sureMetas bool
+
+// loadedMetas returns the metadata of the changes in raw, uncompressed
+// change chunks just loaded into an empty document, read from their bytes
+// (no automerge-go result per change) and put in the cache, with the
+// document's heads. It returns nil when raw holds a chunk it cannot read
+// or a change the document did not apply (its heads are not those of
+// raw's changes): the caller then reads the changes through automerge-go,
+// which reports what is missing. d.mu is held.
+func (d *Doc) loadedMetas(raw []byte) ([]*chMeta, []automerge.ChangeHash) {
+	chunks := splitChunks(raw)
+	metas := make([]*chMeta, 0, len(chunks))
+	seen := make(map[automerge.ChangeHash]bool, len(chunks))
+	for _, c := range chunks {
+		h, err := parseChangeChunk(c)
+		if err != nil {
+			return nil, nil
+		}
+		if seen[h.hash] {
+			continue
+		}
+		seen[h.hash] = true
+		metas = append(metas, metaFromHeader(h, nil))
+	}
+	heads := d.am.Heads()
+	// Every change of raw is in the document exactly when its heads are
+	// those of raw's changes: a change left out (its dependencies
+	// missing) is, or precedes, a head of raw's changes that the document
+	// lacks. The strict Load refuses such bytes already (measured); this
+	// keeps the shortcut sound should it not.
+	if len(metas) == 0 || !SameHeads(heads, headsOfMetas(metas)) {
+		return nil, nil
+	}
+	for _, m := range metas {
+		d.cache.put(m)
+	}
+	return metas, heads
 }
 
 // loadInto replaces d's empty Automerge document with raw loaded strictly
@@ -235,7 +332,7 @@ func (d *Doc) MergeRemote(changes []*automerge.Change, remoteHeads []automerge.C
 		}
 		metas = kept
 	}
-	return d.merge(before, remoteHeads, metas, false)
+	return d.merge(before, nil, remoteHeads, metas, false)
 }
 
 func (d *Doc) changeByHash(h automerge.ChangeHash) (*automerge.Change, error) {
@@ -250,9 +347,13 @@ func (d *Doc) changeByHash(h automerge.ChangeHash) (*automerge.Change, error) {
 
 // merge runs detection after the remote changes were applied; remoteOnly
 // are the changes that were new (recomputed from the heads when scan is
-// set). d.mu is held.
-func (d *Doc) merge(before, remoteHeads []automerge.ChangeHash, remoteOnly []*chMeta, scan bool) (*MergeResult, error) {
-	res := &MergeResult{HeadsBefore: before, HeadsAfter: d.am.Heads()}
+// set); after, when not nil, are the document's heads now (read once by
+// the caller). d.mu is held.
+func (d *Doc) merge(before, after, remoteHeads []automerge.ChangeHash, remoteOnly []*chMeta, scan bool) (*MergeResult, error) {
+	if after == nil {
+		after = d.am.Heads()
+	}
+	res := &MergeResult{HeadsBefore: before, HeadsAfter: after}
 	if SameHeads(res.HeadsBefore, res.HeadsAfter) {
 		for _, h := range remoteHeads {
 			if !d.hasChange(h) {

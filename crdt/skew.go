@@ -103,15 +103,34 @@ func (d *Doc) clockClamps() (map[WriteKey]Timestamp, error) {
 // changes (with the metadata they carry) and plain changes' timestamps.
 // Cost: O(changes added).
 func (d *Doc) WriterTimes(before []automerge.ChangeHash) (map[string]Timestamp, error) {
+	ws, err := d.AddedWrites(before)
+	return LatestTimes(ws), err
+}
+
+// AddedWrites returns the writes by other replicas in the changes of the
+// document not in the history of before (what a merge just added), in no
+// particular order: the metadata of ferry changes' write-set entries and
+// plain changes' timestamps, what WriterTimes and NoteFutureWrites read.
+// Read once, they serve both (LatestTimes, NoteFutureWritesOf). Cost:
+// O(changes added).
+func (d *Doc) AddedWrites(before []automerge.ChangeHash) ([]WriteMeta, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var out []WriteMeta
+	err := d.addedWrites(before, func(m WriteMeta) { out = append(out, m) })
+	return out, err
+}
+
+// LatestTimes returns, for every writer of writes, the latest time among
+// its writes (WriterTimes over AddedWrites' result); never nil.
+func LatestTimes(writes []WriteMeta) map[string]Timestamp {
 	out := map[string]Timestamp{}
-	err := d.addedWrites(before, func(m WriteMeta) {
+	for _, m := range writes {
 		if cur, ok := out[m.ReplicaID]; !ok || m.HLC.Compare(cur) > 0 {
 			out[m.ReplicaID] = m.HLC
 		}
-	})
-	return out, err
+	}
+	return out
 }
 
 // addedWrites calls fn with the metadata of every write by another
@@ -171,20 +190,32 @@ func (d *Doc) NoteFutureWrites(before []automerge.ChangeHash, now time.Time, bou
 	if bound <= 0 {
 		return nil, fmt.Errorf("crdt: clock bound %s must be positive", bound)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	ws, err := d.AddedWrites(before)
+	if err != nil {
+		return nil, err
+	}
+	return d.NoteFutureWritesOf(ws, now, bound, note)
+}
+
+// NoteFutureWritesOf is NoteFutureWrites for the writes AddedWrites
+// returned (read once for WriterTimes and this). The document must not
+// have changed since they were read.
+func (d *Doc) NoteFutureWritesOf(writes []WriteMeta, now time.Time, bound time.Duration, note bool) ([]FutureWrite, error) {
+	if bound <= 0 {
+		return nil, fmt.Errorf("crdt: clock bound %s must be positive", bound)
+	}
 	limit := now.Add(bound).UnixMilli()
 	found := map[WriteKey]time.Duration{}
-	if err := d.addedWrites(before, func(m WriteMeta) {
+	for _, m := range writes {
 		if m.HLC.WallMillis > limit {
 			found[WriteKey{m.ReplicaID, m.HLC}] = time.Duration(m.HLC.WallMillis-now.UnixMilli()) * time.Millisecond
 		}
-	}); err != nil {
-		return nil, err
 	}
 	if len(found) == 0 {
 		return nil, nil
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	clamps, err := d.clockClamps()
 	if err != nil {
 		return nil, err

@@ -187,7 +187,7 @@ func (h *host) reconHeads(ctx context.Context, coll, id string, theirs [][]byte,
 		return nil, nil, false, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
 	unlock := h.r.lockRecords(recordKey(coll, id))
-	d, exists, err := h.r.loadDoc(ctx, coll, id)
+	d, exists, err := h.r.findDoc(ctx, coll, id)
 	unlock()
 	if err != nil || !exists {
 		return nil, nil, false, err

@@ -430,14 +430,24 @@ func (r *Replica) lockRecords(keys ...string) func() {
 // record that does not exist yet gives a new empty document and ok=false.
 // The caller holds the record's stripe lock.
 func (r *Replica) loadDoc(ctx context.Context, collection, id string) (*crdt.Doc, bool, error) {
+	d, ok, err := r.findDoc(ctx, collection, id)
+	if err != nil || ok {
+		return d, ok, err
+	}
+	d, err = crdt.New(r.actor())
+	return d, false, err
+}
+
+// findDoc is loadDoc without the empty document: a record that does not
+// exist gives nil and ok=false. The caller holds the record's stripe lock.
+func (r *Replica) findDoc(ctx context.Context, collection, id string) (*crdt.Doc, bool, error) {
 	key := recordKey(collection, id)
 	if d := r.cache.get(key); d != nil {
 		return d, true, nil
 	}
 	b, _, err := r.store.Load(ctx, collection, id)
 	if errors.Is(err, storage.ErrNotFound) {
-		d, err := crdt.New(r.actor())
-		return d, false, err
+		return nil, false, nil
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("replica: load %s/%s: %w", collection, id, err)
@@ -457,23 +467,30 @@ func (r *Replica) loadDoc(ctx context.Context, collection, id string) (*crdt.Doc
 // change of its history a C result at once (measured: 35 MB for a
 // 20,000-change document that takes 60 MB loaded; docs/crdt.md).
 func (r *Replica) recordWrite(collection, id string, d *crdt.Doc) storage.RecordWrite {
-	if !d.Saved() {
-		return r.snapshotWrite(collection, id, d, d.Save())
-	}
-	return r.changesWrite(collection, id, d)
+	return r.recordWriteAt(collection, id, d, d.Heads(), d.Deleted())
 }
 
-// snapshotWrite is the write of a record new to the store whose whole
-// document is snap (d saved, or the bytes d was loaded from when nothing
-// was written since: an import).
-func (r *Replica) snapshotWrite(collection, id string, d *crdt.Doc, snap []byte) storage.RecordWrite {
+// recordWriteAt is recordWrite for a caller that read the document's
+// heads and deletion mark already (each is a call into automerge-go).
+func (r *Replica) recordWriteAt(collection, id string, d *crdt.Doc, heads crdt.Heads, deleted bool) storage.RecordWrite {
+	if !d.Saved() {
+		return r.snapshotWriteAt(collection, id, d.Save(), heads, deleted)
+	}
+	return r.changesWriteAt(collection, id, d, heads, deleted)
+}
+
+// snapshotWriteAt is the write of a record new to the store whose whole
+// document is snap (saved, or the bytes the document was loaded from when
+// nothing was written since: an import, a record received whole), with
+// the document's heads and deletion mark read already.
+func (r *Replica) snapshotWriteAt(collection, id string, snap []byte, heads crdt.Heads, deleted bool) storage.RecordWrite {
 	return storage.RecordWrite{
 		Collection: collection,
 		ID:         id,
 		Changes:    snap, // a whole document appends like changes
 		Snapshot:   func() ([]byte, error) { return snap, nil },
-		Heads:      d.Heads().Bytes(),
-		Deleted:    d.Deleted(),
+		Heads:      heads.Bytes(),
+		Deleted:    deleted,
 		Time:       r.opts.Now(),
 	}
 }
@@ -481,13 +498,19 @@ func (r *Replica) snapshotWrite(collection, id string, d *crdt.Doc, snap []byte)
 // changesWrite is recordWrite with the document's new changes as
 // SaveIncremental returns them (change chunks only).
 func (r *Replica) changesWrite(collection, id string, d *crdt.Doc) storage.RecordWrite {
+	return r.changesWriteAt(collection, id, d, d.Heads(), d.Deleted())
+}
+
+// changesWriteAt is changesWrite with the document's heads and deletion
+// mark read already.
+func (r *Replica) changesWriteAt(collection, id string, d *crdt.Doc, heads crdt.Heads, deleted bool) storage.RecordWrite {
 	return storage.RecordWrite{
 		Collection: collection,
 		ID:         id,
 		Changes:    d.SaveIncremental(),
 		Snapshot:   func() ([]byte, error) { return d.Save(), nil },
-		Heads:      d.Heads().Bytes(),
-		Deleted:    d.Deleted(),
+		Heads:      heads.Bytes(),
+		Deleted:    deleted,
 		Time:       r.opts.Now(),
 	}
 }

@@ -374,23 +374,25 @@ func (r *Replica) openConflicts(ctx context.Context) int {
 const nsSkew = "clock-skew"
 
 // observeClocks records the clocks of the writers whose writes a merge
-// added (delivered by peer; "" for an import), notes in the document the
-// writes stamped beyond the bound (unless this replica's own clock looks
+// added (delivered by peer; "" for an import; before and after are the
+// document's heads around the merge), notes in the document the writes
+// stamped beyond the bound (unless this replica's own clock looks
 // behind), and returns those writes and the writers whose observation
 // changed. The caller holds the record's lock and persists the changed
 // observations with its batch (clockWrites): one write per batch, not one
 // per record.
-func (r *Replica) observeClocks(d *crdt.Doc, before crdt.Heads) ([]crdt.FutureWrite, []string, error) {
-	if before.Equal(d.Heads()) {
+func (r *Replica) observeClocks(d *crdt.Doc, before, after crdt.Heads) ([]crdt.FutureWrite, []string, error) {
+	if before.Equal(after) {
 		return nil, nil, nil // the merge added nothing
 	}
-	times, err := d.WriterTimes(before)
+	writes, err := d.AddedWrites(before)
+	times := crdt.LatestTimes(writes)
 	if err != nil || len(times) == 0 {
 		return nil, nil, err
 	}
 	now := r.opts.Now()
 	trust, changed := r.status.observeClocks(times, now)
-	fws, err := d.NoteFutureWrites(before, now, r.clock.MaxDrift(), trust)
+	fws, err := d.NoteFutureWritesOf(writes, now, r.clock.MaxDrift(), trust)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -616,12 +616,18 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 			}
 			changes = cs
 		}
-		d, existed, err := r.loadDoc(ctx, rc.Collection, rc.ID)
+		// d is nil for a record new to the store: its document is made
+		// from what arrived (crdt.MergeNew, importDoc), not merged into an
+		// empty one.
+		d, existed, err := r.findDoc(ctx, rc.Collection, rc.ID)
 		if err != nil {
 			return fail(err)
 		}
 		touched = append(touched, key)
-		before := d.Heads()
+		var before crdt.Heads
+		if existed {
+			before = d.Heads()
+		}
 		remoteHeads, err := crdt.HeadsFromBytes(rc.Heads)
 		if err != nil {
 			return fail(fmt.Errorf("%w: record %s/%s: %w", ErrProtocol, rc.Collection, rc.ID, err))
@@ -630,6 +636,7 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 			remoteHeads = nil
 		}
 		var mr *crdt.MergeResult
+		merged := false
 		if rc.doc != nil {
 			// A whole document to import (ImportDoc).
 			var nd *crdt.Doc
@@ -640,13 +647,20 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 			if nd != nil {
 				d = nd
 				fresh = append(fresh, d)
+				merged = true
 			} else {
 				remoteHeads, _ = crdt.HeadsFromBytes(rc.Heads)
 			}
 		} else if !existed {
-			fresh = append(fresh, d)
+			var nd *crdt.Doc
+			nd, mr, err = crdt.MergeNew(changes, remoteHeads, r.actor())
+			if nd != nil {
+				d = nd
+				fresh = append(fresh, d)
+			}
+			merged = true
 		}
-		if mr == nil {
+		if !merged {
 			mr, err = d.MergeChanges(changes, remoteHeads)
 		}
 		if errors.Is(err, crdt.ErrActorClash) && peer == "" && existed {
@@ -686,7 +700,7 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		}
 		// Writes stamped beyond the clock bound are noted in the document
 		// before conflicts are decided (docs/policy.md, "Clocks").
-		fws, changed, err := r.observeClocks(d, before)
+		fws, changed, err := r.observeClocks(d, before, mr.HeadsAfter)
 		if err != nil {
 			return fail(fmt.Errorf("replica: clock notes %s/%s: %w", rc.Collection, rc.ID, err))
 		}
@@ -725,29 +739,33 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 				}
 			}
 		}
-		if !before.Equal(d.Heads()) {
-			if rc.doc != nil && !existed && d.Heads().Equal(mr.HeadsAfter) && !d.Saved() {
+		// The heads once the merge, the clock notes and the resolution
+		// are written (one call into automerge-go, not one per use).
+		after := d.Heads()
+		if !before.Equal(after) {
+			deleted := d.Deleted()
+			if rc.doc != nil && !existed && after.Equal(mr.HeadsAfter) && !d.Saved() {
 				// An import nothing was written to since: the bytes it was
 				// loaded from are its document (no Save: no second copy).
-				batch.Records = append(batch.Records, r.snapshotWrite(rc.Collection, rc.ID, d, rc.doc))
-			} else if rc.doc == nil && !existed && d.Heads().Equal(mr.HeadsAfter) && !d.Saved() &&
-				(crdt.HoldsDocument(changes) || mr.Applied <= maxReceivedSnapshotChanges) {
+				batch.Records = append(batch.Records, r.snapshotWriteAt(rc.Collection, rc.ID, rc.doc, after, deleted))
+			} else if rc.doc == nil && !existed && after.Equal(mr.HeadsAfter) && !d.Saved() &&
+				(mr.Applied <= maxReceivedSnapshotChanges || crdt.HoldsDocument(changes)) {
 				// A record new to the store that nothing wrote to since the
 				// merge: the bytes received are its document (no Save). Only
 				// a saved document or a short history: loading many change
 				// chunks costs more than loading their saved document.
-				batch.Records = append(batch.Records, r.snapshotWrite(rc.Collection, rc.ID, d, changes))
+				batch.Records = append(batch.Records, r.snapshotWriteAt(rc.Collection, rc.ID, changes, after, deleted))
 			} else {
-				batch.Records = append(batch.Records, r.recordWrite(rc.Collection, rc.ID, d))
+				batch.Records = append(batch.Records, r.recordWriteAt(rc.Collection, rc.ID, d, after, deleted))
 			}
 			written = append(written, existed)
-			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: d.Deleted(), Peer: peer})
+			events = append(events, Event{Kind: EventRecord, Collection: rc.Collection, ID: rc.ID, Deleted: deleted, Peer: peer})
 			// Sending the record back would be an echo when the peer holds
 			// every one of its heads.
-			echoOf = append(echoOf, peer != "" && len(held) > 0 && held.Covers(d.Heads()))
+			echoOf = append(echoOf, peer != "" && len(held) > 0 && held.Covers(after))
 		}
 		if peer != "" && len(held) > 0 {
-			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, held, d.Heads())
+			sw, err := r.learnHeads(ctx, peer, rc.Collection, rc.ID, held, after)
 			if err != nil {
 				return fail(err)
 			}
@@ -912,6 +930,10 @@ const maxKnownHeads = 32
 // every one of mine, the set collapses to mine: a peer's document only
 // grows, so holding each of my heads means holding all of my changes.
 func (r *Replica) learnHeads(ctx context.Context, peer, collection, id string, heads, mine crdt.Heads) (storage.SlotWrite, error) {
+	if heads.Covers(mine) {
+		// The set collapses to mine whatever was known before: no read.
+		return headsWrite(peer, collection, id, heads, mine), nil
+	}
 	known, err := r.sharedHeads(ctx, peer, collection, id)
 	if err != nil {
 		return storage.SlotWrite{}, err
