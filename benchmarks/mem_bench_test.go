@@ -339,9 +339,10 @@ func memLimit() int64 {
 
 // memSizes are the Badger sizes of the memory children: storage's
 // defaults, with FERRY_MEM_SIZES overriding some, for exploring
-// ("mt=4,nm=1,vlog=8,bc=4,ic=4,bt=2,vt=1024": memtable, memtable count,
-// value-log file, block cache, index cache, table, all MiB but the count;
-// vt, the value threshold, in bytes).
+// ("mt=4,nm=1,vlog=8,bc=4,ic=4,bt=2,mb=16,vt=1024,ti=100": memtable,
+// memtable count, value-log file, block cache, index cache, table, mapped
+// budget, all MiB but the count; vt, the value threshold, in bytes; ti,
+// the trim interval, in milliseconds).
 func memSizes() storage.Sizes {
 	z := storage.DefaultSizes()
 	for _, kv := range strings.Split(os.Getenv("FERRY_MEM_SIZES"), ",") {
@@ -369,6 +370,10 @@ func memSizes() storage.Sizes {
 			z.BaseTableSize = mib
 		case "vt":
 			z.ValueThreshold = int64(f)
+		case "mb":
+			z.MappedBudget = mib
+		case "ti":
+			z.MappedTrimInterval = time.Duration(f * float64(time.Millisecond))
 		default:
 			panic("FERRY_MEM_SIZES: unknown " + k)
 		}
