@@ -158,6 +158,8 @@ func (h *reconModel) reconHeads(_ context.Context, coll, id string, theirs [][]b
 	return &reconSend{coll: coll, id: id, since: known}, mine, true, nil
 }
 
+func (h *reconModel) orderSends(context.Context, []reconSend) error { return nil }
+
 func (h *reconModel) reconBatch(_ context.Context, _ string, sends []reconSend, maxRecords, _ int) ([]recordChanges, int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

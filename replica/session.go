@@ -111,6 +111,9 @@ type sessionHost interface {
 	// reconBatch prepares records the reconciliation found the peer
 	// lacks, within the batch bounds, and says how many sends it used.
 	reconBatch(ctx context.Context, peer string, sends []reconSend, maxRecords, maxBytes int) ([]recordChanges, int, error)
+	// orderSends puts a reconciliation step's sends, in place, in the
+	// order this side reads them fastest (before the core keeps them).
+	orderSends(ctx context.Context, sends []reconSend) error
 }
 
 // sessionConfig bounds one session.
@@ -411,10 +414,8 @@ func (s *session) perform(ctx context.Context, r *coreReq) coreEvent {
 	case reqReconStep:
 		ev := coreEvent{kind: evRecon}
 		ev.msgs, ev.sends, ev.err = r.eng.step(ctx, s.host, r.msg)
-		if o, ok := s.host.(interface {
-			orderSends(context.Context, []reconSend) error
-		}); ok && ev.err == nil {
-			ev.err = o.orderSends(ctx, ev.sends)
+		if ev.err == nil {
+			ev.err = s.host.orderSends(ctx, ev.sends)
 		}
 		return ev
 	case reqFull:

@@ -170,6 +170,26 @@ func crashRand(t *testing.T) *rand.Rand {
 	return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 }
 
+// lastAck returns the last "ack N" of a child's lines, or acked if none.
+func lastAck(lines []string, acked int) int {
+	for _, l := range lines {
+		if v, ok := strings.CutPrefix(l, "ack "); ok {
+			acked, _ = strconv.Atoi(v)
+		}
+	}
+	return acked
+}
+
+// checkAcked fails unless records r0..r<acked> hold their own numbers.
+func checkAcked(t *testing.T, s *Store, round, acked int) {
+	t.Helper()
+	for i := 0; i <= acked; i++ {
+		if got := field(t, s, "c", "r"+strconv.Itoa(i), "n"); got != strconv.Itoa(i) {
+			t.Fatalf("round %d: acked record %d has %q", round, i, got)
+		}
+	}
+}
+
 func TestCrashDuringWrites(t *testing.T) {
 	if testing.Short() {
 		t.Skip("subprocess crash test")
@@ -181,23 +201,14 @@ func TestCrashDuringWrites(t *testing.T) {
 	acked := -1
 	for round := 0; round < 3; round++ {
 		n := 1 + rng.IntN(40)
-		lines := runUntil(t, "write", dir, "ack", n)
-		for _, l := range lines {
-			if v, ok := strings.CutPrefix(l, "ack "); ok {
-				acked, _ = strconv.Atoi(v)
-			}
-		}
+		acked = lastAck(runUntil(t, "write", dir, "ack", n), acked)
 		s, err := Open(ctx, dir, testOpts())
 		if err != nil {
 			t.Fatalf("reopen after kill: %v", err)
 		}
 		// Every acknowledged write of this round is there (each round
 		// rewrites r0.. with the same content).
-		for i := 0; i <= acked; i++ {
-			if got := field(t, s, "c", "r"+strconv.Itoa(i), "n"); got != strconv.Itoa(i) {
-				t.Fatalf("round %d: acked record %d has %q", round, i, got)
-			}
-		}
+		checkAcked(t, s, round, acked)
 		// The cursor committed atomically with its record.
 		cur, ok, err := s.Slots("sync").Get(ctx, "cursor")
 		if err != nil || !ok {

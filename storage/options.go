@@ -90,9 +90,10 @@ type Sizes struct {
 	// means min(1 MiB, MemTableSize/10); [1 KiB, min(1 MiB, 15% of
 	// MemTableSize)] (Badger requires it to fit in one batch).
 	ValueThreshold int64
-	// MappedTrimInterval is how often the store asks the kernel to take
-	// the pages of its memory-mapped tables and value-log files out of
-	// the process's resident memory (Linux: madvise MADV_PAGEOUT; a
+	// MappedTrimInterval is how often the store checks how much of its
+	// memory-mapped tables, value-log files and write-ahead logs is
+	// resident and, above MappedBudget, asks the kernel to take pages out
+	// of the process's resident memory (Linux: madvise MADV_PAGEOUT; a
 	// no-op elsewhere; docs/storage.md, "Memory"). Zero means the
 	// default (DefaultSizes: 250 ms); negative turns it off, and resident
 	// memory then grows with the data a process writes or reads, up to

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -57,5 +58,11 @@ func TestReadOrderIsTheMetasOrder(t *testing.T) {
 	}
 	if _, ok := rawDump(t, s)[hex.EncodeToString(place("c", "r0007"))]; !ok {
 		t.Fatal("a record written again is no longer at its read-order key")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReadOrder(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("ReadOrder of a closed store: %v, want ErrClosed", err)
 	}
 }

@@ -8,18 +8,27 @@ import (
 	"testing"
 )
 
+// smallMemtableStore creates a store in dir with 1 MiB memtables (the
+// smallest Sizes allows), where Badger refuses a transaction over ~157 KB,
+// and returns it with its options.
+func smallMemtableStore(t *testing.T, dir string) (*Store, Options) {
+	t.Helper()
+	o := testOpts()
+	o.Sizes = Sizes{MemTableSize: 1 << 20}
+	s, err := Create(context.Background(), dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, o
+}
+
 // A sync batch bigger than one Badger transaction (ErrTxnTooBig: about 15%
 // of a memtable) is written in parts, not refused: with 1 MiB memtables,
 // 600 records of 1 KiB changes each is several transactions' worth. Every
 // record is stored and the slot (a cursor) too.
 func TestWriteSplitsBatchTooBigForOneTransaction(t *testing.T) {
 	ctx := context.Background()
-	o := testOpts()
-	o.Sizes = Sizes{MemTableSize: 1 << 20}
-	s, err := Create(ctx, t.TempDir(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := smallMemtableStore(t, t.TempDir())
 	defer s.Close()
 	const n = 600
 	b := Batch{Slots: []SlotWrite{{Namespace: "peer", Key: "cursor", Value: []byte("600")}}}
@@ -70,12 +79,7 @@ func TestWriteSplitsBatchTooBigForOneTransaction(t *testing.T) {
 // with or after every other one.
 func TestWriteSplitsSlotsTooBigForOneTransaction(t *testing.T) {
 	ctx := context.Background()
-	o := testOpts()
-	o.Sizes = Sizes{MemTableSize: 1 << 20}
-	s, err := Create(ctx, t.TempDir(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := smallMemtableStore(t, t.TempDir())
 	defer s.Close()
 	const n = 3000
 	var b Batch

@@ -43,26 +43,25 @@ func newTrimmer(dir string) *trimmer {
 
 // trim pages out the store's mapped files while their resident pages
 // (beyond the table indexes it keeps) come to more than budget bytes
-// (negative: page everything out). It reads /proc/self/maps for the
-// mappings of *.sst, *.vlog and *.mem files in the store's directory and
-// /proc/self/pagemap for which of their pages are resident (mincore where
-// pagemap cannot be read), and pages out the mappings holding the most first
-// until what stays is at most half the budget: a process over the
-// budget pays for one page-out and the reads back of what it pages out,
-// not for a page-out at every interval (the store's own pages rather
-// than the process's RssFile: the executable's pages, another store's or another library's
-// mapped files are not this store's to trim, and counting them made a
-// budget the store could never get under, so that it paged everything
-// out every interval; /proc/self/smaps would say the same per mapping,
-// but the kernel walks every mapping of the process to write it: 21
-// CPU-seconds of the 100,000-record sync's 115). Each table's index (block offsets and Bloom
-// filter, at the end of the file) stays resident: every read of the
-// table consults it, and paging it out turned each point read into
-// several page faults (measured: an initial sync of 100,000 records spent
-// twice the CPU with the whole tables paged out every 250 ms). A table
-// whose tail does not parse yet (Badger still writing it) is left alone
-// this time. It returns the bytes it asked the kernel to page out.
-// Errors are ignored: the trim is advice.
+// (negative: page everything out), and returns the bytes it asked the
+// kernel to page out. It reads /proc/self/maps for the mappings of *.sst,
+// *.vlog and *.mem files in the store's directory and /proc/self/pagemap
+// for which of their pages are resident (resident), and pages out the
+// mappings holding the most first until at most half the budget stays: a
+// store over its budget pays for one page-out per half budget it reads,
+// not one per interval. Only the store's own pages count: the process's
+// RssFile also holds the executable, other stores' and other libraries'
+// mapped files, a budget the store could never get under, so it paged
+// everything out every interval (/proc/self/smaps would give the same per
+// mapping, but the kernel walks every mapping of the process to write it:
+// 21 of 115 CPU-seconds of the 100,000-record sync under load). Each
+// table's index (block offsets and Bloom filter, at the end of the file)
+// stays resident: every read of the table consults it, and paging it out
+// turned each point read into several page faults (measured: an initial
+// sync of 100,000 records spent twice the CPU with the whole tables paged
+// out every 250 ms). A table whose tail does not parse yet (Badger still
+// writing it) is left alone this time. Errors are ignored: the trim is
+// advice.
 func (t *trimmer) trim(budget int64) int64 {
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {

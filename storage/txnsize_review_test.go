@@ -16,12 +16,7 @@ import (
 // 2 KiB since format version 3, or a chunk), and must still finish.
 func TestRotateKeyWithSmallMemtables(t *testing.T) {
 	ctx := context.Background()
-	o := testOpts()
-	o.Sizes = Sizes{MemTableSize: 1 << 20}
-	s, err := Create(ctx, t.TempDir(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := smallMemtableStore(t, t.TempDir())
 	defer s.Close()
 	doc := bytes.Repeat([]byte{'x'}, 1900)
 	for b := 0; b < 300; b += 50 {
@@ -85,12 +80,7 @@ func TestRotateKeyWithLargeRecords(t *testing.T) {
 func TestRotationOfARecordTooLargeForATransaction(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	o := testOpts()
-	o.Sizes = Sizes{MemTableSize: 1 << 20}
-	s, err := Create(ctx, dir, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, o := smallMemtableStore(t, dir)
 	snap := bytes.Repeat([]byte{'s'}, 90<<10)
 	inc := bytes.Repeat([]byte{'i'}, 90<<10)
 	small := []byte("small")
@@ -110,7 +100,7 @@ func TestRotationOfARecordTooLargeForATransaction(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(ctx, dir, o)
+	s, err := Open(ctx, dir, o)
 	if err != nil {
 		t.Fatalf("open after the rotation stopped (%v): %v", rerr, err)
 	}
