@@ -157,7 +157,7 @@ func (h *modelHost) reconHeads(context.Context, string, string, [][]byte, uint8)
 }
 func (h *modelHost) reconBegin(context.Context, string, []string) (uint64, error) { return 0, nil }
 func (h *modelHost) coversAll(string) bool                                        { return false }
-func (h *modelHost) orderSends(context.Context, []reconSend) error { return nil }
+func (h *modelHost) orderSends(context.Context, []reconSend) error                { return nil }
 
 func (h *modelHost) reconBatch(context.Context, string, []reconSend, int, int) ([]recordChanges, int, error) {
 	return nil, 0, nil
