@@ -32,40 +32,14 @@ type premade struct {
 // document is the strict load of a peer's bytes (automerge-go's Load:
 // the receiver's largest cost per new record at a first meeting); each
 // is independent C work. It returns, by index into recs, what MergeNew
-// returned, or nil when there are fewer than premadeMin such records (the
-// loop then makes them one by one). Every document made is also in the
+// returned, or nil when there are fewer than premadeMin such records or
+// the batch is mostly of records the store holds (findNew; the loop then
+// makes them one by one). Every document made is also in the
 // returned slice for the caller to release. Errors: the store's, ctx's.
 func (r *Replica) premakeNew(ctx context.Context, recs []recordChanges) (map[int]*premade, error) {
-	seen := make(map[string]int, len(recs))
-	for _, rc := range recs {
-		seen[recordKey(rc.Collection, rc.ID)]++
-	}
-	var idx []int
-	for i, rc := range recs {
-		if rc.doc != nil || rc.Partial || rc.Off > 0 || len(rc.Changes) == 0 {
-			continue
-		}
-		key := recordKey(rc.Collection, rc.ID)
-		if seen[key] != 1 || r.cache.get(key) != nil {
-			continue
-		}
-		if !validRecord(rc.Collection, rc.ID) {
-			continue // the loop reports it
-		}
-		if _, err := crdt.HeadsFromBytes(rc.Heads); err != nil {
-			continue // the loop reports it
-		}
-		_, err := r.store.Meta(ctx, rc.Collection, rc.ID)
-		if err == nil {
-			continue
-		}
-		if !errors.Is(err, storage.ErrNotFound) {
-			return nil, fmt.Errorf("replica: load %s/%s: %w", rc.Collection, rc.ID, err)
-		}
-		idx = append(idx, i)
-	}
-	if len(idx) < premadeMin {
-		return nil, nil
+	idx, _, err := r.findNew(ctx, recs)
+	if err != nil || len(idx) < premadeMin {
+		return nil, err
 	}
 	out := make(map[int]*premade, len(idx))
 	made := make([]premade, len(idx))
@@ -105,4 +79,54 @@ func (r *Replica) premakeNew(ctx context.Context, recs []recordChanges) (map[int
 		return nil, err
 	}
 	return out, nil
+}
+
+// findNew returns the indexes of the records of recs premakeNew makes,
+// and how many metas it read to find them. It gives up (nil) once the
+// records the store holds outnumber the new ones by premadeMin: a delta
+// sync's batch is of records the receiver holds, for which the pass would
+// only add a Meta read each to apply's own Load (measured by
+// BenchmarkPremakePrepass: ~11% of applying 100 such records).
+func (r *Replica) findNew(ctx context.Context, recs []recordChanges) (idx []int, reads int, err error) {
+	if len(recs) < premadeMin {
+		return nil, 0, nil
+	}
+	seen := make(map[string]int, len(recs))
+	for _, rc := range recs {
+		seen[recordKey(rc.Collection, rc.ID)]++
+	}
+	held := 0
+	for i, rc := range recs {
+		if rc.doc != nil || rc.Partial || rc.Off > 0 || len(rc.Changes) == 0 {
+			continue
+		}
+		key := recordKey(rc.Collection, rc.ID)
+		if seen[key] != 1 {
+			continue
+		}
+		if r.cache.get(key) != nil {
+			held++
+			continue
+		}
+		if !validRecord(rc.Collection, rc.ID) {
+			continue // the loop reports it
+		}
+		if _, err := crdt.HeadsFromBytes(rc.Heads); err != nil {
+			continue // the loop reports it
+		}
+		if held > len(idx)+premadeMin {
+			return nil, reads, nil
+		}
+		reads++
+		_, err := r.store.Meta(ctx, rc.Collection, rc.ID)
+		if err == nil {
+			held++
+			continue
+		}
+		if !errors.Is(err, storage.ErrNotFound) {
+			return nil, reads, fmt.Errorf("replica: load %s/%s: %w", rc.Collection, rc.ID, err)
+		}
+		idx = append(idx, i)
+	}
+	return idx, reads, nil
 }

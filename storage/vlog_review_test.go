@@ -231,3 +231,56 @@ func TestReadOrderMemory(t *testing.T) {
 		float64(m1.TotalAlloc-m0.TotalAlloc)/1e6, float64(int64(m2.HeapAlloc)-int64(m0.HeapAlloc))/1e6)
 	_ = place("c", "record-0000001")
 }
+
+// TestValueLogGrowth (h4-review): the disk a store takes after its
+// records' documents are rewritten (key rotations re-seal every chunk),
+// with the 1 KiB value threshold and with the 1 MiB one, measured
+// (FERRY_REVIEW_BIG=1).
+func TestValueLogGrowth(t *testing.T) {
+	if os.Getenv("FERRY_REVIEW_BIG") == "" {
+		t.Skip("FERRY_REVIEW_BIG=1 to measure")
+	}
+	ctx := context.Background()
+	for _, vt := range []int64{1 << 10, 1 << 20} {
+		dir := t.TempDir()
+		o := testOpts()
+		o.NoSync = true
+		o.Sizes.ValueThreshold = vt
+		s, err := Create(ctx, dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for b := 0; b < 2000; b += 100 {
+			var recs []RecordWrite
+			for i := b; i < b+100; i++ {
+				id := fmt.Sprintf("r%05d", i)
+				recs = append(recs, RecordWrite{Collection: "c", ID: id, Changes: bytes.Repeat([]byte(id), 4096/6)})
+			}
+			if _, err := s.Write(ctx, Batch{Records: recs}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 4 {
+			if err := s.RotateKey(ctx, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.db.Flatten(1); err != nil {
+			t.Fatal(err)
+		}
+		gcs := 0
+		for gcs < 100 && s.db.RunValueLogGC(0.5) == nil {
+			gcs++
+		}
+		t.Logf("value-log GC rewrote %d files", gcs)
+		s.Close()
+		_, vlog := vlogFiles(t, dir)
+		ssts, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+		var sst int64
+		for _, n := range ssts {
+			fi, _ := os.Stat(n)
+			sst += fi.Size()
+		}
+		t.Logf("threshold %d: 2000 records of 4 KiB (8.2 MB) after 4 rotations and a flatten: value log %.1f MB, tables %.1f MB", vt, float64(vlog)/1e6, float64(sst)/1e6)
+	}
+}
