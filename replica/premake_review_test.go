@@ -2,9 +2,13 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/storage"
 )
 
 // TestPremakeWithConcurrentPuts (h4-review): while apply makes the
@@ -139,5 +143,78 @@ func TestFindNewSkipsHeldBatches(t *testing.T) {
 	idx, _, err = dst.findNew(ctx, mixed)
 	if err != nil || len(idx) != len(fresh) {
 		t.Fatalf("mixed batch: %d new, want %d (%v)", len(idx), len(fresh), err)
+	}
+}
+
+// cancelAfter is a context that reports itself cancelled from its
+// after-th Err call on: a cancellation at every point of apply in turn.
+type cancelAfter struct {
+	context.Context
+	calls, after int64
+	mu           sync.Mutex
+}
+
+func (c *cancelAfter) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.calls++; c.calls > c.after {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestPremakeCancelled (h4-review): a batch of new records whose apply
+// is cancelled at any point (before, during or after premakeNew's
+// parallel loads) writes nothing and leaves the replica able to apply the
+// same batch whole afterwards, with every record as sent.
+func TestPremakeCancelled(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	src := e.replica("src")
+	var recs []recordChanges
+	for i := range 24 {
+		id := fmt.Sprintf("r%02d", i)
+		mustPut(t, src, "notes", id, map[string]any{"n": int64(i)})
+		whole, _, err := src.wholeRecord(ctx, "notes", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, whole)
+	}
+	for after := int64(0); ; after += 2 {
+		dst, err := Open(ctx, "", Options{Passphrase: []byte("pw"), KDF: storage.TestKDF(), InMemory: true,
+			Name: "dst", Now: e.clock.Now, Policies: policy.NewSet(policy.Rule{Policy: policy.Timestamp})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &cancelAfter{Context: ctx, after: after}
+		_, _, _, err = dst.applyRecords(c, src.ID(), recs, 0)
+		if err == nil {
+			dst.Close()
+			if after == 0 {
+				t.Fatal("apply with a cancelled context succeeded")
+			}
+			t.Logf("applied whole with %d context checks", after)
+			return // past every Err call: the batch was applied whole
+		}
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled after %d checks: %v, want context.Canceled", after, err)
+		}
+		n := 0
+		if err := dst.store.List(ctx, "notes", func(storage.RecordMeta) error { n++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Fatalf("cancelled after %d checks: %d records written", after, n)
+		}
+		if _, _, _, err := dst.applyRecords(ctx, src.ID(), recs, 0); err != nil {
+			t.Fatalf("apply after a cancelled one: %v", err)
+		}
+		for i := range recs {
+			if m := mustGet(t, dst, "notes", fmt.Sprintf("r%02d", i)); m["n"] != int64(i) {
+				t.Fatalf("r%02d = %v after a cancelled apply", i, m)
+			}
+		}
+		dst.Close()
 	}
 }
