@@ -216,6 +216,9 @@ func TestReadOrderMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if _, err := s.ReadOrder(ctx); err != nil { // warms Badger's caches
+		t.Fatal(err)
+	}
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
