@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 
@@ -216,5 +217,69 @@ func TestPremakeCancelled(t *testing.T) {
 			}
 		}
 		dst.Close()
+	}
+}
+
+// TestPremadeWrongHeads (h4-review): the case rapid saved in
+// testdata/rapid/TestPropertyPremadeMatchesOneByOne (the parallel path
+// wrote a record whose claimed heads were another record's, where the
+// one-by-one path asks for it whole), made deterministic: ten new
+// records (one sent twice), three the receiver holds, and a copy of the
+// first new record under another name with a held record's heads.
+func TestPremadeWrongHeads(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	src, pre := e.replica("src"), e.replica("pre")
+	var held []recordChanges
+	for i := range 3 {
+		id := fmt.Sprintf("held%d", i)
+		mustPut(t, pre, "notes", id, map[string]any{"n": int64(i)})
+		whole, _, err := pre.wholeRecord(ctx, "notes", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, whole)
+	}
+	var recs []recordChanges
+	for i := range 10 {
+		id := fmt.Sprintf("new%d", i)
+		mustPut(t, src, "notes", id, map[string]any{"n": int64(i)})
+		whole, _, err := src.wholeRecord(ctx, "notes", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, whole)
+		if i == 1 {
+			recs = append(recs, whole)
+		}
+	}
+	recs = append(recs, held[0], held[2], held[1])
+	wrong := recs[0]
+	wrong.ID = "wrong"
+	wrong.Heads = held[1].Heads
+	recs = append(recs, wrong)
+	for _, min := range []int{1, 1 << 30} {
+		old := premadeMin
+		premadeMin = min
+		r, err := Open(ctx, "", Options{Passphrase: []byte("pw"), KDF: storage.TestKDF(), InMemory: true,
+			Name: "dst", Now: e.clock.Now, Policies: policy.NewSet(policy.Rule{Policy: policy.Timestamp})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, _, err := r.applyRecords(ctx, src.ID(), held, 0); err != nil {
+			t.Fatal(err)
+		}
+		needs, _, _, err := r.applyRecords(ctx, src.ID(), slices.Clone(recs), 0)
+		premadeMin = old
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(needs) != 1 || needs[0].ID != "wrong" {
+			t.Fatalf("premadeMin %d: needs %v, want the record whose heads are not its own", min, needs)
+		}
+		if _, err := r.store.Meta(ctx, "notes", "wrong"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("premadeMin %d: the record whose heads are not its own was written (%v)", min, err)
+		}
+		r.Close()
 	}
 }
