@@ -53,35 +53,28 @@ const vlogGCMaxRewrites = 8
 // vlogGCRound is what one round did.
 type vlogGCRound struct {
 	rewrites  int   // value-log files rewritten (and deleted)
-	compacted bool  // the round compacted the LSM tree to count garbage (compactForGC)
-	skipped   error // why the round did nothing (space, read-only, rotating, closing); nil otherwise
+	compacted bool  // the round compacted the tree (Flatten)
+	finished  bool  // no file was left to rewrite (or the tree is only level 0): wait for growth
+	skipped   error // why the round did nothing, or stopped (space, read-only, rotating, closing)
 	err       error // an error of Badger's other than ErrNoRewrite/ErrRejected
 }
 
 // errGCSkipped marks a round (or the rest of one) left out on purpose.
 var errGCSkipped = errors.New("storage: value-log GC skipped")
 
-// runValueLogGC runs one round of at most maxRewrites rewrites. It is an
-// operation of the store (begin/end), so Close waits for it and Badger is
-// not reopened under it; it stops between rewrites once Close has begun.
+// runValueLogGC runs one round of at most maxRewrites rewrites (tests call
+// it directly; gcLoop calls it every interval). A round with work to do
+// holds the store exclusively (exclusive): Close waits for it, and stops
+// it between rewrites.
 func (s *Store) runValueLogGC(maxRewrites int) (r vlogGCRound) {
 	if s.inMem {
 		r.skipped = fmt.Errorf("in-memory store: %w", errGCSkipped)
 		return r
 	}
-	if err := s.begin(); err != nil {
-		r.skipped = fmt.Errorf("%w: %w", errGCSkipped, err)
-		return r
-	}
-	defer s.end()
-	defer func() {
-		// Badger panics on some damaged files: the store reports that on
-		// the reads that meet it; the GC only stops this round.
-		if p := recover(); p != nil {
-			r.err = corruptf("value-log GC")
-		}
-	}()
 	switch {
+	case s.isClosed():
+		r.skipped = fmt.Errorf("%w: %w", errGCSkipped, ErrClosed)
+		return r
 	case s.readOnly.Load():
 		r.skipped = fmt.Errorf("store read-only: %w", errGCSkipped)
 		return r
@@ -89,29 +82,97 @@ func (s *Store) runValueLogGC(maxRewrites int) (r vlogGCRound) {
 		r.skipped = fmt.Errorf("key rotation in progress: %w", errGCSkipped)
 		return r
 	}
-	if done := s.gcRewriteFiles(&r, maxRewrites); done || r.rewrites > 0 {
+	vlog, err := sealedVlogBytes(s.dir)
+	if err != nil {
+		r.err = fmt.Errorf("value-log GC: %w", err)
 		return r
 	}
-	// Nothing was eligible: the discard statistics may lag behind the
-	// garbage (compactForGC).
-	if s.compactForGC(&r) {
-		s.gcRewriteFiles(&r, maxRewrites)
+	var lsm int64
+	for _, l := range s.db.Levels() {
+		lsm += l.Size
+	}
+	base := s.gcBase.Load()
+	force := s.gcForce.Load()
+	if vlog < base {
+		s.gcBase.Store(vlog) // files were deleted: count growth from here
+		base = vlog
+	}
+	if vlog == 0 || (!force && vlog-base < max(lsm, 2*s.vlogFileSize)) {
+		return r // not worth a compaction of the tree yet
+	}
+	// The compaction writes the tree anew before it deletes the old tables.
+	if err := spaceFor(s.dir, s.gcReserve()+lsm, "value-log GC"); err != nil {
+		r.skipped = fmt.Errorf("%w: %w", errGCSkipped, err)
+		return r
+	}
+	ran, ok := s.exclusive(func() bool { return s.gcExclusive(&r, maxRewrites) })
+	switch {
+	case !ok:
+		r.err = fmt.Errorf("value-log GC: reopen database failed: %w", ErrClosed)
+	case !ran:
+		r.skipped = fmt.Errorf("operations in flight: %w", errGCSkipped)
+	case r.finished:
+		// The next round waits for the value log to grow again from
+		// here; one cut short by maxRewrites or space goes on next time.
+		if v, err := sealedVlogBytes(s.dir); err == nil {
+			s.gcBase.Store(v)
+		}
+		if force {
+			s.gcForce.CompareAndSwap(true, false)
+		}
 	}
 	return r
 }
 
-// gcRewriteFiles calls RunValueLogGC until it rewrites nothing or r holds
-// maxRewrites rewrites, checking for Close and free space before each. It
-// reports whether the round must stop (closing, no space, an error).
-func (s *Store) gcRewriteFiles(r *vlogGCRound, maxRewrites int) (stop bool) {
+// gcExclusive is a round's work, run with no other operation in flight:
+//
+//  1. close Badger and open it again: the close flushes the memtables to
+//     level-0 tables;
+//  2. compact the whole tree into its last level (Flatten): every version
+//     a newer one supersedes, and every tombstone with the versions it
+//     deletes, is dropped, and the discard statistics count their values;
+//  3. only if the tree is then one level below level 0 (Flatten leaves a
+//     tree that is only level 0 as it is), rewrite value-log files.
+//
+// Step 3 needs 1 and 2: Badger's rewrite keeps every entry whose exact
+// version the tree still holds, without looking for a newer version or a
+// tombstone, and writes it on top of the tree; a compaction that later
+// drops the tombstone with the old version at the last level would leave
+// the copy above it live, and a deleted key would come back
+// (TestValueLogGCResurrectsNothing). With no stale version left in the
+// tree, a rewrite copies only live values, and a later delete is written
+// above the copy. It reports false if Badger could not be reopened at all
+// (the store is then closed).
+func (s *Store) gcExclusive(r *vlogGCRound, maxRewrites int) bool {
+	s.readOnly.Store(true) // reopenBadger sets it back once read-write
+	if !s.reopenBadger() {
+		return false
+	}
+	if s.readOnly.Load() {
+		r.err = fmt.Errorf("value-log GC: reopened read-only: %w", ErrNoSpace)
+		return true
+	}
+	if err := s.db.Flatten(1); err != nil {
+		r.err = mapBadgerErr("value-log GC compaction", err)
+		return true
+	}
+	r.compacted = true
+	s.gcCompactions.Add(1)
+	levels, l0 := 0, false
+	for i, l := range s.db.Levels() {
+		if l.NumTables > 0 {
+			levels++
+			l0 = l0 || i == 0
+		}
+	}
+	if levels != 1 || l0 {
+		r.skipped = fmt.Errorf("tree not compacted below level 0 yet: %w", errGCSkipped)
+		r.finished = true
+		return true
+	}
 	for r.rewrites < maxRewrites {
-		select {
-		case <-s.closing:
-			if r.rewrites == 0 {
-				r.skipped = fmt.Errorf("%w: %w", errGCSkipped, ErrClosed)
-			}
+		if s.isClosed() {
 			return true
-		default:
 		}
 		if err := spaceFor(s.dir, s.gcReserve(), "value-log GC"); err != nil {
 			r.skipped = fmt.Errorf("%w: %w", errGCSkipped, err)
@@ -125,70 +186,88 @@ func (s *Store) gcRewriteFiles(r *vlogGCRound, maxRewrites int) (stop bool) {
 		case err == nil:
 			r.rewrites++
 			s.gcRewrites.Add(1)
-		case errors.Is(err, badger.ErrNoRewrite), errors.Is(err, badger.ErrRejected):
-			return false
+		case errors.Is(err, badger.ErrNoRewrite):
+			r.finished = true
+			return true
+		case errors.Is(err, badger.ErrRejected):
+			return true
 		default:
 			r.err = mapBadgerErr("value-log GC", err)
 			return true
 		}
 	}
-	return false
+	return true
 }
 
-// compactForGC compacts the whole LSM tree into its last level (Badger's
-// Flatten) when the value log has grown by at least the LSM tree's size
-// (and 2 x ValueLogFileSize) since the last time, so that the discard
-// statistics count the values superseded or deleted since: a compaction
-// counts a value as garbage only when it merges the value's old version
-// with the newer one, and versions in different levels meet only when the
-// upper level is compacted, which with blinded, uniform keys can take
-// tens of thousands of writes. The growth condition bounds the cost: the
-// LSM tree (keys, value pointers, small values) is rewritten at most once
-// per its own size of value-log growth. It needs the LSM tree's size free
-// beyond gcReserve, else it waits for a later round. Flatten does nothing
-// while every table is in level 0 (a young store: Badger compacts level 0
-// once it holds NumLevelZeroTables, 5, tables) and does not see the
-// memtables.
-func (s *Store) compactForGC(r *vlogGCRound) bool {
-	vlog, err := sealedVlogBytes(s.dir)
-	if err != nil {
+// isClosed reports whether Close has begun.
+func (s *Store) isClosed() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
 		return false
 	}
-	var lsm int64
-	levels := 0
-	for _, l := range s.db.Levels() {
-		lsm += l.Size
-		if l.NumTables > 0 {
-			levels++
+}
+
+// exclusive runs fn while no other operation is in flight: new operations
+// wait (in begin) and those in flight get drainWait to finish, else fn does
+// not run (ran false). If fn reports false (Badger could not be reopened),
+// the store is closed (ok false). Close waits for it.
+func (s *Store) exclusive(fn func() bool) (ran, ok bool) {
+	s.lifeMu.Lock()
+	if s.closed || s.reopen != nil {
+		s.lifeMu.Unlock()
+		return false, true
+	}
+	done := make(chan struct{})
+	s.reopen = done
+	var idle chan struct{}
+	if s.active > 0 {
+		idle = make(chan struct{})
+		s.idle = idle
+	}
+	s.lifeMu.Unlock()
+
+	ok, ran = true, true
+	if idle != nil {
+		t := time.NewTimer(drainWait)
+		select {
+		case <-idle:
+		case <-t.C:
+			ran = false
 		}
+		t.Stop()
 	}
-	base := s.gcBase.Load()
-	if vlog < base {
-		// Files were rewritten or deleted since: measure growth from here.
-		s.gcBase.Store(vlog)
-		return false
+	if ran {
+		ok = s.recoverGC(fn)
 	}
-	if vlog-base < max(lsm, 2*s.vlogFileSize) || levels < 2 {
-		return false
+
+	s.lifeMu.Lock()
+	s.reopen, s.idle = nil, nil
+	broken := !ok && !s.closed
+	if broken {
+		s.closed, s.dbState = true, dbClosed
+		close(s.closing)
+		s.stopTrim()
 	}
-	if err := spaceFor(s.dir, s.gcReserve()+lsm, "value-log GC compaction"); err != nil {
-		r.skipped = fmt.Errorf("%w: %w", errGCSkipped, err)
-		return false
+	s.lifeMu.Unlock()
+	if broken {
+		s.wipeKeys()
 	}
-	if err := s.db.Flatten(1); err != nil {
-		r.err = mapBadgerErr("value-log GC compaction", err)
-		return false
-	}
-	r.compacted = true
-	s.gcCompactions.Add(1)
+	close(done)
+	return ran, ok
+}
+
+// recoverGC runs fn, turning a panic (Badger panics on some damaged files;
+// the reads that meet them report it) into giving up the round: the store
+// stays open if Badger is.
+func (s *Store) recoverGC(fn func() bool) (ok bool) {
 	defer func() {
-		// The next compaction waits for the value log to grow again from
-		// what this round leaves.
-		if v, err := sealedVlogBytes(s.dir); err == nil {
-			s.gcBase.Store(v)
+		if p := recover(); p != nil {
+			ok = !s.db.IsClosed()
 		}
 	}()
-	return true
+	return fn()
 }
 
 // sealedVlogBytes returns the bytes of the store's value-log files but the
@@ -265,7 +344,8 @@ func (s *Store) stopGC() { s.gcDone.Wait() }
 type gcStats struct {
 	gcRewrites    atomic.Uint64                     // value-log files rewritten since open
 	gcCompactions atomic.Uint64                     // compactForGC runs since open
-	gcBase        atomic.Int64                      // sealed value-log bytes after the last compactForGC (0 at open)
+	gcBase        atomic.Int64                      // sealed value-log bytes after the last finished round (0 at open)
+	gcForce       atomic.Bool                       // a key rotation finished: the next round runs whatever the growth
 	gcLast        atomic.Pointer[vlogGCRound]       // the ticker's last round
 	gcHook        atomic.Pointer[func(vlogGCRound)] // tests: called after each ticker round
 	gcStep        atomic.Pointer[func()]            // tests: called before each RunValueLogGC
