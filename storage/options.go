@@ -108,18 +108,21 @@ type Sizes struct {
 	// default (DefaultSizes: 16 MiB); negative pages everything out at
 	// every interval.
 	MappedBudget int64
-	// ValueLogGCInterval is how often a writable on-disk store runs a
-	// round of value-log garbage collection (docs/storage.md, "Value-log
-	// garbage collection"): up to 8 value-log files that are at least half
-	// garbage are rewritten (their live values written again, each at
-	// most half of ValueLogFileSize) and deleted. A round that finds
-	// nothing costs a statfs and a look at Badger's discard statistics;
-	// one that rewrites costs the CPU and I/O of writing the live values
-	// again (about 0.1 CPU-seconds per MiB moved, measured), and needs
-	// ValueLogFileSize x 2 free beyond the write reserve, else it is
-	// skipped. Zero means the default (DefaultSizes: 1 minute); negative
-	// turns it off, and the value log then keeps every value ever
-	// overwritten or deleted; a positive interval is in [1 ms, 24 h].
+	// ValueLogGCInterval is how often a writable on-disk store checks
+	// whether to collect the value log's garbage (docs/storage.md,
+	// "Value-log garbage collection"). A round with work (the value-log
+	// files but the newest have grown by the LSM tree's size, and at
+	// least 2 x ValueLogFileSize, since the last one; or a key rotation
+	// has finished) holds the store while it runs: operations wait while
+	// it closes and reopens Badger, compacts the LSM tree into one level
+	// and rewrites up to 8 value-log files that are at least half
+	// garbage (measured: about 0.6 s and 0.5 CPU-seconds a round for
+	// 10,000 records of 3 KiB). It needs the tree's size plus 2 x
+	// ValueLogFileSize free beyond the write reserve, else it waits for
+	// a later round. A round without work lists the store's directory.
+	// Zero means the default (DefaultSizes: 1 minute); negative turns it
+	// off, and the value log then keeps every value ever overwritten or
+	// deleted; a positive interval is in [1 ms, 24 h].
 	ValueLogGCInterval time.Duration
 }
 

@@ -17,27 +17,39 @@ import (
 // Values of at least Sizes.ValueThreshold bytes live in Badger's value log
 // (*.vlog files of up to ValueLogFileSize); the LSM tree keeps their keys
 // and pointers. Updating or deleting such a value leaves the old bytes in
-// their file, and nothing but Badger's RunValueLogGC takes them back. It
-// picks the file with the most garbage according to Badger's discard
-// statistics and, when at least vlogGCDiscardRatio of the file is garbage,
-// writes the file's live entries again (same key, same version: invisible
-// to transactions) and deletes the file. The discard statistics are
-// gathered by compactions: a superseded or deleted value counts as garbage
-// only once a compaction has merged its old version with the newer one (or
-// the tombstone) and dropped it. Garbage whose newer version still sits in
-// a memtable or a level-0 table not yet compacted is not counted, so it is
-// reclaimed after later writes push those tables through compaction (see
-// the docs for the bound); the active (newest) file is never rewritten.
+// their file, and only Badger's RunValueLogGC takes them back: it picks
+// the file with the most garbage according to Badger's discard statistics
+// and, when at least vlogGCDiscardRatio of the file is garbage, writes the
+// file's live entries again (same key, same version) and deletes the file.
+// The active (newest) file is never picked.
 //
-// Every Sizes.ValueLogGCInterval a goroutine owned by the store runs a
-// round: up to vlogGCMaxRewrites calls of RunValueLogGC, stopping at the
-// first that rewrites nothing, each preceded by a free-space check (a
-// rewrite writes the live entries it moves before deleting the old file).
-// It runs only on a writable on-disk store and never during a key rotation
-// (moving old-epoch values the rotation is about to delete is wasted
-// work; the rotation's deletions become garbage the rounds after it
-// reclaim). Close stops it, and waits for a rewrite in progress, before
-// Badger closes.
+// Two facts of Badger v4.9.6 shape the rounds:
+//   - the discard statistics are gathered by compactions: a superseded or
+//     deleted value counts as garbage only once a compaction has merged
+//     its old version with the newer one (or the tombstone) and dropped
+//     it. Without a compaction of the whole tree, most garbage of a
+//     store rewritten by ferry (blinded, uniform keys; a few flushes per
+//     level-0 compaction) was never counted (TestValueLogGCReclaims: 20
+//     MiB left instead of 1);
+//   - the rewrite keeps every entry whose exact version the tree still
+//     holds, without looking for a newer version or tombstone, and
+//     writes it back on top of the tree: a stale version still in the
+//     tree comes back to life once a compaction drops the tombstone and
+//     the original below it (TestValueLogGCResurrectsNothing).
+//
+// So a round with work to do (the sealed value-log files have grown by the
+// tree's size, at least 2 x ValueLogFileSize, since the last finished
+// round; or a key rotation has finished) holds the store exclusively
+// (operations in flight finish, new ones wait), closes and reopens Badger
+// (the close flushes the memtables), compacts the whole tree into its last
+// level (Flatten: no stale version or tombstone is left, and the discard
+// statistics count all garbage), and only then rewrites up to
+// vlogGCMaxRewrites files. Every Sizes.ValueLogGCInterval a goroutine owned
+// by the store runs a round; it skips on a read-only or in-memory store,
+// during a key rotation (the rotation's deletions are collected by the
+// round after it), and without free space for the compaction and a
+// rewrite. Close waits for a round in progress, which stops before its
+// next rewrite, and for the goroutine, before Badger closes.
 
 // vlogGCDiscardRatio is the share of a value-log file that must be garbage
 // before a round rewrites it: Badger's recommendation, which bounds the
