@@ -4,26 +4,37 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"testing"
 )
 
 // TestOrderSendsReadsInStoreOrder: a reconciliation's sends (in name
 // order, as the engine lists them) are put in the store's read order
-// before they are read, every send kept with its since.
+// before they are read, every send kept with its since; fewer than
+// orderSendsMin keep their order.
 func TestOrderSendsReadsInStoreOrder(t *testing.T) {
 	ctx := context.Background()
 	r := diskReplica(t, newEnv(t), "a", t.TempDir())
 	var sends []reconSend
-	for i := range 200 {
-		id := fmt.Sprintf("r%03d", i)
-		if err := r.Put(ctx, "c", id, map[string]any{"n": int64(i)}); err != nil {
+	n := orderSendsMin + 44
+	for _, i := range rand.New(rand.NewPCG(3, 5)).Perm(n) { // written out of name order
+		if err := r.Put(ctx, "c", fmt.Sprintf("r%03d", i), map[string]any{"n": int64(i)}); err != nil {
 			t.Fatal(err)
 		}
-		sends = append(sends, reconSend{coll: "c", id: id, since: [][]byte{{byte(i)}}})
+	}
+	for i := range n {
+		sends = append(sends, reconSend{coll: "c", id: fmt.Sprintf("r%03d", i), since: [][]byte{{byte(i)}}})
+	}
+	h := &host{r: r}
+	few := slices.Clone(sends[:orderSendsMin-1])
+	if err := h.orderSends(ctx, few); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.EqualFunc(few, sends[:orderSendsMin-1], func(x, y reconSend) bool { return x.id == y.id }) {
+		t.Fatal("fewer than orderSendsMin sends were reordered")
 	}
 	before := slices.Clone(sends)
-	h := &host{r: r}
 	if err := h.orderSends(ctx, sends); err != nil {
 		t.Fatal(err)
 	}

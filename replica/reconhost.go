@@ -222,14 +222,20 @@ func (h *host) reconHeads(ctx context.Context, coll, id string, theirs [][]byte,
 	return &reconSend{coll: coll, id: id, since: known.Dedup().Bytes()}, mine.Bytes(), true, nil
 }
 
+// orderSendsMin is the fewest sends orderSends reorders: ReadOrder reads
+// the store's whole feed, which costs more than a few hundred random reads.
+const orderSendsMin = 256
+
 // orderSends puts a reconciliation's sends in the order the store reads
-// their records fastest (storage.Store.ReadOrder: the order of the metas,
-// which hold small records' data) instead of by name: a first meeting
-// sends every record, and in name order each record is a random read,
-// which faults its table pages back in whenever the mapped-file trim has
-// paged them out since (docs/sync.md, "Sending whole records").
+// their records fastest (storage.Store.ReadOrder: the order of their last
+// writes, which is the order of their documents in the value log) instead
+// of by name: a first meeting sends every record, and in name order each
+// record is a read at a random place in the value log, which the
+// mapped-file trim turns into a read from the disk whenever it has paged
+// the place out since (docs/sync.md, "Sending whole records"). Fewer than
+// orderSendsMin sends keep their order.
 func (h *host) orderSends(ctx context.Context, sends []reconSend) error {
-	if len(sends) < 2 {
+	if len(sends) < orderSendsMin {
 		return nil
 	}
 	place, err := h.r.store.ReadOrder(ctx)

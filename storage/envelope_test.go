@@ -70,6 +70,20 @@ func TestMetaCodec(t *testing.T) {
 	if _, err := decodeMeta(append(enc, 0)); err == nil {
 		t.Fatal("trailing byte accepted")
 	}
+	// Version-3 metas written before the 1 KiB value threshold hold
+	// inline documents of up to inlineMax (2 KiB), more than ferry now
+	// writes inline (inlineWrite): they still decode; one byte more does
+	// not.
+	for _, n := range []int{inlineWrite + 1, inlineMax, inlineMax + 1} {
+		m := &metaRec{coll: "c", id: "i", inline: bytes.Repeat([]byte{'d'}, n)}
+		got, err := decodeMeta(m.encode())
+		if n <= inlineMax && (err != nil || !bytes.Equal(got.inline, m.inline)) {
+			t.Fatalf("inline document of %d bytes: %v", n, err)
+		}
+		if n > inlineMax && err == nil {
+			t.Fatalf("inline document of %d bytes (over inlineMax) accepted", n)
+		}
+	}
 }
 
 // FuzzEnvelope opens arbitrary bytes as an envelope under a fixed key: it

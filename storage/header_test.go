@@ -256,8 +256,10 @@ func dirSnapshot(t *testing.T, dir string) string {
 }
 
 // TestInlineDocumentsOfVersion3: a record whose first document is at
-// most inlineMax (2 KiB since format version 3) is kept inside its meta,
-// with no chunk entry; a larger one gets its chunk; both load as written.
+// most inlineWrite is kept inside its meta, with no chunk entry; a larger
+// one gets its chunk; both load as written. (Version 3 metas may hold up
+// to inlineMax, 2 KiB; since the 1 KiB value threshold ferry writes
+// documents of up to 512 bytes inline, so its metas stay in the LSM tree.)
 // A version-2 store (inline documents up to 1 KiB) opened writable is
 // marked version 3 before anything is written, so a version-2 build
 // refuses it rather than failing on a meta it cannot decode.
@@ -273,8 +275,8 @@ func TestInlineDocumentsOfVersion3(t *testing.T) {
 	if v := headerVersionOnDisk(t, dir); v != headerVersion {
 		t.Fatalf("writable Open of a version-2 store left version %d, want %d", v, headerVersion)
 	}
-	small := bytes.Repeat([]byte{'s'}, 1500) // over version 2's 1 KiB
-	large := bytes.Repeat([]byte{'l'}, inlineMax+1)
+	small := bytes.Repeat([]byte{'s'}, inlineWrite)
+	large := bytes.Repeat([]byte{'l'}, inlineWrite+1)
 	if _, err := s.Write(ctx, Batch{Records: []RecordWrite{
 		{Collection: "c", ID: "small", Changes: small},
 		{Collection: "c", ID: "large", Changes: large},
@@ -289,7 +291,7 @@ func TestInlineDocumentsOfVersion3(t *testing.T) {
 		}
 	}
 	if chunks != 1 {
-		t.Fatalf("%d chunk entries, want 1 (the %d-byte document's; the 1,500-byte one inline)", chunks, len(large))
+		t.Fatalf("%d chunk entries, want 1 (the %d-byte document's; the %d-byte one inline)", chunks, len(large), len(small))
 	}
 	for id, want := range map[string][]byte{"small": small, "large": large, "a": []byte("x")} {
 		got, _, err := s.Load(ctx, "c", id)

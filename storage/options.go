@@ -74,8 +74,8 @@ type Sizes struct {
 	// including those waiting to be flushed; [1, 16].
 	NumMemtables int
 	// ValueLogFileSize is the size at which a value-log file (*.vlog,
-	// holding values of at least MemTableSize/10, at most 1 MiB) is
-	// rotated; [1 MiB, 1 GiB].
+	// holding the values of at least ValueThreshold) is rotated;
+	// [1 MiB, 1 GiB].
 	ValueLogFileSize int64
 	// BlockCacheSize is the in-memory cache of table blocks; [1 MiB, 16 GiB].
 	BlockCacheSize int64
@@ -86,9 +86,14 @@ type Sizes struct {
 	// [256 KiB, 1 GiB].
 	BaseTableSize int64
 	// ValueThreshold: a value of at least this many bytes goes to the
-	// value log, a smaller one stays in the LSM tree with its key; zero
-	// means min(1 MiB, MemTableSize/10); [1 KiB, min(1 MiB, 15% of
-	// MemTableSize)] (Badger requires it to fit in one batch).
+	// value log, a smaller one stays in the LSM tree with its key (the
+	// key-value separation of WiscKey, Lu et al., FAST 2016, which Badger
+	// implements): compactions then move keys and value pointers, not
+	// documents. Zero means 1 KiB: a record's meta (List and the
+	// reconciliation scan it) stays in the LSM tree, a document of 1 KiB
+	// or more goes to the value log (docs/storage.md, "Where values
+	// live"); [1 KiB, min(1 MiB, 15% of MemTableSize)] (Badger requires
+	// it to fit in one batch).
 	ValueThreshold int64
 	// MappedTrimInterval is how often the store checks how much of its
 	// memory-mapped tables, value-log files and write-ahead logs is
@@ -128,28 +133,28 @@ type Sizes struct {
 
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
 // field: 8 MiB memtables, 2 of them, 32 MiB value-log files, an 8 MiB
-// block cache, indexes kept in memory, 2 MiB tables, values of 800 KiB
-// or more in the value log. Sized for a phone: Badger held 40-60 MiB of
+// block cache, indexes kept in memory, 2 MiB tables, values of 1 KiB or
+// more in the value log. Sized for a phone: Badger held 40-60 MiB of
 // memory besides the indexes at the measured peaks (docs/storage.md).
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
-		ValueThreshold: (8 << 20) / 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 16 << 20,
+		ValueThreshold: 1 << 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 16 << 20,
 		ValueLogGCInterval: time.Minute}
 }
 
 // ServerSizes is the preset for a store that should favour throughput over
 // footprint (a server, a desktop syncing large stores): 64 MiB memtables,
 // 3 of them, 256 MiB value-log files, a 256 MiB block cache, indexes kept
-// in memory, 8 MiB tables, values of 1 MiB or more in the value log
-// (Badger's own defaults but for fewer memtables and smaller value-log
-// files). Badger then holds up to about 730 MiB of memory besides the
+// in memory, 8 MiB tables, values of 1 KiB or more in the value log
+// (Badger's own defaults but for fewer memtables, smaller value-log files
+// and ferry's value threshold). Badger then holds up to about 730 MiB of memory besides the
 // indexes, and the store keeps 97 MiB of disk free (Reserve), against
 // about 53 MiB and 15 MiB with DefaultSizes (docs/storage.md).
 func ServerSizes() Sizes {
 	return Sizes{MemTableSize: 64 << 20, NumMemtables: 3, ValueLogFileSize: 256 << 20,
 		BlockCacheSize: 256 << 20, IndexCacheSize: 0, BaseTableSize: 8 << 20,
-		ValueThreshold: 1 << 20, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20,
+		ValueThreshold: 1 << 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20,
 		ValueLogGCInterval: time.Minute}
 }
 
@@ -173,7 +178,7 @@ func (o *Options) sizes() Sizes {
 		r.BaseTableSize = d.BaseTableSize
 	}
 	if r.ValueThreshold == 0 {
-		r.ValueThreshold = min(1<<20, r.MemTableSize/10)
+		r.ValueThreshold = d.ValueThreshold
 	}
 	if r.MappedTrimInterval == 0 {
 		r.MappedTrimInterval = d.MappedTrimInterval

@@ -12,14 +12,17 @@ const (
 	maxHeads    = 4096
 	maxChunks   = 1 << 16
 	maxValueLen = 256 << 20 // one chunk, slot value or log entry
-	// inlineMax: a snapshot up to this size is kept inside the meta value
-	// instead of its own chunk key: one Badger entry less per small record,
-	// and a store read in key order (ReadOrder) reads such a record's data
-	// with its meta. 2 KiB since format version 3 (header.go): a record of
-	// a few fields is 1-2 KB as ferry writes it (per-field clocks, the
-	// write set in the change's message; 1,341 bytes for the benchmarks'
-	// seven fields), and version 2 stores hold at most 1 KiB.
+	// inlineMax: the largest snapshot a meta may hold inside its value
+	// instead of its own chunk key (format version 3, header.go: 2 KiB;
+	// version 2 stores hold at most 1 KiB). Decoding accepts up to this.
 	inlineMax = 2048
+	// inlineWrite: a record's first snapshot of up to this size is
+	// written inside the meta (one Badger entry less per small record); a
+	// larger one gets a chunk. Small enough that a meta with its inline
+	// snapshot stays under the default ValueThreshold (1 KiB), so the
+	// metas, which List and the reconciliation scan, stay in the LSM tree
+	// and the documents of larger records go to the value log.
+	inlineWrite = 512
 )
 
 // RecordMeta describes a stored record.

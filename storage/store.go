@@ -143,6 +143,11 @@ func openBadger(dir string, o *Options, readOnly bool, setKey []byte) (db *badge
 		WithIndexCacheSize(z.IndexCacheSize).
 		WithBaseTableSize(z.BaseTableSize).
 		WithValueThreshold(z.ValueThreshold)
+	if o.InMemory {
+		// An in-memory Badger has no value log and refuses any value of
+		// ValueThreshold or more: the largest threshold Sizes allows.
+		bo = bo.WithValueThreshold(min(1<<20, z.MemTableSize*15/100))
+	}
 	bo = bo.WithSyncWrites(!o.NoSync).
 		WithLogger(nil).
 		WithChecksumVerificationMode(options.OnBlockRead).

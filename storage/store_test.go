@@ -370,7 +370,7 @@ func TestSizePresets(t *testing.T) {
 	if got := (&Options{}).sizes(); got != DefaultSizes() {
 		t.Fatalf("zero sizes: %+v, want DefaultSizes %+v", got, DefaultSizes())
 	}
-	if got := (&Options{Sizes: Sizes{MemTableSize: 2 << 20}}).sizes().ValueThreshold; got != (2<<20)/10 {
+	if got := (&Options{Sizes: Sizes{MemTableSize: 2 << 20}}).sizes().ValueThreshold; got != 1<<10 {
 		t.Fatalf("value threshold of a 2 MiB memtable: %d", got)
 	}
 	if got, want := Reserve(Options{Sizes: ServerSizes()}), int64(97<<20); got != want {

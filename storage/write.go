@@ -171,7 +171,7 @@ func (w *wtx) putChunk(rs *recState, data []byte, snap bool) error {
 	if len(data) > maxValueLen {
 		return invalidf("chunk larger than %d bytes", maxValueLen)
 	}
-	if snap && len(data) <= inlineMax && len(rs.m.chunks) == 0 && rs.m.inline == nil {
+	if snap && len(data) <= inlineWrite && len(rs.m.chunks) == 0 && rs.m.inline == nil {
 		rs.m.inline = slices.Clone(data)
 		return nil
 	}
