@@ -652,3 +652,78 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestValueLogGCInterval: the option's range (negative: off; positive:
+// [1 ms, 24 h]), and which stores run no GC goroutine.
+func TestValueLogGCInterval(t *testing.T) {
+	for _, c := range []struct {
+		iv time.Duration
+		ok bool
+	}{{0, true}, {-1, true}, {-time.Hour, true}, {time.Millisecond, true}, {24 * time.Hour, true},
+		{time.Microsecond, false}, {24*time.Hour + 1, false}} {
+		o := testOpts()
+		o.ValueLogGCInterval = c.iv
+		err := o.validate()
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, ErrInvalid)) {
+			t.Errorf("ValueLogGCInterval %v: %v", c.iv, err)
+		}
+	}
+	if DefaultSizes().ValueLogGCInterval != time.Minute {
+		t.Errorf("default interval %v", DefaultSizes().ValueLogGCInterval)
+	}
+	m := newMemStore(t)
+	if r := m.runValueLogGC(1); !errors.Is(r.skipped, errGCSkipped) {
+		t.Errorf("in-memory store: %+v", r)
+	}
+	o := gcOpts()
+	o.ValueLogGCInterval = time.Hour
+	s, err := Create(context.Background(), t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s.gcDone.Wait() // Close ended it
+}
+
+// TestValueLogGCReadOnlyAndYoungStores: a store opened read-only for
+// lack of space skips its rounds; a store whose tree is still all in
+// level 0 (a few thousand writes) gets its memtables flushed and nothing
+// rewritten (a rewrite without the tree compacted below level 0 could
+// bring deleted keys back), and no key changes.
+func TestValueLogGCReadOnlyAndYoungStores(t *testing.T) {
+	ctx := context.Background()
+	const n, docLen = 300, 3 << 10
+	s, dir := gcStore(t, gcOpts(), n, docLen, 5)
+	for _, l := range s.db.Levels()[1:] {
+		if l.NumTables > 0 {
+			t.Fatalf("tree reaches level %d: not a young store", l.Level)
+		}
+	}
+	before := rawDump(t, s)
+	r := s.runValueLogGC(vlogGCMaxRewrites)
+	if r.rewrites != 0 || !r.finished || !errors.Is(r.skipped, errGCSkipped) || r.err != nil {
+		t.Fatalf("round on a young store: %+v", r)
+	}
+	if after := rawDump(t, s); len(after) != len(before) {
+		t.Fatalf("%d keys before, %d after", len(before), len(after))
+	}
+	gcCheck(t, s, n, 4, docLen)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	free := int64(0)
+	withFree(t, &free)
+	s, err := Open(ctx, dir, gcOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.readOnly.Load() {
+		t.Fatal("store not read-only")
+	}
+	if r := s.runValueLogGC(vlogGCMaxRewrites); !errors.Is(r.skipped, errGCSkipped) || r.rewrites != 0 {
+		t.Fatalf("round on a read-only store: %+v", r)
+	}
+	gcCheck(t, s, n, 4, docLen)
+}
