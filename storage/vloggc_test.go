@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -726,4 +727,64 @@ func TestValueLogGCReadOnlyAndYoungStores(t *testing.T) {
 		t.Fatalf("round on a read-only store: %+v", r)
 	}
 	gcCheck(t, s, n, 4, docLen)
+}
+
+// TestValueLogGCBesideReadsAndWrites: with the GC's goroutine running a
+// round every millisecond, a writer rewriting every record and readers
+// loading them see no error, and every load returns a whole version of
+// the record (never one a later write replaced, after that write
+// returned).
+func TestValueLogGCBesideReadsAndWrites(t *testing.T) {
+	ctx := context.Background()
+	o := gcOpts()
+	o.ValueLogGCInterval = time.Millisecond
+	const n, docLen, versions = 300, 3 << 10, 60
+	s, _ := gcStore(t, o, n, docLen, 1)
+	var done atomic.Int64 // versions written completely
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				i := (k*7 + r*131) % n
+				low := int(done.Load()) // this version or a later one must be there
+				got, _, err := s.Load(ctx, "c", fmt.Sprintf("r%05d", i))
+				if err != nil {
+					errs <- fmt.Errorf("load %d: %w", i, err)
+					return
+				}
+				ok := false
+				for v := max(low, 0); v < versions && !ok; v++ {
+					ok = bytes.Equal(got, gcDoc(i, v, docLen))
+				}
+				if !ok {
+					errs <- fmt.Errorf("record %d: not a version >= %d", i, low)
+					return
+				}
+			}
+		}(r)
+	}
+	for v := 1; v < versions; v++ {
+		gcRewrite(t, s, n, v, docLen)
+		done.Store(int64(v))
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if s.gcRewrites.Load() == 0 {
+		t.Fatal("the GC rewrote nothing beside the writes")
+	}
+	t.Logf("%d files rewritten, %d compactions", s.gcRewrites.Load(), s.gcCompactions.Load())
+	gcCheck(t, s, n, versions-1, docLen)
 }
