@@ -3,13 +3,17 @@ package replica
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/automerge/automerge-go"
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/storage"
 	"pgregory.net/rapid"
 )
@@ -222,6 +226,109 @@ func TestPropertyLearnHeadsSkipsTheReadOnlyWhenCovered(t *testing.T) {
 		want := headsWrite(peer, "notes", id, append(append(crdt.Heads{}, learnt...), known...), mine)
 		if got.Namespace != want.Namespace || got.Key != want.Key || !bytes.Equal(got.Value, want.Value) {
 			t.Fatalf("learnHeads(%v, mine %v) with %v known = %x, want %x", learnt, mine, known, got.Value, want.Value)
+		}
+	})
+}
+
+// TestPropertyPremadeMatchesOneByOne (rapid): apply with the documents of
+// records new to the store made in parallel first (premakeNew) decides
+// exactly as apply making them one by one: the same error class, needs,
+// conflicts and echoes, and the same heads for every record afterwards.
+// Batches mix new records (some sent twice), records the receiver holds
+// already, bytes that are not a document, and a record whose claimed heads
+// are not its own; run with -race, the parallel loads share nothing.
+func TestPropertyPremadeMatchesOneByOne(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	src, pre := e.replica("src"), e.replica("pre")
+	// Records every receiver holds already, as received (no local change).
+	var held []recordChanges
+	for i := range 4 {
+		id := fmt.Sprintf("held%d", i)
+		mustPut(t, pre, "notes", id, map[string]any{"n": int64(i)})
+		whole, ok, err := pre.wholeRecord(ctx, "notes", id)
+		if err != nil || !ok {
+			t.Fatalf("wholeRecord: %v %v", ok, err)
+		}
+		held = append(held, whole)
+	}
+	n := 0
+	rapid.Check(t, func(rt *rapid.T) {
+		var recs []recordChanges
+		for range rapid.IntRange(0, 24).Draw(rt, "new") {
+			n++
+			id := fmt.Sprintf("new%d", n)
+			mustPut(t, src, "notes", id, map[string]any{"n": int64(n), "s": rapid.StringN(0, 40, -1).Draw(rt, "s")})
+			whole, ok, err := src.wholeRecord(ctx, "notes", id)
+			if err != nil || !ok {
+				rt.Fatalf("wholeRecord: %v %v", ok, err)
+			}
+			recs = append(recs, whole)
+			if rapid.IntRange(0, 9).Draw(rt, "twice") == 0 {
+				recs = append(recs, whole)
+			}
+		}
+		for _, i := range rapid.SliceOfNDistinct(rapid.IntRange(0, len(held)-1), 0, len(held), rapid.ID[int]).Draw(rt, "held") {
+			recs = append(recs, held[i])
+		}
+		if len(recs) > 0 && rapid.Bool().Draw(rt, "garbage") {
+			n++
+			recs = append(recs, recordChanges{Collection: "notes", ID: fmt.Sprintf("bad%d", n),
+				Changes: rapid.SliceOfN(rapid.Byte(), 1, 64).Draw(rt, "bytes"), Heads: recs[0].Heads})
+		}
+		if len(recs) > 1 && rapid.IntRange(0, 4).Draw(rt, "wrongHeads") == 0 {
+			n++
+			w := recs[0]
+			w.ID = fmt.Sprintf("wrong%d", n)
+			w.Heads = recs[len(recs)-1].Heads
+			recs = append(recs, w)
+		}
+		rand.New(rand.NewPCG(uint64(n), 1)).Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+
+		type outcome struct {
+			needs     []needMsg
+			conflicts int
+			echoes    []uint64
+			failed    bool
+			protocol  bool
+			heads     map[string]string
+		}
+		run := func(name string, min int) outcome {
+			old := premadeMin
+			premadeMin = min
+			defer func() { premadeMin = old }()
+			r, err := Open(ctx, "", Options{Passphrase: []byte("pw"), KDF: storage.TestKDF(), InMemory: true,
+				Name: name, Now: e.clock.Now, Policies: policy.NewSet(policy.Rule{Policy: policy.Timestamp})})
+			if err != nil {
+				rt.Fatal(err)
+			}
+			defer r.Close()
+			if _, _, _, err := r.applyRecords(ctx, src.ID(), held, 0); err != nil {
+				rt.Fatalf("%s: holding the held records: %v", name, err)
+			}
+			needs, conflicts, echoes, err := r.applyRecords(ctx, src.ID(), slices.Clone(recs), 0)
+			o := outcome{needs: needs, conflicts: conflicts, echoes: echoes, failed: err != nil,
+				protocol: errors.Is(err, ErrProtocol), heads: map[string]string{}}
+			err = r.store.List(ctx, "notes", func(m storage.RecordMeta) error {
+				b, _, err := r.store.Load(ctx, "notes", m.ID)
+				if err != nil {
+					return err
+				}
+				d, err := crdt.Load(b, crdt.Actor{ReplicaID: "reader"})
+				if err != nil {
+					return err
+				}
+				o.heads[m.ID] = fmt.Sprint(d.Heads())
+				return nil
+			})
+			if err != nil {
+				rt.Fatalf("%s: reading back: %v", name, err)
+			}
+			return o
+		}
+		par, one := run("par", 1), run("one", 1<<30)
+		if !reflect.DeepEqual(par, one) {
+			rt.Fatalf("premade in parallel:\n%+v\none by one:\n%+v", par, one)
 		}
 	})
 }

@@ -590,9 +590,20 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		}
 		return nil, 0, nil, err
 	}
+	// Records new to the store get their documents made in parallel
+	// first (premakeNew); pre holds them by index.
+	pre, err := r.premakeNew(ctx, recs)
+	if err != nil {
+		return fail(err)
+	}
+	for _, p := range pre {
+		if p.d != nil {
+			fresh = append(fresh, p.d)
+		}
+	}
 	var echoOf []bool  // per record write: the peer holds all of it
 	var written []bool // per record write: the record existed before
-	for _, rc := range recs {
+	for i, rc := range recs {
 		// Consent governs what leaves this device; what a paired peer sends
 		// is accepted for any collection (its session passed checkPeer).
 		if len(rc.Changes) == 0 && len(rc.Heads) == 0 && rc.doc == nil {
@@ -619,9 +630,13 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 		// d is nil for a record new to the store: its document is made
 		// from what arrived (crdt.MergeNew, importDoc), not merged into an
 		// empty one.
-		d, existed, err := r.findDoc(ctx, rc.Collection, rc.ID)
-		if err != nil {
-			return fail(err)
+		p := pre[i] // non-nil: new to the store, its document made already
+		var d *crdt.Doc
+		var existed bool
+		if p == nil {
+			if d, existed, err = r.findDoc(ctx, rc.Collection, rc.ID); err != nil {
+				return fail(err)
+			}
 		}
 		touched = append(touched, key)
 		var before crdt.Heads
@@ -653,10 +668,13 @@ func (r *Replica) apply(ctx context.Context, peer string, recs []recordChanges, 
 			}
 		} else if !existed {
 			var nd *crdt.Doc
-			nd, mr, err = crdt.MergeNew(changes, remoteHeads, r.actor())
+			if p != nil {
+				nd, mr, err = p.d, p.mr, p.err
+			} else if nd, mr, err = crdt.MergeNew(changes, remoteHeads, r.actor()); nd != nil {
+				fresh = append(fresh, nd)
+			}
 			if nd != nil {
 				d = nd
-				fresh = append(fresh, d)
 			}
 			merged = true
 		}
