@@ -348,14 +348,16 @@ func (s *Store) startGC(z Sizes) {
 	go s.gcLoop(z.ValueLogGCInterval)
 }
 
-// stopGC waits for gcLoop to return. The caller has closed s.closing (and
-// waited for the operations in flight, a round among them).
+// stopGC waits for gcLoop to return. The caller (Close) has closed
+// s.closing and waited for a round's exclusive part (s.reopen): a round
+// that had not reached it finds the store closed and returns, so Badger's
+// Close never races one.
 func (s *Store) stopGC() { s.gcDone.Wait() }
 
 // gcStats are the GC's counters, for tests and diagnostics.
 type gcStats struct {
 	gcRewrites    atomic.Uint64                     // value-log files rewritten since open
-	gcCompactions atomic.Uint64                     // compactForGC runs since open
+	gcCompactions atomic.Uint64                     // rounds that compacted the tree (Flatten) since open
 	gcBase        atomic.Int64                      // sealed value-log bytes after the last finished round (0 at open)
 	gcForce       atomic.Bool                       // a key rotation finished: the next round runs whatever the growth
 	gcLast        atomic.Pointer[vlogGCRound]       // the ticker's last round
