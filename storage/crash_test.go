@@ -111,6 +111,8 @@ func runChild(mode string) int {
 		select {}
 	case "trimwrite":
 		return trimWriteChild(dir) // trim_review_linux_test.go
+	case "gcwrite":
+		return gcWriteChild(dir) // vloggc_test.go
 	default:
 		return fail(fmt.Errorf("unknown child mode %q", mode))
 	}

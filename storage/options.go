@@ -113,6 +113,22 @@ type Sizes struct {
 	// default (DefaultSizes: 16 MiB); negative pages everything out at
 	// every interval.
 	MappedBudget int64
+	// ValueLogGCInterval is how often a writable on-disk store checks
+	// whether to collect the value log's garbage (docs/storage.md,
+	// "Value-log garbage collection"). A round with work (the value-log
+	// files but the newest have grown by the LSM tree's size, and at
+	// least 2 x ValueLogFileSize, since the last one; or a key rotation
+	// has finished) holds the store while it runs: operations wait while
+	// it closes and reopens Badger, compacts the LSM tree into one level
+	// and rewrites up to 8 value-log files that are at least half
+	// garbage (measured: about 0.6 s and 0.5 CPU-seconds a round for
+	// 10,000 records of 3 KiB). It needs the tree's size plus 2 x
+	// ValueLogFileSize free beyond the write reserve, else it waits for
+	// a later round. A round without work lists the store's directory.
+	// Zero means the default (DefaultSizes: 1 minute); negative turns it
+	// off, and the value log then keeps every value ever overwritten or
+	// deleted; a positive interval is in [1 ms, 24 h].
+	ValueLogGCInterval time.Duration
 }
 
 // DefaultSizes returns the Badger sizes ferry uses for every zero size
@@ -123,7 +139,8 @@ type Sizes struct {
 func DefaultSizes() Sizes {
 	return Sizes{MemTableSize: 8 << 20, NumMemtables: 2, ValueLogFileSize: 32 << 20,
 		BlockCacheSize: 8 << 20, IndexCacheSize: 0, BaseTableSize: 2 << 20,
-		ValueThreshold: 1 << 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 16 << 20}
+		ValueThreshold: 1 << 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 16 << 20,
+		ValueLogGCInterval: time.Minute}
 }
 
 // ServerSizes is the preset for a store that should favour throughput over
@@ -137,7 +154,8 @@ func DefaultSizes() Sizes {
 func ServerSizes() Sizes {
 	return Sizes{MemTableSize: 64 << 20, NumMemtables: 3, ValueLogFileSize: 256 << 20,
 		BlockCacheSize: 256 << 20, IndexCacheSize: 0, BaseTableSize: 8 << 20,
-		ValueThreshold: 1 << 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20}
+		ValueThreshold: 1 << 10, MappedTrimInterval: 250 * time.Millisecond, MappedBudget: 40 << 20,
+		ValueLogGCInterval: time.Minute}
 }
 
 // sizes returns o's sizes with zero fields set to DefaultSizes.
@@ -168,6 +186,9 @@ func (o *Options) sizes() Sizes {
 	if r.MappedBudget == 0 {
 		r.MappedBudget = d.MappedBudget
 	}
+	if r.ValueLogGCInterval == 0 {
+		r.ValueLogGCInterval = d.ValueLogGCInterval
+	}
 	return r
 }
 
@@ -194,6 +215,9 @@ func (o *Options) validateSizes() error {
 		if err := in(c.name, c.v, c.lo, c.hi); err != nil {
 			return err
 		}
+	}
+	if iv := z.ValueLogGCInterval; iv > 0 && (iv < time.Millisecond || iv > 24*time.Hour) {
+		return invalidf("ValueLogGCInterval %v out of range [1ms,24h] (negative: off)", iv)
 	}
 	return nil
 }

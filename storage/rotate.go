@@ -198,6 +198,9 @@ func (s *Store) finishRotation(ctx context.Context, progress func(done, total in
 	if err := s.finalizeRotation(from, to); err != nil {
 		return err
 	}
+	// Every value of the old epoch is garbage now: the next value-log GC
+	// round collects it without waiting for the value log to grow.
+	s.gcForce.Store(true)
 	if progress != nil {
 		progress(total, total)
 	}

@@ -39,6 +39,10 @@ type Store struct {
 	trimStop chan struct{}  // closed (stopTrim) once Badger is closed: trimLoop returns
 	trimOnce sync.Once
 
+	gcDone       sync.WaitGroup // gcLoop (vloggc.go); Close waits for it before Badger's Close
+	vlogFileSize int64          // ValueLogFileSize: what one GC rewrite may move
+	gcStats
+
 	// transMu serialises key-state transitions: header writes (passphrase
 	// change, rotation start and finish) and publishing a new keyState.
 	transMu sync.Mutex
@@ -177,7 +181,7 @@ func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
 	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}), trimStop: make(chan struct{}),
 		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.Sizes},
 		reserve: Reserve(*o), closeRes: closeReserve(*o),
-		baseTable: o.sizes().BaseTableSize}
+		baseTable: o.sizes().BaseTableSize, vlogFileSize: o.sizes().ValueLogFileSize}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -226,6 +230,7 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.startTrim(opts.sizes())
+	s.startGC(opts.sizes())
 	return s, nil
 }
 
@@ -359,6 +364,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		}
 	}
 	s.startTrim(opts.sizes())
+	s.startGC(opts.sizes())
 	return s, nil
 }
 
@@ -500,6 +506,9 @@ func (s *Store) Close() error {
 		<-reopening
 	}
 	s.ops.Wait()
+	// The value-log GC saw s.closing and its round (an operation) is
+	// over: Badger's Close must not race a rewrite.
+	s.stopGC()
 	if !s.inMem && !s.readOnly.Load() {
 		if err := spaceFor(s.dir, s.closeRes, "close: flush memtable"); err != nil {
 			s.lifeMu.Lock()

@@ -4,10 +4,12 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -233,5 +235,72 @@ func TestTrimKeepsWhatFitsTheBudget(t *testing.T) {
 	tr.trim(-1)
 	if n := count(wal) + count(small); n > (3<<20)/page/4 {
 		t.Fatalf("%d pages of the log and small table resident after trimming everything", n)
+	}
+}
+
+// TestTrimAdvisesValueLogRandom: a trim advises MADV_RANDOM on the store's
+// value-log mappings (a page fault there reads that page, not the
+// kernel's read-around window), and on no table: the kernel shows the
+// advice as the "rr" flag of the mapping in /proc/self/smaps.
+func TestTrimAdvisesValueLogRandom(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	o := testOpts()
+	o.Sizes.MappedTrimInterval = -1 // no trim loop: the test trims
+	s, err := Create(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	doc := bytes.Repeat([]byte{'v'}, 4<<10) // over ValueThreshold: to the value log
+	for i := range 20 {
+		if _, err := s.Write(ctx, Batch{Records: []RecordWrite{{Collection: "c", ID: fmt.Sprint(i), Changes: doc}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := func() map[string]string { // mapped file name -> VmFlags
+		b, err := os.ReadFile("/proc/self/smaps")
+		if err != nil {
+			t.Skipf("no /proc/self/smaps: %v", err)
+		}
+		out := map[string]string{}
+		cur := ""
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) >= 5 && strings.Count(f[0], "-") == 1 && len(f[1]) == 4: // a mapping's first line
+				cur = ""
+				if p := strings.Join(f[5:], " "); len(f) >= 6 && filepath.Dir(p) == real {
+					cur = filepath.Base(p)
+				}
+			case cur != "" && len(f) > 0 && f[0] == "VmFlags:":
+				out[cur] = strings.Join(f[1:], " ")
+			}
+		}
+		return out
+	}
+	hasRR := func(fl string) bool { return slices.Contains(strings.Fields(fl), "rr") }
+	before := flags()
+	vlogs := 0
+	for name, fl := range before {
+		if filepath.Ext(name) == ".vlog" {
+			vlogs++
+			if hasRR(fl) {
+				t.Fatalf("%s advised random before any trim: %s", name, fl)
+			}
+		}
+	}
+	if vlogs == 0 {
+		t.Fatalf("no value-log mapping among %v", before)
+	}
+	newTrimmer(real).trim(1 << 40) // a budget nothing reaches: advice only
+	for name, fl := range flags() {
+		if got, want := hasRR(fl), filepath.Ext(name) == ".vlog"; got != want {
+			t.Fatalf("%s: random-read advice %v, want %v (VmFlags %s)", name, got, want, fl)
+		}
 	}
 }
