@@ -236,9 +236,11 @@ func TestReadOrderMemory(t *testing.T) {
 }
 
 // TestValueLogGrowth (h4-review): the disk a store takes after its
-// records' documents are rewritten (key rotations re-seal every chunk),
-// with the 1 KiB value threshold and with the 1 MiB one, measured
-// (FERRY_REVIEW_BIG=1).
+// records' documents are rewritten (key rotations re-seal every chunk)
+// and value-log GC rounds, with the 1 KiB value threshold and with the
+// 1 MiB one, measured (FERRY_REVIEW_BIG=1). Before the value-log GC
+// (storage/vloggc.go) nothing ever reclaimed the value log: 41.8 MB of
+// *.vlog for 8.2 MB of records after 4 rotations at 1 KiB.
 func TestValueLogGrowth(t *testing.T) {
 	if os.Getenv("FERRY_REVIEW_BIG") == "" {
 		t.Skip("FERRY_REVIEW_BIG=1 to measure")
@@ -268,23 +270,20 @@ func TestValueLogGrowth(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := s.db.Flatten(1); err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range s.db.Levels() {
-			if l.NumTables > 0 {
-				t.Logf("level %d: %d tables, %d bytes", l.Level, l.NumTables, l.Size)
+		_, before := vlogFiles(t, dir)
+		rewrites := 0
+		for range 10 {
+			r := s.runValueLogGC(vlogGCMaxRewrites)
+			if r.err != nil {
+				t.Fatal(r.err)
 			}
-		}
-		gcs := 0
-		var gcErr error
-		for gcs < 100 {
-			if gcErr = s.db.RunValueLogGC(0.1); gcErr != nil {
+			rewrites += r.rewrites
+			t.Logf("round: %+v", r)
+			if r.finished || r.skipped != nil {
 				break
 			}
-			gcs++
 		}
-		t.Logf("value-log GC rewrote %d files (%v)", gcs, gcErr)
+		t.Logf("value log before GC %.1f MB; GC rounds rewrote %d files", float64(before)/1e6, rewrites)
 		s.Close()
 		_, vlog := vlogFiles(t, dir)
 		ssts, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
@@ -293,7 +292,7 @@ func TestValueLogGrowth(t *testing.T) {
 			fi, _ := os.Stat(n)
 			sst += fi.Size()
 		}
-		t.Logf("threshold %d: 2000 records of 4 KiB (8.2 MB) after 4 rotations and a flatten: value log %.1f MB, tables %.1f MB", vt, float64(vlog)/1e6, float64(sst)/1e6)
+		t.Logf("threshold %d: 2000 records of 4 KiB (8.2 MB) after 4 rotations and value-log GC: value log %.1f MB, tables %.1f MB", vt, float64(vlog)/1e6, float64(sst)/1e6)
 	}
 }
 
