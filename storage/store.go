@@ -41,6 +41,9 @@ type Store struct {
 
 	gcDone       sync.WaitGroup // gcLoop (vloggc.go); Close waits for it before Badger's Close
 	vlogFileSize int64          // ValueLogFileSize: what one GC rewrite may move
+	// valueThreshold is Sizes.ValueThreshold: a value of at least this
+	// size is in the value log, so deleting it leaves garbage there.
+	valueThreshold int64
 	gcStats
 
 	// transMu serialises key-state transitions: header writes (passphrase
@@ -181,7 +184,8 @@ func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
 	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}), trimStop: make(chan struct{}),
 		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.Sizes},
 		reserve: Reserve(*o), closeRes: closeReserve(*o),
-		baseTable: o.sizes().BaseTableSize, vlogFileSize: o.sizes().ValueLogFileSize}
+		baseTable: o.sizes().BaseTableSize, vlogFileSize: o.sizes().ValueLogFileSize,
+		valueThreshold: o.sizes().ValueThreshold}
 	if s.now == nil {
 		s.now = time.Now
 	}

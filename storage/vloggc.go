@@ -37,9 +37,9 @@ import (
 //     tree comes back to life once a compaction drops the tombstone and
 //     the original below it (TestValueLogGCResurrectsNothing).
 //
-// So a round with work to do (the sealed value-log files have grown by the
-// tree's size, at least 2 x ValueLogFileSize, since the last finished
-// round; or a key rotation has finished) holds the store exclusively
+// So a round with work to do (this process's writes have deleted at least
+// 2 x ValueLogFileSize of value-log values since the last finished round,
+// gcGarbage; or a key rotation has finished) holds the store exclusively
 // (operations in flight finish, new ones wait), closes and reopens Badger
 // (the close flushes the memtables), compacts the whole tree into its last
 // level (Flatten: no stale version or tombstone is left, and the discard
@@ -66,7 +66,7 @@ const vlogGCMaxRewrites = 8
 type vlogGCRound struct {
 	rewrites  int   // value-log files rewritten (and deleted)
 	compacted bool  // the round compacted the tree (Flatten)
-	finished  bool  // no file was left to rewrite (or the tree is only level 0): wait for growth
+	finished  bool  // no file was left to rewrite (or the tree is only level 0): wait for more garbage
 	skipped   error // why the round did nothing, or stopped (space, read-only, rotating, closing)
 	err       error // an error of Badger's other than ErrNoRewrite/ErrRejected
 }
@@ -103,13 +103,9 @@ func (s *Store) runValueLogGC(maxRewrites int) (r vlogGCRound) {
 	for _, l := range s.db.Levels() {
 		lsm += l.Size
 	}
-	base := s.gcBase.Load()
+	garbage := s.gcGarbage.Load()
 	force := s.gcForce.Load()
-	if vlog < base {
-		s.gcBase.Store(vlog) // files were deleted: count growth from here
-		base = vlog
-	}
-	if vlog == 0 || (!force && vlog-base < max(lsm, 2*s.vlogFileSize)) {
+	if vlog == 0 || (!force && garbage < 2*s.vlogFileSize) {
 		return r // not worth a compaction of the tree yet
 	}
 	// The compaction writes the tree anew before it deletes the old tables.
@@ -124,11 +120,9 @@ func (s *Store) runValueLogGC(maxRewrites int) (r vlogGCRound) {
 	case !ran:
 		r.skipped = fmt.Errorf("operations in flight: %w", errGCSkipped)
 	case r.finished:
-		// The next round waits for the value log to grow again from
-		// here; one cut short by maxRewrites or space goes on next time.
-		if v, err := sealedVlogBytes(s.dir); err == nil {
-			s.gcBase.Store(v)
-		}
+		// The next round waits for as much garbage again; one cut short
+		// by maxRewrites or space goes on next time.
+		s.gcGarbage.Add(-garbage)
 		if force {
 			s.gcForce.CompareAndSwap(true, false)
 		}
@@ -356,11 +350,14 @@ func (s *Store) stopGC() { s.gcDone.Wait() }
 
 // gcStats are the GC's counters, for tests and diagnostics.
 type gcStats struct {
-	gcRewrites    atomic.Uint64                     // value-log files rewritten since open
-	gcCompactions atomic.Uint64                     // rounds that compacted the tree (Flatten) since open
-	gcBase        atomic.Int64                      // sealed value-log bytes after the last finished round (0 at open)
-	gcForce       atomic.Bool                       // a key rotation finished: the next round runs whatever the growth
-	gcLast        atomic.Pointer[vlogGCRound]       // the ticker's last round
-	gcHook        atomic.Pointer[func(vlogGCRound)] // tests: called after each ticker round
-	gcStep        atomic.Pointer[func()]            // tests: called before each RunValueLogGC
+	gcRewrites    atomic.Uint64 // value-log files rewritten since open
+	gcCompactions atomic.Uint64 // rounds that compacted the tree (Flatten) since open
+	// gcGarbage counts the bytes of value-log values this process's
+	// writes deleted (record chunks of at least ValueThreshold replaced
+	// by a snapshot) since the last finished round.
+	gcGarbage atomic.Int64
+	gcForce   atomic.Bool                       // a key rotation finished: the next round runs whatever the garbage
+	gcLast    atomic.Pointer[vlogGCRound]       // the ticker's last round
+	gcHook    atomic.Pointer[func(vlogGCRound)] // tests: called after each ticker round
+	gcStep    atomic.Pointer[func()]            // tests: called before each RunValueLogGC
 }

@@ -835,3 +835,32 @@ func TestValueLogGCOnANearlyFullDisk(t *testing.T) {
 	s = reopenWith(t, s, dir, gcOpts())
 	gcCheck(t, s, n, versions-1, docLen)
 }
+
+// TestValueLogGCOnlyForGarbage: a round runs (flush, compaction of the
+// tree, rewrites) only once this process's writes have deleted at least
+// two value-log files' worth of values: an insert-only store (an initial
+// sync) never pays for one however much its value log grows; the same
+// records rewritten once then make a round run and reclaim.
+func TestValueLogGCOnlyForGarbage(t *testing.T) {
+	const n, docLen = 1500, 3 << 10
+	o := gcOpts()
+	s, dir := gcStore(t, o, n, docLen, 1) // ~4.5 MiB of value log, no garbage
+	before, _ := vlogDisk(t, dir)
+	if before < 4*o.Sizes.ValueLogFileSize {
+		t.Fatalf("value log %d bytes: the test needs several files", before)
+	}
+	if r := s.runValueLogGC(vlogGCMaxRewrites); r.compacted || r.rewrites != 0 || r.err != nil {
+		t.Fatalf("round on an insert-only store: %+v", r)
+	}
+	if g := s.gcGarbage.Load(); g != 0 {
+		t.Fatalf("insert-only writes counted %d bytes of garbage", g)
+	}
+	gcRewrite(t, s, n, 1, docLen) // every record's chunk replaced: garbage
+	if g := s.gcGarbage.Load(); g < int64(n)*docLen {
+		t.Fatalf("rewriting %d records of %d bytes counted %d bytes of garbage", n, docLen, g)
+	}
+	if r := s.runValueLogGC(vlogGCMaxRewrites); !r.compacted || r.err != nil {
+		t.Fatalf("round after the rewrite: %+v", r)
+	}
+	gcCheck(t, s, n, 1, docLen)
+}

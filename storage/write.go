@@ -191,10 +191,17 @@ func (w *wtx) putChunk(rs *recState, data []byte, snap bool) error {
 
 func (w *wtx) dropChunks(rs *recState) error {
 	we := w.st.write()
+	var garbage int64 // bytes of the value log the deletes leave behind
 	for _, c := range rs.m.chunks {
 		if err := w.del(chunkKey(we.epoch, rs.rid, c.n)); err != nil {
 			return err
 		}
+		if v := int64(c.size) + envOverhead; v >= w.s.valueThreshold {
+			garbage += v
+		}
+	}
+	if garbage > 0 {
+		w.onCommit = append(w.onCommit, func() { w.s.gcGarbage.Add(garbage) })
 	}
 	rs.m.chunks = nil // not [:0]: a pending draft may share the array
 	rs.m.inline = nil
