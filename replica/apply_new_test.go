@@ -238,6 +238,7 @@ func TestPropertyLearnHeadsSkipsTheReadOnlyWhenCovered(t *testing.T) {
 // already, bytes that are not a document, and a record whose claimed heads
 // are not its own; run with -race, the parallel loads share nothing.
 func TestPropertyPremadeMatchesOneByOne(t *testing.T) {
+	noMemoryLimit(t)
 	ctx := context.Background()
 	e := newEnv(t)
 	src, pre := e.replica("src"), e.replica("pre")

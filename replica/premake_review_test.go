@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"testing"
@@ -20,6 +22,7 @@ import (
 // and lose the Put). Every record ends with the received field and the
 // local one.
 func TestPremakeWithConcurrentPuts(t *testing.T) {
+	noMemoryLimit(t)
 	ctx := context.Background()
 	e := newEnv(t)
 	src, dst := e.replica("src"), e.replica("dst")
@@ -169,6 +172,7 @@ func (c *cancelAfter) Err() error {
 // parallel loads) writes nothing and leaves the replica able to apply the
 // same batch whole afterwards, with every record as sent.
 func TestPremakeCancelled(t *testing.T) {
+	noMemoryLimit(t)
 	ctx := context.Background()
 	e := newEnv(t)
 	src := e.replica("src")
@@ -227,6 +231,7 @@ func TestPremakeCancelled(t *testing.T) {
 // records (one sent twice), three the receiver holds, and a copy of the
 // first new record under another name with a held record's heads.
 func TestPremadeWrongHeads(t *testing.T) {
+	noMemoryLimit(t)
 	ctx := context.Background()
 	e := newEnv(t)
 	src, pre := e.replica("src"), e.replica("pre")
@@ -282,4 +287,53 @@ func TestPremadeWrongHeads(t *testing.T) {
 		}
 		r.Close()
 	}
+}
+
+// TestPremakeSkippedUnderAMemoryLimit: with a memory limit in force the
+// documents of new records are made one by one (no parallel loads, whose
+// C allocations spread over glibc's per-thread arenas); without one, the
+// same batch is premade.
+func TestPremakeSkippedUnderAMemoryLimit(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	src, dst := e.replica("src"), e.replica("dst")
+	var recs []recordChanges
+	for i := range premadeMin + 2 {
+		id := fmt.Sprintf("m%d", i)
+		mustPut(t, src, "notes", id, map[string]any{"n": int64(i)})
+		rc, ok, err := src.wholeRecord(ctx, "notes", id)
+		if err != nil || !ok {
+			t.Fatalf("wholeRecord: %v %v", ok, err)
+		}
+		recs = append(recs, rc)
+	}
+	release := func(pre map[int]*premade) {
+		for _, p := range pre {
+			if p.d != nil {
+				p.d.Release()
+			}
+		}
+	}
+	old := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(old)
+	debug.SetMemoryLimit(math.MaxInt64)
+	pre, err := dst.premakeNew(ctx, recs)
+	release(pre)
+	if err != nil || len(pre) != len(recs) {
+		t.Fatalf("no memory limit: %d of %d premade, %v", len(pre), len(recs), err)
+	}
+	debug.SetMemoryLimit(1 << 40)
+	pre, err = dst.premakeNew(ctx, recs)
+	release(pre)
+	if err != nil || pre != nil {
+		t.Fatalf("under a memory limit: %d premade, %v; want none", len(pre), err)
+	}
+}
+
+// noMemoryLimit lifts the process's memory limit for the test (another
+// test of the package may have left one: replica.Options.MemoryLimit is
+// process-wide), so that premakeNew makes documents in parallel.
+func noMemoryLimit(t *testing.T) {
+	old := debug.SetMemoryLimit(math.MaxInt64)
+	t.Cleanup(func() { debug.SetMemoryLimit(old) })
 }
