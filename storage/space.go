@@ -185,19 +185,7 @@ func (s *Store) tryWritable() {
 		ok = s.reopenBadger()
 	}
 
-	s.lifeMu.Lock()
-	s.reopen, s.idle = nil, nil
-	broken := !ok && !s.closed
-	if broken {
-		s.closed, s.dbState = true, dbClosed
-		close(s.closing)
-		s.stopTrim()
-	}
-	s.lifeMu.Unlock()
-	if broken {
-		s.wipeKeys()
-	}
-	close(done)
+	s.endExclusive(ok, done)
 }
 
 // drainWait bounds how long tryWritable holds new operations back.
@@ -231,4 +219,24 @@ func (s *Store) reopenBadger() bool {
 	}
 	s.db = db
 	return true
+}
+
+// endExclusive ends a section that held the store exclusively (the space
+// recovery's reopen, a value-log GC round): operations may start again,
+// and a store whose Badger could not be reopened (ok false) is closed,
+// its keys wiped. done is the section's channel, closed last.
+func (s *Store) endExclusive(ok bool, done chan struct{}) {
+	s.lifeMu.Lock()
+	s.reopen, s.idle = nil, nil
+	broken := !ok && !s.closed
+	if broken {
+		s.closed, s.dbState = true, dbClosed
+		close(s.closing)
+		s.stopTrim()
+	}
+	s.lifeMu.Unlock()
+	if broken {
+		s.wipeKeys()
+	}
+	close(done)
 }

@@ -248,19 +248,7 @@ func (s *Store) exclusive(fn func() bool) (ran, ok bool) {
 		ok = s.recoverGC(fn)
 	}
 
-	s.lifeMu.Lock()
-	s.reopen, s.idle = nil, nil
-	broken := !ok && !s.closed
-	if broken {
-		s.closed, s.dbState = true, dbClosed
-		close(s.closing)
-		s.stopTrim()
-	}
-	s.lifeMu.Unlock()
-	if broken {
-		s.wipeKeys()
-	}
-	close(done)
+	s.endExclusive(ok, done)
 	return ran, ok
 }
 
