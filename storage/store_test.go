@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -367,8 +369,17 @@ func TestSizePresets(t *testing.T) {
 			t.Fatalf("%s: sizes() = %+v, want %+v", name, got, z)
 		}
 	}
+	// A zero MappedBudget follows the process's Go memory limit.
+	prev := debug.SetMemoryLimit(math.MaxInt64)
+	defer debug.SetMemoryLimit(prev)
+	want := DefaultSizes()
+	want.MappedBudget = 32 << 20
+	if got := (&Options{}).sizes(); got != want {
+		t.Fatalf("zero sizes without a memory limit: %+v, want %+v", got, want)
+	}
+	debug.SetMemoryLimit(1 << 30)
 	if got := (&Options{}).sizes(); got != DefaultSizes() {
-		t.Fatalf("zero sizes: %+v, want DefaultSizes %+v", got, DefaultSizes())
+		t.Fatalf("zero sizes under a memory limit: %+v, want DefaultSizes %+v", got, DefaultSizes())
 	}
 	if got := (&Options{Sizes: Sizes{MemTableSize: 2 << 20}}).sizes().ValueThreshold; got != 1<<10 {
 		t.Fatalf("value threshold of a 2 MiB memtable: %d", got)
