@@ -96,6 +96,12 @@ func memChildInit() {
 		os.Exit(1)
 	}
 	anon, file := samp.stop()
+	if fileDiag {
+		if f, err := os.OpenFile(os.Getenv("FERRY_MEM_FILEDIAG"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			fmt.Fprintf(f, "%s n=%d peak %d+%d MiB (of %v) %s\n", mode, n, anon>>10, file>>10, d.Round(time.Millisecond), samp.where)
+			f.Close()
+		}
+	}
 	fmt.Printf("%s hwm_kb=%d ns=%d records=%d anon_kb=%d file_kb=%d\n", memTag, hwm, d.Nanoseconds(), records, anon, file)
 	os.Exit(0)
 }
@@ -125,10 +131,12 @@ type rssSampler struct {
 	done       chan struct{}
 	wg         sync.WaitGroup
 	anon, file int64
+	where      string // fileByKind at the peak, with fileDiag
+	start      time.Time
 }
 
 func startRSSSampler() *rssSampler {
-	s := &rssSampler{done: make(chan struct{})}
+	s := &rssSampler{done: make(chan struct{}), start: time.Now()}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -160,8 +168,55 @@ func (s *rssSampler) sample() {
 		}
 	}
 	if anon+file > s.anon+s.file {
+		if fileDiag && anon+file > s.anon+s.file+2<<10 {
+			s.where = fmt.Sprintf("at %v: %s", time.Since(s.start).Round(time.Millisecond), fileByKind())
+		}
 		s.anon, s.file = anon, file
 	}
+}
+
+// fileDiag (FERRY_MEM_FILEDIAG=file) makes the sampler note, at each new
+// peak (by 2 MiB), where the process's resident file pages are, by kind
+// of file (/proc/self/smaps); the child appends the last note to file.
+var fileDiag = os.Getenv("FERRY_MEM_FILEDIAG") != ""
+
+// fileByKind sums the Rss of /proc/self/smaps's file mappings by kind:
+// the store's tables, value-log files and write-ahead logs, the
+// executable, and other files. KiB.
+func fileByKind() string {
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return ""
+	}
+	exe, _ := os.Executable()
+	sums := map[string]int64{}
+	kind := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			kind = ""
+			if len(f) >= 6 {
+				switch p := f[5]; {
+				case strings.HasSuffix(p, ".sst"):
+					kind = "sst"
+				case strings.HasSuffix(p, ".vlog"):
+					kind = "vlog"
+				case strings.HasSuffix(p, ".mem"):
+					kind = "mem"
+				case p == exe:
+					kind = "exe"
+				case strings.HasPrefix(p, "/"):
+					kind = "otherfile"
+				}
+			}
+			continue
+		}
+		if kind != "" && len(f) >= 2 && f[0] == "Rss:" {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			sums[kind] += v
+		}
+	}
+	return fmt.Sprintf("sst=%d vlog=%d mem=%d exe=%d other=%d MiB", sums["sst"]/1024, sums["vlog"]/1024, sums["mem"]/1024, sums["exe"]/1024, sums["otherfile"]/1024)
 }
 
 // stop ends the sampling and returns the split at the highest sample, KiB.
