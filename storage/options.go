@@ -122,10 +122,10 @@ type Sizes struct {
 	MappedBudget int64
 	// ValueLogGCInterval is how often a writable on-disk store checks
 	// whether to collect the value log's garbage (docs/storage.md,
-	// "Value-log garbage collection"). A round with work (the value-log
-	// files but the newest have grown by the LSM tree's size, and at
-	// least 2 x ValueLogFileSize, since the last one; or a key rotation
-	// has finished) holds the store while it runs: operations wait while
+	// "Value-log garbage collection"). A round with work (this
+	// process's writes have deleted or overwritten at least 2 x
+	// ValueLogFileSize of value-log values since the last one, counted
+	// at commit; or a key rotation has finished) holds the store while it runs: operations wait while
 	// it closes and reopens Badger, compacts the LSM tree into one level
 	// and rewrites up to 8 value-log files that are at least half
 	// garbage (measured: about 0.6 s and 0.5 CPU-seconds a round for
