@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"unsafe"
 )
@@ -90,7 +91,7 @@ func (t *trimmer) trim(budget int64) int64 {
 	live := map[mappedFile]bool{}
 	for _, m := range ms {
 		lo, hi := m.start, m.end
-		if filepath.Ext(m.path) == ".sst" {
+		if filepath.Ext(m.path) == ".sst" && !m.deleted {
 			key := mappedFile{m.path, m.inode}
 			live[key] = true
 			at, ok := t.indexAt[key]
@@ -218,6 +219,10 @@ type mapping struct {
 	offset     int64 // file offset of start
 	inode      uint64
 	path       string
+	// deleted: the file was deleted while mapped. A deleted table is no
+	// longer in the LSM tree: only iterators opened before its
+	// compaction read it, so it is paged out whole, index too.
+	deleted bool
 }
 
 // resident returns how many bytes of [lo, hi) are in the process's
@@ -273,6 +278,10 @@ func mappedRanges(maps io.Reader, dir string) []mapping {
 			continue
 		}
 		path := string(bytes.Join(fields[5:], []byte(" ")))
+		// A file deleted while mapped (a table a compaction replaced,
+		// still open for an iterator that began before it) is named
+		// "path (deleted)": it is the store's all the same.
+		path, deleted := strings.CutSuffix(path, " (deleted)")
 		if filepath.Dir(path) != clean {
 			continue
 		}
@@ -290,7 +299,7 @@ func mappedRanges(maps io.Reader, dir string) []mapping {
 		if err1 != nil || err2 != nil || err3 != nil || err4 != nil || b <= a || off < 0 {
 			continue
 		}
-		out = append(out, mapping{start: uintptr(a), end: uintptr(b), offset: off, inode: ino, path: path})
+		out = append(out, mapping{start: uintptr(a), end: uintptr(b), offset: off, inode: ino, path: path, deleted: deleted})
 	}
 	return out
 }
