@@ -197,6 +197,7 @@ func (s *Store) reopenBadger() bool {
 	if err := s.db.Close(); err != nil {
 		return false
 	}
+	defer beginOpenTrim(s.dir, s.inMem, s.bopts.sizes()).end()
 	var setKey []byte
 	if st := s.state.Load(); st != nil {
 		setKey, _ = tableSetKey(st.cur.master, st.cur.epoch) // nil on error: check every table

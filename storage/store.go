@@ -224,6 +224,8 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
+	ot := beginOpenTrim(dir, opts.InMemory, opts.sizes())
+	defer ot.end()
 	db, err := openBadger(dir, &opts, false, nil)
 	if err != nil {
 		return nil, err
@@ -233,7 +235,7 @@ func Create(ctx context.Context, dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s.startTrim(opts.sizes())
+	s.startTrim(opts.sizes(), ot.end())
 	s.startGC(opts.sizes())
 	return s, nil
 }
@@ -326,6 +328,8 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		wipe(kek)
 		return nil, err
 	}
+	ot := beginOpenTrim(dir, false, opts.sizes())
+	defer ot.end()
 	db, err := openBadger(dir, &opts, readOnly, setKey)
 	wipe(setKey)
 	if err != nil {
@@ -367,7 +371,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("resume key rotation: %w", err)
 		}
 	}
-	s.startTrim(opts.sizes())
+	s.startTrim(opts.sizes(), ot.end())
 	s.startGC(opts.sizes())
 	return s, nil
 }

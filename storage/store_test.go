@@ -369,11 +369,13 @@ func TestSizePresets(t *testing.T) {
 			t.Fatalf("%s: sizes() = %+v, want %+v", name, got, z)
 		}
 	}
-	// A zero MappedBudget follows the process's Go memory limit.
+	// A zero MappedBudget and MappedTrimInterval follow the process's Go
+	// memory limit.
 	prev := debug.SetMemoryLimit(math.MaxInt64)
 	defer debug.SetMemoryLimit(prev)
 	want := DefaultSizes()
 	want.MappedBudget = 32 << 20
+	want.MappedTrimInterval = 250 * time.Millisecond
 	if got := (&Options{}).sizes(); got != want {
 		t.Fatalf("zero sizes without a memory limit: %+v, want %+v", got, want)
 	}
