@@ -433,9 +433,6 @@ func memSizes() storage.Sizes {
 			panic("FERRY_MEM_SIZES: unknown " + k)
 		}
 	}
-	if !strings.Contains(os.Getenv("FERRY_MEM_SIZES"), "vt=") {
-		z.ValueThreshold = min(1<<20, z.MemTableSize/10)
-	}
 	return z
 }
 
