@@ -530,6 +530,9 @@ func (s *Store) Close() error {
 	err := s.db.Close()
 	s.stopTrim()
 	s.trimDone.Wait()
+	if err == nil && !s.inMem && !s.readOnly.Load() {
+		s.recordTables()
+	}
 	s.lifeMu.Lock()
 	s.dbState = dbClosed
 	s.lifeMu.Unlock()

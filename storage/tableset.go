@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/dgraph-io/badger/v4/table"
 )
 
 // The verified-table set. Open checks every table Badger will open (see
@@ -133,6 +135,45 @@ func readTableSet(dir string, key []byte) tableSet {
 		return nil
 	}
 	return decodeTableSet(b, key)
+}
+
+// recordTables writes the verified-table set when a writable store has
+// closed Badger: every table the manifest references is either one this
+// session's Open checked (in full, or unchanged since an earlier check) or
+// one this process's Badger wrote and synced since, so the next Open need
+// not read them again. Before, the first Open after any session that wrote
+// checked in full every table the session's flushes and compactions had
+// made: the common start of an application. Tables whose times are not
+// settled (written within tableSetSlack of now, such as those Close's own
+// flush wrote) are left out and checked in full at the next Open, as are
+// any the set cannot identify. Failures are ignored: without the file the
+// next Open checks every table.
+func (s *Store) recordTables() {
+	st := s.state.Load()
+	if st == nil {
+		return
+	}
+	key, err := tableSetKey(st.cur.master, st.cur.epoch)
+	if err != nil {
+		return
+	}
+	defer wipe(key)
+	live := manifestTables(s.dir)
+	if live == nil {
+		return
+	}
+	now := tableCheckNow()
+	set := make(tableSet, len(live))
+	for id := range live {
+		fi, err := os.Stat(filepath.Join(s.dir, table.IDToFilename(id)))
+		if err != nil {
+			continue
+		}
+		if stamp, ok := stampOf(id, fi); ok && stamp.settled(now) {
+			set[id] = stamp
+		}
+	}
+	writeTableSet(s.dir, set, key)
 }
 
 // writeTableSet replaces dir's set file (write, then rename). A failure
