@@ -110,9 +110,13 @@ type Sizes struct {
 	// the interval, not the budget, sets the peak: measured at 100,000
 	// records, a reopen and scan peaked at 111 MiB with 250 ms and 79 MiB
 	// with 50 ms (49 s either way; alone, 25.9 s against 28.6 s: pages
-	// read again come back from the disk). Negative turns it off, and
-	// resident memory then grows with the data a process writes or reads,
-	// up to the store's size on disk.
+	// read again come back from the disk). From before Badger opens the
+	// store until Create or Open returns (a resumed key rotation
+	// included), and while a value-log GC round or the full-disk recovery
+	// reopens Badger, the trim runs every 10 ms whatever this interval.
+	// Negative turns it off (that one too), and resident memory then grows
+	// with the data a process writes or reads, up to the store's size on
+	// disk.
 	MappedTrimInterval time.Duration
 	// MappedBudget is how much of the store's own memory-mapped files
 	// (tables beyond their indexes, value-log files, write-ahead logs;
