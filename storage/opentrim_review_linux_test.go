@@ -32,8 +32,15 @@ func goroutinesIn(fn string) int {
 func TestOpenTrimEndsOnEveryPath(t *testing.T) {
 	ctx := context.Background()
 	const openTrim, loop = "storage.beginOpenTrim.func1", "storage.(*Store).trimLoop"
-	check := func(what string, wantLoops int) {
+	begun := openTrimsBegun.Load()
+	check := func(what string, wantLoops int, wantBegun int64) {
 		t.Helper()
+		// Each path that opens Badger on disk with the trim on starts one
+		// open trim: Create, Open up to Badger's open, reopenBadger.
+		if n := openTrimsBegun.Load() - begun; n != wantBegun {
+			t.Fatalf("%s: %d open trims started, want %d", what, n, wantBegun)
+		}
+		begun += wantBegun
 		if n := goroutinesIn(openTrim); n != 0 {
 			t.Fatalf("%s: %d open-trim goroutines left", what, n)
 		}
@@ -49,46 +56,46 @@ func TestOpenTrimEndsOnEveryPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("Create", 1)
+	check("Create", 1, 1)
 	gcRewrite(t, s, 200, 0, 3<<10)
 	gcRewrite(t, s, 200, 1, 3<<10)
 
 	if _, err := Open(ctx, dir, o); err == nil {
 		t.Fatal("a second Open of an open store succeeded")
 	}
-	check("Open failing on Badger's lock", 1)
+	check("Open failing on Badger's lock", 1, 1)
 
 	s.gcForce.Store(true)
 	if r := s.runValueLogGC(vlogGCMaxRewrites); r.err != nil || !r.compacted {
 		t.Fatalf("GC round: %+v", r)
 	}
-	check("value-log GC round", 1)
+	check("value-log GC round", 1, 1)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	check("Close", 0)
+	check("Close", 0, 0)
 
 	bad := o
 	bad.Passphrase = []byte("wrong")
 	if _, err := Open(ctx, dir, bad); !errors.Is(err, ErrWrongKey) {
 		t.Fatalf("wrong key: %v", err)
 	}
-	check("Open with a wrong key", 0)
+	check("Open with a wrong key", 0, 0)
 
 	free = Reserve(o) - 1
 	s, err = Open(ctx, dir, o)
 	if err != nil || !s.readOnly.Load() {
 		t.Fatalf("read-only open: %v", err)
 	}
-	check("read-only Open", 1)
+	check("read-only Open", 1, 1)
 	free = 1 << 40
 	mustWrite(t, s, newDoc("c", "w").set(t, "n", "1")) // reopens read-write
 	if s.readOnly.Load() {
 		t.Fatal("still read-only")
 	}
-	check("reopen read-write", 1)
+	check("reopen read-write", 1, 1)
 	s.Close()
-	check("Close", 0)
+	check("Close", 0, 0)
 
 	off := o
 	off.MappedTrimInterval = -1
@@ -96,7 +103,7 @@ func TestOpenTrimEndsOnEveryPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("Open with the trim off", 0)
+	check("Open with the trim off", 0, 0)
 	s.Close()
 
 	long := o
@@ -105,9 +112,9 @@ func TestOpenTrimEndsOnEveryPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("Open", 1)
+	check("Open", 1, 1)
 	s.Close()
-	check("Close", 0)
+	check("Close", 0, 0)
 
 	m := testOpts()
 	m.InMemory = true
@@ -115,6 +122,6 @@ func TestOpenTrimEndsOnEveryPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("Create in memory", 0)
+	check("Create in memory", 0, 0)
 	s.Close()
 }

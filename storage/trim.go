@@ -2,6 +2,7 @@ package storage
 
 import (
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -94,12 +95,17 @@ type openTrim struct {
 	done chan struct{}
 }
 
+// openTrimsBegun counts the open trims started (tests: which paths start
+// one).
+var openTrimsBegun atomic.Int64
+
 // beginOpenTrim starts an openTrim for dir, or returns nil where there is
 // nothing to trim (an in-memory store, a zero interval, no support).
 func beginOpenTrim(dir string, inMem bool, z Sizes) *openTrim {
 	if inMem || z.MappedTrimInterval <= 0 || !trimSupported {
 		return nil
 	}
+	openTrimsBegun.Add(1)
 	o := &openTrim{tr: newTrimmer(trimDir(dir)), stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
