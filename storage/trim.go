@@ -34,11 +34,16 @@ import (
 // those pages would otherwise stay resident until it returns.
 func (s *Store) trimLoop(tr *trimmer, interval time.Duration, budget int64) {
 	defer s.trimDone.Done()
+	trimEvery(tr, interval, budget, s.trimStop)
+}
+
+// trimEvery trims with tr every interval until stop is closed.
+func trimEvery(tr *trimmer, interval time.Duration, budget int64, stop <-chan struct{}) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.trimStop:
+		case <-stop:
 			return
 		case <-t.C:
 			tr.trim(budget)
@@ -109,16 +114,7 @@ func beginOpenTrim(dir string, inMem bool, z Sizes) *openTrim {
 	o := &openTrim{tr: newTrimmer(trimDir(dir)), stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
-		t := time.NewTicker(openTrimInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-o.stop:
-				return
-			case <-t.C:
-				o.tr.trim(z.MappedBudget)
-			}
-		}
+		trimEvery(o.tr, openTrimInterval, z.MappedBudget, o.stop)
 	}()
 	return o
 }
