@@ -182,7 +182,9 @@ func openBadger(dir string, o *Options, readOnly bool, setKey []byte) (db *badge
 
 func newStore(db *badger.DB, dir string, o *Options, readOnly bool) *Store {
 	s := &Store{db: db, dir: dir, inMem: o.InMemory, now: o.Now, closing: make(chan struct{}), trimStop: make(chan struct{}),
-		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.Sizes},
+		// Sizes resolved now: the defaults that follow the Go memory
+		// limit are those of the open, also when Badger is reopened.
+		bopts:   Options{InMemory: o.InMemory, NoSync: o.NoSync, Sizes: o.sizes()},
 		reserve: Reserve(*o), closeRes: closeReserve(*o),
 		baseTable: o.sizes().BaseTableSize, vlogFileSize: o.sizes().ValueLogFileSize,
 		valueThreshold: o.sizes().ValueThreshold}

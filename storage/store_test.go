@@ -436,3 +436,18 @@ func TestServerSizesStore(t *testing.T) {
 		}
 	}
 }
+
+// TestReopenKeepsTheOpensSizes: the sizes that follow the Go memory limit
+// are resolved when the store opens; a reopen of Badger (value-log GC,
+// full-disk recovery) uses the same ones even if the limit has changed.
+func TestReopenKeepsTheOpensSizes(t *testing.T) {
+	prev := debug.SetMemoryLimit(1 << 30)
+	defer debug.SetMemoryLimit(prev)
+	s, _ := newDiskStore(t)
+	defer s.Close()
+	debug.SetMemoryLimit(math.MaxInt64)
+	if got, want := s.bopts.sizes(), DefaultSizes(); got.MappedBudget != want.MappedBudget || got.MappedTrimInterval != want.MappedTrimInterval {
+		t.Fatalf("reopen sizes after the limit was lifted: budget %d every %v, want the open's %d every %v",
+			got.MappedBudget, got.MappedTrimInterval, want.MappedBudget, want.MappedTrimInterval)
+	}
+}

@@ -311,3 +311,26 @@ func FuzzTableSet(f *testing.F) {
 		}
 	})
 }
+
+// TestTableSetReadOnlyCloseWritesNothing: a store opened read-only (the
+// disk below the reserve) neither writes the set at Open nor at Close, so
+// a table it never checked is never recorded by it.
+func TestTableSetReadOnlyCloseWritesNothing(t *testing.T) {
+	dir, _ := storeWithTables(t) // the real clock: Close recorded nothing settled
+	if err := os.Remove(filepath.Join(dir, tableSetFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	settledClock(t)
+	free := Reserve(testOpts()) - 1
+	withFree(t, &free)
+	s, err := Open(context.Background(), dir, testOpts())
+	if err != nil || !s.readOnly.Load() {
+		t.Fatalf("read-only open: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, tableSetFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("set file after a read-only session: %v, want none", err)
+	}
+}
