@@ -2,10 +2,7 @@ package crdt
 
 import (
 	"fmt"
-	"math"
 	"runtime"
-	"runtime/debug"
-	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,28 +29,12 @@ import (
 // C allocations at all.
 
 // DefaultCollectEvery is the estimated C garbage, in bytes, after which
-// a collection runs in a process with a Go memory limit in force
-// (GOMEMLIMIT, runtime/debug.SetMemoryLimit, replica.Options.MemoryLimit:
-// the application asked for a small footprint), and the least it waits
-// for in any process (SetCollectEvery changes both).
+// a collection runs (SetCollectEvery).
 const DefaultCollectEvery = 4 << 20
-
-// unlimitedCollectShare: without a memory limit, a collection waits for
-// C garbage of live Go heap / unlimitedCollectShare (at least
-// DefaultCollectEvery). A collection's cost follows the live heap (about
-// a millisecond per 10 MB), so a threshold that follows it too keeps the
-// collections' share of the work the same in a large process as in a
-// small one, as Go's own pacer does for Go garbage (GOGC). Measured on
-// the initial sync of 100,000 records (two stores in one process, a live
-// heap of ~100 MB): 659 collections of the 4 MiB threshold blocked the
-// receiving side 8-13 s of a 26-35 s session; with a 64 MiB threshold,
-// 41 collections and 2 s (docs/crdt.md, "Memory").
-const unlimitedCollectShare = 2
 
 var cmem struct {
 	pending     atomic.Int64 // estimated C bytes unreachable, not yet collected
-	every       atomic.Int64 // threshold set by SetCollectEvery; 0: the default
-	threshold   atomic.Int64 // the default threshold, as last evaluated (0: DefaultCollectEvery)
+	every       atomic.Int64 // threshold; 0 means DefaultCollectEvery
 	collections atomic.Int64 // collections started by the pacer
 	running     atomic.Bool  // a collection is under way
 	released    atomic.Int64 // total estimated bytes noted, for MemStats
@@ -61,11 +42,9 @@ var cmem struct {
 
 // SetCollectEvery sets the estimated C garbage, in bytes, after which
 // the package runs a Go collection so automerge-go's finalizers free it
-// (process-wide: C memory is the process's), whether or not a memory
-// limit is in force. Zero or less restores the default: DefaultCollectEvery
-// under a Go memory limit, half the live Go heap (at least
-// DefaultCollectEvery) without one. Smaller means a lower peak and more
-// collections (each costs about a millisecond per 10 MB of live Go heap).
+// (process-wide: C memory is the process's). Zero or less restores
+// DefaultCollectEvery. Smaller means a lower peak and more collections
+// (each costs about a millisecond per 10 MB of live Go heap).
 func SetCollectEvery(bytes int64) {
 	if bytes <= 0 {
 		bytes = 0
@@ -82,56 +61,25 @@ type MemStats struct {
 	Noted int64
 	// Collections is how many collections the pacer started.
 	Collections int64
-	// Every is the threshold in force, in bytes: SetCollectEvery's, or
-	// the default as last evaluated (it is evaluated again each time the
-	// pending garbage passes a multiple of DefaultCollectEvery).
-	Every int64
 }
 
 // ReadMemStats returns the pacer's counters.
 func ReadMemStats() MemStats {
-	every := cmem.every.Load()
-	if every <= 0 {
-		every = max(DefaultCollectEvery, cmem.threshold.Load())
-	}
-	return MemStats{Pending: cmem.pending.Load(), Noted: cmem.released.Load(), Collections: cmem.collections.Load(), Every: every}
-}
-
-// defaultThreshold is the default collection threshold now:
-// DefaultCollectEvery under a Go memory limit, else the live Go heap (as
-// of the last collection) / unlimitedCollectShare, at least
-// DefaultCollectEvery.
-func defaultThreshold() int64 {
-	if debug.SetMemoryLimit(-1) != math.MaxInt64 {
-		return DefaultCollectEvery
-	}
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return DefaultCollectEvery
-	}
-	return max(DefaultCollectEvery, int64(s[0].Value.Uint64()/unlimitedCollectShare))
+	return MemStats{Pending: cmem.pending.Load(), Noted: cmem.released.Load(), Collections: cmem.collections.Load()}
 }
 
 // noteGarbage adds n estimated bytes of C garbage and starts a
-// collection when the total passes the threshold. The default threshold
-// is evaluated again (memory limit, live heap) each time the total passes
-// a multiple of DefaultCollectEvery, so a limit set after the process
-// started, or a heap that grew, is followed within 4 MiB of garbage.
+// collection when the total passes the threshold.
 func noteGarbage(n int64) {
 	if n <= 0 {
 		return
 	}
 	cmem.released.Add(n)
-	p := cmem.pending.Add(n)
 	every := cmem.every.Load()
 	if every <= 0 {
-		if p >= DefaultCollectEvery && (p-n)/DefaultCollectEvery != p/DefaultCollectEvery {
-			cmem.threshold.Store(defaultThreshold())
-		}
-		every = max(DefaultCollectEvery, cmem.threshold.Load())
+		every = DefaultCollectEvery
 	}
-	if p < every || !cmem.running.CompareAndSwap(false, true) {
+	if cmem.pending.Add(n) < every || !cmem.running.CompareAndSwap(false, true) {
 		return
 	}
 	// On the caller's goroutine: a collection elsewhere may wait for a
