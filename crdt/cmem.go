@@ -2,7 +2,9 @@ package crdt
 
 import (
 	"fmt"
+	"math"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,12 +31,26 @@ import (
 // C allocations at all.
 
 // DefaultCollectEvery is the estimated C garbage, in bytes, after which
-// a collection runs (SetCollectEvery).
+// a collection runs where a Go memory limit is in force (GOMEMLIMIT,
+// runtime/debug.SetMemoryLimit, replica.Options.MemoryLimit: the
+// application asked for a small footprint).
 const DefaultCollectEvery = 4 << 20
+
+// unlimitedCollectEvery is the threshold where no memory limit is in
+// force. Each collection blocks the goroutine that crossed the threshold
+// for about a millisecond per 10 MB of live Go heap: on the initial sync
+// of 100,000 records (two stores in one process, no limit), the receiving
+// side spent 8-13 s of a 26-35 s session in 659 collections at 4 MiB, and
+// the session took 23.2 and 24.8 s at 16 MiB against 25.9-31.1 s
+// (docs/benchmarks.md, ninth session). Larger thresholds gained no more
+// and gave short syncs right after bulk work a tail (the finalizers of a
+// large collection run beside them).
+const unlimitedCollectEvery = 16 << 20
 
 var cmem struct {
 	pending     atomic.Int64 // estimated C bytes unreachable, not yet collected
-	every       atomic.Int64 // threshold; 0 means DefaultCollectEvery
+	every       atomic.Int64 // threshold set by SetCollectEvery; 0: the default
+	limited     atomic.Bool  // a memory limit was in force at the last check
 	collections atomic.Int64 // collections started by the pacer
 	running     atomic.Bool  // a collection is under way
 	released    atomic.Int64 // total estimated bytes noted, for MemStats
@@ -42,9 +58,11 @@ var cmem struct {
 
 // SetCollectEvery sets the estimated C garbage, in bytes, after which
 // the package runs a Go collection so automerge-go's finalizers free it
-// (process-wide: C memory is the process's). Zero or less restores
-// DefaultCollectEvery. Smaller means a lower peak and more collections
-// (each costs about a millisecond per 10 MB of live Go heap).
+// (process-wide: C memory is the process's), with or without a memory
+// limit. Zero or less restores the default: DefaultCollectEvery (4 MiB)
+// where a Go memory limit is in force, 16 MiB where none is. Smaller
+// means a lower peak and more collections (each costs about a
+// millisecond per 10 MB of live Go heap).
 func SetCollectEvery(bytes int64) {
 	if bytes <= 0 {
 		bytes = 0
@@ -61,25 +79,42 @@ type MemStats struct {
 	Noted int64
 	// Collections is how many collections the pacer started.
 	Collections int64
+	// Every is the threshold in force, in bytes (SetCollectEvery's, or
+	// the default as of the last check of the memory limit).
+	Every int64
 }
 
 // ReadMemStats returns the pacer's counters.
 func ReadMemStats() MemStats {
-	return MemStats{Pending: cmem.pending.Load(), Noted: cmem.released.Load(), Collections: cmem.collections.Load()}
+	return MemStats{Pending: cmem.pending.Load(), Noted: cmem.released.Load(), Collections: cmem.collections.Load(), Every: threshold()}
+}
+
+// threshold is the collection threshold in force.
+func threshold() int64 {
+	if e := cmem.every.Load(); e > 0 {
+		return e
+	}
+	if cmem.limited.Load() {
+		return DefaultCollectEvery
+	}
+	return unlimitedCollectEvery
 }
 
 // noteGarbage adds n estimated bytes of C garbage and starts a
-// collection when the total passes the threshold.
+// collection when the total passes the threshold. Whether a memory limit
+// is in force is checked each time the total passes a multiple of
+// DefaultCollectEvery, so a limit set after the process started is
+// followed within 4 MiB of garbage.
 func noteGarbage(n int64) {
 	if n <= 0 {
 		return
 	}
 	cmem.released.Add(n)
-	every := cmem.every.Load()
-	if every <= 0 {
-		every = DefaultCollectEvery
+	p := cmem.pending.Add(n)
+	if p >= DefaultCollectEvery && (p-n)/DefaultCollectEvery != p/DefaultCollectEvery {
+		cmem.limited.Store(debug.SetMemoryLimit(-1) != math.MaxInt64)
 	}
-	if cmem.pending.Add(n) < every || !cmem.running.CompareAndSwap(false, true) {
+	if p < threshold() || !cmem.running.CompareAndSwap(false, true) {
 		return
 	}
 	// On the caller's goroutine: a collection elsewhere may wait for a
