@@ -2,12 +2,12 @@ package crdt
 
 import (
 	"fmt"
-	"math"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ferrysync/ferry/internal/memlimit"
 
 	"github.com/automerge/automerge-go"
 )
@@ -112,7 +112,7 @@ func noteGarbage(n int64) {
 	cmem.released.Add(n)
 	p := cmem.pending.Add(n)
 	if p >= DefaultCollectEvery && (p-n)/DefaultCollectEvery != p/DefaultCollectEvery {
-		cmem.limited.Store(debug.SetMemoryLimit(-1) != math.MaxInt64)
+		cmem.limited.Store(memlimit.InForce())
 	}
 	if p < threshold() || !cmem.running.CompareAndSwap(false, true) {
 		return

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"runtime"
-	"runtime/debug"
 	"sync"
+
+	"github.com/ferrysync/ferry/internal/memlimit"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/storage"
@@ -46,7 +46,7 @@ type premade struct {
 // with the parallel loads against 107-109 with MALLOC_ARENA_MAX=1; 222
 // against ~118-156 at 100,000).
 func (r *Replica) premakeNew(ctx context.Context, recs []recordChanges) (map[int]*premade, error) {
-	if debug.SetMemoryLimit(-1) != math.MaxInt64 {
+	if memlimit.InForce() {
 		return nil, nil
 	}
 	idx, _, err := r.findNew(ctx, recs)

@@ -1,9 +1,9 @@
 package storage
 
 import (
-	"math"
-	"runtime/debug"
 	"time"
+
+	"github.com/ferrysync/ferry/internal/memlimit"
 )
 
 // KDFParams are Argon2id parameters.
@@ -210,7 +210,7 @@ func (o *Options) sizes() Sizes {
 	if r.ValueThreshold == 0 {
 		r.ValueThreshold = d.ValueThreshold
 	}
-	unlimited := debug.SetMemoryLimit(-1) == math.MaxInt64
+	unlimited := !memlimit.InForce()
 	if r.MappedTrimInterval == 0 {
 		r.MappedTrimInterval = d.MappedTrimInterval
 		if unlimited {
