@@ -3,7 +3,7 @@
 // runtime/debug.SetMemoryLimit, replica.Options.MemoryLimit) asked for a
 // small footprint, one without did not. The store's mapped-file budget
 // and trim interval, the premade-document pass and crdt's C-memory pacer
-// follow it.
+// follow it (storage writes the check out: it imports nothing of ferry).
 package memlimit
 
 import (
