@@ -41,6 +41,10 @@ type syncCore struct {
 	recon      *reconEngine // nil when the session does not reconcile
 	reconColls []string     // the collections it covers
 	reconSends []reconSend  // records reconciliation found the peer lacks, not yet sent
+	// reconPeak is the most records (sends other than spans) reconSends
+	// held at once: a batch and an expansion at most
+	// (TestReconSendsStayBounded).
+	reconPeak int
 
 	req      *coreReq   // the request handed out and not yet answered
 	applying *batchMsg  // the batch the outstanding apply request is for
@@ -91,10 +95,14 @@ const (
 	// the same write (host.apply), then this side's feed end. Answer:
 	// evApplied.
 	reqApply
+	// reqReconExpand: what the span send sends[0] stands for, its first
+	// buckets' records then the span of the rest (eng.expand). Answer:
+	// evRecon with sends, which replace the span in the core's queue.
+	reqReconExpand
 )
 
 func (k reqKind) String() string {
-	return [...]string{"?", "admit", "recon-start", "recon-step", "full", "recon-batch", "feed", "apply"}[k]
+	return [...]string{"?", "admit", "recon-start", "recon-step", "full", "recon-batch", "feed", "apply", "recon-expand"}[k]
 }
 
 // coreReq is an I/O request: the runner performs it and answers with the
@@ -103,11 +111,12 @@ type coreReq struct {
 	kind       reqKind
 	hello      *helloMsg    // reqAdmit: the peer's hello
 	colls      []string     // reqAdmit: collections to reconcile (none: no reconciliation)
-	eng        *reconEngine // reqReconStart, reqReconStep
+	eng        *reconEngine // reqReconStart, reqReconStep, reqReconExpand
 	msg        *reconMsg    // reqReconStep
 	need       needMsg      // reqFull
-	sends      []reconSend  // reqReconBatch
+	sends      []reconSend  // reqReconBatch, reqReconExpand
 	after      uint64       // reqFeed
+	at         int          // reqReconExpand: the index of the span in the core's queue
 	batch      *batchMsg    // reqApply
 	maxRecords int          // reqReconBatch, reqFeed
 	maxBytes   int          // reqReconBatch, reqFeed
@@ -275,7 +284,7 @@ func (c *syncCore) Step(ev coreEvent) error {
 	}
 	want := map[evKind][]reqKind{
 		evAdmitted: {reqAdmit},
-		evRecon:    {reqReconStart, reqReconStep},
+		evRecon:    {reqReconStart, reqReconStep, reqReconExpand},
 		evRecords:  {reqFull, reqReconBatch, reqFeed},
 		evApplied:  {reqApply},
 	}[ev.kind]
@@ -300,12 +309,17 @@ func (c *syncCore) Step(ev coreEvent) error {
 	case reqReconStep:
 		c.reconSendFrames(ev.msgs)
 		c.reconSends = append(c.reconSends, ev.sends...)
-		c.p.setRecon(c.recon.busy(), len(c.reconSends))
+		c.queuedSends()
 	case reqFull:
 		c.p.needServed()
 		if len(ev.recs) > 0 {
 			c.sendBatch(ev.recs, c.p.sentUpTo)
 		}
+		c.pump()
+	case reqReconExpand:
+		at := req.at
+		c.reconSends = append(append(c.reconSends[:at:at], ev.sends...), c.reconSends[at+1:]...)
+		c.queuedSends()
 		c.pump()
 	case reqReconBatch:
 		if ev.used < 0 || ev.used > len(c.reconSends) {
@@ -313,7 +327,7 @@ func (c *syncCore) Step(ev coreEvent) error {
 			return nil
 		}
 		c.reconSends = c.reconSends[ev.used:]
-		c.p.setRecon(c.recon.busy(), len(c.reconSends))
+		c.queuedSends()
 		if ev.used == 0 && len(ev.recs) == 0 {
 			// A host that consumes nothing would be asked again for ever.
 			c.fail(errors.New("replica: reconciliation batch consumed nothing"))
@@ -500,6 +514,18 @@ func (c *syncCore) turn(lastSeq uint64) {
 	c.pump()
 }
 
+// queuedSends tells the protocol how many sends are queued.
+func (c *syncCore) queuedSends() {
+	recs := 0
+	for _, s := range c.reconSends {
+		if s.span == nil {
+			recs++
+		}
+	}
+	c.reconPeak = max(c.reconPeak, recs)
+	c.p.setRecon(c.recon.busy(), len(c.reconSends))
+}
+
 // pump sends whatever the protocol allows now, one request at a time:
 // records the peer asked for, records reconciliation found it lacks, feed
 // batches within the window; then an idle when all is sent, and the end
@@ -515,7 +541,17 @@ func (c *syncCore) pump() {
 		return
 	}
 	if len(c.reconSends) > 0 && len(c.p.inflight) < c.p.window {
-		c.request(&coreReq{kind: reqReconBatch, sends: c.reconSends, maxRecords: c.cfg.maxRecords, maxBytes: c.cfg.maxBytes})
+		// The records before the first span; spans are expanded until
+		// they fill a batch, and a host never sees one.
+		k := 0
+		for k < len(c.reconSends) && c.reconSends[k].span == nil {
+			k++
+		}
+		if k < len(c.reconSends) && k < c.cfg.maxRecords {
+			c.request(&coreReq{kind: reqReconExpand, eng: c.recon, sends: c.reconSends[k : k+1], at: k})
+			return
+		}
+		c.request(&coreReq{kind: reqReconBatch, sends: c.reconSends[:k], maxRecords: c.cfg.maxRecords, maxBytes: c.cfg.maxBytes})
 		return
 	}
 	if !c.feedDry && c.p.wantBatch() {

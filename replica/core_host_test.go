@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -25,6 +26,7 @@ type reconModel struct {
 	peerGen uint64
 	peer    string
 	recon   map[string]bool // the collections this session reconciles
+	upTo    uint64          // the feed position the reconciliation began at
 }
 
 func newReconModel(name string) *reconModel {
@@ -72,7 +74,38 @@ func (h *reconModel) reconBegin(_ context.Context, peer string, colls []string) 
 	for _, c := range colls {
 		h.recon[c] = true
 	}
-	return h.lastSeq(), nil
+	h.upTo = h.lastSeq()
+	return h.upTo, nil
+}
+
+// reconFeed follows host.reconFeed over the model's feed.
+func (h *reconModel) reconFeed(_ context.Context, after uint64, limit int) ([]recRef, uint64, bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	type ent struct {
+		key string
+		pos uint64
+	}
+	var feed []ent
+	for k, p := range h.feedPos {
+		if p > after && p <= h.upTo {
+			feed = append(feed, ent{k, p})
+		}
+	}
+	sort.Slice(feed, func(i, j int) bool { return feed[i].pos < feed[j].pos })
+	var out []recRef
+	next := after
+	for i, e := range feed {
+		if i >= limit {
+			return out, next, false, nil
+		}
+		next = e.pos
+		coll, id, _ := strings.Cut(e.key, "/")
+		if h.recon[coll] {
+			out = append(out, recRef{coll, id})
+		}
+	}
+	return out, next, true, nil
 }
 
 func (h *reconModel) coversAll(string) bool {
@@ -166,8 +199,8 @@ func (h *reconModel) reconBatch(_ context.Context, _ string, sends []reconSend, 
 	var out []recordChanges
 	used := 0
 	for _, s := range sends {
-		if len(out) >= maxRecords {
-			break
+		if len(out) >= maxRecords || s.span != nil {
+			break // spans are the core's to expand (reqReconExpand)
 		}
 		used++
 		set := h.records[s.coll+"/"+s.id]
@@ -186,6 +219,8 @@ func (h *reconModel) reconBatch(_ context.Context, _ string, sends []reconSend, 
 		}
 		out = append(out, recordChanges{Collection: s.coll, ID: s.id, Heads: heads(set), Changes: encodeElems(set, except)})
 	}
+	// In name order, as host.reconBatch sends them.
+	slices.SortFunc(out, func(a, b recordChanges) int { return strings.Compare(a.Collection+"/"+a.ID, b.Collection+"/"+b.ID) })
 	return out, used, nil
 }
 

@@ -101,7 +101,7 @@ func answer(r *coreReq, x uint64) coreEvent {
 	switch r.kind {
 	case reqAdmit:
 		return coreEvent{kind: evAdmitted, start: x % 5, reconUpTo: x % 7, coversAll: x%2 == 0, lastSeq: x % 9}
-	case reqReconStart, reqReconStep:
+	case reqReconStart, reqReconStep, reqReconExpand:
 		return coreEvent{kind: evRecon}
 	case reqFull:
 		return coreEvent{kind: evRecords, recs: []recordChanges{{Collection: r.need.Collection, ID: r.need.ID}}}

@@ -186,7 +186,7 @@ func conversation(t *testing.T, na, nb string, a, b *memSet, listSmall int) stri
 			fmt.Fprintf(&out, "%s: error: %v\n", to, err)
 			return out.String()
 		}
-		for _, s := range sends {
+		for _, s := range expandAll(t, e, data, sends) {
 			how := "whole"
 			if len(s.since) > 0 {
 				how = fmt.Sprintf("since %d heads", len(s.since))

@@ -168,7 +168,7 @@ func reconcile(t testing.TB, a, b *memSet) (frames, wireBytes, sentA, sentB int)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, s := range sends {
+			for _, s := range expandAll(t, eb, b, sends) {
 				a.receive(b, s)
 				sentB++
 			}
@@ -180,7 +180,7 @@ func reconcile(t testing.TB, a, b *memSet) (frames, wireBytes, sentA, sentB int)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, s := range sends {
+			for _, s := range expandAll(t, ea, a, sends) {
 				b.receive(a, s)
 				sentA++
 			}
@@ -193,6 +193,29 @@ func reconcile(t testing.TB, a, b *memSet) (frames, wireBytes, sentA, sentB int)
 		t.Fatal("an engine is still busy after the exchange")
 	}
 	return
+}
+
+// expandAll expands every span of sends as the session does a bucket at
+// a time (reconEngine.expand) and returns the records in name order, as
+// a step's whole answer.
+func expandAll(t testing.TB, e *reconEngine, d reconData, sends []reconSend) []reconSend {
+	t.Helper()
+	var out []reconSend
+	for len(sends) > 0 {
+		s := sends[0]
+		sends = sends[1:]
+		if s.span == nil {
+			out = append(out, s)
+			continue
+		}
+		more, err := e.expand(context.Background(), d, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sends = append(more, sends...)
+	}
+	slices.SortFunc(out, compareSends)
+	return out
 }
 
 func sameSets(t testing.TB, a, b *memSet) {

@@ -173,6 +173,37 @@ func (h *host) reconItems(ctx context.Context, lo, hi uint16) ([]reconItem, erro
 	return out, nil
 }
 
+// reconFeed lists the reconciled collections' records in feed order, for
+// a span expanded through the feed (reconFeeder): entries after `after`
+// up to the position the reconciliation began at (later writes go out
+// through the feed scan).
+func (h *host) reconFeed(ctx context.Context, after uint64, limit int) ([]recRef, uint64, bool, error) {
+	h.mu.Lock()
+	upTo, colls := h.reconUpTo, h.reconColls
+	h.mu.Unlock()
+	if after >= upTo {
+		return nil, after, true, nil
+	}
+	feed, err := h.r.store.Feed(ctx, after, limit)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("replica: reconciliation feed: %w", err)
+	}
+	var out []recRef
+	next := after
+	for _, e := range feed {
+		if e.Seq > upTo {
+			return out, upTo, true, nil
+		}
+		next = e.Seq
+		if colls[e.Collection] {
+			out = append(out, recRef{e.Collection, e.ID})
+		}
+	}
+	return out, next, len(feed) < limit || next >= upTo, nil
+}
+
+var _ reconFeeder = (*host)(nil)
+
 // reconHeads: the peer holds coll/id at theirs. When this side holds all of
 // theirs, it sends what they lack (nothing if they hold all of its own).
 // Otherwise the peer holds changes this side lacks: at round 0 it answers
@@ -234,7 +265,17 @@ const orderSendsMin = 256
 // mapped-file trim turns into a read from the disk whenever it has paged
 // the place out since (docs/sync.md, "Sending whole records"). Fewer than
 // orderSendsMin sends keep their order.
+//
+// Spans (reconSpan) stay where they are, after the records (compareSends):
+// they are expanded a bucket at a time as they are sent, and those records
+// keep their name order, since reading the whole feed for each bucket
+// would cost more than it saves.
 func (h *host) orderSends(ctx context.Context, sends []reconSend) error {
+	n := 0
+	for n < len(sends) && sends[n].span == nil {
+		n++
+	}
+	sends = sends[:n]
 	if len(sends) < orderSendsMin {
 		return nil
 	}
@@ -265,8 +306,8 @@ func (h *host) reconBatch(ctx context.Context, peer string, sends []reconSend, m
 	var out []recordChanges
 	size, used := 0, 0
 	for _, s := range sends {
-		if len(out) >= maxRecords || size >= maxBytes {
-			break
+		if len(out) >= maxRecords || size >= maxBytes || s.span != nil {
+			break // a span is the core's to expand first (reqReconExpand)
 		}
 		used++
 		if !validRecord(s.coll, s.id) {

@@ -418,6 +418,10 @@ func (s *session) perform(ctx context.Context, r *coreReq) coreEvent {
 			ev.err = s.host.orderSends(ctx, ev.sends)
 		}
 		return ev
+	case reqReconExpand:
+		ev := coreEvent{kind: evRecon}
+		ev.sends, ev.err = r.eng.expand(ctx, s.host, r.sends[0])
+		return ev
 	case reqFull:
 		ev := coreEvent{kind: evRecords}
 		ev.recs, ev.err = s.host.full(ctx, s.peer, r.need.Collection, r.need.ID)
