@@ -41,10 +41,10 @@ type syncCore struct {
 	recon      *reconEngine // nil when the session does not reconcile
 	reconColls []string     // the collections it covers
 	reconSends []reconSend  // records reconciliation found the peer lacks, not yet sent
-	// reconPeak is the most records (sends other than spans) reconSends
-	// held at once: a batch and an expansion at most
-	// (TestReconSendsStayBounded).
-	reconPeak int
+	// reconRecs counts the records (sends other than spans) in
+	// reconSends, and reconPeak is the most it held at once: a batch and
+	// an expansion at most (TestReconSendsStayBounded).
+	reconRecs, reconPeak int
 
 	req      *coreReq   // the request handed out and not yet answered
 	applying *batchMsg  // the batch the outstanding apply request is for
@@ -309,7 +309,7 @@ func (c *syncCore) Step(ev coreEvent) error {
 	case reqReconStep:
 		c.reconSendFrames(ev.msgs)
 		c.reconSends = append(c.reconSends, ev.sends...)
-		c.queuedSends()
+		c.queuedSends(ev.sends, 0)
 	case reqFull:
 		c.p.needServed()
 		if len(ev.recs) > 0 {
@@ -319,7 +319,7 @@ func (c *syncCore) Step(ev coreEvent) error {
 	case reqReconExpand:
 		at := req.at
 		c.reconSends = append(append(c.reconSends[:at:at], ev.sends...), c.reconSends[at+1:]...)
-		c.queuedSends()
+		c.queuedSends(ev.sends, 0) // the span replaced was no record
 		c.pump()
 	case reqReconBatch:
 		if ev.used < 0 || ev.used > len(c.reconSends) {
@@ -327,7 +327,7 @@ func (c *syncCore) Step(ev coreEvent) error {
 			return nil
 		}
 		c.reconSends = c.reconSends[ev.used:]
-		c.queuedSends()
+		c.queuedSends(nil, ev.used) // a batch uses records only (the host sees none of the spans)
 		if ev.used == 0 && len(ev.recs) == 0 {
 			// A host that consumes nothing would be asked again for ever.
 			c.fail(errors.New("replica: reconciliation batch consumed nothing"))
@@ -514,15 +514,16 @@ func (c *syncCore) turn(lastSeq uint64) {
 	c.pump()
 }
 
-// queuedSends tells the protocol how many sends are queued.
-func (c *syncCore) queuedSends() {
-	recs := 0
-	for _, s := range c.reconSends {
+// queuedSends counts the records added to and removed from reconSends
+// and tells the protocol how many sends are queued.
+func (c *syncCore) queuedSends(added []reconSend, removed int) {
+	for _, s := range added {
 		if s.span == nil {
-			recs++
+			c.reconRecs++
 		}
 	}
-	c.reconPeak = max(c.reconPeak, recs)
+	c.reconRecs -= removed
+	c.reconPeak = max(c.reconPeak, c.reconRecs)
 	c.p.setRecon(c.recon.busy(), len(c.reconSends))
 }
 

@@ -27,6 +27,9 @@ type reconModel struct {
 	peer    string
 	recon   map[string]bool // the collections this session reconciles
 	upTo    uint64          // the feed position the reconciliation began at
+	// maxItems is the most records one reconItems call returned
+	// (TestReconListedRangeReadBucketByBucket).
+	maxItems int
 }
 
 func newReconModel(name string) *reconModel {
@@ -161,6 +164,7 @@ func (h *reconModel) reconItems(_ context.Context, lo, hi uint16) ([]reconItem, 
 			out = append(out, it)
 		}
 	}
+	h.maxItems = max(h.maxItems, len(out))
 	return out, nil
 }
 

@@ -763,30 +763,38 @@ func (e *reconEngine) step(ctx context.Context, d reconData, m *reconMsg) ([]*re
 				}
 				theirs[kt] = vt
 			}
-			items, err := e.partItems(ctx, d, r.Lo, r.Hi, r.Sub)
-			if err != nil {
-				return nil, nil, err
-			}
 			// The records the peer listed are compared here; the rest of
-			// this side's records in the range go as a span (expand).
+			// this side's records in the range go as a span (expand). The
+			// range is read a bucket at a time: a peer listing its few
+			// records over a wide range (an initiator holding at most
+			// reconListAt lists the whole key space) must not make this
+			// side hold every record of the range at once.
 			var except map[[reconTagLen]byte]bool
-			for _, it := range items {
-				kt := it.tag
-				vt, ok := theirs[kt]
-				if !ok {
-					continue
+			rest := false
+			for lo := r.Lo; lo < r.Hi; lo++ {
+				items, err := e.partItems(ctx, d, lo, lo+1, r.Sub)
+				if err != nil {
+					return nil, nil, err
 				}
-				if except == nil {
-					except = make(map[[reconTagLen]byte]bool, len(theirs))
+				for _, it := range items {
+					kt := it.tag
+					vt, ok := theirs[kt]
+					if !ok {
+						rest = true
+						continue
+					}
+					if except == nil {
+						except = make(map[[reconTagLen]byte]bool, len(theirs))
+					}
+					except[kt] = true
+					if vt != e.verTag(it.hash) {
+						e.tags[kt] = recRef{it.coll, it.id}
+						b.addHeads(reconHeads{Tag: slices.Clone(kt[:]), Heads: it.heads})
+					}
+					delete(theirs, kt)
 				}
-				except[kt] = true
-				if vt != e.verTag(it.hash) {
-					e.tags[kt] = recRef{it.coll, it.id}
-					b.addHeads(reconHeads{Tag: slices.Clone(kt[:]), Heads: it.heads})
-				}
-				delete(theirs, kt)
 			}
-			if len(items) > len(except) {
+			if rest {
 				sends = append(sends, reconSend{span: e.feedSpan(d, &reconSpan{lo: r.Lo, hi: r.Hi, sub: r.Sub, except: except})})
 			}
 			for _, kt := range order {

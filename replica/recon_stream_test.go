@@ -1,8 +1,14 @@
 package replica
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"math/rand"
+	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ferrysync/ferry/storage"
@@ -61,5 +67,156 @@ func TestReconSendsStayBounded(t *testing.T) {
 			}
 			t.Logf("%d records, %d sent, at most %d queued", n, statsA.RecordsSent, sa.core.reconPeak)
 		})
+	}
+}
+
+// TestReconListedRangeReadBucketByBucket: a peer that lists its few
+// records over a wide range (an initiator holding at most reconListAt
+// records lists the whole key space: a new device that wrote a record
+// before its first sync) does not make this side read every record of
+// the range at once: the step reads it a bucket at a time and queues a
+// span. (From the review of the spans change: one step read all 5,000.)
+func TestReconListedRangeReadBucketByBucket(t *testing.T) {
+	const n = 5000
+	for _, names := range [][2]string{{"a", "b"}, {"b", "a"}} { // either side starts
+		big, small := newReconModel(names[0]), newReconModel(names[1])
+		for i := range n {
+			big.write(fmt.Sprintf("notes/%d", i), fmt.Sprintf("e%d", i))
+		}
+		small.write("notes/new", "s")
+		var out strings.Builder
+		cv := &coreConv{out: &out}
+		sbig, ssmall := &coreSide{name: "big", host: big}, &coreSide{name: "small", host: small}
+		st, _ := cv.session(sbig, ssmall)
+		if sbig.err != nil || ssmall.err != nil {
+			t.Fatalf("session failed: %v / %v", sbig.err, ssmall.err)
+		}
+		first := strings.SplitN(out.String(), "\n", 6)
+		t.Logf("%v: big sent %d, queue peak %d, largest reconItems read %d of %d; %q", names, st.RecordsSent, sbig.core.reconPeak, big.maxItems, n, first[2])
+		if big.maxItems > 1024 {
+			t.Errorf("one step read %d records at once", big.maxItems)
+		}
+	}
+}
+
+// TestReconSpanWritesDuringSession: records rewritten, created and
+// deleted while a first meeting's feed span is being expanded (and a key
+// rotation moving records between epochs) all reach the peer: a second
+// session, which trusts the cursors and does not reconcile, leaves both
+// sides identical. (From the review of the spans change.)
+func TestReconSpanWritesDuringSession(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rotate bool
+		batch  int
+	}{
+		{"writes", false, 64},
+		{"writes and a key rotation", true, 64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t)
+			a := e.replica("a", func(o *Options) { o.Batch = tc.batch })
+			b := e.replica("b", func(o *Options) { o.Batch = tc.batch })
+			const n = 1500
+			for i := range n {
+				mustPut(t, a, "notes", fmt.Sprintf("r%04d", i), map[string]any{"v": i})
+			}
+			for i := range 20 {
+				mustPut(t, b, "notes", fmt.Sprintf("b%04d", i), map[string]any{"v": i})
+			}
+			var stop atomic.Bool
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewSource(1))
+				for k := 0; !stop.Load(); k++ {
+					i := rng.Intn(n)
+					id := fmt.Sprintf("r%04d", i)
+					var err error
+					switch {
+					case k%7 == 3:
+						err = a.Delete(ctx, "notes", id)
+					case k%11 == 5:
+						err = a.Put(ctx, "notes", fmt.Sprintf("new%05d", k), map[string]any{"k": k})
+					default:
+						err = a.Put(ctx, "notes", id, map[string]any{"w": k})
+					}
+					if err != nil && !isNotFound(err) {
+						t.Errorf("write: %v", err)
+						return
+					}
+					if tc.rotate && k == 20 {
+						if err := a.RotateKey(ctx, nil); err != nil {
+							t.Errorf("rotate: %v", err)
+							return
+						}
+					}
+				}
+			}()
+			sa, sb := e.sync(b, a)
+			stop.Store(true)
+			wg.Wait()
+			t.Logf("session 1: a sent %d, b sent %d", sb.RecordsSent, sa.RecordsSent)
+			// The second session trusts the cursors: no reconciliation.
+			e.sync(b, a)
+			diffReplicas(t, a, b)
+		})
+	}
+}
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+func diffReplicas(t *testing.T, a, b *Replica) {
+	t.Helper()
+	ctx := context.Background()
+	list := func(r *Replica) map[string]bool {
+		out := map[string]bool{}
+		if err := r.Scan(ctx, "notes", true, func(ri RecordInfo) error {
+			out[ri.ID] = ri.Deleted
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	la, lb := list(a), list(b)
+	missing, differ := 0, 0
+	for id, del := range la {
+		dl, ok := lb[id]
+		if !ok {
+			if missing < 5 {
+				t.Errorf("b lacks notes/%s (deleted on a: %v)", id, del)
+			}
+			missing++
+			continue
+		}
+		if dl != del {
+			differ++
+			if differ < 5 {
+				t.Errorf("notes/%s deleted on a %v, on b %v", id, del, dl)
+			}
+			continue
+		}
+		if !del {
+			va, _ := a.Get(ctx, "notes", id)
+			vb, _ := b.Get(ctx, "notes", id)
+			if !reflect.DeepEqual(va, vb) {
+				differ++
+				if differ < 5 {
+					t.Errorf("notes/%s differs: a %v, b %v", id, va, vb)
+				}
+			}
+		}
+	}
+	for id := range lb {
+		if _, ok := la[id]; !ok {
+			missing++
+			t.Errorf("a lacks notes/%s", id)
+		}
+	}
+	if missing+differ > 0 {
+		t.Errorf("%d missing, %d differing (a %d records, b %d)", missing, differ, len(la), len(lb))
 	}
 }
