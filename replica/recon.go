@@ -301,7 +301,8 @@ type reconItem struct {
 // reconSend is a record to send the peer: the changes since the heads it
 // holds (all of them when since is empty). When span is set it stands
 // instead for every record this side holds in the span that the peer
-// lacks (expand turns it into records a bucket at a time).
+// lacks (expand turns it into records a few buckets at a time, or
+// through the feed).
 type reconSend struct {
 	coll, id string
 	since    [][]byte
@@ -314,9 +315,10 @@ type reconSend struct {
 // one bucket (sub 0: whole buckets). A step that finds such a range
 // queues its span rather than its records, and the span is expanded as
 // the records are sent: at a first meeting with an empty peer the whole
-// key space is one span, so the session holds one bucket's records
-// (about N/1024) at a time, never all N (measured at 1,000,000 records:
-// the sender's queue of sends and its read order held ~330 MiB).
+// key space is one span, so the session holds an expansion's records at
+// a time (about 256), never all N (measured at 1,000,000 records: the
+// sender's queue of sends, its read order and the index entries read at
+// once took its anonymous memory to 383 MiB).
 type reconSpan struct {
 	lo, hi uint16
 	sub    uint64

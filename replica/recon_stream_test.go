@@ -118,21 +118,22 @@ func TestReconSpanWritesDuringSession(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		rotate bool
-		batch  int
+		peer   int // records b holds first: none makes a's span one read through the feed
 	}{
-		{"writes", false, 64},
-		{"writes and a key rotation", true, 64},
+		{"writes, empty peer (feed span)", false, 0},
+		{"writes and a key rotation, empty peer (feed span)", true, 0},
+		{"writes, peer holds 20 (bucket spans)", false, 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			e := newEnv(t)
-			a := e.replica("a", func(o *Options) { o.Batch = tc.batch })
-			b := e.replica("b", func(o *Options) { o.Batch = tc.batch })
+			a := e.replica("a", func(o *Options) { o.Batch = 64 })
+			b := e.replica("b", func(o *Options) { o.Batch = 64 })
 			const n = 1500
 			for i := range n {
 				mustPut(t, a, "notes", fmt.Sprintf("r%04d", i), map[string]any{"v": i})
 			}
-			for i := range 20 {
+			for i := range tc.peer {
 				mustPut(t, b, "notes", fmt.Sprintf("b%04d", i), map[string]any{"v": i})
 			}
 			var stop atomic.Bool
@@ -228,5 +229,41 @@ func diffReplicas(t *testing.T, a, b *Replica) {
 	}
 	if missing+differ > 0 {
 		t.Errorf("%d missing, %d differing (a %d records, b %d)", missing, differ, len(la), len(lb))
+	}
+}
+
+// failingSet is a memSet whose index reads (and, as a reconFeeder, feed
+// reads) fail once sums are loaded.
+type failingSet struct{ *memSet }
+
+var errIndexRead = errors.New("index read failed")
+
+func (f failingSet) reconItems(context.Context, uint16, uint16) ([]reconItem, error) {
+	return nil, errIndexRead
+}
+
+func (f failingSet) reconFeed(context.Context, uint64, int) ([]recRef, uint64, bool, error) {
+	return nil, 0, false, errIndexRead
+}
+
+// TestReconExpandReportsReadErrors: a span whose records cannot be read,
+// bucket by bucket or through the feed, fails the expansion with the
+// store's error rather than expanding to nothing (which would drop its
+// records from the session silently).
+func TestReconExpandReportsReadErrors(t *testing.T) {
+	s := newMemSet()
+	for i := range 50 {
+		s.put("notes", fmt.Sprint(i), "x")
+	}
+	for _, feed := range []bool{false, true} {
+		e := newReconEngine(reconKey("a", "b", []byte("na"), []byte("nb")), true)
+		if err := e.loadSums(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+		sp := &reconSpan{lo: 0, hi: storage.ReconBuckets, feed: feed}
+		out, err := e.expand(context.Background(), failingSet{s}, reconSend{span: sp})
+		if !errors.Is(err, errIndexRead) || out != nil {
+			t.Errorf("feed %v: expand gave %d sends, error %v; want the read's error", feed, len(out), err)
+		}
 	}
 }
