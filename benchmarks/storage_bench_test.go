@@ -208,6 +208,7 @@ func BenchmarkStorageGet(b *testing.B) {
 // BenchmarkStoragePut baseline: one entry per record, key "todos/<id>",
 // the document as value):
 //
+//	rand:       base's entries under random keys of the same length
 //	meta:       one entry per record, random 54-byte key, 334-byte value
 //	meta+feed:  plus a sequential 14-byte feed key, 82-byte value
 //	+read:      plus a Get of the meta key before its Set (existence read)
@@ -222,10 +223,12 @@ func BenchmarkStoragePutModel(b *testing.B) {
 		name              string
 		feed, read, pages bool
 		randKey           bool
+		rawSizes          bool // base's key length and value, random key
 		db                *badger.DB
 		d                 time.Duration
 	}
-	vs := []*variant{{name: "base"}, {name: "meta", randKey: true},
+	vs := []*variant{{name: "base"}, {name: "rand", randKey: true, rawSizes: true},
+		{name: "meta", randKey: true},
 		{name: "meta+feed", randKey: true, feed: true},
 		{name: "+read", randKey: true, feed: true, read: true},
 		{name: "+pages", randKey: true, feed: true, read: true, pages: true}}
@@ -263,6 +266,10 @@ func BenchmarkStoragePutModel(b *testing.B) {
 		for j := 0; j < batch; j++ {
 			if !v.randKey {
 				must(txn.Set([]byte(fmt.Sprintf("todos/t%d-%d", it, j)), ds[j]))
+				continue
+			}
+			if v.rawSizes {
+				must(txn.Set(randKey(len(fmt.Sprintf("todos/t%d-%d", it, j))), ds[j]))
 				continue
 			}
 			k := randKey(54)
