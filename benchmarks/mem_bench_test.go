@@ -477,7 +477,8 @@ func openTunedBadger(dir string) (*badger.DB, error) {
 		WithValueThreshold(z.ValueThreshold).
 		WithSyncWrites(false).WithChecksumVerificationMode(options.OnBlockRead).
 		WithVerifyValueChecksum(true).WithCompression(options.None).
-		WithNumCompactors(2).WithCompactL0OnClose(false))
+		WithNumCompactors(2).WithCompactL0OnClose(false).
+		WithBloomFalsePositive(0.001)) // as storage/store.go openBadger
 }
 
 // memSyncChild is one side of a sync between two processes: ferry-serve

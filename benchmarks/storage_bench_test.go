@@ -78,7 +78,8 @@ func sizedBadgerOptions(dir string, z storage.Sizes) badger.Options {
 		WithIndexCacheSize(z.IndexCacheSize).
 		WithBaseTableSize(z.BaseTableSize).
 		WithValueThreshold(z.ValueThreshold).
-		WithNumCompactors(2)
+		WithNumCompactors(2).
+		WithBloomFalsePositive(0.001)
 }
 
 func docs(n int) [][]byte {
