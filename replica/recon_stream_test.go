@@ -24,6 +24,22 @@ func streamTestRecords() int {
 	return 5000
 }
 
+// modelSession runs one fault-free session between the model hosts a
+// (initiating) and b and fails the test if either side fails. It returns
+// a's side (its core, for the queue's peak), both sides' stats and the
+// conversation's transcript.
+func modelSession(t *testing.T, a, b *reconModel) (*coreSide, SyncStats, SyncStats, string) {
+	t.Helper()
+	var out strings.Builder
+	cv := &coreConv{out: &out}
+	sa, sb := &coreSide{name: "a", host: a}, &coreSide{name: "b", host: b}
+	statsA, statsB := cv.session(sa, sb)
+	if sa.err != nil || sb.err != nil {
+		t.Fatalf("session failed: %v / %v", sa.err, sb.err)
+	}
+	return sa, statsA, statsB, out.String()
+}
+
 // TestReconSendsStayBounded: a reconciliation that finds the peer lacks
 // most of this side's records queues them as spans (reconSpan) and
 // expands them a few buckets at a time as batches go out, so the queue
@@ -56,13 +72,7 @@ func TestReconSendsStayBounded(t *testing.T) {
 					b.write(fmt.Sprintf("notes/%d", i), fmt.Sprintf("b%d", i))
 				}
 			}
-			var out strings.Builder
-			cv := &coreConv{out: &out}
-			sa, sb := &coreSide{name: "a", host: a}, &coreSide{name: "b", host: b}
-			statsA, statsB := cv.session(sa, sb)
-			if sa.err != nil || sb.err != nil {
-				t.Fatalf("session failed: %v / %v", sa.err, sb.err)
-			}
+			sa, statsA, statsB, _ := modelSession(t, a, b)
 			if got, want := b.names(), a.names(); got != want {
 				t.Fatalf("after the session b holds %d records, a %d", len(b.records), len(a.records))
 			}
@@ -94,14 +104,8 @@ func TestReconListedRangeReadBucketByBucket(t *testing.T) {
 			big.write(fmt.Sprintf("notes/%d", i), fmt.Sprintf("e%d", i))
 		}
 		small.write("notes/new", "s")
-		var out strings.Builder
-		cv := &coreConv{out: &out}
-		sbig, ssmall := &coreSide{name: "big", host: big}, &coreSide{name: "small", host: small}
-		st, _ := cv.session(sbig, ssmall)
-		if sbig.err != nil || ssmall.err != nil {
-			t.Fatalf("session failed: %v / %v", sbig.err, ssmall.err)
-		}
-		first := strings.SplitN(out.String(), "\n", 6)
+		sbig, st, _, out := modelSession(t, big, small)
+		first := strings.SplitN(out, "\n", 6)
 		t.Logf("%v: big sent %d, queue peak %d, largest reconItems read %d of %d; %q", names, st.RecordsSent, sbig.core.reconPeak, big.maxItems, n, first[2])
 		if big.maxItems > n/4 {
 			t.Errorf("one step read %d records at once", big.maxItems)
